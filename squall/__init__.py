@@ -1,0 +1,3 @@
+"""Squall: a real-time chat server on Tornado whose web node never blocks."""
+
+__version__ = "0.1.0"

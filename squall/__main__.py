@@ -1,0 +1,104 @@
+"""The ``squall`` command.
+
+``squall`` / ``squall run``: the processor as a child process (restarted if it
+dies) and the web node in this one. ``squall web`` and ``squall processor`` run
+the two parts apart. Ctrl-C or SIGTERM stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from .config import FIELD_HELP, Settings, load_settings
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="squall", description="Squall: real-time chat on Tornado."
+    )
+    parser.add_argument("--config", help="TOML file of settings (also SQUALL_CONFIG)")
+    commands = parser.add_subparsers(dest="command")
+    for name, text in (
+        ("run", "run processor and web node together (the default)"),
+        ("web", "run a web node"),
+        ("processor", "run a processor"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", help="TOML file of settings (also SQUALL_CONFIG)")
+        _add_setting_flags(sub)
+    _add_setting_flags(parser)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        text = FIELD_HELP.get(field.name, f"default: {field.default!r}")
+        if field.type == "bool":
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=field.name, default=argparse.SUPPRESS, help=text)
+    parser.add_argument("--processor-port", dest="processor_port", default=argparse.SUPPRESS,
+                        help="shorthand: the processor's port on 127.0.0.1 (sets --processor and --listen)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k not in {"command", "config", "processor_port"}
+    }
+    port = getattr(args, "processor_port", None)
+    if port is not None:
+        overrides.setdefault("processor", f"127.0.0.1:{port}")
+        overrides.setdefault("listen", f"127.0.0.1:{port}")
+    return load_settings(overrides, config_file=args.config)
+
+
+def _run(settings: Settings, coroutine: Coroutine[Any, Any, None]) -> None:
+    if settings.loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coroutine)
+    else:
+        asyncio.run(coroutine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"squall: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = args.command or "run"
+    if command == "processor":
+        from .processor.main import serve_processor
+
+        _run(settings, serve_processor(settings))
+    elif command == "web":
+        from .web.main import serve_web
+
+        _run(settings, serve_web(settings))
+    else:
+        from .supervisor import run_all
+
+        _run(settings, run_all(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Bytes that go out to clients, built once per broadcast.
+
+A :class:`Broadcast` is one event for one room. Every transport asks it for the
+bytes it needs (:attr:`ws_frame`, :attr:`sse_event`), which are built the first
+time they are asked for and then shared by every member: one JSON encode and
+one WebSocket frame per broadcast, not per client.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import cached_property
+
+__all__ = ["Broadcast", "encode_text_frame", "encode_close_frame"]
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 §5.2): server → client."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+def encode_close_frame(code: int, reason: str) -> bytes:
+    # RFC 6455 §5.5: control frames carry at most 125 bytes of payload.
+    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return struct.pack("!BB", 0x88, len(body)) + body
+
+
+class Broadcast:
+    """One event for a room's members: ``payload`` is its JSON, encoded once.
+
+    ``seq`` is set for chat messages (ordered, resumable) and None for
+    ephemeral events (presence, typing, link-preview updates).
+    """
+
+    __slots__ = ("room", "seq", "payload", "kind", "__dict__")
+
+    def __init__(self, room: str, seq: int | None, payload: bytes, kind: str = "message") -> None:
+        self.room = room
+        self.seq = seq
+        self.payload = payload
+        self.kind = kind
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.seq is None
+
+    @cached_property
+    def ws_frame(self) -> bytes:
+        return encode_text_frame(self.payload)
+
+    @cached_property
+    def sse_event(self) -> bytes:
+        head = b"id: %d\n" % self.seq if self.seq is not None else b""
+        return head + b"event: " + self.kind.encode() + b"\ndata: " + self.payload + b"\n\n"
+
+    def __repr__(self) -> str:
+        return f"Broadcast({self.room!r}, seq={self.seq}, kind={self.kind!r})"

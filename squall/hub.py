@@ -1,0 +1,324 @@
+"""The room hub: orders each room's messages and hands them to local members.
+
+Theory of operation. Every web node runs one :class:`Hub`. Processed messages
+reach it from the bus (:meth:`Hub.receive`), possibly out of order and possibly
+twice: two web nodes publish concurrently, and after a processor crash a resent
+message comes back with its original seq. The hub keeps, per open room, the last
+seq it delivered (``last_seq``) and releases messages strictly in seq order:
+
+* ``seq <= last_seq``: a duplicate; dropped.
+* ``seq == last_seq + 1``: delivered to every live member, then any held
+  successors follow.
+* ``seq > last_seq + 1``: held; the missing ones are read from the store, which
+  has them, because a message is published only after it is committed and seqs
+  are committed in order.
+
+A member that joins is first brought up to date from the room's recent buffer
+or the store, page by page, waiting for its outbound buffer to drain between
+pages. It becomes *live* in the same loop step in which its cursor reaches the
+room's ``last_seq`` — no ``await`` between that check and joining the live set —
+so it sees every message exactly once at the seam between backlog and live.
+
+Long-pollers wait on a room by cursor; every poller waiting on the same cursor
+is answered with the same encoded body.
+
+Nothing here touches a socket; time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+import orjson
+
+from .frames import Broadcast
+from .message import Draft
+from .store import Store
+
+__all__ = ["Hub", "Room", "Member", "broadcast_from_draft", "encode_poll_body"]
+
+log = logging.getLogger("squall.hub")
+
+# A room with nobody in it stays open this long, so that long-pollers who come
+# back between polls find its recent buffer instead of going to the store.
+ROOM_IDLE_SECONDS = 120.0
+
+
+class Member(Protocol):
+    """A local client connection that receives a room's broadcasts."""
+
+    closed: bool
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        """Queue ``broadcast`` for sending; must not block or await."""
+
+    def subscribed(self, room: str) -> bool:
+        """Whether the member still wants ``room`` (it may leave while catching up)."""
+
+    async def drain(self) -> None:
+        """Wait until the member's outbound buffer is low enough for more backlog."""
+
+
+def broadcast_from_draft(draft: Draft) -> Broadcast:
+    return Broadcast(draft.room, draft.seq, orjson.dumps(draft.to_wire()))
+
+
+def encode_poll_body(messages: Iterable[Broadcast], last_seq: int) -> bytes:
+    """``{"messages":[...],"seq":LAST}`` spliced from already-encoded payloads."""
+    return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % last_seq
+
+
+class Room:
+    __slots__ = (
+        "name", "last_seq", "ready", "live", "recent", "held", "waiters",
+        "filling", "idle_since",
+    )
+
+    def __init__(self, name: str, *, recent: int) -> None:
+        self.name = name
+        self.last_seq = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.live: dict[Member, None] = {}  # an ordered set
+        self.recent: deque[Broadcast] = deque(maxlen=recent)
+        self.held: dict[int, Broadcast] = {}  # arrived ahead of a gap
+        self.waiters: list[tuple[int, int, asyncio.Future[bytes]]] = []
+        self.filling = False
+        self.idle_since: float | None = None
+
+    def recent_after(self, since: int, limit: int) -> list[Broadcast] | None:
+        """Messages with seq > ``since`` from memory, or None if memory doesn't reach back."""
+        if since >= self.last_seq:
+            return []
+        if not self.recent or self.recent[0].seq is None or self.recent[0].seq > since + 1:
+            return None
+        start = since + 1 - self.recent[0].seq
+        return list(itertools.islice(self.recent, start, start + limit))
+
+
+class Hub:
+    """All of this node's open rooms. Create one per web node.
+
+    ``store`` is only read from: the processor writes.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        recent_per_room: int = 256,
+        backlog_page: int = 200,
+        history_on_join: int = 50,
+    ) -> None:
+        self.store = store
+        self.recent_per_room = recent_per_room
+        self.backlog_page = backlog_page
+        self.history_on_join = history_on_join
+        self.rooms: dict[str, Room] = {}
+
+    # -- opening rooms --------------------------------------------------
+
+    async def room(self, name: str) -> Room:
+        """The open room ``name``, opened (and its ``last_seq`` loaded) if needed."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, recent=self.recent_per_room)
+            try:
+                room.last_seq = await self.store.last_seq(name)
+            except BaseException as exc:
+                del self.rooms[name]
+                room.ready.set_exception(exc)
+                room.ready.exception()  # retrieved: the caller below re-raises it
+                raise
+            room.ready.set_result(None)
+            for seq in sorted(room.held):
+                if seq <= room.last_seq:
+                    del room.held[seq]
+            self._release_held(room)
+        elif not room.ready.done():
+            await asyncio.shield(room.ready)
+        return room
+
+    # -- from the bus ---------------------------------------------------
+
+    def receive(self, broadcast: Broadcast) -> None:
+        """Take one broadcast from the bus. Safe to call with duplicates and out of order."""
+        room = self.rooms.get(broadcast.room)
+        if room is None:
+            return  # nobody here listens; the store has it for whoever comes
+        if broadcast.seq is None:
+            for member in list(room.live):
+                member.deliver(broadcast)
+            return
+        if broadcast.seq <= room.last_seq and room.ready.done():
+            return
+        if not room.ready.done() or broadcast.seq > room.last_seq + 1:
+            room.held[broadcast.seq] = broadcast
+            if room.ready.done():
+                self._fill_gap(room)
+            return
+        self._advance(room, broadcast)
+        self._release_held(room)
+
+    def _advance(self, room: Room, broadcast: Broadcast) -> None:
+        room.last_seq = broadcast.seq  # type: ignore[assignment]
+        room.recent.append(broadcast)
+        for member in list(room.live):
+            member.deliver(broadcast)
+        if room.waiters:
+            self._answer_waiters(room)
+
+    def _release_held(self, room: Room) -> None:
+        held = room.held
+        while held:
+            following = held.pop(room.last_seq + 1, None)
+            if following is None:
+                break
+            self._advance(room, following)
+        for seq in [s for s in held if s <= room.last_seq]:
+            del held[seq]
+        if held:
+            self._fill_gap(room)
+
+    def _fill_gap(self, room: Room) -> None:
+        if not room.filling:
+            room.filling = True
+            asyncio.ensure_future(self._fill_gap_from_store(room))
+
+    async def _fill_gap_from_store(self, room: Room) -> None:
+        try:
+            while room.held and self.rooms.get(room.name) is room:
+                first_held = min(room.held)
+                if first_held <= room.last_seq + 1:
+                    self._release_held(room)
+                    continue
+                missing = first_held - room.last_seq - 1
+                drafts = await self.store.messages_after(room.name, room.last_seq, missing)
+                progressed = False
+                for draft in drafts:
+                    if draft.seq == room.last_seq + 1:
+                        self._advance(room, broadcast_from_draft(draft))
+                        progressed = True
+                if not progressed and room.held and min(room.held) > room.last_seq + 1:
+                    # The store should always have what was published after it;
+                    # if it doesn't, stalling the room forever is worse than a gap.
+                    log.error(
+                        "room %s: seq %d..%d missing from the store; skipping them",
+                        room.name, room.last_seq + 1, min(room.held) - 1,
+                    )
+                    room.last_seq = min(room.held) - 1
+                self._release_held(room)
+        except Exception:
+            log.exception("room %s: filling a gap from the store failed", room.name)
+        finally:
+            room.filling = False
+
+    # -- members --------------------------------------------------------
+
+    async def join(self, name: str, since: int | None) -> tuple[Room, int]:
+        """Open ``name`` and pick the cursor to catch up from.
+
+        Send the ``joined`` frame next (with ``room.last_seq``), then call
+        :meth:`catch_up`. Without ``since`` the member gets the last
+        ``history_on_join`` messages; a ``since`` past the end is clamped to it.
+        """
+        room = await self.room(name)
+        if since is None:
+            cursor = max(0, room.last_seq - self.history_on_join)
+        else:
+            cursor = min(since, room.last_seq)
+        room.idle_since = None
+        return room, cursor
+
+    async def catch_up(self, member: Member, room: Room, cursor: int) -> None:
+        """Send ``member`` everything after ``cursor``, then make it live."""
+        while cursor < room.last_seq:
+            batch = await self.read_after(room, cursor, self.backlog_page)
+            if member.closed or not member.subscribed(room.name):
+                return
+            for broadcast in batch:
+                if broadcast.seq is not None and broadcast.seq > cursor:
+                    member.deliver(broadcast)
+                    cursor = broadcast.seq
+            if not batch:
+                break
+            await member.drain()
+        if member.closed or not member.subscribed(room.name):
+            return
+        room.live[member] = None
+
+    def leave(self, member: Member, name: str, *, now: float) -> None:
+        room = self.rooms.get(name)
+        if room is not None:
+            room.live.pop(member, None)
+            if not room.live and not room.waiters:
+                room.idle_since = now
+
+    async def read_after(self, room: Room, since: int, limit: int) -> list[Broadcast]:
+        in_memory = room.recent_after(since, limit)
+        if in_memory is not None:
+            return in_memory
+        drafts = await self.store.messages_after(room.name, since, limit)
+        return [broadcast_from_draft(d) for d in drafts]
+
+    async def read_before(self, name: str, before: int | None, limit: int) -> list[Broadcast]:
+        drafts = await self.store.messages_before(name, before, limit)
+        return [broadcast_from_draft(d) for d in drafts]
+
+    # -- long-polling ---------------------------------------------------
+
+    def wait(self, room: Room, since: int, limit: int) -> asyncio.Future[bytes]:
+        """A future resolved with the poll body once a message after ``since`` arrives.
+
+        Cancel it when the poller goes away or its wait runs out.
+        """
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        room.waiters.append((since, limit, future))
+        room.idle_since = None
+        return future
+
+    def _answer_waiters(self, room: Room) -> None:
+        bodies: dict[tuple[int, int], bytes] = {}
+        still_waiting = []
+        for since, limit, future in room.waiters:
+            if future.done():
+                continue
+            if since >= room.last_seq:
+                still_waiting.append((since, limit, future))
+                continue
+            body = bodies.get((since, limit))
+            if body is None:
+                messages = room.recent_after(since, limit) or []
+                body = bodies[(since, limit)] = encode_poll_body(messages, room.last_seq)
+            future.set_result(body)
+        room.waiters = still_waiting
+
+    def forget_waiter(self, room: Room, future: asyncio.Future[bytes], *, now: float) -> None:
+        room.waiters = [w for w in room.waiters if w[2] is not future]
+        if not room.live and not room.waiters:
+            room.idle_since = now
+
+    # -- housekeeping ---------------------------------------------------
+
+    def close_idle_rooms(self, *, now: float, idle: float = ROOM_IDLE_SECONDS) -> list[str]:
+        """Forget rooms nobody has used for ``idle`` seconds; returns their names."""
+        closed = [
+            name for name, room in self.rooms.items()
+            if room.idle_since is not None and now - room.idle_since >= idle
+            and not room.live and not room.waiters and not room.filling
+        ]
+        for name in closed:
+            del self.rooms[name]
+        return closed
+
+    def answer_all_waiters(self) -> None:
+        """At shutdown: answer every long-poll now, with what it has."""
+        for room in self.rooms.values():
+            for _since, _limit, future in room.waiters:
+                if not future.done():
+                    future.set_result(encode_poll_body((), room.last_seq))
+            room.waiters = []

@@ -1,0 +1,74 @@
+"""Who is online in which room, over every transport, without I/O.
+
+A nick is online in a room while it holds at least one open connection there
+(WebSocket or SSE), or while it keeps long-polling: each poll counts for
+``grace`` seconds. Every call returns the transitions it caused, as
+``(room, nick, "online" | "offline")``, for the caller to broadcast.
+Time is an argument, so expiry is tested without a clock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+__all__ = ["PresenceTable", "Transition"]
+
+Transition = tuple[str, str, str]
+
+
+class PresenceTable:
+    def __init__(self, *, grace: float = 30.0) -> None:
+        self.grace = grace
+        # room → nick_key → open connection count
+        self._connections: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        # room → nick_key → poll expiry time
+        self._polls: defaultdict[str, dict[str, float]] = defaultdict(dict)
+        self._spelling: dict[str, str] = {}  # nick_key → nick as the user wrote it
+
+    def _online(self, room: str, key: str) -> bool:
+        return key in self._connections.get(room, ()) or key in self._polls.get(room, ())
+
+    def connect(self, room: str, nick: str, key: str) -> list[Transition]:
+        was_online = self._online(room, key)
+        counts = self._connections[room]
+        counts[key] = counts.get(key, 0) + 1
+        self._spelling[key] = nick
+        return [] if was_online else [(room, nick, "online")]
+
+    def disconnect(self, room: str, key: str) -> list[Transition]:
+        counts = self._connections.get(room)
+        if not counts or key not in counts:
+            return []
+        counts[key] -= 1
+        if counts[key] > 0:
+            return []
+        del counts[key]
+        if not counts:
+            del self._connections[room]
+        if self._online(room, key):
+            return []
+        return [(room, self._spelling.get(key, key), "offline")]
+
+    def poll(self, room: str, nick: str, key: str, *, now: float, wait: float = 0.0) -> list[Transition]:
+        """A long-poll arrived; it keeps ``nick`` online until it ends plus ``grace``."""
+        was_online = self._online(room, key)
+        self._polls[room][key] = now + wait + self.grace
+        self._spelling[key] = nick
+        return [] if was_online else [(room, nick, "online")]
+
+    def expire(self, *, now: float) -> list[Transition]:
+        """Drop pollers whose grace has run out."""
+        changes: list[Transition] = []
+        for room in list(self._polls):
+            polls = self._polls[room]
+            for key in [k for k, until in polls.items() if until <= now]:
+                del polls[key]
+                if not self._online(room, key):
+                    changes.append((room, self._spelling.get(key, key), "offline"))
+            if not polls:
+                del self._polls[room]
+        return changes
+
+    def members(self, room: str) -> list[str]:
+        keys = set(self._connections.get(room, ())) | set(self._polls.get(room, ()))
+        return sorted((self._spelling.get(k, k) for k in keys), key=str.casefold)

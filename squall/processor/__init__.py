@@ -1,0 +1,1 @@
+"""The processor: the slow pipeline, in its own process, behind a TCP line protocol."""

@@ -1,0 +1,257 @@
+"""The web node's side of the processor link.
+
+Theory of operation. :meth:`ProcessorLink.process` puts a request in a bounded
+table of unanswered requests (``max_pending``) and waits for its answer for at
+most ``send_timeout`` seconds. One connection task keeps a TCP stream to the
+processor open (TCP_NODELAY, reconnecting with capped exponential back-off),
+writes every request not yet written on the current stream, and matches
+answers to requests by ``ref``.
+
+When the stream breaks, every unanswered request is written again on the next
+one. That is safe because the processor's store is idempotent on
+``(room, nick, id)``: a request it had already stored is answered with the
+original seq. A request that times out before it was ever written is dropped
+(its sender got ``unavailable`` and may retry with the same id); one that was
+written stays until it is answered, so that a message stored just before a
+crash is still published.
+
+Every ``processed`` answer goes to ``on_processed`` — whether or not its sender
+still waits — so a stored message is always published. Identical requests
+(same room, nick and id) in flight at once share one entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from ..config import Address
+from ..errors import LineTooLong, Rejected, Unavailable
+from ..lines import PROTOCOL_VERSION, LineReader, encode_line
+from ..protocol import nick_key
+
+__all__ = ["ProcessorLink", "backoff_delay"]
+
+log = logging.getLogger("squall.link")
+
+_READ_CHUNK = 256 * 1024
+
+
+def backoff_delay(attempt: int, *, low: float, high: float, rand: float) -> float:
+    """Capped exponential back-off with full jitter; ``rand`` is uniform in [0, 1)."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return low + (ceiling - low) * rand
+
+
+class _Request:
+    __slots__ = ("ref", "key", "line", "future", "written_on")
+
+    def __init__(self, ref: int, key: tuple[str, str, str], line: bytes) -> None:
+        self.ref = ref
+        self.key = key
+        self.line = line
+        self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.written_on: int | None = None  # the stream generation it was written on
+
+
+class ProcessorLink:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        on_processed: Callable[[dict[str, Any]], None],
+        on_updated: Callable[[dict[str, Any]], None] | None = None,
+        max_pending: int = 10_000,
+        send_timeout: float = 10.0,
+        reconnect_min: float = 0.05,
+        reconnect_max: float = 5.0,
+        max_line: int = 1024 * 1024,
+    ) -> None:
+        self.address = address
+        self.on_processed = on_processed
+        self.on_updated = on_updated
+        self.max_pending = max_pending
+        self.send_timeout = send_timeout
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.max_line = max_line
+        self._refs = itertools.count(1)
+        self._pending: dict[int, _Request] = {}  # ref → request, in ref order
+        self._by_key: dict[tuple[str, str, str], _Request] = {}
+        self._stream: IOStream | None = None
+        self._generation = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connected = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def process(self, *, room: str, nick: str, id: str, body: str, ts: int) -> dict[str, Any]:
+        """The processed message as the processor returned it.
+
+        Raises :class:`Rejected` when the pipeline refuses it and
+        :class:`Unavailable` when the queue is full or no answer came in time.
+        """
+        key = (room, nick_key(nick), id)
+        request = self._by_key.get(key)
+        if request is None:
+            if self._closing:
+                raise Unavailable("the server is shutting down; retry with the same id")
+            if len(self._pending) >= self.max_pending:
+                raise Unavailable(
+                    f"{len(self._pending)} messages are already waiting for the processor"
+                    f" (limit {self.max_pending}); retry with the same id"
+                )
+            ref = next(self._refs)
+            line = encode_line({
+                "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
+                "body": body, "ts": ts,
+            })
+            request = _Request(ref, key, line)
+            self._pending[ref] = request
+            self._by_key[key] = request
+            self._write(request)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(request.future), self.send_timeout)
+        except asyncio.TimeoutError:
+            if request.written_on is None:
+                self._forget(request)
+            raise Unavailable(
+                f"the processor did not answer within {self.send_timeout:g} s;"
+                " retry with the same id"
+            ) from None
+        if answer["op"] == "rejected":
+            raise Rejected(str(answer.get("reason", "")), code=str(answer.get("code", "rejected")))
+        message: dict[str, Any] = answer["message"]
+        return message
+
+    def _forget(self, request: _Request) -> None:
+        self._pending.pop(request.ref, None)
+        if self._by_key.get(request.key) is request:
+            del self._by_key[request.key]
+
+    def _write(self, request: _Request) -> None:
+        stream = self._stream
+        if stream is None or stream.closed():
+            return
+        try:
+            stream.write(request.line)
+        except StreamClosedError:
+            return
+        request.written_on = self._generation
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                stream = await TCPClient().connect(*self.address, max_buffer_size=4 * self.max_line)
+            except (OSError, StreamClosedError) as exc:
+                delay = backoff_delay(
+                    attempt, low=self.reconnect_min, high=self.reconnect_max, rand=random.random()
+                )
+                if attempt == 0:
+                    log.warning("processor at %s:%d unreachable (%s); retrying", *self.address, exc)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            try:
+                await self._serve(stream)
+            except Exception:
+                log.exception("processor link failed")
+            finally:
+                stream.close()
+                self._stream = None
+                self.connected.clear()
+            if not self._closing:
+                log.warning("lost the processor link; %d requests will be resent", len(self._pending))
+
+    async def _serve(self, stream: IOStream) -> None:
+        stream.set_nodelay(True)
+        reader = LineReader(max_line=self.max_line)
+        stream.write(encode_line({"op": "hello", "role": "web", "version": PROTOCOL_VERSION}))
+        # Wait for the processor's hello before resending anything: a peer that
+        # is not a Squall processor must not receive our queue.
+        hello = None
+        while hello is None:
+            lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
+            if lines:
+                hello = lines[0].value
+                leftover = lines[1:]
+        if hello is None or hello.get("op") != "hello" or hello.get("version") != PROTOCOL_VERSION:
+            log.error("peer at %s:%d is not a Squall processor v%d: %r",
+                      *self.address, PROTOCOL_VERSION, hello)
+            return
+        self._generation += 1
+        self._stream = stream
+        for request in list(self._pending.values()):
+            self._write(request)
+        self.connected.set()
+        log.info("connected to the processor at %s:%d", *self.address)
+        for line in leftover:
+            self._answer(line.value)
+        while True:
+            try:
+                lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
+            except StreamClosedError:
+                return
+            except LineTooLong as exc:
+                log.error("processor sent an overlong line: %s", exc)
+                return
+            for line in lines:
+                self._answer(line.value)
+
+    def _answer(self, value: dict[str, Any] | None) -> None:
+        if value is None:
+            return
+        op = value.get("op")
+        if op in ("processed", "rejected"):
+            request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
+            if op == "processed":
+                self.on_processed(value["message"])
+            if request is not None:
+                self._forget(request)
+                if not request.future.done():
+                    request.future.set_result(value)
+        elif op == "updated":
+            if self.on_updated is not None:
+                self.on_updated(value)
+        elif op == "error":
+            log.error("processor refused a request: %s", value)
+            request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
+            if request is not None:
+                self._forget(request)
+                if not request.future.done():
+                    request.future.set_result({
+                        "op": "rejected", "code": "internal",
+                        "reason": "the server could not process this message",
+                    })
+        elif op != "pong":
+            log.warning("unexpected line from the processor: %r", value)
+
+    async def close(self, *, timeout: float) -> None:
+        """Stop taking sends, wait up to ``timeout`` s for answers, then disconnect."""
+        self._closing = True
+        waiting = [r.future for r in self._pending.values() if r.written_on is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        if self._stream is not None:
+            self._stream.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass

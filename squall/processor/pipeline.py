@@ -1,0 +1,112 @@
+"""The processor's ordered chain of stages.
+
+A stage is a callable ``stage(message: Draft) -> Draft`` (or an awaitable of
+one). It returns the message, changed with ``dataclasses.replace`` if it
+changes it, or raises :class:`~squall.errors.Rejected` with a code and a
+reason. The chain is configured by name (``Settings.stages``): a built-in name
+from :data:`BUILTIN_STAGES`, or ``module:callable`` for a stage of your own.
+A named class is instantiated with the :class:`StageContext`; anything else
+callable is used as it is. docs/pipeline.md has a worked example.
+
+A stage that raises anything but ``Rejected`` is logged and the message is
+rejected with code ``internal``; the next message runs through the chain as
+usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..config import Settings
+from ..errors import ConfigError, Rejected
+from ..message import Draft
+from ..store import Store
+from . import stages
+
+__all__ = ["Pipeline", "StageContext", "Stage", "BUILTIN_STAGES", "load_stage"]
+
+log = logging.getLogger("squall.pipeline")
+
+Stage = Callable[[Draft], Draft | Awaitable[Draft]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What a stage may need at start-up: settings, the store, a logger."""
+
+    settings: Settings
+    store: Store
+    writer: stages.BatchWriter
+    logger: logging.Logger = log
+
+
+BUILTIN_STAGES: dict[str, Callable[[StageContext], Stage]] = {
+    "validate": lambda ctx: stages.Validate(max_chars=ctx.settings.max_body_chars),
+    "render": lambda ctx: stages.render,
+    "mentions": lambda ctx: stages.Mentions(ctx.store),
+    "store": lambda ctx: ctx.writer.save,
+}
+
+
+def load_stage(name: str, ctx: StageContext) -> Stage:
+    """Build the stage called ``name``: built-in, or ``module:callable``."""
+    factory = BUILTIN_STAGES.get(name)
+    if factory is not None:
+        return factory(ctx)
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        known = ", ".join(BUILTIN_STAGES)
+        raise ConfigError(f"unknown stage {name!r}: use one of {known} or module:callable")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load stage {name!r}: {exc}") from None
+    if inspect.isclass(target):
+        target = target(ctx)
+    if not callable(target):
+        raise ConfigError(f"stage {name!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class Pipeline:
+    """Runs each message through the configured stages, in order."""
+
+    def __init__(self, stage_list: list[tuple[str, Stage]]) -> None:
+        self.stages = stage_list
+
+    @classmethod
+    def from_settings(cls, ctx: StageContext) -> Pipeline:
+        names = list(ctx.settings.stages)
+        if "store" not in names:
+            raise ConfigError("the stage list must include 'store', or nothing is ever saved")
+        return cls([(name, load_stage(name, ctx)) for name in names])
+
+    async def run(self, message: Draft) -> Draft:
+        """The processed message, or :class:`Rejected`."""
+        for name, stage in self.stages:
+            try:
+                result = stage(message)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Rejected:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stage %s failed on message %s/%s", name, message.room, message.id)
+                raise Rejected(
+                    "the server could not process this message", code="internal"
+                ) from None
+            if not isinstance(result, Draft):
+                log.error("stage %s returned %r instead of a message", name, type(result))
+                raise Rejected("the server could not process this message", code="internal")
+            message = result
+        return message

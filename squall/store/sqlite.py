@@ -1,0 +1,230 @@
+"""The SQLite store, the embedded default.
+
+Writes come in batches (group commit): the processor hands over every message
+that arrived while the previous transaction ran, and one ``BEGIN IMMEDIATE`` …
+``COMMIT`` stores them all. ``BEGIN IMMEDIATE`` takes the write lock up front,
+so two processors sharing a file serialise instead of both reading the same
+``last_seq``. WAL mode lets the web node read while the processor writes.
+``synchronous=FULL`` because an acknowledged message must survive a power cut,
+not only a crash; the batch amortises the fsync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from ..message import Draft
+from ..protocol import nick_key
+
+__all__ = ["SQLiteStore", "SCHEMA_VERSION"]
+
+_MIGRATIONS: list[str] = [
+    # 1: rooms, messages, users.
+    """
+    CREATE TABLE rooms (
+        name TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        nick TEXT NOT NULL,
+        nick_key TEXT NOT NULL,
+        cid TEXT NOT NULL,
+        body TEXT NOT NULL,
+        html TEXT NOT NULL,
+        mentions TEXT NOT NULL,
+        links TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_by_client_id ON messages (room, nick_key, cid);
+    CREATE TABLE users (
+        nick_key TEXT PRIMARY KEY,
+        nick TEXT NOT NULL,
+        email TEXT,
+        password_hash TEXT,
+        created INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts"
+
+
+def _row_to_draft(row: Any) -> Draft:
+    room, seq, nick, cid, body, html, mentions, links, ts = row
+    return Draft(
+        room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
+        mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("SQLiteStore used before open()")
+        return self._db
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        # Web node and processor share the file; wait for the other's lock
+        # instead of failing at once.
+        await db.execute("PRAGMA busy_timeout=10000")
+        self._db = db
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this Squall's "
+                    f"{SCHEMA_VERSION}; upgrade Squall"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in filter(str.strip, _MIGRATIONS[number].split(";")):
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def save_messages(self, drafts: Sequence[Draft]) -> list[Draft]:
+        if not drafts:
+            return []
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            result = await self._save_in_transaction(db, drafts)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _save_in_transaction(
+        self, db: aiosqlite.Connection, drafts: Sequence[Draft]
+    ) -> list[Draft]:
+        keys = [(d.room, nick_key(d.nick), d.id) for d in drafts]
+        stored: dict[tuple[str, str, str], Draft] = {}
+        # One query per batch finds earlier copies of these client ids.
+        unique = list(set(keys))
+        marks = ",".join(["(?, ?, ?)"] * len(unique))
+        async with db.execute(
+            f"SELECT {_COLUMNS}, nick_key FROM messages"
+            f" WHERE (room, nick_key, cid) IN (VALUES {marks})",
+            [part for key in unique for part in key],
+        ) as cursor:
+            for row in await cursor.fetchall():
+                original = _row_to_draft(row[:-1])
+                stored[(original.room, row[-1], original.id)] = original
+
+        rooms = list({d.room for d in drafts})
+        last = dict.fromkeys(rooms, 0)
+        async with db.execute(
+            f"SELECT name, last_seq FROM rooms WHERE name IN ({','.join('?' * len(rooms))})",
+            rooms,
+        ) as cursor:
+            for name, seq in await cursor.fetchall():
+                last[name] = seq
+
+        result: list[Draft] = []
+        rows: list[tuple[Any, ...]] = []
+        for draft, key in zip(drafts, keys):
+            original = stored.get(key)
+            if original is not None:
+                result.append(dataclasses.replace(original, duplicate=True))
+                continue
+            seq = last[draft.room] = last[draft.room] + 1
+            saved = dataclasses.replace(draft, seq=seq)
+            stored[key] = saved
+            result.append(saved)
+            rows.append((
+                saved.room, seq, saved.nick, key[1], saved.id, saved.body, saved.html,
+                orjson.dumps(list(saved.mentions)).decode(),
+                orjson.dumps(list(saved.links)).decode(), saved.ts,
+            ))
+        if rows:
+            await db.executemany(
+                "INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions,"
+                " links, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await db.executemany(
+                "INSERT INTO rooms (name, last_seq) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq",
+                list(last.items()),
+            )
+        return result
+
+    async def last_seq(self, room: str) -> int:
+        async with self.db.execute("SELECT last_seq FROM rooms WHERE name=?", (room,)) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq>? ORDER BY seq LIMIT ?",
+            (room, since, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_draft(row) for row in rows]
+
+    async def messages_before(self, room: str, before: int | None, limit: int) -> list[Draft]:
+        bound = before if before is not None else 2**62
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq<? ORDER BY seq DESC LIMIT ?",
+            (room, bound, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_draft(row) for row in reversed(rows)]
+
+    async def save_user(self, nick: str) -> str:
+        db = self.db
+        async with db.execute(
+            "INSERT INTO users (nick_key, nick, created) VALUES (?, ?, ?)"
+            " ON CONFLICT (nick_key) DO UPDATE SET nick_key = excluded.nick_key"
+            " RETURNING nick",
+            (nick_key(nick), nick, int(time.time())),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else nick
+
+    async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        async with self.db.execute(
+            f"SELECT nick_key, nick FROM users WHERE nick_key IN ({marks})", wanted
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {key: nick for key, nick in rows}

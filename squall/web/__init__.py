@@ -1,0 +1,1 @@
+"""The web node: HTTP, WebSocket and SSE on Tornado. No slow work happens here."""

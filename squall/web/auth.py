@@ -1,0 +1,53 @@
+"""Session tokens: the nick, signed by the server with Tornado's signed values.
+
+A token is ``create_signed_value(secret, "squall-session", nick)``: it carries
+the nick and a timestamp under an HMAC-SHA256 signature, so a forged or altered
+token fails :func:`nick_from_token` and expires after ``max_age_days``.
+Password accounts can add a second token kind beside this one later.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from tornado.web import create_signed_value, decode_signed_value
+
+__all__ = ["make_token", "nick_from_token", "load_or_create_secret", "TOKEN_NAME"]
+
+TOKEN_NAME = "squall-session"
+
+
+def make_token(secret: str, nick: str) -> str:
+    return create_signed_value(secret, TOKEN_NAME, nick).decode("ascii")
+
+
+def nick_from_token(secret: str, token: str | None, *, max_age_days: float) -> str | None:
+    """The nick a valid token names, or None for a missing, forged or expired one."""
+    if not token or len(token) > 512:
+        return None
+    value = decode_signed_value(secret, TOKEN_NAME, token, max_age_days=max_age_days)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def load_or_create_secret(configured: str, data_dir: str) -> str:
+    """The configured secret, else one kept in ``<data_dir>/secret`` across restarts."""
+    if configured:
+        return configured
+    path = Path(data_dir) / "secret"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(value, encoding="ascii")
+    temporary.chmod(0o600)
+    temporary.replace(path)
+    return value

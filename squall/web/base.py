@@ -1,0 +1,136 @@
+"""What every HTTP handler shares: JSON errors, authentication, the XSRF rule."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from tornado.web import HTTPError, RequestHandler
+
+from ..errors import BadRequest, ClientError, Unauthorized
+from .auth import nick_from_token
+
+if TYPE_CHECKING:
+    from .node import WebNode
+
+__all__ = ["BaseHandler", "NotFoundHandler", "COOKIE_NAME", "token_from_request"]
+
+log = logging.getLogger("squall.web")
+
+COOKIE_NAME = "squall_token"
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "too_large", 429: "rate_limited",
+}
+
+
+def token_from_request(handler: RequestHandler) -> tuple[str | None, bool]:
+    """The token from ``Authorization: Bearer``, ``?token=`` or the cookie.
+
+    The flag says whether it came from the cookie, which a browser sends by
+    itself and which therefore needs the XSRF check on writes.
+    """
+    header = handler.request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip(), False
+    token = handler.get_query_argument("token", None)
+    if token:
+        return token, False
+    cookie = handler.get_cookie(COOKIE_NAME)
+    return cookie, cookie is not None
+
+
+class BaseHandler(RequestHandler):
+    node: WebNode
+
+    def initialize(self, node: WebNode) -> None:
+        self.node = node
+        self._nick: str | None = None
+        self._by_cookie = False
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    # -- authentication -------------------------------------------------
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        limit = self.node.settings.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ClientError(
+                f"request body has {length} bytes, more than the limit of {limit}", code="too_large"
+            )
+
+    def current_nick(self) -> str:
+        """The caller's nick, or :class:`Unauthorized`."""
+        if self._nick is not None:
+            return self._nick
+        token, by_cookie = token_from_request(self)
+        if not token:
+            raise Unauthorized("no session token: send 'Authorization: Bearer <token>' from POST /api/session")
+        nick = nick_from_token(
+            self.node.secret, token, max_age_days=self.node.settings.token_max_age_days
+        )
+        if nick is None:
+            raise Unauthorized("session token is invalid or expired; create a new one with POST /api/session")
+        self._nick, self._by_cookie = nick, by_cookie
+        if by_cookie and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+            super().check_xsrf_cookie()
+        return nick
+
+    def check_xsrf_cookie(self) -> None:
+        # Tornado would check every POST here; we check only cookie-authenticated
+        # ones, in current_nick(), because a bearer token cannot be forged by a page.
+        pass
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            data = orjson.loads(self.request.body or b"null")
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object", code="bad_json")
+        return data
+
+    # -- answers --------------------------------------------------------
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(value if isinstance(value, bytes) else orjson.dumps(value))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ClientError):
+            body = exc.to_dict()
+        elif isinstance(exc, HTTPError) and status_code < 500:
+            body = {"code": _HTTP_CODES.get(status_code, "bad_request"),
+                    "reason": exc.log_message or self._reason}
+        else:
+            body = {"code": "internal", "reason": "the server failed to handle this request"}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ClientError):
+            status_code = exc.status
+            if exc.code == "too_large":
+                status_code = 413
+            elif exc.code == "rate_limited":
+                status_code = 429
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ClientError):
+            log.debug("%s %s: %s", self.request.method, self.request.path, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise HTTPError(404, f"no route for {self.request.method} {self.request.path}")

@@ -1,0 +1,89 @@
+"""Routes, and the small HTTP handlers: session, members, typing, the page."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import check_nick, check_room
+from .auth import make_token
+from .base import COOKIE_NAME, BaseHandler
+
+if TYPE_CHECKING:
+    from .node import WebNode
+
+__all__ = ["routes"]
+
+_ROOM = r"/api/rooms/([^/]+)"
+
+
+def routes(node: WebNode) -> list[Any]:
+    from .longpoll import MessagesHandler
+    from .sse import EventsHandler
+    from .websocket import ChatSocket
+
+    args = {"node": node}
+    return [
+        (r"/", PageHandler, args),
+        (r"/api/session", SessionHandler, args),
+        (r"/ws", ChatSocket, args),
+        (_ROOM + r"/messages", MessagesHandler, args),
+        (_ROOM + r"/events", EventsHandler, args),
+        (_ROOM + r"/members", MembersHandler, args),
+        (_ROOM + r"/typing", TypingHandler, args),
+        (r"/api/health", HealthHandler, args),
+    ]
+
+
+class SessionHandler(BaseHandler):
+    async def post(self) -> None:
+        nick = check_nick(self.json_body().get("nick"))
+        nick = await self.node.store.save_user(nick)
+        token = make_token(self.node.secret, nick)
+        self.set_cookie(
+            COOKIE_NAME, token, httponly=True, samesite="Lax",
+            expires_days=self.node.settings.token_max_age_days,
+        )
+        self.xsrf_token  # sets the _xsrf cookie a cookie-authenticated page needs
+        self.write_json({"nick": nick, "token": token})
+
+
+class MembersHandler(BaseHandler):
+    def get(self, room: str) -> None:
+        self.current_nick()
+        room = check_room(room)
+        self.write_json({"room": room, "members": self.node.presence.members(room)})
+
+
+class TypingHandler(BaseHandler):
+    def post(self, room: str) -> None:
+        nick = self.current_nick()
+        self.node.publish_presence(check_room(room), nick, "typing")
+        self.set_status(204)
+        self.finish()
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({
+            "ok": True,
+            "processor": "connected" if self.node.link.connected.is_set() else "unreachable",
+            "pending_sends": self.node.link.pending,
+            "websocket": self.node.settings.websocket,
+        })
+
+
+class PageHandler(BaseHandler):
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data:;"
+            " connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        )
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-cache")
+
+    def get(self) -> None:
+        self.xsrf_token  # noqa: B018 - sets the _xsrf cookie for cookie-authenticated POSTs
+        self.render("index.html", websocket=self.node.settings.websocket)

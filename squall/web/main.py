@@ -1,0 +1,30 @@
+"""Running a web node as a process: ``squall web --processor HOST:PORT``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from ..config import Settings
+from .node import WebNode
+
+__all__ = ["serve_web"]
+
+log = logging.getLogger("squall.web")
+
+
+async def serve_web(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    node = WebNode(settings)
+    await node.start()
+    url = f"http://{settings.host}:{node.port}/"
+    log.info("web node listening on %s (processor at %s)", url, settings.processor)
+    print(f"Squall is running at {url}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await node.stop()

@@ -1,0 +1,183 @@
+"""The web node: wires the hub, the bus, the store (read side), presence and the
+processor link together, and owns the Tornado application.
+
+Every chat send, whatever its transport, goes through :meth:`WebNode.send`;
+every processed message comes back through :meth:`WebNode._on_processed` and
+leaves for the bus, encoded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+
+from ..bus import Bus, open_bus
+from ..config import Settings
+from ..errors import RateLimited
+from ..frames import Broadcast
+from ..hub import Hub
+from ..limits import TokenBucket
+from ..presence import PresenceTable, Transition
+from ..processor.client import ProcessorLink
+from ..store import Store, open_store
+from .auth import load_or_create_secret
+
+__all__ = ["WebNode"]
+
+log = logging.getLogger("squall.web")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class WebNode:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = load_or_create_secret(settings.secret, settings.data_dir)
+        self.store: Store = open_store(settings.database_url)
+        self.bus: Bus = open_bus(settings.bus)
+        self.hub = Hub(
+            self.store,
+            recent_per_room=settings.recent_per_room,
+            backlog_page=settings.backlog_page,
+            history_on_join=settings.history_on_join,
+        )
+        self.presence = PresenceTable(grace=settings.poll_grace)
+        self.link = ProcessorLink(
+            settings.processor_address,
+            on_processed=self._on_processed,
+            on_updated=self._on_updated,
+            max_pending=settings.max_pending_sends,
+            send_timeout=settings.send_timeout,
+            reconnect_min=settings.reconnect_min,
+            reconnect_max=settings.reconnect_max,
+        )
+        self.websockets: set[Any] = set()  # open WebSocket handlers
+        self.event_streams: set[Any] = set()  # open SSE handlers
+        self._http_buckets: dict[str, TokenBucket] = {}
+        self._server: HTTPServer | None = None
+        self._housekeeping: PeriodicCallback | None = None
+        self._heartbeat: PeriodicCallback | None = None
+        self.stopping = False
+
+    # -- life cycle -----------------------------------------------------
+
+    def make_app(self) -> tornado.web.Application:
+        from .handlers import routes
+        from .base import NotFoundHandler
+
+        return tornado.web.Application(
+            routes(self),
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"node": self},
+            static_path=str(STATIC_DIR),
+            template_path=str(STATIC_DIR),
+            xsrf_cookies=True,
+            websocket_max_message_size=self.settings.max_frame_bytes,
+            compress_response=False,
+        )
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.bus.start(self.hub.receive)
+        self.link.start()
+        app = self.make_app()
+        self._server = HTTPServer(
+            app,
+            xheaders=False,
+            max_body_size=self.settings.max_body_bytes * 2,
+            idle_connection_timeout=3600,
+        )
+        self._server.listen(self.settings.port, self.settings.host)
+        self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
+        self._housekeeping.start()
+        self._heartbeat = PeriodicCallback(self._sse_heartbeat, self.settings.sse_heartbeat * 1000)
+        self._heartbeat.start()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when configured as 0)."""
+        assert self._server is not None
+        sockets = list(self._server._sockets.values())
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, say goodbye to clients, wait for in-flight sends, close."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.stop()
+        for callback in (self._housekeeping, self._heartbeat):
+            if callback is not None:
+                callback.stop()
+        for handler in list(self.websockets):
+            handler.close(1001, "server shutting down")
+        self.hub.answer_all_waiters()
+        for stream in list(self.event_streams):
+            stream.end()
+        await self.link.close(timeout=self.settings.shutdown_timeout)
+        if self._server is not None:
+            await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
+        await self.bus.close()
+        await self.store.close()
+
+    # -- sends ----------------------------------------------------------
+
+    def check_http_rate(self, nick_key: str) -> None:
+        now = time.monotonic()
+        bucket = self._http_buckets.get(nick_key)
+        if bucket is None:
+            bucket = self._http_buckets[nick_key] = TokenBucket(
+                rate=self.settings.send_rate, burst=self.settings.send_burst, now=now
+            )
+        if not bucket.take(now=now):
+            raise RateLimited(
+                f"more than {self.settings.send_rate:g} messages per second;"
+                f" retry in {bucket.retry_after():.2f} s"
+            )
+
+    async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
+        """Hand a message to the processor; returns it once stored (with ``seq``)."""
+        return await self.link.process(
+            room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
+        )
+
+    def _on_processed(self, message: dict[str, Any]) -> None:
+        self.bus.publish(Broadcast(message["room"], message["seq"], orjson.dumps(message)))
+
+    def _on_updated(self, value: dict[str, Any]) -> None:
+        event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}
+        self.bus.publish(Broadcast(value["room"], None, orjson.dumps(event), kind="update"))
+
+    # -- presence -------------------------------------------------------
+
+    def announce(self, transitions: list[Transition]) -> None:
+        for room, nick, state in transitions:
+            self.publish_presence(room, nick, state)
+
+    def publish_presence(self, room: str, nick: str, state: str) -> None:
+        payload = orjson.dumps({"type": "presence", "room": room, "nick": nick, "state": state})
+        self.bus.publish(Broadcast(room, None, payload, kind="presence"))
+
+    # -- timers ---------------------------------------------------------
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        self.announce(self.presence.expire(now=now))
+        self.hub.close_idle_rooms(now=now)
+        # Buckets that have refilled completely carry no information.
+        horizon = self.settings.send_burst / self.settings.send_rate
+        for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:
+            del self._http_buckets[key]
+
+    def _sse_heartbeat(self) -> None:
+        for stream in list(self.event_streams):
+            stream.heartbeat()

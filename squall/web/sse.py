@@ -1,0 +1,111 @@
+"""``/api/rooms/R/events``: Server-Sent Events for one room.
+
+Each message is an event with ``id: <seq>``, so a browser's EventSource resumes
+by itself with ``Last-Event-ID``; ``?since=`` does the same for other clients.
+Presence and link-preview updates come as ``event: presence`` and
+``event: update`` without an id. One node-wide timer writes the heartbeat
+comment to every stream, rather than a timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from tornado.iostream import StreamClosedError
+
+from ..frames import Broadcast
+from ..protocol import check_room, int_param, nick_key
+from .base import BaseHandler
+from .longpoll import MAX_SEQ
+from .streams import buffered_bytes
+
+__all__ = ["EventsHandler"]
+
+
+class EventsHandler(BaseHandler):
+    closed = False
+    _room: str = ""
+    _done: asyncio.Future[None] | None = None
+
+    async def get(self, room_name: str) -> None:
+        nick = self.current_nick()
+        room_name = check_room(room_name)
+        since_raw = self.get_query_argument("since", None) or self.request.headers.get("Last-Event-ID")
+        since = int_param(since_raw, "since", default=None, low=0, high=MAX_SEQ)
+
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        self._room = room_name
+        self._done = asyncio.get_running_loop().create_future()
+        node = self.node
+        room, cursor = await node.hub.join(room_name, since)
+        node.event_streams.add(self)
+        node.announce(node.presence.connect(room_name, nick, nick_key(nick)))
+        joined = {
+            "type": "joined", "room": room_name, "seq": room.last_seq,
+            "members": node.presence.members(room_name),
+        }
+        self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
+        try:
+            await node.hub.catch_up(self, room, cursor)
+            await self._done
+        finally:
+            self._leave()
+
+    # -- hub.Member -----------------------------------------------------
+
+    def subscribed(self, room: str) -> bool:
+        return room == self._room and not self.closed
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        if self.closed:
+            return
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        pending = buffered_bytes(stream)
+        limit = self.node.settings.outbound_bytes
+        if broadcast.ephemeral and pending > limit // 2:
+            return
+        if pending + len(broadcast.sse_event) > limit:
+            self.end()  # too slow: EventSource reconnects with Last-Event-ID
+            return
+        self._write(broadcast.sse_event)
+
+    async def drain(self) -> None:
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self.closed = True
+
+    # -- node-wide timers -------------------------------------------------
+
+    def heartbeat(self) -> None:
+        self._write(b": heartbeat\n\n")
+
+    def end(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.write(data)
+            self.flush()
+        except StreamClosedError:
+            self.closed = True
+            self.end()
+
+    def on_connection_close(self) -> None:
+        self.closed = True
+        self.end()
+
+    def _leave(self) -> None:
+        self.closed = True
+        node = self.node
+        if self in node.event_streams:
+            node.event_streams.discard(self)
+            node.hub.leave(self, self._room, now=time.monotonic())
+            nick = self._nick or ""
+            node.announce(node.presence.disconnect(self._room, nick_key(nick)))
