@@ -69,7 +69,6 @@ class Settings:
     send_rate: float = 20.0  # sends per second per connection (token bucket refill)
     send_burst: int = 40  # token bucket size
     outbound_bytes: int = 1024 * 1024  # per-connection send buffer; full closes with 4008
-    outbound_messages: int = 4096  # same, counted in messages
     max_rooms_per_connection: int = 100
     token_max_age_days: float = 30.0
 
@@ -190,7 +189,7 @@ def _check(settings: Settings) -> None:
     positive = [
         "max_frame_bytes", "max_body_bytes", "max_line_bytes", "max_body_chars",
         "max_pending_sends", "send_timeout", "poll_wait_max", "poll_limit_max",
-        "outbound_bytes", "outbound_messages", "store_batch", "send_rate", "send_burst",
+        "outbound_bytes", "store_batch", "send_rate", "send_burst",
     ]
     for name in positive:
         if getattr(settings, name) <= 0:
