@@ -84,11 +84,28 @@ class Settings:
     max_line_bytes: int = 64 * 1024  # a longer line on the processor link closes it
     max_body_chars: int = 4000
     store_batch: int = 512  # most messages committed in one transaction
-    stages: tuple[str, ...] = ("validate", "render", "mentions", "store")
+    stages: tuple[str, ...] = ("validate", "filter", "render", "mentions", "store", "previews")
+
+    # The content pipeline (docs/pipeline.md).
+    filter_file: str = ""  # "" → no keyword filter
+    filter_action: str = "mask"  # for terms without their own action: mask or reject
+    room_mentions: bool = True  # @room mentions everyone who has posted in the room
+    preview_allow: tuple[str, ...] = ()  # CIDRs or host[:port] exempt from the SSRF rules
+    preview_timeout: float = 5.0
+    preview_max_bytes: int = 1024 * 1024
+    preview_concurrency: int = 4
+    notify_delay: float = 120.0  # seconds a mention may go unread before it is e-mailed
+    smtp: str = ""  # smtp://host:port (or smtp+starttls://, smtps://); "" → .eml files in <data_dir>/outbox
+    mail_from: str = "Squall <squall@localhost>"
+    mail_retry_min: float = 10.0  # first retry after a failed delivery; doubles up to an hour
 
     @property
     def processor_address(self) -> Address:
         return parse_address(self.processor)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     @property
     def listen_address(self) -> Address:
@@ -194,6 +211,10 @@ def _check(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(settings, name)}")
+    if settings.filter_action not in {"mask", "reject"}:
+        raise ConfigError(f"filter_action must be 'mask' or 'reject', got {settings.filter_action!r}")
+    if settings.notify_delay < 0:
+        raise ConfigError(f"notify_delay must be 0 or more, got {settings.notify_delay}")
     if settings.loop not in {"asyncio", "uvloop"}:
         raise ConfigError(f"loop must be 'asyncio' or 'uvloop', got {settings.loop!r}")
     settings.processor_address  # noqa: B018 - validates the address

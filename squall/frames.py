@@ -39,13 +39,23 @@ class Broadcast:
     ephemeral events (presence, typing, link-preview updates).
     """
 
-    __slots__ = ("room", "seq", "payload", "kind", "__dict__")
+    __slots__ = ("room", "seq", "payload", "kind", "mentions", "__dict__")
 
-    def __init__(self, room: str, seq: int | None, payload: bytes, kind: str = "message") -> None:
+    def __init__(
+        self,
+        room: str,
+        seq: int | None,
+        payload: bytes,
+        kind: str = "message",
+        mentions: frozenset[str] = frozenset(),
+    ) -> None:
         self.room = room
         self.seq = seq
         self.payload = payload
         self.kind = kind
+        # Casefolded nicks this message mentions: handing it to one of them
+        # counts as "seen" for e-mail notifications.
+        self.mentions = mentions
 
     @property
     def ephemeral(self) -> bool:

@@ -32,15 +32,16 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
 from .frames import Broadcast
 from .message import Draft
+from .protocol import nick_key
 from .store import Store
 
-__all__ = ["Hub", "Room", "Member", "broadcast_from_draft", "encode_poll_body"]
+__all__ = ["Hub", "Room", "Member", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
 
 log = logging.getLogger("squall.hub")
 
@@ -65,12 +66,23 @@ class Member(Protocol):
 
 
 def broadcast_from_draft(draft: Draft) -> Broadcast:
-    return Broadcast(draft.room, draft.seq, orjson.dumps(draft.to_wire()))
+    return Broadcast(
+        draft.room, draft.seq, orjson.dumps(draft.to_wire()),
+        mentions=frozenset(nick_key(n) for n in draft.mentions),
+    )
 
 
 def encode_poll_body(messages: Iterable[Broadcast], last_seq: int) -> bytes:
     """``{"messages":[...],"seq":LAST}`` spliced from already-encoded payloads."""
     return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % last_seq
+
+
+class PollAnswer(NamedTuple):
+    """A long-poll answer: the encoded body, shared by every poller on the same
+    cursor, and the messages in it."""
+
+    body: bytes
+    messages: list[Broadcast]
 
 
 class Room:
@@ -86,7 +98,7 @@ class Room:
         self.live: dict[Member, None] = {}  # an ordered set
         self.recent: deque[Broadcast] = deque(maxlen=recent)
         self.held: dict[int, Broadcast] = {}  # arrived ahead of a gap
-        self.waiters: list[tuple[int, int, asyncio.Future[bytes]]] = []
+        self.waiters: list[tuple[int, int, asyncio.Future[PollAnswer]]] = []
         self.filling = False
         self.idle_since: float | None = None
 
@@ -271,18 +283,18 @@ class Hub:
 
     # -- long-polling ---------------------------------------------------
 
-    def wait(self, room: Room, since: int, limit: int) -> asyncio.Future[bytes]:
-        """A future resolved with the poll body once a message after ``since`` arrives.
+    def wait(self, room: Room, since: int, limit: int) -> asyncio.Future[PollAnswer]:
+        """A future resolved with the poll answer once a message after ``since`` arrives.
 
         Cancel it when the poller goes away or its wait runs out.
         """
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PollAnswer] = asyncio.get_running_loop().create_future()
         room.waiters.append((since, limit, future))
         room.idle_since = None
         return future
 
     def _answer_waiters(self, room: Room) -> None:
-        bodies: dict[tuple[int, int], bytes] = {}
+        answers: dict[tuple[int, int], PollAnswer] = {}
         still_waiting = []
         for since, limit, future in room.waiters:
             if future.done():
@@ -290,14 +302,16 @@ class Hub:
             if since >= room.last_seq:
                 still_waiting.append((since, limit, future))
                 continue
-            body = bodies.get((since, limit))
-            if body is None:
+            answer = answers.get((since, limit))
+            if answer is None:
                 messages = room.recent_after(since, limit) or []
-                body = bodies[(since, limit)] = encode_poll_body(messages, room.last_seq)
-            future.set_result(body)
+                answer = answers[(since, limit)] = PollAnswer(
+                    encode_poll_body(messages, room.last_seq), messages
+                )
+            future.set_result(answer)
         room.waiters = still_waiting
 
-    def forget_waiter(self, room: Room, future: asyncio.Future[bytes], *, now: float) -> None:
+    def forget_waiter(self, room: Room, future: asyncio.Future[PollAnswer], *, now: float) -> None:
         room.waiters = [w for w in room.waiters if w[2] is not future]
         if not room.live and not room.waiters:
             room.idle_since = now
@@ -320,5 +334,5 @@ class Hub:
         for room in self.rooms.values():
             for _since, _limit, future in room.waiters:
                 if not future.done():
-                    future.set_result(encode_poll_body((), room.last_seq))
+                    future.set_result(PollAnswer(encode_poll_body((), room.last_seq), []))
             room.waiters = []

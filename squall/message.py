@@ -28,6 +28,8 @@ class Draft:
     # True once the store has seen this (room, nick, id) before: later stages
     # with side effects (previews, e-mail) must not act twice.
     duplicate: bool = False
+    # Link previews (LinkPreview.to_wire() dicts), filled in after delivery.
+    previews: tuple[dict[str, Any], ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,7 @@ class Draft:
             "mentions": list(self.mentions),
             "links": list(self.links),
             "ts": self.ts,
+            **({"previews": list(self.previews)} if self.previews else {}),
         }
 
     @classmethod

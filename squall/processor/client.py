@@ -85,6 +85,7 @@ class ProcessorLink:
         self._refs = itertools.count(1)
         self._pending: dict[int, _Request] = {}  # ref → request, in ref order
         self._by_key: dict[tuple[str, str, str], _Request] = {}
+        self._unsent_seen: dict[tuple[str, str], int] = {}
         self._stream: IOStream | None = None
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
@@ -136,6 +137,26 @@ class ProcessorLink:
             raise Rejected(str(answer.get("reason", "")), code=str(answer.get("code", "rejected")))
         message: dict[str, Any] = answer["message"]
         return message
+
+    def report_seen(self, key: str, room: str, seq: int) -> None:
+        """Tell the processor that user ``key`` was handed message ``seq`` of ``room``.
+
+        Best effort: while the link is down the newest marker per user and room
+        is kept (up to ``max_pending`` of them) and sent on reconnect.
+        """
+        marker = (key, room)
+        if seq <= self._unsent_seen.get(marker, 0):
+            return
+        stream = self._stream
+        if stream is not None and not stream.closed():
+            try:
+                stream.write(encode_line({"op": "seen", "nick": key, "room": room, "seq": seq}))
+                return
+            except StreamClosedError:
+                pass
+        if marker not in self._unsent_seen and len(self._unsent_seen) >= self.max_pending:
+            self._unsent_seen.pop(next(iter(self._unsent_seen)))
+        self._unsent_seen[marker] = seq
 
     def _forget(self, request: _Request) -> None:
         self._pending.pop(request.ref, None)
@@ -198,6 +219,9 @@ class ProcessorLink:
         self._stream = stream
         for request in list(self._pending.values()):
             self._write(request)
+        unsent_seen, self._unsent_seen = self._unsent_seen, {}
+        for (key, room), seq in unsent_seen.items():
+            self.report_seen(key, room, seq)
         self.connected.set()
         log.info("connected to the processor at %s:%d", *self.address)
         for line in leftover:

@@ -38,19 +38,37 @@ Stage = Callable[[Draft], Draft | Awaitable[Draft]]
 
 @dataclasses.dataclass(frozen=True)
 class StageContext:
-    """What a stage may need at start-up: settings, the store, a logger."""
+    """What a stage may need at start-up.
+
+    ``send_update`` sends an unasked line (``{"op": "updated", ...}``) to every
+    connected web node.
+    """
 
     settings: Settings
     store: Store
     writer: stages.BatchWriter
+    send_update: Callable[[dict[str, Any]], None]
     logger: logging.Logger = log
+
+
+def _previews(ctx: StageContext) -> Stage:
+    s = ctx.settings
+    fetcher = stages.make_fetcher(
+        allow=s.preview_allow, timeout=s.preview_timeout, max_bytes=s.preview_max_bytes,
+        concurrency=s.preview_concurrency,
+    )
+    return stages.Previews(ctx.store, fetcher, ctx.send_update)
 
 
 BUILTIN_STAGES: dict[str, Callable[[StageContext], Stage]] = {
     "validate": lambda ctx: stages.Validate(max_chars=ctx.settings.max_body_chars),
-    "render": lambda ctx: stages.render,
-    "mentions": lambda ctx: stages.Mentions(ctx.store),
+    "filter": lambda ctx: stages.Filter(
+        ctx.settings.filter_file, default_action=ctx.settings.filter_action
+    ),
+    "render": lambda ctx: stages.Render(),
+    "mentions": lambda ctx: stages.Mentions(ctx.store, allow_room=ctx.settings.room_mentions),
     "store": lambda ctx: ctx.writer.save,
+    "previews": _previews,
 }
 
 
@@ -88,6 +106,25 @@ class Pipeline:
         if "store" not in names:
             raise ConfigError("the stage list must include 'store', or nothing is ever saved")
         return cls([(name, load_stage(name, ctx)) for name in names])
+
+    def reload(self) -> None:
+        """Ask every stage that can (``reload()``) to re-read its files: SIGHUP."""
+        for _name, stage in self.stages:
+            reload = getattr(stage, "reload", None)
+            if callable(reload):
+                reload()
+
+    async def close(self) -> None:
+        """Let stages release what they hold (``close()``, maybe async)."""
+        for name, stage in self.stages:
+            close = getattr(stage, "close", None)
+            if callable(close):
+                try:
+                    result = close()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("closing stage %s failed", name)
 
     async def run(self, message: Draft) -> Draft:
         """The processed message, or :class:`Rejected`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tornado.iostream import IOStream, StreamClosedError
@@ -33,14 +34,16 @@ _PROCESS_FIELDS = {"room": str, "nick": str, "id": str, "body": str, "ts": int}
 class ProcessorServer(TCPServer):
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Pipeline | None = None,
         *,
+        on_seen: Callable[[str, str, int], None] | None = None,
         max_line: int = 64 * 1024,
         max_in_flight: int = 4096,
         max_write_buffer: int = 64 * 1024 * 1024,
     ) -> None:
         super().__init__(max_buffer_size=max(4 * max_line, 2 * _READ_CHUNK))
         self.pipeline = pipeline
+        self.on_seen = on_seen
         self.max_line = max_line
         self.max_in_flight = max_in_flight
         self.max_write_buffer = max_write_buffer
@@ -139,6 +142,14 @@ class _Connection:
                 "op": "error", "code": "hello_expected",
                 "reason": f'send {{"op":"hello","version":{PROTOCOL_VERSION}}} first',
             })
+        elif op == "seen":
+            nick, room, seq = request.get("nick"), request.get("room"), request.get("seq")
+            if isinstance(nick, str) and isinstance(room, str) and isinstance(seq, int):
+                if self.server.on_seen is not None:
+                    self.server.on_seen(nick, room, seq)
+            else:
+                self.send({"op": "error", "code": "bad_field",
+                           "reason": "seen needs 'nick' and 'room' strings and an integer 'seq'"})
         elif op == "process":
             draft = self._parse_process(request)
             if draft is not None:
@@ -149,7 +160,7 @@ class _Connection:
         else:
             self.send({
                 "op": "error", "code": "unknown_op",
-                "reason": f"unknown op {op!r}; known ops are hello, ping, process",
+                "reason": f"unknown op {op!r}; known ops are hello, ping, process, seen",
                 **({"ref": request["ref"]} if "ref" in request else {}),
             })
 
@@ -173,8 +184,10 @@ class _Connection:
         )
 
     async def _process(self, ref: Any, draft: Draft) -> None:
+        pipeline = self.server.pipeline
+        assert pipeline is not None, "ProcessorServer.pipeline must be set before listening"
         try:
-            message = await self.server.pipeline.run(draft)
+            message = await pipeline.run(draft)
         except Rejected as exc:
             self.send({"op": "rejected", "ref": ref, "code": exc.code, "reason": exc.reason})
         else:

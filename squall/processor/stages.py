@@ -1,25 +1,39 @@
-"""The built-in stages: validate, render, mentions, store."""
+"""The built-in stages, in their usual order:
+
+``validate`` → ``filter`` → ``render`` → ``mentions`` → ``store`` → ``previews``.
+
+Filtering comes before rendering so the html is made from the masked body;
+mentions are found on the rendered html, so code and links are never searched;
+previews come after the store, because they are fetched once the message is
+safe, and arrive later as an ``update``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
-import re
+import logging
+import time
 import unicodedata
+from collections.abc import Callable
+from typing import Any
 
-from ..errors import Rejected
+from ..errors import ConfigError, FilterFileError, Rejected
 from ..message import Draft
-from ..protocol import nick_key
+from ..pipeline.filter import Action, FilterFile
+from ..pipeline.mentions import find_mentions, mark_mentions
+from ..pipeline.preview import AllowList, PreviewFetcher
+from ..pipeline.richtext import Renderer
 from ..store import Store
 
-__all__ = ["Validate", "render", "Mentions", "BatchWriter", "URL_PATTERN"]
+__all__ = ["Validate", "Filter", "Render", "Mentions", "Previews", "BatchWriter"]
+
+log = logging.getLogger("squall.pipeline")
 
 # Newline and tab are the only control characters a chat line may carry.
 _ALLOWED_CONTROLS = frozenset("\n\t")
-
-URL_PATTERN = re.compile(r"\bhttps?://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", re.IGNORECASE)
-_MENTION = re.compile(r"(?<![\w@./:+-])@([\w.-]{1,32})")
+# Most users an @room mention lists.
+MAX_ROOM_MENTIONS = 1000
 
 
 class Validate:
@@ -47,39 +61,110 @@ class Validate:
         return dataclasses.replace(message, body=body) if body != message.body else message
 
 
-def render(message: Draft) -> Draft:
-    """Escape the body for a page and link its URLs; fill ``links``."""
-    parts: list[str] = []
-    links: list[str] = []
-    position = 0
-    for match in URL_PATTERN.finditer(message.body):
-        url = match.group(0)
-        parts.append(html.escape(message.body[position:match.start()]))
-        escaped = html.escape(url)
-        parts.append(
-            f'<a href="{escaped}" rel="nofollow noopener noreferrer" target="_blank">{escaped}</a>'
-        )
-        if url not in links:
-            links.append(url)
-        position = match.end()
-    parts.append(html.escape(message.body[position:]))
-    return dataclasses.replace(message, html="".join(parts), links=tuple(links))
+class Filter:
+    """Masks or refuses listed terms (``filter_file``); does nothing without a file."""
+
+    def __init__(self, path: str, *, default_action: str = "mask") -> None:
+        self.file: FilterFile | None = None
+        if path:
+            try:
+                self.file = FilterFile(path, default_action=Action(default_action))
+            except FilterFileError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def reload(self) -> None:
+        """Re-read the file now (SIGHUP)."""
+        if self.file is not None:
+            self.file.refresh(force=True)
+
+    def __call__(self, message: Draft) -> Draft:
+        if self.file is None:
+            return message
+        self.file.refresh(now=time.monotonic())
+        body = self.file.filter.apply(message.body)
+        return dataclasses.replace(message, body=body) if body != message.body else message
+
+
+class Render:
+    """Renders the body's Markdown subset to safe html and lists its links."""
+
+    def __init__(self) -> None:
+        self.renderer = Renderer()
+
+    def __call__(self, message: Draft) -> Draft:
+        rendered = self.renderer.render(message.body)
+        return dataclasses.replace(message, html=rendered.html, links=rendered.links)
 
 
 class Mentions:
-    """Finds ``@nick`` for users the server knows."""
+    """Resolves ``@nick`` against known users and marks them in the html."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, allow_room: bool = True) -> None:
         self.store = store
+        self.allow_room = allow_room
 
     async def __call__(self, message: Draft) -> Draft:
-        body_without_urls = URL_PATTERN.sub(" ", message.body)
-        candidates = {nick_key(m.rstrip(".-")) for m in _MENTION.findall(body_without_urls)}
-        if not candidates:
+        candidates = find_mentions(message.html, allow_room=self.allow_room)
+        if not candidates.keys and not candidates.room:
             return message
-        known = await self.store.find_users(candidates)
-        mentions = tuple(sorted(set(known.values()), key=str.casefold))
-        return dataclasses.replace(message, mentions=mentions)
+        resolved = await self.store.find_users(candidates.keys) if candidates.keys else {}
+        members = None
+        if candidates.room:
+            members = await self.store.room_posters(message.room, MAX_ROOM_MENTIONS)
+        marked = mark_mentions(
+            message.html, resolved, allow_room=self.allow_room, room_members=members
+        )
+        return dataclasses.replace(message, html=marked.html, mentions=marked.mentions)
+
+
+class Previews:
+    """Fetches link previews after the message is stored, without holding it up.
+
+    The results are stored with the message and sent to every web node as an
+    unasked ``updated`` line, which becomes an ``update`` event in the room.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        fetcher: PreviewFetcher,
+        send_update: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.send_update = send_update
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.fetcher.close()
+
+    def __call__(self, message: Draft) -> Draft:
+        if message.links and not message.duplicate and message.seq is not None:
+            task = asyncio.ensure_future(self._fetch(message.room, message.seq, message.links))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return message
+
+    async def _fetch(self, room: str, seq: int, links: tuple[str, ...]) -> None:
+        results = await asyncio.gather(*(self.fetcher.fetch(url) for url in links))
+        previews = [p.to_wire() for p in results if p is not None]
+        if not previews:
+            return
+        try:
+            await self.store.save_previews(room, seq, previews)
+        except Exception:
+            log.exception("could not store previews for %s/%d", room, seq)
+            return
+        self.send_update({"op": "updated", "room": room, "seq": seq, "links": previews})
+
+
+def make_fetcher(*, allow: tuple[str, ...], timeout: float, max_bytes: int, concurrency: int) -> PreviewFetcher:
+    return PreviewFetcher(
+        allow=AllowList.parse(allow), timeout=timeout, max_bytes=max_bytes,
+        max_concurrent=concurrency,
+    )
 
 
 class BatchWriter:
@@ -87,9 +172,14 @@ class BatchWriter:
     runs goes into the next one (group commit). Each caller gets its own message
     back only after the transaction that holds it has committed."""
 
-    def __init__(self, store: Store, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, store: Store, *, max_batch: int = 512, notify_delay_ms: int | None = None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.notify_delay_ms = notify_delay_ms
+        self.on_commit = on_commit
         self._queue: list[tuple[Draft, asyncio.Future[Draft]]] = []
         self._running = False
 
@@ -107,8 +197,11 @@ class BatchWriter:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 try:
-                    saved = await self.store.save_messages([message for message, _ in batch])
+                    saved = await self.store.save_messages(
+                        [message for message, _ in batch], notify_delay_ms=self.notify_delay_ms
+                    )
                 except Exception as exc:
+                    log.exception("storing %d messages failed", len(batch))
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -116,5 +209,7 @@ class BatchWriter:
                 for (_, future), message in zip(batch, saved):
                     if not future.done():
                         future.set_result(message)
+                if self.on_commit is not None:
+                    self.on_commit()
         finally:
             self._running = False

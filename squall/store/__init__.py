@@ -8,13 +8,38 @@ source of truth: it assigns each room's ``seq`` and refuses to store the same
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..message import Draft
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "open_store", "Notification", "User"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class User:
+    nick: str
+    email: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notification:
+    """A mention waiting to be e-mailed. Times are ms since the epoch."""
+
+    id: int
+    nick_key: str
+    nick: str
+    email: str | None
+    room: str
+    seq: int
+    sender: str
+    body: str
+    ts: int
+    due: int
+    attempts: int
+    seen_seq: int | None  # the user's read marker in that room
 
 
 class Store(Protocol):
@@ -23,11 +48,15 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def save_messages(self, drafts: Sequence[Draft]) -> list[Draft]:
+    async def save_messages(
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+    ) -> list[Draft]:
         """Store a batch in one transaction and return it with ``seq`` filled in.
 
         A draft whose ``(room, nick, id)`` is already stored comes back as the
-        stored original, with ``duplicate=True``. Returns only after the commit.
+        stored original, with ``duplicate=True``. With ``notify_delay_ms``, each
+        new mention of a user who has an e-mail address is queued as a pending
+        notification in the same transaction. Returns only after the commit.
         """
 
     async def last_seq(self, room: str) -> int:
@@ -44,6 +73,30 @@ class Store(Protocol):
 
     async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
         """Map casefolded nicks to canonical nicks, for the ones that exist."""
+
+    async def get_user(self, key: str) -> User | None: ...
+
+    async def set_email(self, key: str, email: str | None) -> None: ...
+
+    async def room_posters(self, room: str, limit: int) -> list[str]:
+        """Canonical nicks of users who have posted in ``room`` (for ``@room``)."""
+
+    async def save_previews(self, room: str, seq: int, previews: Sequence[dict[str, Any]]) -> None: ...
+
+    async def mark_seen(self, marks: Sequence[tuple[str, str, int]]) -> None:
+        """Raise users' read markers: ``(nick_key, room, seq)``; never lowers one."""
+
+    async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]: ...
+
+    async def pending_notifications(self, key: str) -> list[Notification]: ...
+
+    async def next_notification_due(self) -> int | None: ...
+
+    async def finish_notifications(self, ids: Sequence[int], state: str) -> None:
+        """Mark notifications ``sent`` or ``skipped``."""
+
+    async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
+        """Try again at ``due_ms`` (after a delivery failure)."""
 
 
 def open_store(url: str) -> Store:

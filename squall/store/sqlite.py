@@ -11,6 +11,7 @@ not only a crash; the batch amortises the fsync.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ import aiosqlite
 import orjson
 
 from ..message import Draft
+from . import Notification, User
 from ..protocol import nick_key
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
@@ -54,17 +56,42 @@ _MIGRATIONS: list[str] = [
         created INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: link previews, read markers, pending e-mail notifications.
+    """
+    ALTER TABLE messages ADD COLUMN previews TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE seen (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    ) WITHOUT ROWID;
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        body TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        due INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        UNIQUE (nick_key, room, seq)
+    );
+    CREATE INDEX notifications_due ON notifications (state, due);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts"
+_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
 
 
 def _row_to_draft(row: Any) -> Draft:
-    room, seq, nick, cid, body, html, mentions, links, ts = row
+    room, seq, nick, cid, body, html, mentions, links, ts, previews = row
     return Draft(
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
+        previews=tuple(orjson.loads(previews)),
     )
 
 
@@ -72,6 +99,9 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every caller; a write must not land inside
+        # another caller's open transaction (and be rolled back with it).
+        self._write_lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -117,18 +147,27 @@ class SQLiteStore:
             await self._db.close()
             self._db = None
 
-    async def save_messages(self, drafts: Sequence[Draft]) -> list[Draft]:
+    async def save_messages(
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+    ) -> list[Draft]:
         if not drafts:
             return []
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await self._save_in_transaction(db, drafts)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        async with self._write_lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await self._save_in_transaction(db, drafts)
+                if notify_delay_ms is not None:
+                    await self._queue_notifications(db, result, notify_delay_ms)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
         return result
+
+    async def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self._write_lock:
+            await self.db.executemany(sql, rows)
 
     async def _save_in_transaction(
         self, db: aiosqlite.Connection, drafts: Sequence[Draft]
@@ -185,6 +224,95 @@ class SQLiteStore:
             )
         return result
 
+    async def _queue_notifications(
+        self, db: aiosqlite.Connection, saved: Sequence[Draft], delay_ms: int
+    ) -> None:
+        # In the message's own transaction: a stored mention always has its
+        # pending notification, whatever happens to the processor next.
+        rows = [
+            (d.room, d.seq, d.nick, d.body, d.ts, d.ts + delay_ms, nick_key(mentioned), nick_key(d.nick))
+            for d in saved if not d.duplicate
+            for mentioned in d.mentions
+        ]
+        if rows:
+            await db.executemany(
+                "INSERT OR IGNORE INTO notifications (nick_key, room, seq, sender, body, ts, due)"
+                " SELECT nick_key, ?, ?, ?, ?, ?, ? FROM users"
+                " WHERE nick_key = ? AND nick_key != ? AND email IS NOT NULL",
+                rows,
+            )
+
+    async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]:
+        async with self.db.execute(
+            "SELECT n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts,"
+            " n.due, n.attempts, s.seq FROM notifications n JOIN users u USING (nick_key)"
+            " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
+            " WHERE n.state = 'pending' AND n.due <= ? ORDER BY n.due LIMIT ?",
+            (now_ms, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Notification(*row) for row in rows]
+
+    async def next_notification_due(self) -> int | None:
+        async with self.db.execute(
+            "SELECT min(due) FROM notifications WHERE state = 'pending'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def pending_notifications(self, key: str) -> list[Notification]:
+        """Every pending notification of one user, due or not, oldest first."""
+        async with self.db.execute(
+            "SELECT n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts,"
+            " n.due, n.attempts, s.seq FROM notifications n JOIN users u USING (nick_key)"
+            " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
+            " WHERE n.state = 'pending' AND n.nick_key = ? ORDER BY n.ts",
+            (key,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Notification(*row) for row in rows]
+
+    async def finish_notifications(self, ids: Sequence[int], state: str) -> None:
+        await self._write("UPDATE notifications SET state = ? WHERE id = ?", [(state, i) for i in ids])
+
+    async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
+        await self._write(
+            "UPDATE notifications SET due = ?, attempts = attempts + 1 WHERE id = ?",
+            [(due_ms, i) for i in ids],
+        )
+
+    async def mark_seen(self, marks: Sequence[tuple[str, str, int]]) -> None:
+        await self._write(
+            "INSERT INTO seen (nick_key, room, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (nick_key, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+            marks,
+        )
+
+    async def save_previews(self, room: str, seq: int, previews: Sequence[dict[str, Any]]) -> None:
+        await self._write(
+            "UPDATE messages SET previews = ? WHERE room = ? AND seq = ?",
+            [(orjson.dumps(list(previews)).decode(), room, seq)],
+        )
+
+    async def set_email(self, key: str, email: str | None) -> None:
+        await self._write("UPDATE users SET email = ? WHERE nick_key = ?", [(email, key)])
+
+    async def get_user(self, key: str) -> User | None:
+        async with self.db.execute(
+            "SELECT nick, email FROM users WHERE nick_key = ?", (key,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return User(nick=row[0], email=row[1]) if row else None
+
+    async def room_posters(self, room: str, limit: int) -> list[str]:
+        async with self.db.execute(
+            "SELECT DISTINCT u.nick FROM messages m JOIN users u ON u.nick_key = m.nick_key"
+            " WHERE m.room = ? LIMIT ?",
+            (room, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [row[0] for row in rows]
+
     async def last_seq(self, room: str) -> int:
         async with self.db.execute("SELECT last_seq FROM rooms WHERE name=?", (room,)) as cursor:
             row = await cursor.fetchone()
@@ -208,8 +336,7 @@ class SQLiteStore:
         return [_row_to_draft(row) for row in reversed(rows)]
 
     async def save_user(self, nick: str) -> str:
-        db = self.db
-        async with db.execute(
+        async with self._write_lock, self.db.execute(
             "INSERT INTO users (nick_key, nick, created) VALUES (?, ?, ?)"
             " ON CONFLICT (nick_key) DO UPDATE SET nick_key = excluded.nick_key"
             " RETURNING nick",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import check_nick, check_room
+from ..errors import BadRequest
+from ..pipeline.mail import validate_email
+from ..protocol import check_nick, check_room, nick_key
 from .auth import make_token
 from .base import COOKIE_NAME, BaseHandler
 
@@ -25,6 +27,7 @@ def routes(node: WebNode) -> list[Any]:
     return [
         (r"/", PageHandler, args),
         (r"/api/session", SessionHandler, args),
+        (r"/api/me", MeHandler, args),
         (r"/ws", ChatSocket, args),
         (_ROOM + r"/messages", MessagesHandler, args),
         (_ROOM + r"/events", EventsHandler, args),
@@ -45,6 +48,31 @@ class SessionHandler(BaseHandler):
         )
         self.xsrf_token  # sets the _xsrf cookie a cookie-authenticated page needs
         self.write_json({"nick": nick, "token": token})
+
+
+class MeHandler(BaseHandler):
+    """``GET /api/me`` and ``PATCH /api/me {"email": E}`` (``null`` removes it)."""
+
+    async def get(self) -> None:
+        key = nick_key(self.current_nick())
+        user = await self.node.store.get_user(key)
+        self.write_json({"nick": user.nick if user else self.current_nick(),
+                         "email": user.email if user else None})
+
+    async def patch(self) -> None:
+        nick = self.current_nick()
+        data = self.json_body()
+        if "email" not in data:
+            raise BadRequest("send {\"email\": ADDRESS} (or null to remove it)", code="bad_field")
+        email = data["email"]
+        if email is not None:
+            if not isinstance(email, str):
+                raise BadRequest("email must be a string or null", code="bad_field")
+            email = validate_email(email)
+        key = nick_key(nick)
+        await self.node.store.save_user(nick)
+        await self.node.store.set_email(key, email)
+        self.write_json({"nick": nick, "email": email})
 
 
 class MembersHandler(BaseHandler):

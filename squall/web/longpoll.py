@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..hub import encode_poll_body
+from ..hub import PollAnswer, encode_poll_body
 from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
 from .base import BaseHandler
 from ..errors import BadRequest
@@ -23,7 +23,7 @@ MAX_SEQ = 2**53 - 1
 
 
 class MessagesHandler(BaseHandler):
-    _waiting: asyncio.Future[bytes] | None = None
+    _waiting: asyncio.Future[PollAnswer] | None = None
 
     async def get(self, room_name: str) -> None:
         nick = self.current_nick()
@@ -48,6 +48,7 @@ class MessagesHandler(BaseHandler):
             # History: the newest `limit` messages (before `before`), at once.
             messages = await hub.read_before(room_name, before, limit)
             room = await hub.room(room_name)
+            self.node.note_seen(nick_key(nick), messages)
             self.write_json(encode_poll_body(messages, room.last_seq))
             return
 
@@ -56,6 +57,7 @@ class MessagesHandler(BaseHandler):
         room = await hub.room(room_name)
         if since < room.last_seq or wait == 0:
             messages = await hub.read_after(room, since, limit)
+            self.node.note_seen(nick_key(nick), messages)
             self.write_json(encode_poll_body(messages, room.last_seq))
             return
 
@@ -66,7 +68,9 @@ class MessagesHandler(BaseHandler):
         if future.cancelled():
             return  # the poller hung up
         if future.done():
-            self.write_json(future.result())
+            answer = future.result()
+            self.node.note_seen(nick_key(nick), answer.messages)
+            self.write_json(answer.body)
         else:
             future.cancel()
             self.write_json(encode_poll_body((), room.last_seq))

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from ..frames import Broadcast
 from ..hub import Hub
 from ..limits import TokenBucket
 from ..presence import PresenceTable, Transition
+from ..protocol import nick_key
 from ..processor.client import ProcessorLink
 from ..store import Store, open_store
 from .auth import load_or_create_secret
@@ -151,7 +153,16 @@ class WebNode:
         )
 
     def _on_processed(self, message: dict[str, Any]) -> None:
-        self.bus.publish(Broadcast(message["room"], message["seq"], orjson.dumps(message)))
+        mentions = frozenset(nick_key(n) for n in message.get("mentions", ()))
+        self.bus.publish(
+            Broadcast(message["room"], message["seq"], orjson.dumps(message), mentions=mentions)
+        )
+
+    def note_seen(self, key: str, messages: Iterable[Broadcast]) -> None:
+        """``key``'s user was handed ``messages``; report those that mention them."""
+        for broadcast in messages:
+            if broadcast.seq is not None and key in broadcast.mentions:
+                self.link.report_seen(key, broadcast.room, broadcast.seq)
 
     def _on_updated(self, value: dict[str, Any]) -> None:
         event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}

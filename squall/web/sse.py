@@ -71,6 +71,8 @@ class EventsHandler(BaseHandler):
             self.end()  # too slow: EventSource reconnects with Last-Event-ID
             return
         self._write(broadcast.sse_event)
+        if broadcast.mentions:
+            self.node.note_seen(nick_key(self._nick or ""), (broadcast,))
 
     async def drain(self) -> None:
         try:

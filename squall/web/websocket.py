@@ -30,7 +30,7 @@ from ..limits import TokenBucket
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .auth import nick_from_token
 from .base import BaseHandler, token_from_request
-from .streams import buffered_bytes
+from .streams import buffered_bytes, write_now
 
 __all__ = ["ChatSocket", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW"]
 
@@ -47,6 +47,7 @@ class ChatSocket(WebSocketHandler):
     def initialize(self, node: Any) -> None:
         self.node = node
         self.nick: str | None = None
+        self.nick_key = ""
         self.closed = False
         self.rooms: dict[str, int] = {}  # room → last seq delivered
         self.stream: IOStream | None = None
@@ -88,6 +89,7 @@ class ChatSocket(WebSocketHandler):
             self.close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
             return
         assert self.ws_connection is not None
+        self.nick_key = nick_key(self.nick)
         self.stream = self.ws_connection.stream  # type: ignore[attr-defined]
         self.set_nodelay(True)
         self.bucket = TokenBucket(
@@ -204,12 +206,14 @@ class ChatSocket(WebSocketHandler):
             self._too_slow()
             return
         try:
-            stream.write(broadcast.ws_frame)
+            write_now(stream, broadcast.ws_frame)
         except StreamClosedError:
             self.closed = True
             return
         if broadcast.seq is not None:
             self.rooms[broadcast.room] = broadcast.seq
+            if broadcast.mentions and self.nick_key in broadcast.mentions:
+                self.node.note_seen(self.nick_key, (broadcast,))
 
     async def drain(self) -> None:
         if self.stream is not None and not self.stream.closed():
@@ -233,7 +237,7 @@ class ChatSocket(WebSocketHandler):
         if self.stream is None or self.stream.closed():
             return
         try:
-            self.stream.write(encode_text_frame(orjson.dumps(value)))
+            write_now(self.stream, encode_text_frame(orjson.dumps(value)))
         except StreamClosedError:
             self.closed = True
 

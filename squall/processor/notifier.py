@@ -1,0 +1,148 @@
+"""E-mail to users who were mentioned while away.
+
+Theory of operation. The store stage queues a pending notification for every
+new mention of a user with an e-mail address, in the same transaction as the
+message, due ``notify_delay`` after it. Web nodes report, over the link, each
+time a user is handed a message that mentions them (``seen``); those reports
+raise the user's read marker for the room.
+
+The :class:`Notifier` wakes when the earliest notification falls due (or when
+poked). For each user with a due notification it takes *all* of that user's
+pending ones — the mentions that piled up — drops those the user has seen,
+and sends one e-mail for the rest. Only after the deliverer accepted it are the
+notifications marked sent, so a processor restart neither loses one (it is in
+the store) nor, short of a crash in the middle of a delivery, repeats one. A
+delivery failure postpones them with capped exponential back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import time
+
+from ..pipeline.mail import Deliverer, PendingMention, compose, retry_delay
+from ..store import Notification, Store
+
+__all__ = ["Notifier"]
+
+log = logging.getLogger("squall.notify")
+
+# Longest the notifier sleeps without checking the store, in case a clock jumped.
+MAX_IDLE_SECONDS = 60.0
+USERS_PER_ROUND = 100
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        deliverer: Deliverer,
+        *,
+        base_url: str,
+        mail_from: str,
+        retry_min: float = 10.0,
+        retry_max: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.deliverer = deliverer
+        self.base_url = base_url
+        self.mail_from = mail_from
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self._wake = asyncio.Event()
+        self._seen: dict[tuple[str, str], int] = {}
+        self.sent = 0  # e-mails handed to the deliverer, for logs and tests
+
+    def poke(self) -> None:
+        """Something changed (a mention was stored): look at the store again."""
+        self._wake.set()
+
+    def seen(self, key: str, room: str, seq: int) -> None:
+        """A user was handed message ``seq`` of ``room``; written on the next round."""
+        if seq > self._seen.get((key, room), 0):
+            self._seen[(key, room)] = seq
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._flush_seen()
+                await self._round()
+                timeout = await self._until_next_due()
+            except Exception:
+                log.exception("notification round failed")
+                timeout = self.retry_min
+            if self._seen:
+                continue
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+        await self._flush_seen()
+
+    async def _flush_seen(self) -> None:
+        if self._seen:
+            marks = [(key, room, seq) for (key, room), seq in self._seen.items()]
+            self._seen.clear()
+            await self.store.mark_seen(marks)
+
+    async def _until_next_due(self) -> float:
+        due = await self.store.next_notification_due()
+        if due is None:
+            return MAX_IDLE_SECONDS
+        return min(MAX_IDLE_SECONDS, max(0.0, (due - _now_ms()) / 1000))
+
+    async def _round(self) -> None:
+        due = await self.store.due_notifications(_now_ms(), USERS_PER_ROUND)
+        users = list(dict.fromkeys(n.nick_key for n in due))
+        for key in users:
+            await self._notify_user(await self.store.pending_notifications(key))
+
+    async def _notify_user(self, pending: list[Notification]) -> None:
+        if not pending:
+            return
+        unseen = [n for n in pending if n.seen_seq is None or n.seen_seq < n.seq]
+        seen_ids = [n.id for n in pending if n not in unseen]
+        user = pending[0]
+        if not user.email:
+            await self.store.finish_notifications([n.id for n in pending], "skipped")
+            return
+        if seen_ids:
+            await self.store.finish_notifications(seen_ids, "skipped")
+        if not unseen:
+            return
+        message = compose(
+            to=user.email,
+            nick=user.nick,
+            mentions=[
+                PendingMention(str(n.id), n.room, n.sender, n.body, n.ts, n.seq) for n in unseen
+            ],
+            sender=self.mail_from,
+            base_url=self.base_url,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        key = f"mention-{user.nick_key}-{min(n.id for n in unseen)}-{max(n.id for n in unseen)}"
+        try:
+            await self.deliverer.deliver(message, key=key)
+        except Exception as exc:
+            attempt = max(n.attempts for n in unseen) + 1
+            delay = max(
+                self.retry_min,
+                retry_delay(attempt, rand=random.random(), base=self.retry_min, cap=self.retry_max),
+            )
+            log.warning("e-mail to %s failed (%s); retry %d in %.1f s", user.nick, exc, attempt, delay)
+            await self.store.postpone_notifications([n.id for n in unseen], _now_ms() + int(delay * 1000))
+            return
+        await self.store.finish_notifications([n.id for n in unseen], "sent")
+        self.sent += 1
+        log.info("e-mailed %s about %d mention(s)", user.nick, len(unseen))
+

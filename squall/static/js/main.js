@@ -1,0 +1,466 @@
+// The page: wires the session, the Connection, the store and the view together.
+
+import { ApiError, createSession, fetchMessages } from "./api.js";
+import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
+import { ChatStore, normaliseRoom, sameNick } from "./store.js";
+import { Connection, Kind } from "./transport.js";
+import { ChatView } from "./ui.js";
+
+const SESSION_KEY = "squall.session";
+const ROOMS_KEY = "squall.rooms";
+const HISTORY_PAGE = 50;
+const TYPING_EVERY_MS = 3000; // matches what the server relays at most
+const LOAD_OLDER_AT_PX = 60;
+
+function readJson(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key) ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+function writeJson(key, value) {
+  try {
+    if (value === null) localStorage.removeItem(key);
+    else localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Storage off: the session lasts until the page is closed.
+  }
+}
+
+function forcedTransport() {
+  const wanted = new URLSearchParams(location.search).get("transport");
+  return Object.values(Kind).includes(wanted) ? wanted : null;
+}
+
+class App {
+  constructor(view, translator) {
+    this.view = view;
+    this.translator = translator;
+    this.session = null;
+    this.store = null;
+    this.connection = null;
+    this.lastTypingSent = 0;
+    this.composing = false;
+    this.typingTimer = null;
+  }
+
+  t(key, params) {
+    return this.translator.t(key, params);
+  }
+
+  bind() {
+    const v = this.view;
+    v.loginForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.signIn(v.nickInput.value.trim());
+    });
+    v.joinForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const room = normaliseRoom(v.joinInput.value);
+      if (!room) {
+        v.showJoinError(this.t("rooms.join.invalid"));
+        return;
+      }
+      v.showJoinError("");
+      v.joinInput.value = "";
+      this.joinRoom(room);
+      this.switchRoom(room);
+    });
+    v.roomList.addEventListener("click", (event) => {
+      const leave = event.target.closest(".leave-button");
+      if (leave) {
+        this.leaveRoom(leave.dataset.room);
+        return;
+      }
+      const button = event.target.closest(".room-button");
+      if (button) {
+        this.switchRoom(button.dataset.room);
+        if (v.sidebarOpen) {
+          v.setSidebarOpen(false);
+          v.composer.focus();
+        }
+      }
+    });
+    v.messages.addEventListener("click", (event) => {
+      const retry = event.target.closest("button.retry");
+      if (retry) this.retry(retry.dataset.room, retry.dataset.id);
+    });
+    v.composerForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.sendComposer();
+    });
+    v.composer.addEventListener("compositionstart", () => {
+      this.composing = true;
+    });
+    v.composer.addEventListener("compositionend", () => {
+      this.composing = false;
+    });
+    v.composer.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" || event.shiftKey) return;
+      // An IME uses Enter to commit its candidate; that Enter is not "send".
+      // Safari reports it after compositionend, so keyCode 229 is checked too.
+      if (event.isComposing || this.composing || event.keyCode === 229) return;
+      event.preventDefault();
+      this.sendComposer();
+    });
+    v.composer.addEventListener("input", () => {
+      v.composer.classList.toggle("multiline", v.composer.value.includes("\n"));
+      this.sendTyping();
+    });
+    v.scroller.addEventListener("scroll", () => {
+      if (v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
+    }, { passive: true });
+    v.loadOlder.addEventListener("click", () => this.loadOlder());
+    v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
+    v.signout.addEventListener("click", () => this.signOut());
+    v.notifyButton.addEventListener("click", async () => {
+      try {
+        await Notification.requestPermission();
+      } finally {
+        this.renderNotifyButton();
+      }
+    });
+    v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
+    document.addEventListener("keydown", (event) => this.onShortcut(event));
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && this.store?.active) this.markSeen();
+    });
+    setInterval(() => this.refreshTyping(), 1000);
+  }
+
+  onShortcut(event) {
+    if (event.key === "Escape" && this.view.sidebarOpen) {
+      this.view.setSidebarOpen(false);
+      this.view.roomsToggle.focus();
+      return;
+    }
+    // Alt+↑ / Alt+↓ move between joined rooms from anywhere, composer included.
+    if (!this.store || !event.altKey || (event.key !== "ArrowUp" && event.key !== "ArrowDown")) return;
+    const names = [...this.store.rooms.keys()];
+    if (names.length < 2) return;
+    event.preventDefault();
+    const index = names.indexOf(this.store.active);
+    const step = event.key === "ArrowUp" ? -1 : 1;
+    this.switchRoom(names[(index + step + names.length) % names.length]);
+  }
+
+  start() {
+    this.view.langSelect.value = this.translator.lang;
+    const session = readJson(SESSION_KEY);
+    if (session?.token && session?.nick) this.startChat(session);
+    else this.view.showLogin();
+  }
+
+  async signIn(nick) {
+    this.view.showNickError("");
+    try {
+      const session = await createSession(nick);
+      writeJson(SESSION_KEY, { nick: session.nick, token: session.token });
+      this.startChat(session);
+    } catch (error) {
+      const key = error instanceof ApiError && error.status < 500 ? "login.error.bad_nick" : "login.error.network";
+      this.view.showNickError(this.t(key));
+    }
+  }
+
+  signOut() {
+    this.connection?.stop();
+    this.connection = null;
+    this.store = null;
+    writeJson(SESSION_KEY, null);
+    writeJson(ROOMS_KEY, null);
+    this.view.setTitle(0);
+    this.view.showLogin();
+  }
+
+  async renewToken() {
+    // The guest session expired or the secret changed: the same nick again.
+    try {
+      const session = await createSession(this.session.nick);
+      this.session = { nick: session.nick, token: session.token };
+      writeJson(SESSION_KEY, this.session);
+      return session.token;
+    } catch (error) {
+      if (error instanceof ApiError && error.status < 500) {
+        this.signOut();
+        this.view.showNickError(this.t("login.error.bad_nick"));
+      }
+      throw error;
+    }
+  }
+
+  startChat(session) {
+    this.session = { nick: session.nick, token: session.token };
+    this.store = new ChatStore(session.nick);
+    this.view.showApp();
+    this.view.renderMe(session.nick);
+    this.renderNotifyButton();
+    this.connection = new Connection({
+      token: session.token,
+      forced: forcedTransport(),
+      onEvent: (event) => this.onEvent(event),
+      onStatus: (status) => this.onStatus(status),
+      renewToken: () => this.renewToken(),
+    });
+    const saved = readJson(ROOMS_KEY);
+    for (const room of saved?.rooms ?? []) {
+      if (normaliseRoom(room) === room) this.joinRoom(room);
+    }
+    const active = saved?.active && this.store.room(saved.active) ? saved.active : this.store.active;
+    if (active) this.switchRoom(active);
+    else this.view.renderRoom(this.store);
+    this.connection.start();
+  }
+
+  get token() {
+    return this.session?.token;
+  }
+
+  saveRooms() {
+    writeJson(ROOMS_KEY, { rooms: [...this.store.rooms.keys()], active: this.store.active });
+  }
+
+  joinRoom(name) {
+    if (this.store.room(name)) return;
+    this.store.addRoom(name);
+    this.connection.join(name);
+    this.saveRooms();
+    this.view.renderRoomList(this.store);
+  }
+
+  leaveRoom(name) {
+    this.connection.leave(name);
+    const wasActive = this.store.active === name;
+    this.store.removeRoom(name);
+    if (wasActive && this.store.active) this.store.activate(this.store.active);
+    this.saveRooms();
+    this.view.renderRoomList(this.store);
+    this.view.renderRoom(this.store);
+    this.updateTitle();
+  }
+
+  switchRoom(name) {
+    if (!this.store.room(name)) return;
+    this.store.activate(name);
+    this.saveRooms();
+    this.view.renderRoomList(this.store);
+    this.view.renderRoom(this.store);
+    this.updateTitle();
+  }
+
+  markSeen() {
+    const room = this.store.room(this.store.active);
+    if (room && (room.unread || room.mentions)) {
+      this.store.activate(room.name);
+      this.view.renderRoomList(this.store);
+      this.updateTitle();
+    }
+  }
+
+  updateTitle() {
+    this.view.setTitle(this.store ? this.store.totalMentions() : 0);
+  }
+
+  isSeen(roomName) {
+    return roomName === this.store.active && !document.hidden;
+  }
+
+  sendComposer() {
+    const room = this.store?.active;
+    const body = this.view.composer.value;
+    if (!room || !body.trim()) return;
+    const id = crypto.randomUUID();
+    const message = this.store.addOwn(room, body, id);
+    this.view.placeMessage(message, { me: this.store.me, ownAction: true });
+    this.view.composer.value = "";
+    this.view.composer.classList.remove("multiline");
+    this.lastTypingSent = 0; // the next keystroke starts a new "is typing"
+    this.connection.send(room, body, id);
+  }
+
+  retry(room, id) {
+    const message = this.store.retry(room, id);
+    if (!message) return;
+    this.view.refreshMessage(message, this.store.me);
+    this.connection.send(room, message.body, id);
+  }
+
+  sendTyping() {
+    const room = this.store?.active;
+    const now = Date.now();
+    if (!room || !this.view.composer.value || now - this.lastTypingSent < TYPING_EVERY_MS) return;
+    this.lastTypingSent = now;
+    this.connection.typing(room);
+  }
+
+  refreshTyping() {
+    const room = this.store?.room(this.store.active);
+    if (room && room.typing.size) this.view.renderTyping(room, Date.now());
+  }
+
+  async loadOlder() {
+    const room = this.store?.room(this.store.active);
+    if (!room || room.loadingHistory || room.historyDone || room.oldestSeq === null) return;
+    room.loadingHistory = true;
+    this.view.renderHistoryState(room);
+    try {
+      const page = await fetchMessages(this.token, room.name, { before: room.oldestSeq, limit: HISTORY_PAGE });
+      const added = this.store.prependHistory(room.name, page.messages, { limit: HISTORY_PAGE });
+      if (this.store.active === room.name) this.view.prependMessages(added, this.store.me);
+    } catch {
+      // Offline: the button stays, and the next scroll tries again.
+    } finally {
+      room.loadingHistory = false;
+      if (this.store?.active === room.name) this.view.renderHistoryState(room);
+    }
+  }
+
+  onStatus(status) {
+    this.view.renderTransport(status);
+    if (status.fellBack) {
+      this.view.announce(this.t("transport.fellBack", { transport: this.t(`transport.${status.kind}`) }));
+    }
+    if (status.upgraded) this.view.announce(this.t("transport.upgraded"));
+  }
+
+  onEvent(event) {
+    const store = this.store;
+    if (!store) return;
+    const active = event.room !== undefined && event.room === store.active;
+    switch (event.type) {
+      case "joined": {
+        const room = store.room(event.room);
+        if (!room) return;
+        if (!room.joined) {
+          room.joined = true;
+          room.historyUpTo = event.seq ?? 0;
+        }
+        store.setMembers(event.room, event.members ?? []);
+        if (active) this.view.renderMembers(room, store.me);
+        return;
+      }
+      case "message":
+        this.onMessage(event, active);
+        return;
+      case "ack": {
+        const result = store.acknowledge(event);
+        if (result && active) this.view.placeMessage(result.message, { replaced: result.replaced, me: store.me });
+        return;
+      }
+      case "error": {
+        if (event.id) {
+          const message = store.fail(event);
+          if (message && message.room === store.active) this.view.refreshMessage(message, store.me);
+          if (message) this.view.announce(this.t("messages.failed", { reason: this.view.errorText(event) }));
+        } else {
+          this.view.announce(this.view.errorText(event));
+        }
+        return;
+      }
+      case "presence": {
+        const room = store.presence(event, Date.now());
+        if (room && active) {
+          this.view.renderMembers(room, store.me);
+          this.view.renderTyping(room, Date.now());
+        }
+        return;
+      }
+      case "members": {
+        const room = store.setMembers(event.room, event.members ?? []);
+        if (room && active) this.view.renderMembers(room, store.me);
+        return;
+      }
+      case "update": {
+        const message = store.update(event);
+        if (message && active) this.view.refreshMessage(message, store.me);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  onMessage(event, active) {
+    const store = this.store;
+    const room = store.room(event.room);
+    if (!room) return;
+    const live = room.historyUpTo !== undefined && event.seq > room.historyUpTo;
+    const result = store.receive(event, { live, seen: this.isSeen(event.room) });
+    if (!result) return;
+    const { message } = result;
+    if (active) {
+      this.view.placeMessage(message, { replaced: result.replaced, me: store.me });
+      if (room.historyDone === false && room.oldestSeq === 1) {
+        room.historyDone = true;
+        this.view.renderHistoryState(room);
+      } else if (room.messages.length === 1) {
+        this.view.renderHistoryState(room);
+      }
+      this.view.renderTyping(room, Date.now());
+    } else if (room.oldestSeq === 1) {
+      room.historyDone = true;
+    }
+    if (!result.isNew || !live || sameNick(message.nick, store.me)) return;
+    if (active) {
+      this.view.announce(this.t("messages.new", { nick: message.nick, room: room.name, body: message.body }));
+    }
+    if (result.counted) {
+      this.view.renderRoomList(store);
+      this.updateTitle();
+    }
+    if (store.mentionsMe(message) && !this.isSeen(room.name)) this.notify(message);
+  }
+
+  notify(message) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    try {
+      const note = new Notification(this.t("notify.mention", { nick: message.nick, room: message.room }), {
+        body: message.body,
+        tag: `squall-${message.room}`,
+        lang: this.translator.lang,
+      });
+      note.onclick = () => {
+        window.focus();
+        this.switchRoom(message.room);
+        note.close();
+      };
+    } catch {
+      // Some mobile browsers only allow notifications from a service worker.
+    }
+  }
+
+  renderNotifyButton() {
+    this.view.renderNotifyButton("Notification" in window && Notification.permission === "default");
+  }
+
+  async setLanguage(lang) {
+    if (!LANGUAGES.includes(lang)) return;
+    saveLanguage(lang);
+    this.translator = await loadTranslator(lang);
+    this.view.setTranslator(this.translator);
+    this.view.langSelect.value = lang;
+    if (this.session) this.view.renderMe(this.session.nick);
+    this.view.renderTransport();
+    if (this.store) {
+      this.view.renderRoomList(this.store);
+      this.view.renderRoom(this.store);
+    }
+    this.updateTitle();
+  }
+}
+
+async function main() {
+  const lang = savedLanguage() ?? negotiateLanguage(navigator.languages?.length ? navigator.languages : [navigator.language]);
+  const translator = await loadTranslator(lang);
+  translator.apply();
+  const view = new ChatView(translator);
+  view.setTitle(0);
+  const app = new App(view, translator);
+  app.bind();
+  app.start();
+  document.documentElement.dataset.ready = "true";
+}
+
+main();
