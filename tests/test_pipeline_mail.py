@@ -24,7 +24,8 @@ from squall.pipeline.mail import (
     room_link,
     validate_email,
 )
-from squall.pipeline.notify import Decision, Verdict, decide
+from squall.pipeline.notify import plan
+from squall.store import Notification
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 T0 = 1714564800000  # 2024-05-01 12:00 UTC in ms
@@ -198,19 +199,24 @@ def test_validate_email_refuses(address: str) -> None:
     assert info.value.code == "bad_email"
 
 
-MIN = 60_000
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "decision"),
-    [
-        (dict(now=T0 + MIN, last_seen_seq=None), Decision(Verdict.WAIT, T0 + 5 * MIN)),
-        (dict(now=T0 + 5 * MIN, last_seen_seq=None), Decision(Verdict.SEND)),
-        (dict(now=T0 + 9 * MIN, last_seen_seq=41), Decision(Verdict.SEND)),
-        (dict(now=T0 + 9 * MIN, last_seen_seq=42), Decision(Verdict.SKIP)),
-        (dict(now=T0 + MIN, last_seen_seq=50), Decision(Verdict.SKIP)),
-        (dict(now=T0 + 9 * MIN, last_seen_seq=None, online=True), Decision(Verdict.SKIP)),
-    ],
-)
-def test_decide(kwargs: dict[str, Any], decision: Decision) -> None:
-    assert decide(mention_seq=42, mention_ts=T0, notify_delay=5 * MIN, **kwargs) == decision
+def _pending(id: int, seq: int, *, seen: int | None, email: str | None = "bob@example.com") -> Notification:
+    return Notification(id, "bob", "Bob", email, "lobby", seq, "alice", "hi @bob", T0, T0, 0, seen)
+
+
+def test_plan_sends_unseen_and_skips_seen() -> None:
+    pending = [_pending(1, 10, seen=11), _pending(2, 12, seen=11), _pending(3, 13, seen=11)]
+    decided = plan(pending)
+    assert [n.id for n in decided.send] == [2, 3]
+    assert [n.id for n in decided.skip] == [1]
+
+
+def test_plan_never_seen_room_sends_all() -> None:
+    decided = plan([_pending(1, 1, seen=None), _pending(2, 2, seen=None)])
+    assert [n.id for n in decided.send] == [1, 2] and not decided.skip
+
+
+def test_plan_without_email_skips_all() -> None:
+    decided = plan([_pending(1, 1, seen=None, email=None)])
+    assert not decided.send and [n.id for n in decided.skip] == [1]

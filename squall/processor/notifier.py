@@ -24,6 +24,7 @@ import random
 import time
 
 from ..pipeline.mail import Deliverer, PendingMention, compose, retry_delay
+from ..pipeline.notify import plan
 from ..store import Notification, Store
 
 __all__ = ["Notifier"]
@@ -108,18 +109,14 @@ class Notifier:
             await self._notify_user(await self.store.pending_notifications(key))
 
     async def _notify_user(self, pending: list[Notification]) -> None:
-        if not pending:
-            return
-        unseen = [n for n in pending if n.seen_seq is None or n.seen_seq < n.seq]
-        seen_ids = [n.id for n in pending if n not in unseen]
-        user = pending[0]
-        if not user.email:
-            await self.store.finish_notifications([n.id for n in pending], "skipped")
-            return
-        if seen_ids:
-            await self.store.finish_notifications(seen_ids, "skipped")
+        decided = plan(pending)
+        if decided.skip:
+            await self.store.finish_notifications([n.id for n in decided.skip], "skipped")
+        unseen = decided.send
         if not unseen:
             return
+        user = unseen[0]
+        assert user.email is not None
         message = compose(
             to=user.email,
             nick=user.nick,
