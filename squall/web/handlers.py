@@ -21,14 +21,14 @@ _ROOM = r"/api/rooms/([^/]+)"
 def routes(node: WebNode) -> list[Any]:
     from .longpoll import MessagesHandler
     from .sse import EventsHandler
-    from .websocket import ChatSocket
+    from .websocket import WebSocketEndpoint
 
     args = {"node": node}
     return [
         (r"/", PageHandler, args),
         (r"/api/session", SessionHandler, args),
         (r"/api/me", MeHandler, args),
-        (r"/ws", ChatSocket, args),
+        (r"/ws", WebSocketEndpoint, args),
         (_ROOM + r"/messages", MessagesHandler, args),
         (_ROOM + r"/events", EventsHandler, args),
         (_ROOM + r"/members", MembersHandler, args),

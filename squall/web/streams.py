@@ -1,23 +1,24 @@
 """The one place that leans on Tornado's IOStream internals.
 
-Fan-out writes one pre-built frame to thousands of streams. ``IOStream.write``
-makes and later resolves a Future for every call, which caps a broadcast at about
-half of what the kernel can take. :func:`write_now` hands the bytes straight to
-``socket.send`` when the stream has nothing queued, and gives only a remainder
-(when the kernel buffer is full) to the stream, which then watches for
-writability as usual. Ordering is kept: once anything is queued, everything goes
-through the queue.
+* :func:`take_socket` hands a WebSocket's socket, once Tornado has parsed the
+  upgrade request, to Squall's own lean connection (``web/websocket.py``),
+  together with any bytes Tornado had already read past the request.
+* :func:`buffered_bytes` tells how much an SSE stream still has to send, so a
+  slow reader can be cut off without a Future per write.
 
-It reads ``IOStream._write_buffer`` and ``IOStream.socket``;
-``tests/test_streams.py`` fails loudly if a Tornado upgrade changes them. TLS
-streams always take the plain path: their bytes must go through the SSL object.
+They read ``IOStream._write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
+``_state`` and ``socket``; ``tests/test_streams.py`` fails loudly if a Tornado
+upgrade changes them. TLS streams are refused: their bytes must go through the
+SSL object (terminate TLS at a proxy in front of Squall).
 """
 
 from __future__ import annotations
 
+import socket
+
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
-__all__ = ["buffered_bytes", "write_now", "check_internals"]
+__all__ = ["buffered_bytes", "take_socket", "check_internals"]
 
 
 def buffered_bytes(stream: IOStream) -> int:
@@ -25,32 +26,33 @@ def buffered_bytes(stream: IOStream) -> int:
     return len(stream._write_buffer)
 
 
-def write_now(stream: IOStream, data: bytes) -> None:
-    """Send ``data`` on ``stream`` without making a Future when the kernel takes it all.
-
-    Raises :class:`StreamClosedError` if the stream is closed.
-    """
-    if stream.closed():
-        raise StreamClosedError()
-    if not stream._write_buffer and not isinstance(stream, SSLIOStream):
-        try:
-            sent = stream.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            # A reset peer is a close, not an error; let the stream report it.
-            stream.close(exc_info=exc)
-            raise StreamClosedError(real_error=exc) from None
-        if sent == len(data):
-            return
-        data = data[sent:]
-    stream.write(data)
-
-
 def check_internals(stream: IOStream) -> None:
     """Raise if this Tornado no longer has what this module reads."""
     buffer = getattr(stream, "_write_buffer", None)
     if buffer is None or not hasattr(buffer, "__len__"):
         raise RuntimeError("tornado IOStream._write_buffer changed; update squall/web/streams.py")
-    if not hasattr(stream, "socket"):
-        raise RuntimeError("tornado IOStream.socket changed; update squall/web/streams.py")
+    for name in ("socket", "_read_buffer", "_read_buffer_size", "_state"):
+        if not hasattr(stream, name):
+            raise RuntimeError(f"tornado IOStream.{name} changed; update squall/web/streams.py")
+    if not isinstance(stream._read_buffer, bytearray):
+        raise RuntimeError("tornado IOStream._read_buffer is no longer a bytearray")
+
+
+def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
+    """Take a detached stream's socket away from Tornado, with any bytes it read ahead.
+
+    After this the stream must not be used; the caller owns the socket (still
+    non-blocking) and must close it.
+    """
+    if isinstance(stream, SSLIOStream):
+        raise ValueError("a TLS stream's socket cannot be taken over")
+    sock = stream.socket
+    leftover = bytes(stream._read_buffer)
+    stream._read_buffer.clear()
+    stream._read_buffer_size = 0
+    if stream._state is not None:
+        stream.io_loop.remove_handler(sock)
+        stream._state = None
+    # Without its socket the stream can neither read nor close it behind our back.
+    stream.socket = None  # type: ignore[assignment]
+    return sock, leftover

@@ -1,28 +1,44 @@
-"""``/ws``: the chat over WebSocket.
+"""``/ws``: the chat over WebSocket, on a socket Squall owns after the handshake.
+
+Theory of operation. Tornado parses the upgrade request, and
+:class:`WebSocketEndpoint` checks it (WebSocket enabled, RFC 6455 headers,
+Origin) the way any handler checks a request. Then it writes the ``101``
+answer itself and hands the bare socket to a :class:`ChatConnection`: one
+``__slots__`` object per client, fed by the event loop's reader callback, with
+the framing done by the sans-I/O ``websockets.protocol.Protocol``
+(fragmentation, control frames, the close handshake, size limits). Owning the
+socket is what keeps an idle connection to a few KiB — no coroutine, future or
+timer per connection while it is idle — and lets fan-out hand one pre-built
+frame to ``socket.send`` for every member.
+
+A bad token still completes the handshake and then closes with 4001, because
+a browser cannot read the status of a refused upgrade, only a close code.
 
 Frames are parsed by :func:`squall.protocol.parse_command`; every bad frame is
 answered with an ``error`` and the connection stays open, except frames over
-``max_frame_bytes`` (Tornado closes with 1009) and a bad token (close 4001).
+``max_frame_bytes`` (close 1009) and invalid UTF-8 (close 1007).
 
-Fan-out writes the broadcast's pre-built frame straight into the stream, so a
-message costs one encode for the whole room, not one per member. Each member's
-outbound buffer is bounded (``outbound_bytes``): above half of it, ephemeral
-events for that member are dropped; when it would overflow, the member is
-closed with 4008 and told its last delivered seq per room, to resume with
-``since``.
+Each member's outbound buffer is bounded (``outbound_bytes``): above half of it,
+ephemeral events for that member are dropped; when a message would overflow
+it, the member is told its last delivered seq per room and closed with 4008.
+Every close ends in an abort after ``CLOSE_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import orjson
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketProtocol13
+from websockets.frames import Frame, Opcode
+from websockets.protocol import SEND_EOF, Protocol, Side, State
 
 from ..errors import ClientError, RateLimited
 from ..frames import Broadcast, encode_text_frame
@@ -30,86 +46,289 @@ from ..limits import TokenBucket
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .auth import nick_from_token
 from .base import BaseHandler, token_from_request
-from .streams import buffered_bytes, write_now
+from .streams import take_socket
 
-__all__ = ["ChatSocket", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW"]
+if TYPE_CHECKING:
+    from .node import WebNode
+
+__all__ = ["WebSocketEndpoint", "ChatConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW"]
 
 log = logging.getLogger("squall.ws")
+# websockets logs every closed connection at INFO; that is our job, at our level.
+_frames_log = logging.getLogger("squall.ws.frames")
+_frames_log.setLevel(logging.WARNING)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
+# Seconds a closing connection may take to finish the close handshake before
+# its socket is aborted (websockets' close_timeout).
+CLOSE_TIMEOUT = 5.0
 # A client may announce typing in a room at most this often; more is dropped quietly.
 TYPING_INTERVAL = 2.0
+_READ_SIZE = 64 * 1024
 
 
-class ChatSocket(WebSocketHandler):
-    def initialize(self, node: Any) -> None:
-        self.node = node
-        self.nick: str | None = None
-        self.nick_key = ""
-        self.closed = False
-        self.rooms: dict[str, int] = {}  # room → last seq delivered
-        self.stream: IOStream | None = None
-        self.bucket: TokenBucket | None = None
-        self._typing_at: dict[str, float] = {}
+class WebSocketEndpoint(BaseHandler):
+    """Checks the upgrade request, answers 101 and hands over the socket."""
 
-    # Tornado's WebSocketHandler is not our BaseHandler; share its header rules.
-    set_default_headers = BaseHandler.set_default_headers
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        if not self.node.settings.websocket or self.node.stopping:
-            self.set_status(403 if not self.node.stopping else 503)
-            self.set_header("Content-Type", "application/json; charset=utf-8")
-            reason = "WebSocket is disabled on this server; use long-polling or SSE" \
-                if not self.node.settings.websocket else "the server is shutting down"
-            self.finish(orjson.dumps({"code": "websocket_disabled" if not self.node.settings.websocket
-                                      else "unavailable", "reason": reason}))
+    async def get(self) -> None:
+        node = self.node
+        if not node.settings.websocket:
+            raise ClientError(
+                "WebSocket is disabled on this server; use long-polling or SSE",
+                code="websocket_disabled",
+            )
+        if node.stopping:
+            self.set_status(503)
+            self.write_json({"code": "unavailable", "reason": "the server is shutting down"}, 503)
             return
+        key = self._check_upgrade()
         token, _by_cookie = token_from_request(self)
-        self.nick = nick_from_token(
-            self.node.secret, token, max_age_days=self.node.settings.token_max_age_days
-        )
-        await super().get(*args, **kwargs)
+        nick = nick_from_token(node.secret, token, max_age_days=node.settings.token_max_age_days)
 
-    def check_origin(self, origin: str) -> bool:
-        # Cookies ride along on cross-site WebSocket handshakes; only our own
-        # pages (and configured origins) may open one.
+        # From here on this is no HTTP exchange: Tornado must not finish it.
+        self._auto_finish = False
+        self.set_status(101)
+        self.application.log_request(self)
+        stream = self.request.connection.detach()  # type: ignore[attr-defined]
+        sock, leftover = take_socket(stream)
+        accept = WebSocketProtocol13.compute_accept_value(key)
+        handshake = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        ).encode("ascii")
+        connection = ChatConnection(node, sock, nick)
+        connection.write(handshake)
+        if nick is None:
+            connection.close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
+        else:
+            connection.start(leftover)
+
+    def _check_upgrade(self) -> str:
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            raise ClientError('Can "Upgrade" only to "WebSocket"', code="bad_request")
+        connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+        if "upgrade" not in connection_tokens:
+            raise ClientError('"Connection" must include "Upgrade"', code="bad_request")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            self.set_header("Sec-WebSocket-Version", "13")
+            self.set_status(426)
+            raise ClientError("only WebSocket version 13 is supported", code="bad_request")
+        key = headers.get("Sec-WebSocket-Key", "")
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ClientError("Sec-WebSocket-Key must be 16 bytes in base64", code="bad_request")
+        origin = headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin):
+            self.set_status(403)
+            raise ClientError(f"cross-origin WebSocket from {origin[:80]} refused", code="forbidden")
+        return key
+
+    def _origin_allowed(self, origin: str) -> bool:
+        # Cookies ride along on cross-site handshakes; only our own pages (and
+        # configured origins) may open a socket.
         if origin in self.node.settings.allowed_origins:
             return True
         return urlparse(origin).netloc.lower() == self.request.host.lower()
 
-    def get_compression_options(self) -> None:
-        # permessage-deflate would compress per member, undoing encode-once.
-        return None
 
-    def open(self, *args: Any, **kwargs: Any) -> None:
-        if self.nick is None:
-            self.closed = True
-            self.close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
-            return
-        assert self.ws_connection is not None
-        self.nick_key = nick_key(self.nick)
-        self.stream = self.ws_connection.stream  # type: ignore[attr-defined]
-        self.set_nodelay(True)
-        self.bucket = TokenBucket(
-            rate=self.node.settings.send_rate, burst=self.node.settings.send_burst,
-            now=time.monotonic(),
+class ChatConnection:
+    """One client's WebSocket: socket I/O, framing, chat commands, room membership."""
+
+    __slots__ = (
+        "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "rooms", "bucket",
+        "typing_at", "closed", "_out", "_out_size", "_writing", "_fragments", "_drained",
+        "_abort_handle",
+    )
+
+    def __init__(self, node: WebNode, sock: socket.socket, nick: str | None) -> None:
+        self.node = node
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.protocol = Protocol(
+            Side.SERVER, max_size=node.settings.max_frame_bytes, logger=_frames_log
         )
-        self.node.websockets.add(self)
+        self.nick = nick or ""
+        self.nick_key = nick_key(self.nick)
+        self.rooms: dict[str, int] = {}  # room → last seq delivered
+        self.bucket: TokenBucket | None = None
+        self.typing_at: dict[str, float] | None = None
+        self.closed = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._writing = False
+        self._fragments: tuple[Opcode, list[bytes]] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
 
-    def on_message(self, message: str | bytes) -> None:
-        if self.closed or self.nick is None:
+    # -- socket I/O -----------------------------------------------------
+
+    def start(self, leftover: bytes) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.node.websockets.add(self)
+        self.loop.add_reader(self.fd, self._on_readable)
+        if leftover:
+            self._receive(leftover)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
             return
-        if isinstance(message, bytes):
-            self.send_error_frame("binary_frame", "binary frames are not supported; send JSON text frames")
+        except OSError:
+            data = b""  # a reset is a close, not an error
+        if data:
+            self._receive(data)
+        else:
+            self.loop.remove_reader(self.fd)
+            self.protocol.receive_eof()
+            self._after_protocol()
+
+    def _receive(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+        self._after_protocol()
+
+    def _after_protocol(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data is SEND_EOF or data == b"":
+                self._shutdown_write()
+            else:
+                self.write(data)
+        if self.protocol.state is State.CLOSED:
+            self._finish()
+        elif self.protocol.close_expected() and self._abort_handle is None:
+            self._abort_handle = self.loop.call_later(CLOSE_TIMEOUT, self._finish)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if the kernel takes it, else queue it in order."""
+        if self.sock.fileno() < 0:
+            return
+        if not self._out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._finish()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._out.append(data)
+        self._out_size += len(data)
+        if not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        while self._out:
+            chunk = self._out[0]
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._finish()
+                return
+            self._out_size -= sent
+            if sent < len(chunk):
+                self._out[0] = chunk[sent:]
+                return
+            self._out.pop(0)
+        self.loop.remove_writer(self.fd)
+        self._writing = False
+        if self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        if self.protocol.state is State.CLOSING and self.protocol.eof_sent:
+            self._half_close()
+
+    def _shutdown_write(self) -> None:
+        if not self._out:
+            self._half_close()
+        # else: _on_writable half-closes once the queue is empty
+
+    def _half_close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _finish(self) -> None:
+        """Release everything: the end of every close path."""
+        if self.sock.fileno() < 0:
+            return
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        self.loop.remove_reader(self.fd)
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        self.sock.close()
+        self._out.clear()
+        self._out_size = 0
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._forget_member()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake; the socket is aborted if it does not finish."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+        self._forget_member()
+        self._after_protocol()
+
+    # -- frames ---------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        # The protocol object has already checked the order of fragments and
+        # the size of the whole message (RFC 6455 §5.4); this only joins them.
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._on_message(bytes(frame.data), binary=opcode is Opcode.BINARY)
+            else:
+                self._fragments = (opcode, [bytes(frame.data)])
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            first_opcode, parts = self._fragments
+            parts.append(bytes(frame.data))
+            if frame.fin:
+                self._fragments = None
+                self._on_message(b"".join(parts), binary=first_opcode is Opcode.BINARY)
+
+    def _on_message(self, data: bytes, *, binary: bool) -> None:
+        if self.closed:
+            return
+        if binary:
+            self.send_error("binary_frame", "binary frames are not supported; send JSON text frames")
             return
         try:
-            command = parse_command(message)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
+            self.protocol.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+            self._forget_member()
+            return
+        try:
+            command = parse_command(text)
         except ClientError as exc:
-            self.send_error_frame(exc.code, exc.reason)
+            self.send_error(exc.code, exc.reason)
             return
         self._dispatch(command)
+
+    # -- chat commands --------------------------------------------------
 
     def _dispatch(self, command: Command) -> None:
         if isinstance(command, Send):
@@ -124,33 +343,33 @@ class ChatSocket(WebSocketHandler):
             self.send_json({"type": "pong"})
 
     async def _send(self, command: Send) -> None:
-        assert self.bucket is not None and self.nick is not None
+        settings = self.node.settings
+        now = time.monotonic()
+        if self.bucket is None:
+            self.bucket = TokenBucket(rate=settings.send_rate, burst=settings.send_burst, now=now)
         try:
-            if not self.bucket.take(now=time.monotonic()):
+            if not self.bucket.take(now=now):
                 raise RateLimited(
-                    f"more than {self.node.settings.send_rate:g} messages per second;"
+                    f"more than {settings.send_rate:g} messages per second;"
                     f" retry in {self.bucket.retry_after():.2f} s"
                 )
             message = await self.node.send(
                 room=command.room, nick=self.nick, body=command.body, id=command.id
             )
         except ClientError as exc:
-            self.send_error_frame(exc.code, exc.reason, id=command.id)
+            self.send_error(exc.code, exc.reason, id=command.id)
             return
         except Exception:
             log.exception("send %s/%s failed", command.room, command.id)
-            self.send_error_frame("internal", "the server could not take this message", id=command.id)
+            self.send_error("internal", "the server could not take this message", id=command.id)
             return
         self.send_json({"type": "ack", "id": command.id, "room": command.room, "seq": message["seq"]})
 
     async def _join(self, command: Join) -> None:
-        assert self.nick is not None
         room_name = command.room
-        if room_name not in self.rooms and len(self.rooms) >= self.node.settings.max_rooms_per_connection:
-            self.send_error_frame(
-                "too_many_rooms",
-                f"a connection may join at most {self.node.settings.max_rooms_per_connection} rooms",
-            )
+        limit = self.node.settings.max_rooms_per_connection
+        if room_name not in self.rooms and len(self.rooms) >= limit:
+            self.send_error("too_many_rooms", f"a connection may join at most {limit} rooms")
             return
         if room_name in self.rooms:
             self._leave(room_name)  # a re-join restarts from its own `since`
@@ -161,12 +380,12 @@ class ChatSocket(WebSocketHandler):
         except Exception:
             log.exception("join %s failed", room_name)
             self.rooms.pop(room_name, None)
-            self.send_error_frame("internal", f"could not join {room_name}")
+            self.send_error("internal", f"could not join {room_name}")
             return
         if self.closed or room_name not in self.rooms:
             return
         self.rooms[room_name] = cursor
-        node.announce(node.presence.connect(room_name, self.nick, nick_key(self.nick)))
+        node.announce(node.presence.connect(room_name, self.nick, self.nick_key))
         self.send_json({
             "type": "joined", "room": room_name, "seq": room.last_seq,
             "members": node.presence.members(room_name),
@@ -177,15 +396,15 @@ class ChatSocket(WebSocketHandler):
         if self.rooms.pop(room_name, None) is None:
             return
         self.node.hub.leave(self, room_name, now=time.monotonic())
-        assert self.nick is not None
-        self.node.announce(self.node.presence.disconnect(room_name, nick_key(self.nick)))
+        self.node.announce(self.node.presence.disconnect(room_name, self.nick_key))
 
     def _typing(self, room_name: str) -> None:
-        assert self.nick is not None
         now = time.monotonic()
-        if now - self._typing_at.get(room_name, -TYPING_INTERVAL) < TYPING_INTERVAL:
+        if self.typing_at is None:
+            self.typing_at = {}
+        if now - self.typing_at.get(room_name, -TYPING_INTERVAL) < TYPING_INTERVAL:
             return
-        self._typing_at[room_name] = now
+        self.typing_at[room_name] = now
         self.node.publish_presence(room_name, self.nick, "typing")
 
     # -- hub.Member -----------------------------------------------------
@@ -194,33 +413,26 @@ class ChatSocket(WebSocketHandler):
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
-        stream = self.stream
-        if self.closed or stream is None or stream.closed():
+        if self.closed:
             return
-        pending = buffered_bytes(stream)
         limit = self.node.settings.outbound_bytes
         if broadcast.ephemeral:
-            if pending > limit // 2:
+            if self._out_size > limit // 2:
                 return
-        elif pending + len(broadcast.ws_frame) > limit:
+        elif self._out_size + len(broadcast.ws_frame) > limit:
             self._too_slow()
             return
-        try:
-            write_now(stream, broadcast.ws_frame)
-        except StreamClosedError:
-            self.closed = True
-            return
+        self.write(broadcast.ws_frame)
         if broadcast.seq is not None:
             self.rooms[broadcast.room] = broadcast.seq
             if broadcast.mentions and self.nick_key in broadcast.mentions:
                 self.node.note_seen(self.nick_key, (broadcast,))
 
     async def drain(self) -> None:
-        if self.stream is not None and not self.stream.closed():
-            try:
-                await self.stream.write(b"")
-            except StreamClosedError:
-                self.closed = True
+        if self._out and not self.closed:
+            if self._drained is None:
+                self._drained = self.loop.create_future()
+            await asyncio.shield(self._drained)
 
     def _too_slow(self) -> None:
         log.info("closing %s: outbound buffer over %d bytes", self.nick, self.node.settings.outbound_bytes)
@@ -229,27 +441,16 @@ class ChatSocket(WebSocketHandler):
             "reason": "you fell too far behind; reconnect and join with since=<seq> for each room",
             "rooms": dict(self.rooms),
         })
-        self._close_member(CLOSE_TOO_SLOW, "too slow: resume with since")
+        self.close(CLOSE_TOO_SLOW, "too slow: resume with since")
 
     # -- sending helpers ------------------------------------------------
 
     def send_json(self, value: dict[str, Any]) -> None:
-        if self.stream is None or self.stream.closed():
-            return
-        try:
-            write_now(self.stream, encode_text_frame(orjson.dumps(value)))
-        except StreamClosedError:
-            self.closed = True
+        if self.protocol.state is State.OPEN:
+            self.write(encode_text_frame(orjson.dumps(value)))
 
-    def send_error_frame(self, code: str, reason: str, **extra: Any) -> None:
+    def send_error(self, code: str, reason: str, **extra: Any) -> None:
         self.send_json({"type": "error", **extra, "code": code, "reason": reason})
-
-    def _close_member(self, code: int, reason: str) -> None:
-        self._forget_member()
-        try:
-            self.close(code, reason)
-        except WebSocketClosedError:
-            pass
 
     def _forget_member(self) -> None:
         if self.closed:
@@ -258,9 +459,3 @@ class ChatSocket(WebSocketHandler):
         self.node.websockets.discard(self)
         for room_name in list(self.rooms):
             self._leave(room_name)
-
-    def on_close(self) -> None:
-        self._forget_member()
-
-    def on_ping(self, data: bytes) -> None:
-        pass

@@ -625,11 +625,22 @@ export class Connection {
   _flush() {
     const adapter = this._active;
     if (!adapter) return;
+    // A socket delivers frames in order, so everything can go at once. Parallel HTTP
+    // requests may overtake each other, so over HTTP each room has one send in flight
+    // and the rest wait their turn: the room's order is the order they were written.
+    const ordered = adapter.kind !== Kind.WS;
+    const busy = new Set();
     for (const entry of this._outbox.values()) {
-      if (entry.inFlight || entry.timer || !adapter.squallReady.has(entry.room)) continue;
+      if (busy.has(entry.room)) continue;
+      if (entry.inFlight || entry.timer) {
+        if (ordered) busy.add(entry.room);
+        continue;
+      }
+      if (!adapter.squallReady.has(entry.room)) continue;
       if (adapter.send(entry.room, entry.body, entry.id)) {
         entry.inFlight = true;
         entry.sentOn = adapter;
+        if (ordered) busy.add(entry.room);
       }
     }
   }
@@ -639,6 +650,7 @@ export class Connection {
     if (!entry) return;
     clearTimeout(entry.timer);
     this._outbox.delete(id);
+    this._flush();
   }
 
   _sendFailed(event) {
@@ -651,6 +663,7 @@ export class Connection {
     clearTimeout(entry.timer);
     this._outbox.delete(event.id);
     this._onEvent({ ...event, room: event.room ?? entry.room });
+    this._flush();
   }
 
   _sendLost(id) {

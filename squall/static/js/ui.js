@@ -245,8 +245,12 @@ export class ChatView {
 
     const body = el("div", "body");
     body.dataset.testid = "message-body";
-    if (message.html !== null) body.innerHTML = message.html; // sanitised by the server
-    else body.textContent = message.body;
+    if (message.html !== null) {
+      body.innerHTML = message.html; // sanitised by the server
+    } else {
+      body.classList.add("plain"); // newlines kept by CSS, as the server's <br> would
+      body.textContent = message.body;
+    }
     item.append(meta, body);
 
     const previews = this._renderPreviews(message.previews);
