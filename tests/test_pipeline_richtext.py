@@ -198,3 +198,28 @@ def test_parser_panic_falls_back_to_plain_text(
     assert renderer.extract_links(body) == []
     assert "panicked" in caplog.text
     assert renderer.render("**still works**").html.strip() == "<p><strong>still works</strong></p>"
+
+
+# -- the plain-line fast path ------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80))
+def test_plain_fast_path_agrees_with_the_parser(text: str) -> None:
+    from squall.pipeline.richtext import _PLAIN_LINE
+
+    body = text.strip()
+    if not body or not _PLAIN_LINE.fullmatch(body):
+        return
+    renderer = Renderer()
+    tree = renderer._parse(body)
+    if tree is None:
+        return
+    from squall.pipeline.richtext import _Writer
+
+    writer = _Writer()
+    writer.write(tree)
+    slow = renderer._cleaner.clean("".join(writer.out))
+    assert renderer.render(body).html == slow

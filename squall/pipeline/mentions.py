@@ -30,8 +30,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from html import escape
-from html.parser import HTMLParser
+from html import escape, unescape
 
 __all__ = ["Candidates", "Marked", "find_mentions", "mark_mentions", "ROOM_KEY", "MAX_NICK"]
 
@@ -73,40 +72,33 @@ def _scan_text(text: str) -> Iterator[tuple[int, int, str]]:
         yield m.start(), m.start() + 1 + len(name), name.casefold()
 
 
-class _Walker(HTMLParser):
-    """Feeds trusted HTML back out, handing text outside a/code/pre to ``on_text``."""
-
-    def __init__(self, on_text: Callable[[str], str]) -> None:
-        super().__init__(convert_charrefs=True)
-        self.on_text = on_text
-        self.out: list[str] = []
-        self.skip_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.out.append(self.get_starttag_text() or "")
-        if tag in _SKIP_INSIDE:
-            self.skip_depth += 1
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.out.append(self.get_starttag_text() or "")
-
-    def handle_endtag(self, tag: str) -> None:
-        self.out.append(f"</{tag}>")
-        if tag in _SKIP_INSIDE and self.skip_depth:
-            self.skip_depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self.skip_depth:
-            self.out.append(escape(data, quote=False))
-        else:
-            self.out.append(self.on_text(data))
+# The html this module reads is trusted output of richtext.py and nh3: every
+# "<" and ">" outside a tag is escaped, and attribute values escape them too,
+# so a tag is exactly "<" up to the next ">". That makes a regex tokenizer
+# exact here, and many times faster than html.parser on the processor's hot path.
+_TOKEN = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*>|[^<]+")
 
 
 def _walk(html: str, hook: Callable[[str], str]) -> str:
-    walker = _Walker(hook)
-    walker.feed(html)
-    walker.close()
-    return "".join(walker.out)
+    """Copy trusted ``html``, passing each text run outside a/code/pre through ``hook``.
+
+    ``hook`` gets the text unescaped and must return it escaped (with any markup
+    it adds).
+    """
+    out: list[str] = []
+    skip_depth = 0
+    for token in _TOKEN.finditer(html):
+        tag = token.group(2)
+        if tag is not None:
+            out.append(token.group())
+            if tag.lower() in _SKIP_INSIDE:
+                skip_depth += -1 if token.group(1) else 1
+                skip_depth = max(skip_depth, 0)
+        elif skip_depth:
+            out.append(token.group())
+        else:
+            out.append(hook(unescape(token.group())))
+    return "".join(out)
 
 
 class _Collect:
@@ -131,7 +123,8 @@ def find_mentions(html: str, *, allow_room: bool = True) -> Candidates:
     then call :func:`mark_mentions` with that mapping.
     """
     collect = _Collect(allow_room)
-    _walk(html, collect)
+    if "@" in html:
+        _walk(html, collect)
     return Candidates(tuple(collect.keys), collect.room)
 
 

@@ -69,6 +69,9 @@ _RULES: list[_PLUGIN_NAME] = [
 log = logging.getLogger(__name__)
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
+# A trimmed single line with no character that any rule of the subset (or the
+# HTML escaper, or nh3's serialiser) reacts to.
+_PLAIN_LINE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]([^\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]*[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0])?")
 
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 LINK_REL = "nofollow noopener noreferrer"
@@ -214,6 +217,11 @@ class Renderer:
         Never raises for any input: if the parser fails, the body is rendered as
         escaped plain text with no links.
         """
+        if _PLAIN_LINE.fullmatch(body):
+            # Most chat lines are one line of plain words: nothing in them can
+            # start Markdown, a link or an entity, and the parse would give
+            # exactly this (tests/test_pipeline_richtext.py checks the two agree).
+            return Rendered(f"<p>{body}</p>\n", ())
         tree = self._parse(body)
         if tree is None:
             return Rendered(self._cleaner.clean(_plain(body)), ())

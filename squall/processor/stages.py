@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-import unicodedata
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,10 +30,14 @@ __all__ = ["Validate", "Filter", "Render", "Mentions", "Previews", "BatchWriter"
 
 log = logging.getLogger("squall.pipeline")
 
-# Newline and tab are the only control characters a chat line may carry.
-_ALLOWED_CONTROLS = frozenset("\n\t")
+# Unicode category Cc (C0, DEL, C1) except newline and tab, the only control
+# characters a chat line may carry.
+_FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Most users an @room mention lists.
 MAX_ROOM_MENTIONS = 1000
+# Canonical nicks the mentions stage remembers.
+KNOWN_USERS_CACHED = 10_000
+UNKNOWN_USER_SECONDS = 2.0
 
 
 class Validate:
@@ -51,13 +55,13 @@ class Validate:
                 f"message body has {len(body)} characters, more than the limit of {self.max_chars}",
                 code="body_too_long",
             )
-        for position, char in enumerate(body):
-            if char not in _ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
-                raise Rejected(
-                    f"message body has control character U+{ord(char):04X} at position {position};"
-                    " only newline and tab are allowed",
-                    code="bad_body",
-                )
+        control = _FORBIDDEN_CONTROL.search(body)
+        if control is not None:
+            raise Rejected(
+                f"message body has control character U+{ord(control.group()):04X} at position"
+                f" {control.start()}; only newline and tab are allowed",
+                code="bad_body",
+            )
         return dataclasses.replace(message, body=body) if body != message.body else message
 
 
@@ -97,17 +101,43 @@ class Render:
 
 
 class Mentions:
-    """Resolves ``@nick`` against known users and marks them in the html."""
+    """Resolves ``@nick`` against known users and marks them in the html.
+
+    Users known once stay known with the same spelling, so hits are cached
+    (up to ``KNOWN_USERS_CACHED``): a chatty room's mentions then cost no
+    store round trip. A name that is no user is remembered for only
+    ``UNKNOWN_USER_SECONDS``, since someone may sign in with it any moment.
+    """
 
     def __init__(self, store: Store, *, allow_room: bool = True) -> None:
         self.store = store
         self.allow_room = allow_room
+        self._known: dict[str, str] = {}
+        self._unknown: dict[str, float] = {}  # key → when to ask the store again
+
+    async def _resolve(self, keys: tuple[str, ...], *, now: float) -> dict[str, str]:
+        known, unknown = self._known, self._unknown
+        resolved = {key: known[key] for key in keys if key in known}
+        missing = [k for k in keys if k not in resolved and unknown.get(k, 0.0) <= now]
+        if missing:
+            found = await self.store.find_users(missing)
+            for cache in (known, unknown):
+                if len(cache) + len(missing) > KNOWN_USERS_CACHED:
+                    cache.clear()
+            known.update(found)
+            resolved.update(found)
+            for key in missing:
+                if key not in found:
+                    unknown[key] = now + UNKNOWN_USER_SECONDS
+        return resolved
 
     async def __call__(self, message: Draft) -> Draft:
         candidates = find_mentions(message.html, allow_room=self.allow_room)
         if not candidates.keys and not candidates.room:
             return message
-        resolved = await self.store.find_users(candidates.keys) if candidates.keys else {}
+        resolved = (
+            await self._resolve(candidates.keys, now=time.monotonic()) if candidates.keys else {}
+        )
         members = None
         if candidates.room:
             members = await self.store.room_posters(message.room, MAX_ROOM_MENTIONS)
