@@ -9,7 +9,8 @@
     │   ├── NotFound           unknown route or resource (HTTP 404)
     │   ├── Rejected           the processor's pipeline refused a message (HTTP 422)
     │   ├── RateLimited        too many sends too fast (HTTP 429)
-    │   └── Unavailable        the processor could not be reached in time (HTTP 503)
+    │   ├── Unavailable        the processor could not be reached in time (HTTP 503)
+    │   └── Internal           a server fault, told without details (HTTP 500)
     ├── LineTooLong            a processor-link line went over ``max_line`` bytes
     ├── FilterFileError        a keyword-filter file that cannot be used; names the line
     └── ConfigError            settings that cannot work; raised at start-up
@@ -29,6 +30,7 @@ __all__ = [
     "Rejected",
     "RateLimited",
     "Unavailable",
+    "Internal",
     "LineTooLong",
     "FilterFileError",
     "ConfigError",
@@ -88,6 +90,13 @@ class RateLimited(ClientError):
 class Unavailable(ClientError):
     status = 503
     default_code = "unavailable"
+
+
+class Internal(ClientError):
+    """A fault on our side; the reason never carries details (they are logged)."""
+
+    status = 500
+    default_code = "internal"
 
 
 class LineTooLong(SquallError):

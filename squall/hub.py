@@ -163,6 +163,8 @@ class Hub:
         if room is None:
             return  # nobody here listens; the store has it for whoever comes
         if broadcast.seq is None:
+            if broadcast.kind == "update":
+                self._apply_update(room, broadcast)
             for member in list(room.live):
                 member.deliver(broadcast)
             return
@@ -175,6 +177,24 @@ class Hub:
             return
         self._advance(room, broadcast)
         self._release_held(room)
+
+    def _apply_update(self, room: Room, update: Broadcast) -> None:
+        """Link previews arrived for a message: the copy in memory gets them too,
+        so later joins and polls served from memory carry them, as the store does."""
+        event = orjson.loads(update.payload)
+        seq = event.get("seq")
+        if not room.recent or not isinstance(seq, int):
+            return
+        first = room.recent[0].seq
+        if first is None or not first <= seq <= room.last_seq:
+            return
+        index = seq - first
+        old = room.recent[index]
+        if old.seq != seq:
+            return
+        message = orjson.loads(old.payload)
+        message["previews"] = event.get("links", [])
+        room.recent[index] = Broadcast(room.name, seq, orjson.dumps(message), mentions=old.mentions)
 
     def _advance(self, room: Room, broadcast: Broadcast) -> None:
         room.last_seq = broadcast.seq  # type: ignore[assignment]

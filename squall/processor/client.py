@@ -33,7 +33,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from ..config import Address
-from ..errors import LineTooLong, Rejected, Unavailable
+from ..errors import Internal, LineTooLong, Rejected, Unavailable
 from ..lines import PROTOCOL_VERSION, LineReader, encode_line
 from ..protocol import nick_key
 
@@ -134,7 +134,9 @@ class ProcessorLink:
                 " retry with the same id"
             ) from None
         if answer["op"] == "rejected":
-            raise Rejected(str(answer.get("reason", "")), code=str(answer.get("code", "rejected")))
+            code = str(answer.get("code", "rejected"))
+            error = Internal if code == "internal" else Rejected
+            raise error(str(answer.get("reason", "")), code=code)
         message: dict[str, Any] = answer["message"]
         return message
 
