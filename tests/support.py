@@ -1,0 +1,563 @@
+"""Shared test helpers: Squall as real subprocesses, and lean clients for it.
+
+Nothing here sleeps to wait. A server is ready when it has printed its
+"running" line (read by a thread from its piped stdout) and ``/api/health``
+reports the processor connected; clients wait on frames, lines and events
+under a deadline of :data:`TIMEOUT` seconds, which ``SQUALL_TEST_SLOWDOWN``
+scales for slow machines.
+
+* :class:`SquallProcess` — ``squall run``, ``squall web`` or ``squall processor``
+  on free ports with a temporary data folder; always killed on teardown.
+* :func:`http` — one HTTP/1.1 request over a fresh asyncio connection.
+* :class:`EventStream` — an SSE response read event by event.
+* :class:`ChatClient` — a WebSocket chat connection (``websockets`` asyncio client).
+* :class:`LineClient` — the processor's newline-delimited JSON protocol on a raw socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from http.client import HTTPConnection
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+
+__all__ = [
+    "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
+    "HTTPResponse", "http", "EventStream", "SSEEvent", "ChatClient", "LineClient",
+]
+
+# Every wait in the tests is bounded by this many seconds; a wait only takes
+# this long when the test is failing anyway.
+TIMEOUT = 15.0 * float(os.environ.get("SQUALL_TEST_SLOWDOWN", "1"))
+STOP_TIMEOUT = 10.0
+
+READY_LINE = re.compile(r"Squall is running at http://([\d.]+):(\d+)/")
+PROCESSOR_LINE = "squall processor listening on"
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picked it for a socket we closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_async(coroutine: Any, timeout: float = 4 * TIMEOUT) -> Any:
+    """Run ``coroutine`` in a fresh event loop, failing it after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+# -- processes -----------------------------------------------------------------
+
+
+class SquallProcess:
+    """One ``squall`` command as a subprocess, its output collected line by line.
+
+    ``command`` is ``run`` (processor child plus web node), ``web`` or
+    ``processor``. Settings go in as ``SQUALL_*`` variables through ``env``.
+    Call :meth:`start`, then :meth:`stop` in a ``finally`` (or use
+    :func:`squall_server`).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        command: str = "run",
+        *,
+        processor_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.command = command
+        self.processor_port = processor_port or free_port()
+        self.env = dict(env or {})
+        self.args = args
+        self.port = 0  # known once the web node has said where it listens
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the command and return once it serves (see :meth:`wait_ready`)."""
+        argv = [sys.executable, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
+        if self.command == "processor":
+            argv += ["--listen", f"127.0.0.1:{self.processor_port}"]
+        elif self.command == "web":
+            argv += ["--port", "0", "--processor", f"127.0.0.1:{self.processor_port}"]
+        else:
+            argv += ["--port", "0", "--processor-port", str(self.processor_port)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
+        env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **self.env})
+        self.process = subprocess.Popen(
+            [*argv, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, text=True, errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> None:
+        if self.command == "processor":
+            self.wait_for_line(PROCESSOR_LINE, timeout=timeout)
+            return
+        match = READY_LINE.search(self.wait_for_line(READY_LINE.pattern, timeout=timeout, regex=True))
+        assert match is not None
+        self.port = int(match.group(2))
+        self.wait_connected(timeout=timeout)
+
+    def wait_connected(self, timeout: float = TIMEOUT) -> None:
+        """Poll ``/api/health`` until the web node has its processor link."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            self._check_alive()
+            try:
+                status, body = self.api("GET", "/api/health")
+                if status == 200 and body.get("processor") == "connected":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processor not connected after {timeout} s\n{self.output()}")
+            time.sleep(pause)  # between polls of an event we cannot subscribe to
+            pause = min(pause * 2, 0.1)
+
+    def stop(self) -> None:
+        """SIGTERM the command (and any child it left), SIGKILL after a timeout."""
+        process = self.process
+        if process is None:
+            return
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(children, timeout=STOP_TIMEOUT)
+            if self._reader is not None:
+                self._reader.join(STOP_TIMEOUT)
+            if process.stdout is not None:
+                process.stdout.close()
+
+    # -- the processor child of `squall run` ----------------------------------
+
+    def processor_child(self) -> psutil.Process:
+        assert self.process is not None and self.command == "run"
+        children = psutil.Process(self.process.pid).children()
+        assert len(children) == 1, f"expected one processor child, found {children}"
+        return children[0]
+
+    def kill_processor(self) -> int:
+        """SIGKILL the processor child; returns how many processors had started before."""
+        started = self.count_lines(PROCESSOR_LINE)
+        child = self.processor_child()
+        child.kill()
+        child.wait(STOP_TIMEOUT)
+        return started
+
+    # -- output ---------------------------------------------------------------
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def count_lines(self, text: str) -> int:
+        with self._changed:
+            return sum(text in line for line in self.lines)
+
+    def wait_for_line(
+        self, pattern: str, *, count: int = 1, timeout: float = TIMEOUT, regex: bool = False
+    ) -> str:
+        """The ``count``-th output line containing ``pattern``, once it has been printed."""
+        matches: Callable[[str], bool] = (
+            (lambda line: re.search(pattern, line) is not None) if regex else (lambda line: pattern in line)
+        )
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self.lines if matches(line)]
+                if len(found) >= count:
+                    return found[count - 1]
+                if self.process is not None and self.process.poll() is not None and not (
+                    self._reader and self._reader.is_alive()
+                ):
+                    raise AssertionError(
+                        f"squall {self.command} exited with {self.process.returncode}"
+                        f" before printing {pattern!r}\n{self.output()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {pattern!r} after {timeout} s\n{self.output()}")
+                self._changed.wait(remaining)
+
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines[-200:])
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"squall {self.command} exited with {self.process.returncode}\n{self.output()}"
+            )
+
+    # -- synchronous HTTP, for fixtures and set-up ----------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def api(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None
+    ) -> tuple[int, Any]:
+        """``(status, decoded JSON or None)`` for one request to the web node."""
+        connection = HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            headers = {}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = "application/json"
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            return response.status, (json.loads(raw) if raw else None)
+        finally:
+            connection.close()
+
+    def session(self, nick: str) -> str:
+        """A session token for ``nick``."""
+        status, body = self.api("POST", "/api/session", {"nick": nick})
+        assert status == 200, (status, body)
+        return str(body["token"])
+
+    def history(self, room: str, token: str) -> list[dict[str, Any]]:
+        """Every stored message of ``room`` (up to 1000), oldest first."""
+        status, body = self.api("GET", f"/api/rooms/{room}/messages?since=0&limit=1000&wait=0", token=token)
+        assert status == 200, (status, body)
+        return list(body["messages"])
+
+
+@contextmanager
+def squall_server(data_dir: Path, command: str = "run", **kwargs: Any) -> Iterator[SquallProcess]:
+    server = SquallProcess(data_dir, command, **kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- HTTP over asyncio ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HTTPResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _request_bytes(
+    address: tuple[str, int], method: str, path: str, *, token: str | None,
+    body: bytes | None, headers: Mapping[str, str] | None,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {address[0]}:{address[1]}", "Connection: close"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+async def _read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); b"" for the last one."""
+    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+    data = await reader.readexactly(size) if size else b""
+    await reader.readexactly(2)
+    return data
+
+
+async def http(
+    address: tuple[str, int], method: str, path: str, *, token: str | None = None,
+    json_body: Any = None, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+    timeout: float = TIMEOUT,
+) -> HTTPResponse:
+    """One request on a fresh connection, read to the end of the response."""
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+    try:
+        writer.write(_request_bytes(address, method, path, token=token, body=body, headers=headers))
+
+        async def read() -> HTTPResponse:
+            status, response_headers = await _read_head(reader)
+            if response_headers.get("transfer-encoding", "").lower() == "chunked":
+                parts = []
+                while chunk := await _read_chunk(reader):
+                    parts.append(chunk)
+                data = b"".join(parts)
+            elif "content-length" in response_headers:
+                data = await reader.readexactly(int(response_headers["content-length"]))
+            else:
+                data = await reader.read()
+            return HTTPResponse(status, response_headers, data)
+
+        return await asyncio.wait_for(read(), timeout)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+# -- Server-Sent Events -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class EventStream:
+    """``GET /api/rooms/R/events`` read one event at a time (heartbeats skipped)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.status = status
+        self._buffer = b""
+        self._events: list[SSEEvent] = []
+
+    @classmethod
+    async def open(
+        cls, address: tuple[str, int], room: str, token: str, *,
+        since: int | None = None, last_event_id: int | None = None,
+    ) -> EventStream:
+        path = f"/api/rooms/{room}/events" + (f"?since={since}" if since is not None else "")
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), TIMEOUT)
+        try:
+            writer.write(_request_bytes(address, "GET", path, token=token, body=None, headers=headers))
+            status, response_headers = await asyncio.wait_for(_read_head(reader), TIMEOUT)
+            assert status == 200, status
+            assert response_headers.get("transfer-encoding", "").lower() == "chunked", response_headers
+        except BaseException:
+            writer.close()
+            raise
+        return cls(reader, writer, status)
+
+    async def next_event(self, timeout: float = TIMEOUT) -> SSEEvent:
+        return await asyncio.wait_for(self._next_event(), timeout)
+
+    async def _next_event(self) -> SSEEvent:
+        while not self._events:
+            chunk = await _read_chunk(self.reader)
+            if not chunk:
+                raise EOFError("the server ended the event stream")
+            self._buffer += chunk
+            while b"\n\n" in self._buffer:
+                block, self._buffer = self._buffer.split(b"\n\n", 1)
+                event = self._parse(block.decode("utf-8"))
+                if event is not None:
+                    self._events.append(event)
+        return self._events.pop(0)
+
+    @staticmethod
+    def _parse(block: str) -> SSEEvent | None:
+        fields: dict[str, list[str]] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue  # a comment: the heartbeat
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+        if "data" not in fields:
+            return None  # e.g. a lone `retry:`
+        ids = fields.get("id")
+        return SSEEvent(
+            event=fields.get("event", ["message"])[-1], data="\n".join(fields["data"]),
+            id=ids[-1] if ids else None,
+        )
+
+    async def next_of(self, kind: str, timeout: float = TIMEOUT) -> SSEEvent:
+        """The next event of type ``kind``, skipping others (presence, typing)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            event = await self.next_event(deadline - asyncio.get_running_loop().time())
+            if event.event == kind:
+                return event
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+# -- WebSocket ------------------------------------------------------------------------
+
+
+class ChatClient:
+    """A chat connection on ``/ws``, one JSON object per text frame."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def connect(
+        cls, address: tuple[str, int], token: str | None, **kwargs: Any
+    ) -> ChatClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        options: dict[str, Any] = {
+            "compression": None, "proxy": None, "open_timeout": TIMEOUT,
+            "close_timeout": TIMEOUT, "ping_interval": None, **kwargs,
+        }
+        connection = await connect(
+            f"ws://{address[0]}:{address[1]}/ws", additional_headers=headers, **options
+        )
+        return cls(connection)
+
+    async def send_json(self, value: Any) -> None:
+        await self.connection.send(json.dumps(value))
+
+    async def recv_json(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.connection.recv(), timeout)
+        value: dict[str, Any] = json.loads(frame)
+        return value
+
+    async def recv_until(
+        self, accept: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """The next frame ``accept`` approves of; frames before it are dropped."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            frame = await self.recv_json(deadline - asyncio.get_running_loop().time())
+            if accept(frame):
+                return frame
+
+    async def recv_type(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return await self.recv_until(lambda frame: frame.get("type") == kind, timeout)
+
+    async def join(self, room: str, since: int | None = None) -> dict[str, Any]:
+        """Join ``room`` and return its ``joined`` frame."""
+        frame: dict[str, Any] = {"type": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        await self.send_json(frame)
+        return await self.recv_until(lambda f: f.get("type") in ("joined", "error"))
+
+    async def ping(self) -> None:
+        """Round-trip a ``ping`` command: proof the connection is still served."""
+        await self.send_json({"type": "ping"})
+        await self.recv_type("pong")
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+# -- the processor's line protocol ------------------------------------------------------
+
+
+class LineClient:
+    """A raw connection to a processor, speaking newline-delimited JSON."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> LineClient:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024), TIMEOUT
+        )
+        return cls(reader, writer)
+
+    def send(self, *values: Any) -> None:
+        self.writer.write(b"".join(json.dumps(v).encode() + b"\n" for v in values))
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not line:
+            raise EOFError("the processor closed the connection")
+        value: dict[str, Any] = json.loads(line)
+        return value
+
+    async def read_to_eof(self, timeout: float = TIMEOUT) -> bytes:
+        return await asyncio.wait_for(self.reader.read(), timeout)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass

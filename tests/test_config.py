@@ -1,0 +1,154 @@
+"""Settings: defaults < TOML file < SQUALL_* environment < command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from squall.config import Settings, load_settings, parse_address
+from squall.errors import ConfigError
+
+
+@pytest.fixture
+def toml(tmp_path: Path) -> Path:
+    path = tmp_path / "squall.toml"
+    path.write_text(
+        'port = 9000\nsend-rate = 5.5\nsend_burst = 7\nwebsocket = false\n'
+        'allowed_origins = ["https://a.example", "https://b.example"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_defaults_without_any_source() -> None:
+    assert load_settings(environ={}) == Settings()
+
+
+def test_toml_file_overrides_defaults(toml: Path) -> None:
+    settings = load_settings(environ={}, config_file=str(toml))
+    assert settings.port == 9000
+    assert settings.send_rate == 5.5
+    assert settings.send_burst == 7
+    assert settings.websocket is False
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.host == Settings().host
+
+
+def test_squall_config_variable_names_the_file(toml: Path) -> None:
+    assert load_settings(environ={"SQUALL_CONFIG": str(toml)}).port == 9000
+
+
+def test_config_argument_wins_over_squall_config_variable(toml: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text("port = 9100\n", encoding="utf-8")
+    assert load_settings(environ={"SQUALL_CONFIG": str(other)}, config_file=str(toml)).port == 9000
+
+
+def test_environment_overrides_the_file(toml: Path) -> None:
+    environ = {"SQUALL_PORT": "9001", "SQUALL_WEBSOCKET": "yes", "SQUALL_ALLOWED_ORIGINS": "https://c, https://d"}
+    settings = load_settings(environ=environ, config_file=str(toml))
+    assert settings.port == 9001
+    assert settings.websocket is True
+    assert settings.allowed_origins == ("https://c", "https://d")
+    assert settings.send_rate == 5.5  # still from the file
+
+
+def test_overrides_win_over_everything(toml: Path) -> None:
+    settings = load_settings(
+        {"port": "9002", "send_burst": None}, environ={"SQUALL_PORT": "9001"}, config_file=str(toml)
+    )
+    assert settings.port == 9002
+    assert settings.send_burst == 7  # None means "flag not given"
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    assert load_settings(environ={"PORT": "1", "SQUALL": "x", "SQUALLPORT": "2"}) == Settings()
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("0", False), ("false", False), ("No", False), ("off", False),
+])
+def test_boolean_spellings(raw: str, value: bool) -> None:
+    assert load_settings(environ={"SQUALL_WEBSOCKET": raw}).websocket is value
+
+
+@pytest.mark.parametrize(("environ", "names"), [
+    ({"SQUALL_PORT": "eighty"}, ["SQUALL_PORT", "port"]),
+    ({"SQUALL_SEND_RATE": "fast"}, ["SQUALL_SEND_RATE", "send_rate"]),
+    ({"SQUALL_WEBSOCKET": "maybe"}, ["SQUALL_WEBSOCKET", "websocket"]),
+    ({"SQUALL_SEND_TIMEOUT": "0"}, ["send_timeout"]),
+    ({"SQUALL_SEND_BURST": "-1"}, ["send_burst"]),
+    ({"SQUALL_MAX_FRAME_BYTES": "0"}, ["max_frame_bytes"]),
+    ({"SQUALL_LOOP": "trio"}, ["loop"]),
+    ({"SQUALL_PROCESSOR": "localhost"}, ["localhost"]),
+    ({"SQUALL_LISTEN": "127.0.0.1:70000"}, ["70000"]),
+])
+def test_bad_environment_values_name_the_setting(environ: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_bad_override_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--send-burst"):
+        load_settings({"send_burst": "lots"}, environ={})
+
+
+def test_unknown_override_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'colour'"):
+        load_settings({"colour": "blue"}, environ={})
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("prot = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, config_file=str(path))
+    assert str(path) in str(caught.value) and "'prot'" in str(caught.value)
+
+
+def test_bad_value_in_file_names_file_and_setting(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('port = "x"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, config_file=str(path))
+    assert str(path) in str(caught.value) and "port" in str(caught.value)
+
+
+def test_unparsable_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("port = = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(environ={}, config_file=str(path))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(environ={}, config_file=str(tmp_path / "absent.toml"))
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(environ={})
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
+    assert settings.replace(port=1).port == 1 and settings.port != 1
+
+
+@pytest.mark.parametrize(("text", "address"), [
+    ("127.0.0.1:8889", ("127.0.0.1", 8889)),
+    (":8889", ("127.0.0.1", 8889)),
+    ("8889", ("127.0.0.1", 8889)),
+    ("[::1]:80", ("::1", 80)),
+    ("example.org:0", ("example.org", 0)),
+])
+def test_parse_address(text: str, address: tuple[str, int]) -> None:
+    assert parse_address(text) == address
+
+
+def test_database_url_defaults_to_sqlite_in_the_data_dir() -> None:
+    settings = load_settings({"data_dir": "/srv/chat"}, environ={})
+    assert settings.database_url == "sqlite:////srv/chat/squall.db"
+    assert load_settings({"database": "sqlite:///x.db"}, environ={}).database_url == "sqlite:///x.db"

@@ -1,0 +1,304 @@
+"""The room hub against a real SQLite store, with members that record deliveries.
+
+:class:`RecordingMember` is not a mock of anything external: it is the
+smallest honest implementation of :class:`squall.hub.Member`, and the hub is
+the real one. Nothing here sleeps; tests wait on futures the members resolve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tornado.testing import AsyncTestCase, ExpectLog, gen_test
+
+from squall.frames import Broadcast
+from squall.hub import ROOM_IDLE_SECONDS, Hub, broadcast_from_draft
+from squall.message import Draft
+from squall.store.sqlite import SQLiteStore
+
+TIMEOUT = 10
+
+
+class RecordingMember:
+    """A hub member that keeps what it is given; ``on_drain`` runs between backlog pages."""
+
+    def __init__(self, *rooms: str, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.closed = False
+        self.rooms = set(rooms)
+        self.delivered: list[Broadcast] = []
+        self.drains = 0
+        self.on_drain = on_drain
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        self.delivered.append(broadcast)
+        for count, future in self._waiting:
+            if len(self.delivered) >= count and not future.done():
+                future.set_result(None)
+
+    def subscribed(self, room: str) -> bool:
+        return room in self.rooms
+
+    async def drain(self) -> None:
+        self.drains += 1
+        if self.on_drain is not None:
+            await self.on_drain()
+
+    def received(self, count: int) -> asyncio.Future[None]:
+        """Resolved once ``count`` broadcasts have been delivered."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((count, future))
+        if len(self.delivered) >= count:
+            future.set_result(None)
+        return future
+
+    @property
+    def seqs(self) -> list[int | None]:
+        return [b.seq for b in self.delivered]
+
+
+class HubTest(AsyncTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self._dir = tempfile.TemporaryDirectory()
+        self.store = SQLiteStore(str(Path(self._dir.name) / "squall.db"))
+        self.io_loop.run_sync(self.store.open)
+        self.hub = Hub(self.store, recent_per_room=256, backlog_page=200, history_on_join=50)
+        self._ids = 0
+
+    def tearDown(self) -> None:
+        self.io_loop.run_sync(self.store.close)
+        self._dir.cleanup()
+        super().tearDown()
+
+    async def save(self, room: str, count: int, nick: str = "alice") -> list[Draft]:
+        drafts = []
+        for _ in range(count):
+            self._ids += 1
+            drafts.append(Draft(room=room, nick=nick, id=f"c{self._ids}", body=f"body {self._ids}", ts=self._ids))
+        return list(await self.store.save_messages(drafts))
+
+    async def save_and_receive(self, room: str, count: int) -> list[Draft]:
+        saved = await self.save(room, count)
+        for draft in saved:
+            self.hub.receive(broadcast_from_draft(draft))
+        return saved
+
+    async def live_member(self, room: str) -> RecordingMember:
+        member = RecordingMember(room)
+        opened, cursor = await self.hub.join(room, None)
+        await self.hub.catch_up(member, opened, cursor)
+        self.assertIn(member, opened.live)
+        return member
+
+    # -- ordering ------------------------------------------------------
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_in_order_messages_are_delivered_as_they_come(self) -> None:
+        member = await self.live_member("r")
+        await self.save_and_receive("r", 3)
+        self.assertEqual(member.seqs, [1, 2, 3])
+        self.assertEqual(self.hub.rooms["r"].last_seq, 3)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_out_of_order_receive_is_delivered_in_order(self) -> None:
+        member = await self.live_member("r")
+        one, two, three = map(broadcast_from_draft, await self.save("r", 3))
+        self.hub.receive(three)
+        self.hub.receive(two)
+        self.assertEqual(member.seqs, [])
+        self.hub.receive(one)
+        self.assertEqual(member.seqs, [1, 2, 3])
+        self.assertEqual(self.hub.rooms["r"].held, {})
+        await asyncio.sleep(0)  # one loop step: the gap-filling task the hub started finds nothing to do
+        self.assertFalse(self.hub.rooms["r"].filling)
+        self.assertEqual(member.seqs, [1, 2, 3])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_duplicates_are_dropped(self) -> None:
+        member = await self.live_member("r")
+        [one, two] = map(broadcast_from_draft, await self.save("r", 2))
+        for broadcast in (one, one, two, one, two):
+            self.hub.receive(broadcast)
+        self.assertEqual(member.seqs, [1, 2])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_gap_is_filled_from_the_store(self) -> None:
+        member = await self.live_member("r")
+        saved = await self.save("r", 5)
+        self.hub.receive(broadcast_from_draft(saved[4]))  # 1-4 never come over the bus
+        await asyncio.wait_for(member.received(5), TIMEOUT)
+        self.assertEqual(member.seqs, [1, 2, 3, 4, 5])
+        bodies = [json.loads(b.payload)["body"] for b in member.delivered]
+        self.assertEqual(bodies, [d.body for d in saved])
+        self.hub.receive(broadcast_from_draft(saved[3]))  # late arrival of a filled one
+        self.assertEqual(member.seqs, [1, 2, 3, 4, 5])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_gap_the_store_cannot_fill_is_skipped_not_stalled(self) -> None:
+        member = await self.live_member("r")
+        orphan = Broadcast("r", 3, b'{"type":"message","seq":3}')  # published, never stored
+        with ExpectLog("squall.hub", r"room r: seq 1\.\.2 missing from the store"):
+            self.hub.receive(orphan)
+            await asyncio.wait_for(member.received(1), TIMEOUT)
+        self.assertEqual(member.seqs, [3])
+        self.assertEqual(self.hub.rooms["r"].last_seq, 3)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_messages_arriving_while_a_room_opens_are_kept(self) -> None:
+        await self.save("r", 2)
+        opening = asyncio.ensure_future(self.hub.room("r"))
+        await asyncio.sleep(0)  # one loop step: the room now exists and reads its last seq
+        room = self.hub.rooms["r"]
+        self.assertFalse(room.ready.done())
+        [third] = await self.save("r", 1)
+        self.hub.receive(broadcast_from_draft(third))
+        self.assertIs(await opening, room)
+        self.assertEqual(room.last_seq, 3)
+        member = RecordingMember("r")
+        await self.hub.catch_up(member, room, 2)
+        self.assertEqual(member.seqs, [3])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_ephemeral_events_go_to_live_members_only_and_skip_ordering(self) -> None:
+        member = await self.live_member("r")
+        typing = Broadcast("r", None, b'{"type":"presence"}', kind="presence")
+        self.hub.receive(typing)
+        self.hub.receive(Broadcast("elsewhere", None, b"{}", kind="presence"))
+        self.assertEqual(member.delivered, [typing])
+        self.assertEqual(self.hub.rooms["r"].last_seq, 0)
+
+    # -- joining -------------------------------------------------------
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_join_without_since_starts_from_recent_history(self) -> None:
+        hub = Hub(self.store, history_on_join=5)
+        await self.save("r", 20)
+        room, cursor = await hub.join("r", None)
+        self.assertEqual((room.last_seq, cursor), (20, 15))
+        self.assertEqual((await hub.join("r", 7))[1], 7)
+        self.assertEqual((await hub.join("r", 99))[1], 20)  # past the end: clamped
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_catch_up_seam_delivers_each_message_exactly_once(self) -> None:
+        await self.save("r", 300)  # more than a backlog page and the recent buffer
+        injections = iter([3, 3, 1])
+
+        async def more_while_catching_up() -> None:
+            count = next(injections, 0)
+            if count:
+                await self.save_and_receive("r", count)
+
+        member = RecordingMember("r", on_drain=more_while_catching_up)
+        room, cursor = await self.hub.join("r", 0)
+        self.assertEqual(cursor, 0)
+        await self.hub.catch_up(member, room, cursor)
+        self.assertIn(member, room.live)
+        await self.save_and_receive("r", 2)  # live now
+        self.assertEqual(member.seqs, list(range(1, 310)))
+        self.assertGreaterEqual(member.drains, 4)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_member_that_leaves_while_catching_up_never_goes_live(self) -> None:
+        await self.save("r", 250)
+        member = RecordingMember("r")
+
+        async def leave() -> None:
+            member.rooms.discard("r")
+
+        member.on_drain = leave
+        room, cursor = await self.hub.join("r", 0)
+        await self.hub.catch_up(member, room, cursor)
+        self.assertNotIn(member, room.live)
+        self.assertEqual(member.seqs, list(range(1, 201)))
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_leave_stops_deliveries(self) -> None:
+        member = await self.live_member("r")
+        await self.save_and_receive("r", 1)
+        self.hub.leave(member, "r", now=0.0)
+        await self.save_and_receive("r", 1)
+        self.assertEqual(member.seqs, [1])
+
+    # -- long-polling --------------------------------------------------
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_waiters_on_one_cursor_get_the_identical_bytes(self) -> None:
+        await self.save_and_receive("r", 2)
+        room = await self.hub.room("r")
+        first = self.hub.wait(room, 2, 100)
+        second = self.hub.wait(room, 2, 100)
+        narrow = self.hub.wait(room, 2, 1)
+        ahead = self.hub.wait(room, 5, 100)
+        [third] = await self.save_and_receive("r", 1)
+        self.assertTrue(first.done() and second.done() and narrow.done())
+        self.assertIs(first.result().body, second.result().body)
+        self.assertEqual([b.seq for b in first.result().messages], [3])
+        body = json.loads(first.result().body)
+        self.assertEqual(body["seq"], 3)
+        self.assertEqual([m["id"] for m in body["messages"]], [third.id])
+        self.assertEqual(json.loads(narrow.result().body), body)
+        self.assertFalse(ahead.done())
+        self.hub.forget_waiter(room, ahead, now=0.0)
+        ahead.cancel()
+        self.assertEqual(room.waiters, [])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_answer_all_waiters_answers_with_nothing_new(self) -> None:
+        await self.save_and_receive("r", 1)
+        room = await self.hub.room("r")
+        waiter = self.hub.wait(room, 1, 100)
+        self.hub.answer_all_waiters()
+        self.assertEqual(json.loads(waiter.result().body), {"messages": [], "seq": 1})
+        self.assertEqual(room.waiters, [])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_cancelled_waiter_is_skipped(self) -> None:
+        room = await self.hub.room("r")
+        gone = self.hub.wait(room, 0, 100)
+        gone.cancel()
+        staying = self.hub.wait(room, 0, 100)
+        await self.save_and_receive("r", 1)
+        self.assertEqual(json.loads(staying.result().body)["seq"], 1)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_read_after_comes_from_memory_or_the_store(self) -> None:
+        await self.save("r", 300)
+        room = await self.hub.room("r")
+        await self.save_and_receive("r", 3)
+        from_store = await self.hub.read_after(room, 10, 5)
+        self.assertEqual([b.seq for b in from_store], [11, 12, 13, 14, 15])
+        from_memory = await self.hub.read_after(room, 301, 5)
+        self.assertEqual([b.seq for b in from_memory], [302, 303])
+        self.assertIs(from_memory[0], room.recent[1])
+        self.assertEqual(await self.hub.read_after(room, 303, 5), [])
+        before = await self.hub.read_before("r", 4, 10)
+        self.assertEqual([b.seq for b in before], [1, 2, 3])
+
+    # -- housekeeping --------------------------------------------------
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_idle_rooms_close_after_the_idle_time(self) -> None:
+        member = await self.live_member("r")
+        self.assertEqual(self.hub.close_idle_rooms(now=1e9), [])  # someone is in it
+        self.hub.leave(member, "r", now=100.0)
+        self.assertEqual(self.hub.close_idle_rooms(now=100.0 + ROOM_IDLE_SECONDS - 0.1), [])
+        self.assertEqual(self.hub.close_idle_rooms(now=100.0 + ROOM_IDLE_SECONDS), ["r"])
+        self.assertNotIn("r", self.hub.rooms)
+        await self.save_and_receive("r", 1)  # a closed room ignores the bus; the store has it
+        room, _cursor = await self.hub.join("r", 0)
+        self.assertEqual(room.last_seq, 1)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_waiting_poller_keeps_its_room_open(self) -> None:
+        room = await self.hub.room("r")
+        room.idle_since = 0.0
+        waiter = self.hub.wait(room, 0, 10)
+        self.assertEqual(self.hub.close_idle_rooms(now=1e9), [])
+        self.hub.forget_waiter(room, waiter, now=5.0)
+        waiter.cancel()
+        self.assertEqual(self.hub.close_idle_rooms(now=5.0 + ROOM_IDLE_SECONDS), ["r"])

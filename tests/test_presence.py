@@ -1,0 +1,88 @@
+"""Presence without a clock: every call says which transitions it caused."""
+
+from __future__ import annotations
+
+from squall.presence import PresenceTable
+
+
+def test_first_connection_goes_online_and_last_goes_offline() -> None:
+    table = PresenceTable()
+    assert table.connect("r", "Alice", "alice") == [("r", "Alice", "online")]
+    assert table.connect("r", "Alice", "alice") == []  # a second tab
+    assert table.members("r") == ["Alice"]
+    assert table.disconnect("r", "alice") == []
+    assert table.disconnect("r", "alice") == [("r", "Alice", "offline")]
+    assert table.members("r") == []
+
+
+def test_rooms_are_independent() -> None:
+    table = PresenceTable()
+    assert table.connect("a", "Bob", "bob") == [("a", "Bob", "online")]
+    assert table.connect("b", "Bob", "bob") == [("b", "Bob", "online")]
+    assert table.disconnect("a", "bob") == [("a", "Bob", "offline")]
+    assert table.members("a") == []
+    assert table.members("b") == ["Bob"]
+
+
+def test_disconnect_without_connect_changes_nothing() -> None:
+    table = PresenceTable()
+    assert table.disconnect("r", "ghost") == []
+    table.connect("r", "Alice", "alice")
+    assert table.disconnect("r", "ghost") == []
+    assert table.members("r") == ["Alice"]
+
+
+def test_a_poll_keeps_a_nick_online_for_wait_plus_grace() -> None:
+    table = PresenceTable(grace=30.0)
+    assert table.poll("r", "Carol", "carol", now=100.0, wait=25.0) == [("r", "Carol", "online")]
+    assert table.poll("r", "Carol", "carol", now=110.0, wait=25.0) == []  # extends to 165
+    assert table.expire(now=164.9) == []
+    assert table.members("r") == ["Carol"]
+    assert table.expire(now=165.0) == [("r", "Carol", "offline")]
+    assert table.members("r") == []
+    assert table.expire(now=1000.0) == []
+
+
+def test_expiry_of_a_poll_keeps_a_nick_with_a_connection_online() -> None:
+    table = PresenceTable(grace=10.0)
+    table.poll("r", "Dan", "dan", now=0.0)
+    assert table.connect("r", "Dan", "dan") == []  # already online by polling
+    assert table.expire(now=10.0) == []
+    assert table.members("r") == ["Dan"]
+    assert table.disconnect("r", "dan") == [("r", "Dan", "offline")]
+
+
+def test_disconnect_of_a_nick_that_still_polls_stays_online() -> None:
+    table = PresenceTable(grace=10.0)
+    table.connect("r", "Eve", "eve")
+    assert table.poll("r", "Eve", "eve", now=0.0) == []
+    assert table.disconnect("r", "eve") == []
+    assert table.expire(now=9.99) == []
+    assert table.expire(now=10.0) == [("r", "Eve", "offline")]
+
+
+def test_expire_handles_many_rooms_and_nicks_at_once() -> None:
+    table = PresenceTable(grace=5.0)
+    table.poll("a", "X", "x", now=0.0)
+    table.poll("a", "Y", "y", now=3.0)
+    table.poll("b", "X", "x", now=1.0)
+    assert sorted(table.expire(now=6.0)) == [("a", "X", "offline"), ("b", "X", "offline")]
+    assert table.members("a") == ["Y"]
+    assert table.expire(now=8.0) == [("a", "Y", "offline")]
+
+
+def test_nicks_are_one_user_across_spellings_and_shown_as_last_written() -> None:
+    table = PresenceTable()
+    assert table.connect("r", "Alice", "alice") == [("r", "Alice", "online")]
+    assert table.connect("r", "ALICE", "alice") == []
+    assert table.members("r") == ["ALICE"]
+    table.disconnect("r", "alice")
+    assert table.disconnect("r", "alice") == [("r", "ALICE", "offline")]
+
+
+def test_members_are_sorted_without_regard_to_case() -> None:
+    table = PresenceTable()
+    for nick in ["bob", "Alice", "carol", "Bert"]:
+        table.connect("r", nick, nick.casefold())
+    table.poll("r", "aaron", "aaron", now=0.0)
+    assert table.members("r") == ["aaron", "Alice", "Bert", "bob", "carol"]

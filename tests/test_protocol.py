@@ -1,0 +1,179 @@
+"""The client wire protocol without I/O: every frame in, a command or a code out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from squall.errors import BadRequest
+from squall.protocol import (
+    MAX_CLIENT_ID, MAX_NICK, Join, Leave, Ping, Send, Typing,
+    check_client_id, check_nick, check_room, float_param, int_param, nick_key, parse_command,
+)
+
+
+@pytest.mark.parametrize(("frame", "command"), [
+    ('{"type":"join","room":"lobby"}', Join("lobby")),
+    ('{"type":"join","room":"lobby","since":0}', Join("lobby", since=0)),
+    ('{"type":"join","room":"lobby","since":42}', Join("lobby", since=42)),
+    ('{"type":"join","room":"lobby","since":null}', Join("lobby")),
+    ('{"type":"leave","room":"a-b_c"}', Leave("a-b_c")),
+    ('{"type":"send","room":"lobby","body":"hi","id":"c1"}', Send("lobby", "hi", "c1")),
+    ('{"type":"send","room":"lobby","body":"","id":"c1"}', Send("lobby", "", "c1")),  # the processor refuses it
+    ('{"type":"typing","room":"9"}', Typing("9")),
+    ('{"type":"ping"}', Ping()),
+    ('{"type":"ping","extra":[1,2]}', Ping()),
+    (b'{"type":"send","room":"r","body":"caf\xc3\xa9","id":"x"}', Send("r", "café", "x")),
+])
+def test_parse_command_accepts(frame: str | bytes, command: object) -> None:
+    assert parse_command(frame) == command
+
+
+LONG_ID = "i" * (MAX_CLIENT_ID + 1)
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    ("", "bad_json"),
+    ("not json", "bad_json"),
+    ('{"type":"ping"', "bad_json"),
+    (b"\xff\xfe", "bad_json"),
+    ("[]", "bad_frame"),
+    ('"ping"', "bad_frame"),
+    ("42", "bad_frame"),
+    ("null", "bad_frame"),
+    ("{}", "bad_field"),
+    ('{"type":null}', "bad_field"),
+    ('{"type":"dance"}', "unknown_type"),
+    ('{"type":7}', "unknown_type"),
+    ('{"type":["join"]}', "unknown_type"),
+    ('{"type":"JOIN","room":"r"}', "unknown_type"),
+    ('{"type":"join"}', "bad_field"),
+    ('{"type":"join","room":"r","since":"5"}', "bad_field"),
+    ('{"type":"join","room":"r","since":-1}', "bad_field"),
+    ('{"type":"join","room":"r","since":true}', "bad_field"),
+    ('{"type":"join","room":"r","since":1.5}', "bad_field"),
+    ('{"type":"join","room":"Lobby"}', "bad_room"),
+    ('{"type":"join","room":""}', "bad_room"),
+    ('{"type":"join","room":"-lobby"}', "bad_room"),
+    ('{"type":"join","room":"a b"}', "bad_room"),
+    ('{"type":"join","room":5}', "bad_room"),
+    ('{"type":"join","room":null}', "bad_room"),
+    ('{"type":"join","room":"' + "r" * 65 + '"}', "bad_room"),
+    ('{"type":"leave"}', "bad_field"),
+    ('{"type":"leave","room":"../x"}', "bad_room"),
+    ('{"type":"typing","room":"r\\n"}', "bad_room"),
+    ('{"type":"send","room":"r","id":"c"}', "bad_field"),
+    ('{"type":"send","room":"r","body":5,"id":"c"}', "bad_field"),
+    ('{"type":"send","room":"r","body":null,"id":"c"}', "bad_field"),
+    ('{"type":"send","room":"r","body":["hi"],"id":"c"}', "bad_field"),
+    ('{"type":"send","body":"hi","id":"c"}', "bad_field"),
+    ('{"type":"send","room":"r","body":"hi"}', "bad_field"),
+    ('{"type":"send","room":"r","body":"hi","id":""}', "bad_id"),
+    ('{"type":"send","room":"r","body":"hi","id":"' + LONG_ID + '"}', "bad_id"),
+    ('{"type":"send","room":"r","body":"hi","id":7}', "bad_id"),
+    ('{"type":"send","room":"R","body":"hi","id":"c"}', "bad_room"),
+])
+def test_parse_command_refuses(frame: str | bytes, code: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_command(frame)
+    assert caught.value.code == code
+    assert caught.value.reason  # a sentence for a person, never empty
+
+
+def test_unknown_type_names_the_known_ones() -> None:
+    with pytest.raises(BadRequest, match="join, leave, ping, send, typing"):
+        parse_command('{"type":"dance"}')
+
+
+@pytest.mark.parametrize("room", ["a", "0", "lobby", "a-b_c", "9" * 64, "r" + "-" * 63])
+def test_check_room_accepts(room: str) -> None:
+    assert check_room(room) == room
+
+
+@pytest.mark.parametrize("room", [
+    "", "A", "_a", "-a", "a.b", "a/b", "a b", "é", "r" * 65, "a\n", 5, None, ["a"],
+])
+def test_check_room_refuses(room: object) -> None:
+    with pytest.raises(BadRequest) as caught:
+        check_room(room)
+    assert caught.value.code == "bad_room"
+
+
+def test_check_room_shortens_a_huge_name_in_its_reason() -> None:
+    with pytest.raises(BadRequest) as caught:
+        check_room("x" * 10_000)
+    assert len(caught.value.reason) < 300
+
+
+@pytest.mark.parametrize("nick", ["a", "Alice", "bob_2", "a.b-c", "Zoë", "李雷", "x" * MAX_NICK])
+def test_check_nick_accepts(nick: str) -> None:
+    assert check_nick(nick) == nick
+
+
+@pytest.mark.parametrize("nick", [
+    "", "x" * (MAX_NICK + 1), "a b", "a@b", "<script>", "tab\t", "a\u200bb", 5, None,
+])
+def test_check_nick_refuses(nick: object) -> None:
+    with pytest.raises(BadRequest) as caught:
+        check_nick(nick)
+    assert caught.value.code == "bad_nick"
+
+
+def test_nick_key_folds_case() -> None:
+    assert nick_key("Alice") == nick_key("ALICE") == nick_key("alice")
+    assert nick_key("Straße") == nick_key("STRASSE")
+    assert nick_key("alice") != nick_key("alicia")
+
+
+@pytest.mark.parametrize("cid", ["a", "x" * MAX_CLIENT_ID, "3f2a-uuid", "with space"])
+def test_check_client_id_accepts(cid: str) -> None:
+    assert check_client_id(cid) == cid
+
+
+@pytest.mark.parametrize("cid", ["", "x" * (MAX_CLIENT_ID + 1), 1, None, True])
+def test_check_client_id_refuses(cid: object) -> None:
+    with pytest.raises(BadRequest) as caught:
+        check_client_id(cid)
+    assert caught.value.code == "bad_id"
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    (None, 7), ("", 7), ("0", 0), ("10", 10), ("100", 100), ("+5", 5), (" 3 ", 3),
+])
+def test_int_param_accepts(raw: str | None, value: int) -> None:
+    assert int_param(raw, "limit", default=7, low=0, high=100) == value
+
+
+def test_int_param_default_may_be_none() -> None:
+    assert int_param(None, "since", default=None, low=0, high=10) is None
+
+
+@pytest.mark.parametrize("raw", ["-1", "101", "abc", "1.5", "1e3", "0x10", "nan", "true", "9" * 40])
+def test_int_param_refuses(raw: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        int_param(raw, "limit", default=7, low=0, high=100)
+    assert caught.value.code == "bad_param"
+    assert "limit" in caught.value.reason
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    (None, 2.5), ("", 2.5), ("0", 0.0), ("60", 60.0), ("0.25", 0.25), ("1e1", 10.0),
+])
+def test_float_param_accepts(raw: str | None, value: float) -> None:
+    assert float_param(raw, "wait", default=2.5, low=0, high=60) == value
+
+
+@pytest.mark.parametrize("raw", ["-0.1", "60.5", "abc", "nan", "NaN", "inf", "-inf", "1,5"])
+def test_float_param_refuses(raw: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        float_param(raw, "wait", default=2.5, low=0, high=60)
+    assert caught.value.code == "bad_param"
+    assert "wait" in caught.value.reason
+
+
+def test_float_param_reason_never_echoes_a_huge_value() -> None:
+    with pytest.raises(BadRequest) as caught:
+        float_param("9" * 5000, "wait", default=1, low=0, high=60)
+    assert len(caught.value.reason) < 200
+    assert not math.isnan(float_param("1", "wait", default=1, low=0, high=60))
