@@ -69,6 +69,8 @@ class Settings:
     send_rate: float = 20.0  # sends per second per connection (token bucket refill)
     send_burst: int = 40  # token bucket size
     outbound_bytes: int = 1024 * 1024  # per-connection send buffer; full closes with 4008
+    close_timeout: float = 5.0  # a WebSocket close handshake not finished by then is aborted
+    socket_send_buffer: int = 0  # SO_SNDBUF of WebSocket sockets; 0 keeps the kernel's autotuning
     max_rooms_per_connection: int = 100
     token_max_age_days: float = 30.0
 

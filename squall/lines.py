@@ -35,16 +35,24 @@ class Line:
 class LineReader:
     """Splits a byte stream into JSON lines, each at most ``max_line`` bytes.
 
-    After calling :meth:`receive_data`, act on every returned :class:`Line` in order.
+    After calling :meth:`receive_data`, act on every returned :class:`Line` in
+    order, then check :attr:`overflow`: if it is set, report it and close.
     """
 
-    __slots__ = ("max_line", "_buffer")
+    __slots__ = ("max_line", "overflow", "_buffer")
 
     def __init__(self, *, max_line: int = 64 * 1024) -> None:
         self.max_line = max_line
+        self.overflow: LineTooLong | None = None
         self._buffer = bytearray()
 
     def receive_data(self, data: bytes) -> list[Line]:
+        """The complete lines in what has arrived so far.
+
+        Raises :class:`LineTooLong` if called again after an overflow.
+        """
+        if self.overflow is not None:
+            raise self.overflow
         buffer = self._buffer
         buffer += data
         lines: list[Line] = []
@@ -54,14 +62,17 @@ class LineReader:
             if end < 0:
                 break
             if end - start > self.max_line:
-                raise LineTooLong(end - start, self.max_line)
+                self.overflow = LineTooLong(end - start, self.max_line)
+                break
             raw = bytes(buffer[start:end]).strip()
             start = end + 1
             if raw:
                 lines.append(_decode(raw))
         del buffer[:start]
-        if len(buffer) > self.max_line:
-            raise LineTooLong(len(buffer), self.max_line)
+        if self.overflow is None and len(buffer) > self.max_line:
+            self.overflow = LineTooLong(len(buffer), self.max_line)
+        if self.overflow is not None:
+            buffer.clear()
         return lines
 
     @property

@@ -65,7 +65,7 @@ async def _supervise(settings: Settings, stopping: asyncio.Event) -> None:
             return
         stopper.cancel()
         attempt = 0 if loop.time() - started > HEALTHY_SECONDS else attempt + 1
-        delay = backoff_delay(attempt, low=0.0, high=5.0, rand=random.random()) if attempt else 0.0
+        delay = backoff_delay(attempt, low=0.1, high=5.0, rand=random.random()) if attempt else 0.0
         log.error("processor exited with %s; restarting in %.2f s", child.returncode, delay)
         if delay:
             try:

@@ -33,8 +33,8 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from ..config import Address
-from ..errors import Internal, LineTooLong, Rejected, Unavailable
-from ..lines import PROTOCOL_VERSION, LineReader, encode_line
+from ..errors import Internal, Rejected, Unavailable
+from ..lines import PROTOCOL_VERSION, Line, LineReader, encode_line
 from ..protocol import nick_key
 
 __all__ = ["ProcessorLink", "backoff_delay"]
@@ -207,16 +207,18 @@ class ProcessorLink:
         stream.write(encode_line({"op": "hello", "role": "web", "version": PROTOCOL_VERSION}))
         # Wait for the processor's hello before resending anything: a peer that
         # is not a Squall processor must not receive our queue.
-        hello = None
-        while hello is None:
-            lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
-            if lines:
-                hello = lines[0].value
-                leftover = lines[1:]
+        lines: list[Line] = []
+        while not lines and reader.overflow is None:
+            try:
+                lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
+            except StreamClosedError:
+                return  # the processor went away again; _run reconnects
+        hello = lines[0].value if lines else None
         if hello is None or hello.get("op") != "hello" or hello.get("version") != PROTOCOL_VERSION:
             log.error("peer at %s:%d is not a Squall processor v%d: %r",
-                      *self.address, PROTOCOL_VERSION, hello)
+                      *self.address, PROTOCOL_VERSION, lines[0] if lines else reader.overflow)
             return
+        leftover = lines[1:]
         self._generation += 1
         self._stream = stream
         for request in list(self._pending.values()):
@@ -228,16 +230,14 @@ class ProcessorLink:
         log.info("connected to the processor at %s:%d", *self.address)
         for line in leftover:
             self._answer(line.value)
-        while True:
+        while reader.overflow is None:
             try:
                 lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
             except StreamClosedError:
                 return
-            except LineTooLong as exc:
-                log.error("processor sent an overlong line: %s", exc)
-                return
             for line in lines:
                 self._answer(line.value)
+        log.error("processor sent an overlong line: %s", reader.overflow)
 
     def _answer(self, value: dict[str, Any] | None) -> None:
         if value is None:

@@ -18,7 +18,7 @@ from typing import Any
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
-from ..errors import LineTooLong, Rejected
+from ..errors import Rejected
 from ..lines import PROTOCOL_VERSION, LineReader, encode_line
 from ..message import Draft
 from .pipeline import Pipeline
@@ -109,17 +109,16 @@ class _Connection:
                     self._resume = asyncio.Event()
                     await self._resume.wait()
                 data = await self.stream.read_bytes(_READ_CHUNK, partial=True)
-                try:
-                    lines = self.reader.receive_data(data)
-                except LineTooLong as exc:
-                    self.send({"op": "error", "code": "line_too_long", "reason": str(exc)})
-                    self.stream.close()
-                    return
-                for line in lines:
+                for line in self.reader.receive_data(data):
                     if line.value is None:
                         self.send({"op": "error", "code": "bad_json", "reason": line.error})
                     else:
                         self.handle(line.value)
+                if self.reader.overflow is not None:
+                    reason = str(self.reader.overflow)
+                    self.send({"op": "error", "code": "line_too_long", "reason": reason})
+                    self.stream.close()
+                    return
         except StreamClosedError:
             pass
 

@@ -55,6 +55,9 @@ class MessagesHandler(BaseHandler):
         now = time.monotonic()
         self.node.announce(self.node.presence.poll(room_name, nick, nick_key(nick), now=now, wait=wait))
         room = await hub.room(room_name)
+        # A cursor past the end (the store was reset, or a client's bug) means
+        # "everything from now on", as a WebSocket join treats it.
+        since = min(since, room.last_seq)
         if since < room.last_seq or wait == 0:
             messages = await hub.read_after(room, since, limit)
             self.node.note_seen(nick_key(nick), messages)

@@ -21,7 +21,7 @@ answered with an ``error`` and the connection stays open, except frames over
 Each member's outbound buffer is bounded (``outbound_bytes``): above half of it,
 ephemeral events for that member are dropped; when a message would overflow
 it, the member is told its last delivered seq per room and closed with 4008.
-Every close ends in an abort after ``CLOSE_TIMEOUT`` seconds.
+Every close ends in an abort after ``close_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import binascii
 import logging
 import socket
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -62,9 +63,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_DATA = 1007
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
-# Seconds a closing connection may take to finish the close handshake before
-# its socket is aborted (websockets' close_timeout).
-CLOSE_TIMEOUT = 5.0
 # A client may announce typing in a room at most this often; more is dropped quietly.
 TYPING_INTERVAL = 2.0
 _READ_SIZE = 64 * 1024
@@ -101,10 +99,10 @@ class WebSocketEndpoint(BaseHandler):
         ).encode("ascii")
         connection = ChatConnection(node, sock, nick)
         connection.write(handshake)
+        connection.start(leftover)
         if nick is None:
+            # Reading goes on, so the client's close reply ends it promptly.
             connection.close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
-        else:
-            connection.start(leftover)
 
     def _check_upgrade(self) -> str:
         headers = self.request.headers
@@ -143,8 +141,8 @@ class ChatConnection:
 
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "rooms", "bucket",
-        "typing_at", "closed", "_out", "_out_size", "_writing", "_fragments", "_drained",
-        "_abort_handle",
+        "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_fragments",
+        "_drained", "_abort_handle",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str | None) -> None:
@@ -161,7 +159,10 @@ class ChatConnection:
         self.bucket: TokenBucket | None = None
         self.typing_at: dict[str, float] | None = None
         self.closed = False
-        self._out: list[bytes] = []
+        # Bytes the kernel did not take yet, in order; beside each, the message
+        # (room, seq) it carries, so a cut-off client is told what it really got.
+        self._out: deque[bytes] = deque()
+        self._out_marks: deque[tuple[str, int] | None] = deque()
         self._out_size = 0
         self._writing = False
         self._fragments: tuple[Opcode, list[bytes]] | None = None
@@ -173,6 +174,10 @@ class ChatConnection:
     def start(self, leftover: bytes) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.node.settings.socket_send_buffer:
+            self.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.socket_send_buffer
+            )
         self.node.websockets.add(self)
         self.loop.add_reader(self.fd, self._on_readable)
         if leftover:
@@ -208,10 +213,14 @@ class ChatConnection:
         if self.protocol.state is State.CLOSED:
             self._finish()
         elif self.protocol.close_expected() and self._abort_handle is None:
-            self._abort_handle = self.loop.call_later(CLOSE_TIMEOUT, self._finish)
+            timeout = self.node.settings.close_timeout
+            self._abort_handle = self.loop.call_later(timeout, self._finish)
 
-    def write(self, data: bytes) -> None:
-        """Send ``data`` now if the kernel takes it, else queue it in order."""
+    def write(self, data: bytes, mark: tuple[str, int] | None = None) -> None:
+        """Send ``data`` now if the kernel takes it, else queue it in order.
+
+        ``mark`` names the message ``data`` carries, if it is one.
+        """
         if self.sock.fileno() < 0:
             return
         if not self._out:
@@ -226,6 +235,7 @@ class ChatConnection:
                 return
             data = data[sent:]
         self._out.append(data)
+        self._out_marks.append(mark)
         self._out_size += len(data)
         if not self._writing:
             self._writing = True
@@ -245,7 +255,8 @@ class ChatConnection:
             if sent < len(chunk):
                 self._out[0] = chunk[sent:]
                 return
-            self._out.pop(0)
+            self._out.popleft()
+            self._out_marks.popleft()
         self.loop.remove_writer(self.fd)
         self._writing = False
         if self._drained is not None:
@@ -278,6 +289,7 @@ class ChatConnection:
             self._writing = False
         self.sock.close()
         self._out.clear()
+        self._out_marks.clear()
         self._out_size = 0
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -422,8 +434,10 @@ class ChatConnection:
         elif self._out_size + len(broadcast.ws_frame) > limit:
             self._too_slow()
             return
-        self.write(broadcast.ws_frame)
-        if broadcast.seq is not None:
+        if broadcast.seq is None:
+            self.write(broadcast.ws_frame)
+        else:
+            self.write(broadcast.ws_frame, (broadcast.room, broadcast.seq))
             self.rooms[broadcast.room] = broadcast.seq
             if broadcast.mentions and self.nick_key in broadcast.mentions:
                 self.node.note_seen(self.nick_key, (broadcast,))
@@ -436,6 +450,17 @@ class ChatConnection:
 
     def _too_slow(self) -> None:
         log.info("closing %s: outbound buffer over %d bytes", self.nick, self.node.settings.outbound_bytes)
+        # The queued backlog is useless now (the client resumes with `since`):
+        # drop every whole frame after the first, which may be half sent, and
+        # tell the client what it will really have got.
+        while len(self._out) > 1:
+            data = self._out.pop()
+            mark = self._out_marks.pop()
+            self._out_size -= len(data)
+            if mark is not None:
+                room, seq = mark
+                if room in self.rooms:
+                    self.rooms[room] = min(self.rooms[room], seq - 1)
         self.send_json({
             "type": "error", "code": "too_slow",
             "reason": "you fell too far behind; reconnect and join with since=<seq> for each room",
