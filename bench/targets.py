@@ -1,0 +1,291 @@
+"""The servers under test, started as child processes pinned to the server core.
+
+A :class:`Target` knows how to start one kind of server (``ws``, ``longpoll``
+or ``processor``) and how to get a token for a nick. It returns a
+:class:`Running` server, which measures its own process tree (CPU seconds and
+RSS through psutil) and stops it. Three targets exist:
+
+- ``ceiling``: the raw asyncio servers in this package;
+- ``websockets``: :mod:`bench.peer_websockets` (WebSocket only);
+- ``squall``: ``squall run`` (WebSocket and long-poll) and ``squall processor``.
+
+Pinning: where ``taskset`` exists, a server runs on :data:`SERVER_CORE` and
+the harness pins itself to the other cores (:func:`pin_self`), so the load
+generator and the server never fight over a core. Children of the server (the
+Squall processor) inherit the pinning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
+from .loadgen import HTTPClient, HTTPError
+
+__all__ = ["TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
+
+SERVER_CORE = 0
+START_TIMEOUT = 30.0  # seconds for a server to start listening
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+
+# Squall's rate limits protect a chat from a flooding client; the bench *is* a
+# flooding client. These values make the limits irrelevant to every scenario.
+SQUALL_BENCH_ENV = {
+    "SQUALL_SEND_RATE": "1000000",
+    "SQUALL_SEND_BURST": "1000000",
+}
+
+
+def pin_self() -> str | None:
+    """Move this process off the server core; return a description, or None if not possible."""
+    if not hasattr(os, "sched_setaffinity") or shutil.which("taskset") is None:
+        return None
+    cores = os.sched_getaffinity(0) - {SERVER_CORE}
+    if not cores:
+        return None
+    os.sched_setaffinity(0, cores)
+    return f"server on core {SERVER_CORE}, load generator on cores {sorted(cores)}"
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago (for servers that cannot report one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass
+class Running:
+    """A started server: where it listens, and its process tree for measurements."""
+
+    name: str
+    host: str
+    port: int
+    process: asyncio.subprocess.Process
+    workdir: tempfile.TemporaryDirectory[str]
+    log_path: Path | None = None
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the server and its children."""
+        total = 0.0
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def rss(self) -> int:
+        """Resident set size of the server and its children, in bytes."""
+        total = 0
+        for proc in self._tree():
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def processes(self) -> int:
+        return len(self._tree())
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            # Squall's processor is a child; take the whole tree down.
+            children = [p for p in self._tree()[1:]]
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        self.workdir.cleanup()
+
+
+def _pinned(argv: list[str], pin: bool) -> list[str]:
+    if pin and shutil.which("taskset") is not None:
+        return ["taskset", "-c", str(SERVER_CORE), *argv]
+    return argv
+
+
+async def _spawn_announcing(name: str, module: str, *, pin: bool, loop: str, extra: tuple[str, ...] = ()) -> Running:
+    """Start ``python -m module`` and wait for its ``listening <port>`` line."""
+    workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
+    argv = _pinned([sys.executable, "-m", module, "--port", "0", "--loop", loop, *extra], pin)
+    argv = [a.replace("{workdir}", workdir.name) for a in argv]
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+    except TimeoutError:
+        line = b""
+    if not line.startswith(b"listening "):
+        process.kill()
+        await process.wait()
+        workdir.cleanup()
+        raise RuntimeError(f"{module} did not start (said {line!r})")
+    return Running(name, "127.0.0.1", int(line.split()[1]), process, workdir)
+
+
+class Target:
+    """A server implementation the bench can measure. Subclasses fill in the kinds they have."""
+
+    name = ""
+    kinds: frozenset[str] = frozenset()
+
+    def __init__(self, *, pin: bool, loop: str) -> None:
+        self.pin = pin
+        self.loop = loop
+
+    def unavailable(self) -> str | None:
+        """Return why this target cannot run here, or None if it can."""
+        return None
+
+    async def start(self, kind: str) -> Running:
+        raise NotImplementedError
+
+    async def tokens(self, server: Running, nicks: list[str]) -> list[str]:
+        """Return a token per nick; the bench servers take the nick itself."""
+        return list(nicks)
+
+    def ws_path(self, token: str) -> str:
+        return f"/ws?token={token}"
+
+
+class CeilingTarget(Target):
+    name = "ceiling"
+    kinds = frozenset({"ws", "longpoll", "processor"})
+
+    async def start(self, kind: str) -> Running:
+        module = {"ws": "bench.ceiling_ws", "longpoll": "bench.ceiling_longpoll",
+                  "processor": "bench.ceiling_processor"}[kind]
+        extra = ("--data-dir", "{workdir}") if kind == "processor" else ()
+        return await _spawn_announcing(self.name, module, pin=self.pin, loop=self.loop, extra=extra)
+
+
+class WebsocketsTarget(Target):
+    name = "websockets"
+    kinds = frozenset({"ws"})
+
+    async def start(self, kind: str) -> Running:
+        return await _spawn_announcing(self.name, "bench.peer_websockets", pin=self.pin, loop=self.loop)
+
+
+class SquallTarget(Target):
+    name = "squall"
+    kinds = frozenset({"ws", "longpoll", "processor"})
+
+    def _command(self) -> str | None:
+        sibling = Path(sys.executable).with_name("squall")
+        if sibling.exists():
+            return str(sibling)
+        return shutil.which("squall")
+
+    def unavailable(self) -> str | None:
+        command = self._command()
+        if command is None:
+            return "the `squall` command is not installed"
+        try:
+            result = subprocess.run([command, "run", "--help"], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"`squall run --help` failed: {exc}"
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-1:]
+            return f"`squall run --help` exited with {result.returncode}: {' '.join(last)}"
+        return None
+
+    async def start(self, kind: str) -> Running:
+        command = self._command()
+        assert command is not None
+        workdir = tempfile.TemporaryDirectory(prefix="bench-squall-")
+        data_dir = Path(workdir.name) / "data"
+        data_dir.mkdir()
+        port = free_port()
+        if kind == "processor":
+            argv = [command, "processor", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+                    "--loop", self.loop]
+        else:
+            argv = [command, "run", "--port", str(port), "--processor-port", str(free_port()),
+                    "--data-dir", str(data_dir), "--loop", self.loop]
+        log_path = Path(workdir.name) / "squall.log"
+        env = {**os.environ, **SQUALL_BENCH_ENV}
+        with open(log_path, "wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                *_pinned(argv, self.pin), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        running = Running(self.name, "127.0.0.1", port, process, workdir, log_path)
+        # `squall run` prints no machine-readable ready line, so watch the port,
+        # and give up at once if the process dies.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.returncode is not None:
+                tail = running.log_tail()
+                workdir.cleanup()
+                raise RuntimeError(f"squall exited with {process.returncode} on start:\n{tail}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    await running.stop()
+                    raise RuntimeError(f"squall did not listen on port {port} within {START_TIMEOUT}s") from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return running
+
+    async def tokens(self, server: Running, nicks: list[str]) -> list[str]:
+        clients = [await HTTPClient.connect(server.host, server.port) for _ in range(min(8, len(nicks)))]
+        tokens: list[str] = [""] * len(nicks)
+
+        async def worker(client: HTTPClient, indexes: range) -> None:
+            for i in indexes:
+                status, answer = await client.request("POST", "/api/session", {"nick": nicks[i]})
+                if status != 200 or not isinstance(answer, dict) or "token" not in answer:
+                    raise HTTPError(f"POST /api/session for {nicks[i]!r} answered {status}: {answer!r}")
+                tokens[i] = answer["token"]
+
+        try:
+            step = len(clients)
+            await asyncio.gather(*(worker(c, range(k, len(nicks), step)) for k, c in enumerate(clients)))
+        finally:
+            for client in clients:
+                await client.close()
+        return tokens
+
+
+TARGETS: dict[str, type[Target]] = {
+    "ceiling": CeilingTarget,
+    "websockets": WebsocketsTarget,
+    "squall": SquallTarget,
+}
