@@ -62,7 +62,8 @@ class Member(Protocol):
         """Whether the member still wants ``room`` (it may leave while catching up)."""
 
     async def drain(self) -> None:
-        """Wait until the member's outbound buffer is low enough for more backlog."""
+        """Return once the member's outbound buffer is below its low-water mark
+        (at once if it already is): backlog is sent only as fast as it leaves."""
 
 
 def broadcast_from_draft(draft: Draft) -> Broadcast:
@@ -276,9 +277,11 @@ class Hub:
                 if broadcast.seq is not None and broadcast.seq > cursor:
                     member.deliver(broadcast)
                     cursor = broadcast.seq
+                    await member.drain()
+                    if member.closed or not member.subscribed(room.name):
+                        return
             if not batch:
                 break
-            await member.drain()
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None

@@ -113,11 +113,11 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path, isolation_level=None)
+        # Web node and processor share the file; wait for the other's lock
+        # instead of failing at once. First, because switching to WAL locks too.
+        await db.execute("PRAGMA busy_timeout=10000")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
-        # Web node and processor share the file; wait for the other's lock
-        # instead of failing at once.
-        await db.execute("PRAGMA busy_timeout=10000")
         self._db = db
         await self._migrate()
 

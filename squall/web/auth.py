@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tornado.web import create_signed_value, decode_signed_value
 
-__all__ = ["make_token", "nick_from_token", "load_or_create_secret", "TOKEN_NAME"]
+__all__ = ["make_token", "nick_from_token", "TokenCache", "load_or_create_secret", "TOKEN_NAME"]
 
 TOKEN_NAME = "squall-session"
 
@@ -33,6 +33,36 @@ def nick_from_token(secret: str, token: str | None, *, max_age_days: float) -> s
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+class TokenCache:
+    """Remembers checked tokens for ``ttl`` seconds.
+
+    A long-poller presents the same token on every request; checking its HMAC
+    each time is most of what a poll costs the web node besides HTTP itself.
+    Only valid tokens are cached, and each for at most ``ttl``, so an expiry
+    takes effect at most ``ttl`` late. Holds at most ``size`` tokens.
+    """
+
+    def __init__(self, secret: str, *, max_age_days: float, ttl: float = 60.0, size: int = 10_000) -> None:
+        self.secret = secret
+        self.max_age_days = max_age_days
+        self.ttl = ttl
+        self.size = size
+        self._checked: dict[str, tuple[str, float]] = {}
+
+    def nick(self, token: str | None, *, now: float) -> str | None:
+        if not token:
+            return None
+        hit = self._checked.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        nick = nick_from_token(self.secret, token, max_age_days=self.max_age_days)
+        if nick is not None:
+            if len(self._checked) >= self.size:
+                self._checked.clear()
+            self._checked[token] = (nick, now + self.ttl)
+        return nick
 
 
 def load_or_create_secret(configured: str, data_dir: str) -> str:

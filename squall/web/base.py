@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, Unauthorized
-from .auth import nick_from_token
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -71,9 +71,7 @@ class BaseHandler(RequestHandler):
         token, by_cookie = token_from_request(self)
         if not token:
             raise Unauthorized("no session token: send 'Authorization: Bearer <token>' from POST /api/session")
-        nick = nick_from_token(
-            self.node.secret, token, max_age_days=self.node.settings.token_max_age_days
-        )
+        nick = self.node.tokens.nick(token, now=time.monotonic())
         if nick is None:
             raise Unauthorized("session token is invalid or expired; create a new one with POST /api/session")
         self._nick, self._by_cookie = nick, by_cookie

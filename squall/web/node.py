@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import tornado.web
+from tornado.log import access_log
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
@@ -30,7 +31,7 @@ from ..presence import PresenceTable, Transition
 from ..protocol import nick_key
 from ..processor.client import ProcessorLink
 from ..store import Store, open_store
-from .auth import load_or_create_secret
+from .auth import TokenCache, load_or_create_secret
 
 __all__ = ["WebNode"]
 
@@ -41,10 +42,22 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 HOUSEKEEPING_SECONDS = 1.0
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, quieter: a long-poller makes a request per message,
+    so successful requests are logged at DEBUG and only failures above it."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+                       request.remote_ip, 1000.0 * request.request_time())
+
+
 class WebNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.secret = load_or_create_secret(settings.secret, settings.data_dir)
+        self.tokens = TokenCache(self.secret, max_age_days=settings.token_max_age_days)
         self.store: Store = open_store(settings.database_url)
         self.bus: Bus = open_bus(settings.bus)
         self.hub = Hub(
@@ -86,6 +99,7 @@ class WebNode:
             xsrf_cookies=True,
             websocket_max_message_size=self.settings.max_frame_bytes,
             compress_response=False,
+            log_function=log_request,
         )
 
     async def start(self) -> None:

@@ -75,6 +75,9 @@ class EventsHandler(BaseHandler):
             self.node.note_seen(nick_key(self._nick or ""), (broadcast,))
 
     async def drain(self) -> None:
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        if self.closed or buffered_bytes(stream) <= self.node.settings.outbound_bytes // 2:
+            return
         try:
             await self.flush()
         except StreamClosedError:

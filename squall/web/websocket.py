@@ -45,7 +45,6 @@ from ..errors import ClientError, RateLimited
 from ..frames import Broadcast, encode_text_frame
 from ..limits import TokenBucket
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
-from .auth import nick_from_token
 from .base import BaseHandler, token_from_request
 from .streams import take_socket
 
@@ -84,7 +83,7 @@ class WebSocketEndpoint(BaseHandler):
             return
         key = self._check_upgrade()
         token, _by_cookie = token_from_request(self)
-        nick = nick_from_token(node.secret, token, max_age_days=node.settings.token_max_age_days)
+        nick = node.tokens.nick(token, now=time.monotonic())
 
         # From here on this is no HTTP exchange: Tornado must not finish it.
         self._auto_finish = False
@@ -257,13 +256,16 @@ class ChatConnection:
                 return
             self._out.popleft()
             self._out_marks.popleft()
+            self._wake_drain()
         self.loop.remove_writer(self.fd)
         self._writing = False
-        if self._drained is not None:
-            self._drained.set_result(None)
-            self._drained = None
         if self.protocol.state is State.CLOSING and self.protocol.eof_sent:
             self._half_close()
+
+    def _wake_drain(self) -> None:
+        if self._drained is not None and self._out_size <= self.node.settings.outbound_bytes // 2:
+            self._drained.set_result(None)
+            self._drained = None
 
     def _shutdown_write(self) -> None:
         if not self._out:
@@ -443,7 +445,9 @@ class ChatConnection:
                 self.node.note_seen(self.nick_key, (broadcast,))
 
     async def drain(self) -> None:
-        if self._out and not self.closed:
+        # Low-water mark: half the outbound limit, the level above which
+        # ephemeral events are dropped too.
+        if self._out_size > self.node.settings.outbound_bytes // 2 and not self.closed:
             if self._drained is None:
                 self._drained = self.loop.create_future()
             await asyncio.shield(self._drained)
