@@ -1,0 +1,81 @@
+"""Regenerate docs/screenshots/{desktop,phone}.png from a real server and Chromium.
+
+Run from the repository root: ``.venv/bin/python -m tests.browser.make_screenshots``.
+Not a test (pytest does not collect it); it reuses the test fixtures' server class.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, SKIP_REASON, SquallServer
+
+OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CONVERSATION = [
+    ("bob", "Morning all! Is the deploy still on for 14:00?"),
+    ("alice", "Yes. I've put the checklist in the wiki: https://example.com/deploy-checklist"),
+    ("李雷", "我这边准备好了，数据库迁移已经测过 👍"),
+    ("bob", "@alice can you keep an eye on the error rate afterwards?"),
+    ("alice", "Sure, I'll watch the dashboards.\nPing me if anything looks odd."),
+    ("李雷", "`make test` passes on my machine too"),
+]
+
+
+def main() -> int:
+    if not CHROMIUM.exists():
+        print(SKIP_REASON, file=sys.stderr)
+        return 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        server = SquallServer(Path(tmp))
+        server.start()
+        try:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            pages = {}
+            for nick in ("alice", "bob", "李雷"):
+                context = browser.new_context(viewport={"width": 1280, "height": 760}, locale="en-US")
+                page = context.new_page()
+                page.goto(server.url + "/")
+                page.fill("#nick-input", nick)
+                page.press("#nick-input", "Enter")
+                for room in ("random", "deploys"):
+                    page.fill("#join-input", room)
+                    page.press("#join-input", "Enter")
+                expect(page.locator("#transport-indicator")).to_have_attribute("data-state", "open")
+                pages[nick] = page
+            for count, (nick, text) in enumerate(CONVERSATION, start=1):
+                pages[nick].fill("#composer", text)
+                pages[nick].press("#composer", "Enter")
+                expect(pages["alice"].locator("#messages li[data-seq]")).to_have_count(count)
+            pages["bob"].click('#room-list li[data-room="random"] .room-button')
+            for text in ("anyone up for lunch?", "@alice tacos?"):
+                pages["bob"].fill("#composer", text)
+                pages["bob"].press("#composer", "Enter")
+            alice = pages["alice"]
+            expect(alice.locator('#room-list li[data-room="random"] [data-testid=unread-badge]')).to_have_text("2")
+            alice.fill("#composer", "Sounds good")
+            pages["bob"].click('#room-list li[data-room="deploys"] .room-button')
+            # The server relays "typing" at most every 2 s per person: keep typing until it shows.
+            for _ in range(10):
+                pages["bob"].type("#composer", "ty")
+                try:
+                    expect(alice.locator("#typing")).not_to_be_empty(timeout=1000)
+                    break
+                except AssertionError:
+                    continue
+            alice.screenshot(path=str(OUT / "desktop.png"))
+            alice.set_viewport_size({"width": 390, "height": 760})
+            alice.screenshot(path=str(OUT / "phone.png"))
+            browser.close()
+        finally:
+            server.stop()
+    print(f"wrote {OUT / 'desktop.png'} and {OUT / 'phone.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Scrolling back through history, and sends that fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+SEEDED = 120
+PAGE = 50  # what the page shows on join and loads per step
+
+
+@pytest.fixture
+def seeded_server(start_server: Any) -> Any:
+    # Seeding writes faster than a person may: lift the per-sender rate limit.
+    return start_server(web_args=("--send-burst", "1000"))
+
+
+def test_scrolling_up_loads_older_messages_in_place(seeded_server: Any, open_chat: Any) -> None:
+    server = seeded_server
+    session = server.api("POST", "/api/session", {"nick": "archivist"})
+    for n in range(1, SEEDED + 1):
+        server.api("POST", "/api/rooms/archive/messages", {"body": f"old message {n}", "id": f"seed-{n}"},
+                   session["token"])
+    reader = open_chat(server, "reader", viewport={"width": 1000, "height": 600})
+    reader.join("archive")
+    reader.wait_open()
+    confirmed = reader.confirmed()
+    expect(confirmed).to_have_count(PAGE)
+    expect(confirmed.last).to_contain_text(f"old message {SEEDED}")
+    expect(confirmed.first).to_contain_text(f"old message {SEEDED - PAGE + 1}")
+
+    anchor = reader.page.locator(f"#messages li[data-seq]:has-text('old message {SEEDED - PAGE + 1}')")
+    reader.page.locator("#scroller").evaluate("el => { el.scrollTop = 0 }")
+    expect(confirmed).to_have_count(2 * PAGE)
+    # The message that was at the top is still where it was on screen.
+    box = anchor.bounding_box()
+    assert box is not None and box["y"] > 0, "view jumped to the top of the older messages"
+    assert reader.page.locator("#scroller").evaluate("el => el.scrollTop") > 0
+
+    reader.page.locator("#scroller").evaluate("el => { el.scrollTop = 0 }")
+    expect(confirmed).to_have_count(SEEDED)
+    expect(reader.page.locator("#history-start")).to_be_visible()
+    texts = [t.strip() for t in reader.page.locator("#messages li[data-seq] [data-testid=message-body]").all_inner_texts()]
+    assert texts == [f"old message {n}" for n in range(1, SEEDED + 1)]
+    reader.assert_no_errors()
+
+
+def test_keyboard_button_loads_older_messages(seeded_server: Any, open_chat: Any) -> None:
+    server = seeded_server
+    session = server.api("POST", "/api/session", {"nick": "archivist2"})
+    for n in range(1, PAGE + 6):
+        server.api("POST", "/api/rooms/archive2/messages", {"body": f"msg {n}", "id": f"seed2-{n}"},
+                   session["token"])
+    reader = open_chat(server, "keyboarder", viewport={"width": 1000, "height": 3000})
+    reader.join("archive2")
+    expect(reader.confirmed()).to_have_count(PAGE)
+    reader.page.locator("#load-older").focus()
+    reader.page.keyboard.press("Enter")
+    expect(reader.confirmed()).to_have_count(PAGE + 5)
+    expect(reader.page.locator("#history-start")).to_be_visible()
+    reader.assert_no_errors()
+
+
+def test_failed_send_shows_retry_with_the_same_id(server: Any, open_chat: Any) -> None:
+    writer = open_chat(server, "writer")
+    writer.join("errors")
+    writer.wait_open()
+    writer.send("x" * 5000)  # over the processor's max_body_chars (4000)
+    failed = writer.page.locator("#messages li.failed")
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text("Not sent")
+    first_id = failed.get_attribute("data-id")
+    retry = failed.locator("button.retry")
+    expect(retry).to_be_visible()
+    retry.click()
+    expect(writer.page.locator("#messages li.failed")).to_have_count(1)
+    assert writer.page.locator("#messages li.failed").get_attribute("data-id") == first_id
+    writer.send("short is fine")
+    expect(writer.confirmed()).to_have_count(1)
+    writer.assert_no_errors()
