@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -154,7 +154,7 @@ def _parse_ping(data: Mapping[str, Any]) -> Ping:
     return Ping()
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
     "join": _parse_join,
     "leave": _parse_leave,
     "send": _parse_send,

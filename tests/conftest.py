@@ -1,5 +1,8 @@
 """Shared fixtures. The helpers they use live in ``tests/support.py``.
 
+With ``SQUALL_REQUIRE_ALL_TESTS`` set (``.ci/run`` sets it), a skipped test
+fails instead: CI must not pass because Chromium or a server was missing.
+
 ``server`` is one ``squall run`` per test module. A module tunes it with a
 module-level ``SQUALL_ENV`` dict of ``SQUALL_*`` variables; tests in a module
 share the server, so each uses rooms of its own.
@@ -8,13 +11,24 @@ share the server, so each uses rooms of its own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from support import SquallProcess, squall_server
 
 _names = itertools.count(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("SQUALL_REQUIRE_ALL_TESTS"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped, but SQUALL_REQUIRE_ALL_TESTS is set: {reason}"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ arrive (the barrier), after the not-HTML page had been served.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

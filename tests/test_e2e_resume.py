@@ -158,9 +158,15 @@ def test_long_poll_with_cursor_past_the_end_gets_the_next_message(
         try:
             await send_all(sender, room, 1, 3)
             waiting = asyncio.ensure_future(http(
-                server.address, "GET", f"/api/rooms/{room}/messages?since=1000&wait=3",
+                server.address, "GET", f"/api/rooms/{room}/messages?since=1000&wait=10",
                 token=tokens["reader"],
             ))
+            # The poll counts the reader as online as it starts waiting: once
+            # the room's members show it, message 4 is sure to come after.
+            while "reader" not in (await http(
+                server.address, "GET", f"/api/rooms/{room}/members", token=tokens["sender"]
+            )).json()["members"]:
+                pass
             await send_all(sender, room, 4, 4)
             body: dict[str, Any] = (await waiting).json()
             return body

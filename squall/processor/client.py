@@ -46,7 +46,7 @@ _READ_CHUNK = 256 * 1024
 
 def backoff_delay(attempt: int, *, low: float, high: float, rand: float) -> float:
     """Capped exponential back-off with full jitter; ``rand`` is uniform in [0, 1)."""
-    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    ceiling: float = min(high, low * 2.0 ** min(attempt, 30))
     return low + (ceiling - low) * rand
 
 

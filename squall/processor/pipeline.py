@@ -88,7 +88,8 @@ def load_stage(name: str, ctx: StageContext) -> Stage:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load stage {name!r}: {exc}") from None
     if inspect.isclass(target):
-        target = target(ctx)
+        make_stage: Callable[[StageContext], Any] = target
+        target = make_stage(ctx)  # a stage with set-up: built once from the context
     if not callable(target):
         raise ConfigError(f"stage {name!r} is not callable")
     return target  # type: ignore[no-any-return]

@@ -183,8 +183,8 @@ class SQLiteStore:
             [part for key in unique for part in key],
         ) as cursor:
             for row in await cursor.fetchall():
-                original = _row_to_draft(row[:-1])
-                stored[(original.room, row[-1], original.id)] = original
+                earlier = _row_to_draft(row[:-1])
+                stored[(earlier.room, row[-1], earlier.id)] = earlier
 
         rooms = list({d.room for d in drafts})
         last = dict.fromkeys(rooms, 0)
@@ -197,7 +197,7 @@ class SQLiteStore:
 
         result: list[Draft] = []
         rows: list[tuple[Any, ...]] = []
-        for draft, key in zip(drafts, keys):
+        for draft, key in zip(drafts, keys, strict=True):
             original = stored.get(key)
             if original is not None:
                 result.append(dataclasses.replace(original, duplicate=True))
@@ -332,7 +332,7 @@ class SQLiteStore:
             f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq<? ORDER BY seq DESC LIMIT ?",
             (room, bound, limit),
         ) as cursor:
-            rows = await cursor.fetchall()
+            rows = list(await cursor.fetchall())
         return [_row_to_draft(row) for row in reversed(rows)]
 
     async def save_user(self, nick: str) -> str:

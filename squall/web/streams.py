@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 
-from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream
 
 __all__ = ["buffered_bytes", "take_socket", "check_internals"]
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import orjson
+from tornado.http1connection import HTTP1Connection
 from tornado.websocket import WebSocketProtocol13
 from websockets.frames import Frame, Opcode
 from websockets.protocol import SEND_EOF, Protocol, Side, State
@@ -89,7 +90,8 @@ class WebSocketEndpoint(BaseHandler):
         self._auto_finish = False
         self.set_status(101)
         self.application.log_request(self)
-        stream = self.request.connection.detach()  # type: ignore[attr-defined]
+        assert isinstance(self.request.connection, HTTP1Connection)
+        stream = self.request.connection.detach()
         sock, leftover = take_socket(stream)
         accept = WebSocketProtocol13.compute_accept_value(key)
         handshake = (
