@@ -152,3 +152,15 @@ def test_database_url_defaults_to_sqlite_in_the_data_dir() -> None:
     settings = load_settings({"data_dir": "/srv/chat"}, environ={})
     assert settings.database_url == "sqlite:////srv/chat/squall.db"
     assert load_settings({"database": "sqlite:///x.db"}, environ={}).database_url == "sqlite:///x.db"
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md is the reference: it must name every setting."""
+    import dataclasses
+    from pathlib import Path
+
+    from squall.config import Settings
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Settings) if f"`{f.name}`" not in doc]
+    assert not missing, f"docs/configuration.md does not document {missing}"
