@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from tornado.httputil import HTTPServerRequest
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, Unauthorized
@@ -14,7 +15,7 @@ from ..errors import BadRequest, ClientError, Unauthorized
 if TYPE_CHECKING:
     from .node import WebNode
 
-__all__ = ["BaseHandler", "NotFoundHandler", "COOKIE_NAME", "token_from_request"]
+__all__ = ["BaseHandler", "NotFoundHandler", "COOKIE_NAME", "token_from_request", "query_argument"]
 
 log = logging.getLogger("squall.web")
 
@@ -26,20 +27,28 @@ _HTTP_CODES = {
 }
 
 
-def token_from_request(handler: RequestHandler) -> tuple[str | None, bool]:
+def query_argument(request: HTTPServerRequest, name: str) -> str | None:
+    """The last value of query parameter ``name``, or None."""
+    values = request.query_arguments.get(name)
+    return values[-1].decode("utf-8", "replace") if values else None
+
+
+def token_from_request(request: HTTPServerRequest) -> tuple[str | None, bool]:
     """The token from ``Authorization: Bearer``, ``?token=`` or the cookie.
 
     The flag says whether it came from the cookie, which a browser sends by
     itself and which therefore needs the XSRF check on writes.
     """
-    header = handler.request.headers.get("Authorization", "")
+    header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip(), False
-    token = handler.get_query_argument("token", None)
+    token = query_argument(request, "token")
     if token:
         return token, False
-    cookie = handler.get_cookie(COOKIE_NAME)
-    return cookie, cookie is not None
+    if "Cookie" not in request.headers:
+        return None, False
+    morsel = request.cookies.get(COOKIE_NAME)
+    return (morsel.value, True) if morsel is not None else (None, False)
 
 
 class BaseHandler(RequestHandler):
@@ -68,7 +77,7 @@ class BaseHandler(RequestHandler):
         """The caller's nick, or :class:`Unauthorized`."""
         if self._nick is not None:
             return self._nick
-        token, by_cookie = token_from_request(self)
+        token, by_cookie = token_from_request(self.request)
         if not token:
             raise Unauthorized("no session token: send 'Authorization: Bearer <token>' from POST /api/session")
         nick = self.node.tokens.nick(token, now=time.monotonic())

@@ -83,7 +83,7 @@ class WebSocketEndpoint(BaseHandler):
             self.write_json({"code": "unavailable", "reason": "the server is shutting down"}, 503)
             return
         key = self._check_upgrade()
-        token, _by_cookie = token_from_request(self)
+        token, _by_cookie = token_from_request(self.request)
         nick = node.tokens.nick(token, now=time.monotonic())
 
         # From here on this is no HTTP exchange: Tornado must not finish it.
