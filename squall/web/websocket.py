@@ -429,6 +429,26 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
+        seq = broadcast.seq
+        if seq is not None and not self._out and not self.closed:
+            # The hot path of fan-out, once per member per message: nothing is
+            # queued, so the frame goes straight to the kernel, with no
+            # allocation unless the kernel takes only part of it.
+            frame = broadcast.ws_frame
+            try:
+                sent = self.sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._finish()
+                return
+            room = broadcast.room
+            self.rooms[room] = seq
+            if sent != len(frame):
+                self.write(frame[sent:], (room, seq))
+            if broadcast.mentions and self.nick_key in broadcast.mentions:
+                self.node.note_seen(self.nick_key, (broadcast,))
+            return
         if self.closed:
             return
         limit = self.node.settings.outbound_bytes
