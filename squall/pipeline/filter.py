@@ -138,7 +138,7 @@ def _fold(chunk: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", chunk).casefold())
 
 
-def normalise(text: str) -> tuple[str, list[int]]:
+def normalise(text: str) -> tuple[str, Sequence[int]]:
     """Return the normalised text and, per normalised character, its original index.
 
     The map has one extra final entry, ``len(text)``, so that the end of a match
@@ -147,8 +147,9 @@ def normalise(text: str) -> tuple[str, list[int]]:
     or a ligature) maps to the group's first index; see :func:`_original_end`.
     """
     if text.isascii():
-        # Fast path for most chat lines: ASCII lower-casing keeps every index.
-        return text.lower(), list(range(len(text) + 1))
+        # Fast path for most chat lines: ASCII lower-casing keeps every index,
+        # so the map is the identity (a range: no list to build).
+        return text.lower(), range(len(text) + 1)
     out: list[str] = []
     starts: list[int] = []
     i, n = 0, len(text)
@@ -170,7 +171,7 @@ def normalise(text: str) -> tuple[str, list[int]]:
     return "".join(out), starts
 
 
-def _original_end(starts: list[int], text: str, norm_end: int) -> int:
+def _original_end(starts: Sequence[int], text: str, norm_end: int) -> int:
     # The original end of normalised character norm_end-1 is the start of the
     # next *different* group; invisible characters after it stay unmasked.
     first = starts[norm_end - 1]
