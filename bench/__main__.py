@@ -26,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from .report import command_line, machine, table, write_results
-from .scenarios import SCENARIOS, Options, Scenario
+from .scenarios import FANOUT_WINDOW, SCENARIOS, Options, Scenario, machine_busy_seconds
 from .serving import loop_factory
 from .targets import TARGETS, Target, pin_self
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOCAL_TARGETS = {"ceiling", "squall"}  # the in-process filter scenario has no websockets row
+# With --wait-quiet, a run starts once the rest of the machine uses less than
+# this many cores over one sample: a server sharing its core measures the sharing.
+QUIET_CORES = 0.2
+QUIET_SAMPLE_S = 1.0
 
 
 def _raise_nofile(needed: int) -> tuple[int, int]:
@@ -55,16 +59,38 @@ def _parser() -> argparse.ArgumentParser:
                         help="clients in every scenario, replacing each scenario's own count")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of load per scenario and target (default 10, 3 with --quick)")
-    parser.add_argument("--window", type=int, default=8,
-                        help="messages a sender may have ahead of its slowest subscriber (default 8)")
+    parser.add_argument("--window", type=int, default=FANOUT_WINDOW,
+                        help="messages a fan-out sender may have ahead of its slowest subscriber "
+                             "(default %(default)s)")
     default_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default=default_loop,
                         help="event loop of the load generator and the bench servers (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per scenario, targets interleaved; the best round of each is kept")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help=f"before each run, wait up to S seconds for the rest of the machine to use "
+                             f"under {QUIET_CORES} cores (default 0: do not wait)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to cores")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="where to write results JSON")
     return parser
+
+
+async def _background_cores() -> float | None:
+    """Cores the machine keeps busy over one sample while the bench itself is idle."""
+    before = machine_busy_seconds()
+    await asyncio.sleep(QUIET_SAMPLE_S)
+    after = machine_busy_seconds()
+    return None if before is None or after is None else (after - before) / QUIET_SAMPLE_S
+
+
+async def _wait_quiet(patience: float) -> float | None:
+    """Wait up to ``patience`` seconds for the machine to go quiet; return the last sample."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = await _background_cores()
+        if busy is None or busy < QUIET_CORES or time.monotonic() >= deadline:
+            return busy
+        print(f"  waiting for a quiet machine: {busy:.2f} cores busy", file=sys.stderr, flush=True)
 
 
 def _better(scenario: Scenario, new: dict[str, Any], old: dict[str, Any] | None) -> bool:
@@ -79,7 +105,7 @@ def _better(scenario: Scenario, new: dict[str, Any], old: dict[str, Any] | None)
 
 
 async def _run(
-    names: list[str], targets: list[Target], options: Options, repeat: int
+    names: list[str], targets: list[Target], options: Options, repeat: int, wait_quiet: float
 ) -> tuple[dict[str, Any], bool]:
     results: dict[str, dict[str, Any]] = {}
     unavailable = {t.name: t.unavailable() for t in targets}
@@ -104,6 +130,7 @@ async def _run(
                     if round_ == 0:
                         print(f"[{name}] {target.name}: skipped ({reason})", file=sys.stderr)
                     continue
+                background = await _wait_quiet(wait_quiet) if wait_quiet > 0 else None
                 print(f"[{name}] {target.name} ...", file=sys.stderr, flush=True)
                 started = time.perf_counter()
                 try:
@@ -112,6 +139,8 @@ async def _run(
                     traceback.print_exc()
                     result = {"error": f"{type(exc).__name__}: {exc}", "ok": False}
                 result["wall_s"] = round(time.perf_counter() - started, 1)
+                if background is not None:
+                    result["background_cpu_before"] = round(background, 3)
                 all_ok = all_ok and bool(result.get("ok"))
                 figure = result.get(scenario.metric, result.get("error"))
                 print(f"[{name}] {target.name}: {figure} {scenario.unit}, ok={result.get('ok')}",
@@ -146,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
           f"loop {args.loop}; {pinning or 'no pinning'}; open files {soft}/{hard}", file=sys.stderr)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        results, all_ok = runner.run(_run(names, targets, options, max(1, args.repeat)))
+        results, all_ok = runner.run(_run(names, targets, options, max(1, args.repeat), args.wait_quiet))
     record = {
         "command": command_line(),
         "started": started,

@@ -26,8 +26,10 @@ this process's clock.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -45,6 +47,7 @@ __all__ = [
     "Tally",
     "WSClient",
     "connect_many",
+    "run_delay_seconds",
     "self_cpu_seconds",
 ]
 
@@ -61,6 +64,28 @@ def self_cpu_seconds() -> float:
     """Return the user + system CPU time this process has used, in seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def run_delay_seconds(pid: int | str = "self") -> float | None:
+    """Return the seconds ``pid``'s threads have spent runnable but waiting for a CPU.
+
+    This is the third-party share of a busy core: a server pinned to a core
+    that another program also wants shows CPU below 1.0 and this wait above 0,
+    while a server with nothing to do shows neither. Read from
+    ``/proc/<pid>/task/*/schedstat`` (Linux with schedstats); None elsewhere.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as stat:
+                total += int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended between listdir and open
+    return total / 1e9
 
 
 class Tally:
@@ -259,6 +284,22 @@ class WSClient(asyncio.Protocol):
 
     def send_json(self, obj: object) -> None:
         self._write(orjson.dumps(obj), OP_TEXT)
+
+    def batch_reads(self, nbytes: int) -> None:
+        """Wake for this socket only once ``nbytes`` have arrived (``SO_RCVLOWAT``); 1 undoes it.
+
+        A subscriber that keeps up reads one frame per wake-up, and the wake-up
+        (epoll, ``recv``, a callback) costs the load generator several times
+        what parsing the frame does, so it saturates before a fast server does.
+        Waiting for a few frames per read changes nothing the server does: it
+        still writes every frame to every socket. Whoever sets this must make
+        sure ``nbytes`` will arrive, and set it back to 1 before waiting for
+        the last frames; Linux wakes a reader when the mark drops below what
+        is queued.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and hasattr(socket, "SO_RCVLOWAT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
 
     def close(self) -> None:
         """Send a close frame (1000, normal closure) and hang up without waiting for the echo."""

@@ -9,26 +9,58 @@ is reported as failed, whatever its speed.
 CPU figures are in *cores*: CPU seconds divided by wall seconds over the
 measured interval, so 1.0 is one core saturated. ``loadgen_cpu`` near 1.0
 means the load generator, not the server, set the pace; the table flags it.
+``server_wait`` and ``loadgen_wait`` are the same kind of figure for the time
+each was runnable but had no CPU (another program held its core): a server
+whose ``server_cpu + server_wait`` is near 1.0 always had work, and one whose
+sum is well below 1.0 sat idle waiting for a round trip. ``other_cpu`` is what
+the rest of the machine used meanwhile, in cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import string
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .loadgen import HTTPClient, Poller, ProcessorClient, Tally, WSClient, connect_many, self_cpu_seconds
+from .loadgen import (
+    HTTPClient,
+    Poller,
+    ProcessorClient,
+    Tally,
+    WSClient,
+    connect_many,
+    run_delay_seconds,
+    self_cpu_seconds,
+)
 from .targets import Running, Target
 
-__all__ = ["SCENARIOS", "Options", "Scenario"]
+__all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
 
 STALL_TIMEOUT = 10.0  # seconds without a completed message before a run is declared stalled
 SETUP_TIMEOUT = 120.0  # seconds for all clients to connect and join
 START_TIMEOUT_S = 10.0  # seconds for the processor to answer hello
+# A fan-out sender waits for its oldest message to reach every subscriber, so
+# the window must cover the round trip sender -> server -> slowest subscriber
+# -> load generator's tally -> sender, or the server idles between bursts. 64
+# messages hold 150 ms or more of a server's work at 500 subscribers, cost at
+# most ~20 KiB per subscriber socket, and leave room for the read batching
+# below (8, the first default, did not).
+FANOUT_WINDOW = 64
+# Subscribers of a fan-out wake for at most one read per this many bytes
+# (SO_RCVLOWAT, about 7 messages), so that the load generator's per-read cost,
+# larger than its per-frame cost, does not saturate its core before the
+# server's. Only with a window this many messages wide or wider, so the mark is
+# always reached: a window shorter than the batch would deadlock.
+READ_BATCH_BYTES = 2048
+READ_BATCH_MIN_WINDOW = 32
+# The long-poll poster's window is its own: a bigger one would batch more
+# messages into each poll response and change what the figure measures.
+LONGPOLL_WINDOW = 8
 BODY = "The quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet, message "
 
 
@@ -37,13 +69,15 @@ class Options:
     """How hard and how long to push; one object for every scenario of a run.
 
     ``clients`` replaces each scenario's own client count when set (the smoke
-    test uses a handful). ``window`` is how many messages a sender may have
-    that not every subscriber has received yet.
+    test uses a handful). ``window`` is how many messages a fan-out sender may
+    have that not every subscriber has received yet; ``longpoll_window`` is the
+    same for the long-poll poster.
     """
 
     duration: float = 10.0
     clients: int | None = None
-    window: int = 8
+    window: int = FANOUT_WINDOW
+    longpoll_window: int = LONGPOLL_WINDOW
     idle_connections: int = 5000
     idle_room_size: int = 50
     filter_terms: int = 10_000
@@ -75,24 +109,51 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     } | {"max_ms": round(values[-1] * 1000, 3)}
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent busy (or stolen by the hypervisor)."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 class _Meter:
-    """Wall time, server CPU and load-generator CPU over one measured interval."""
+    """Wall time, server and load-generator CPU and run-queue wait over one measured interval."""
 
     def __init__(self, server: Running) -> None:
         self._server = server
         self.start = time.perf_counter()
         self._server_cpu = server.cpu_seconds()
         self._self_cpu = self_cpu_seconds()
+        self._server_wait = server.run_delay_seconds()
+        self._self_wait = run_delay_seconds()
+        self._machine = machine_busy_seconds()
 
     def figures(self, end: float | None = None) -> dict[str, float]:
         end = time.perf_counter() if end is None else end
         wall = max(time.perf_counter() - self.start, 1e-9)
-        return {
+        server_cpu_s = self._server.cpu_seconds() - self._server_cpu
+        self_cpu_s = self_cpu_seconds() - self._self_cpu
+        figures = {
             "elapsed_s": round(max(end - self.start, 1e-9), 3),
-            "server_cpu_s": round(self._server.cpu_seconds() - self._server_cpu, 3),
-            "server_cpu": round((self._server.cpu_seconds() - self._server_cpu) / wall, 3),
-            "loadgen_cpu": round((self_cpu_seconds() - self._self_cpu) / wall, 3),
+            "server_cpu_s": round(server_cpu_s, 3),
+            "server_cpu": round(server_cpu_s / wall, 3),
+            "loadgen_cpu": round(self_cpu_s / wall, 3),
         }
+        server_wait, self_wait = self._server.run_delay_seconds(), run_delay_seconds()
+        if server_wait is not None and self._server_wait is not None:
+            figures["server_wait"] = round((server_wait - self._server_wait) / wall, 3)
+        if self_wait is not None and self._self_wait is not None:
+            figures["loadgen_wait"] = round((self_wait - self._self_wait) / wall, 3)
+        machine = machine_busy_seconds()
+        if machine is not None and self._machine is not None:
+            other = machine - self._machine - server_cpu_s - self_cpu_s
+            figures["other_cpu"] = round(max(0.0, other) / wall, 3)
+        return figures
 
 
 async def _ws_clients(
@@ -136,6 +197,20 @@ def _counts(clients: list[Any], expected_each: list[int]) -> dict[str, Any]:
     }
 
 
+def _per_delivery(figures: dict[str, float], deliveries: int) -> dict[str, float]:
+    """Server and load-generator CPU microseconds per delivery.
+
+    Fairer than deliveries/s when two servers were not equally saturated: it
+    does not care how long a server waited, only what each delivery cost it.
+    """
+    deliveries = max(deliveries, 1)
+    wall = figures["elapsed_s"]
+    return {
+        "cpu_us_per_delivery": round(figures["server_cpu_s"] / deliveries * 1e6, 2),
+        "loadgen_cpu_us_per_delivery": round(figures["loadgen_cpu"] * wall / deliveries * 1e6, 2),
+    }
+
+
 # Fan-out: one room, N subscribers, one sender as fast as delivery allows.
 
 
@@ -153,6 +228,10 @@ async def _fanout(target: Target, options: Options, n: int) -> dict[str, Any]:
         )
         setup_s = time.perf_counter() - setup
         subscribers, sender = clients[:n], clients[n]
+        batching = options.window >= READ_BATCH_MIN_WINDOW
+        if batching:
+            for subscriber in subscribers:
+                subscriber.batch_reads(READ_BATCH_BYTES)
         meter = _Meter(server)
         end = meter.start + options.duration
         sent = 0
@@ -165,6 +244,10 @@ async def _fanout(target: Target, options: Options, n: int) -> dict[str, Any]:
                 continue
             sender.send_message("fanout", f"m{sent}", BODY + str(sent))
             sent += 1
+        if batching:
+            # The last frames may not fill a batch.
+            for subscriber in subscribers:
+                subscriber.batch_reads(1)
         drained = not stalled and await tally.wait_completed(sent, STALL_TIMEOUT)
         figures = meter.figures(tally.completed_at if drained else None)
         result = {"clients": n, "messages": sent, "setup_s": round(setup_s, 3), **figures}
@@ -172,6 +255,9 @@ async def _fanout(target: Target, options: Options, n: int) -> dict[str, Any]:
         result["ok"] = result["ok"] and drained and not sender.errors
         result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
         result["messages_per_s"] = round(sent / figures["elapsed_s"], 1)
+        result |= _per_delivery(figures, int(result["deliveries"]))
+        result["window"] = options.window
+        result["read_batch_bytes"] = READ_BATCH_BYTES if batching else 1
         return result
     finally:
         _close_all(clients)
@@ -278,6 +364,7 @@ async def rooms(target: Target, options: Options, *, room_size: int = 10) -> dic
         result["ok"] = result["ok"] and drained
         result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
         result["messages_per_s"] = round(messages / figures["elapsed_s"], 1)
+        result |= _per_delivery(figures, int(result["deliveries"]))
         return result
     finally:
         _close_all(clients)
@@ -349,8 +436,8 @@ async def longpoll(target: Target, options: Options) -> dict[str, Any]:
         sent = 0
         stalled = False
         while time.perf_counter() < end:
-            if sent - tally.completed >= options.window:
-                if not await tally.wait_completed(sent - options.window + 1, STALL_TIMEOUT):
+            if sent - tally.completed >= options.longpoll_window:
+                if not await tally.wait_completed(sent - options.longpoll_window + 1, STALL_TIMEOUT):
                     stalled = True
                     break
                 continue
@@ -537,15 +624,16 @@ SCENARIOS: dict[str, Scenario] = {
     for s in [
         Scenario("fanout-500", "ws", fanout_500, "deliveries_per_s", "deliveries/s", True,
                  "one room, 500 subscribers, one sender as fast as every subscriber keeps up",
-                 (("messages_per_s", "msgs/s"),)),
+                 (("cpu_us_per_delivery", "CPU us/delivery"), ("messages_per_s", "msgs/s"))),
         Scenario("fanout-2000", "ws", fanout_2000, "deliveries_per_s", "deliveries/s", True,
                  "one room, 2000 subscribers, one sender as fast as every subscriber keeps up",
-                 (("messages_per_s", "msgs/s"),)),
+                 (("cpu_us_per_delivery", "CPU us/delivery"), ("messages_per_s", "msgs/s"))),
         Scenario("latency", "ws", latency, "p99_ms", "ms p99", False,
                  "2 msg/s to 2000 subscribers, send -> arrival at every subscriber",
                  (("p50_ms", "p50 ms"), ("max_ms", "max ms"))),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
-                 "2000 clients in 200 rooms of 10, everyone talking, one message in flight each"),
+                 "2000 clients in 200 rooms of 10, everyone talking, one message in flight each",
+                 (("cpu_us_per_delivery", "CPU us/delivery"),)),
         Scenario("idle-memory", "ws", idle_memory, "kib_per_conn", "KiB/conn", False,
                  "server RSS growth per idle WebSocket joined to a room (5000 connections)",
                  (("clients", "connections"), ("processes", "processes"))),

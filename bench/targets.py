@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
-from .loadgen import HTTPClient, HTTPError
+from .loadgen import HTTPClient, HTTPError, run_delay_seconds
 
 __all__ = ["TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
 
@@ -92,6 +92,16 @@ class Running:
             except psutil.NoSuchProcess:
                 continue
             total += times.user + times.system
+        return total
+
+    def run_delay_seconds(self) -> float | None:
+        """Seconds the server's threads spent runnable but waiting for a CPU (None if unknown)."""
+        total = 0.0
+        for proc in self._tree():
+            delay = run_delay_seconds(proc.pid)
+            if delay is None:
+                return None
+            total += delay
         return total
 
     def rss(self) -> int:
