@@ -217,26 +217,26 @@ class ChatConnection:
             timeout = self.node.settings.close_timeout
             self._abort_handle = self.loop.call_later(timeout, self._finish)
 
-    def write(self, data: bytes, mark: tuple[str, int] | None = None) -> None:
+    def write(self, data: bytes, room: str | None = None, seq: int = 0) -> None:
         """Send ``data`` now if the kernel takes it, else queue it in order.
 
-        ``mark`` names the message ``data`` carries, if it is one.
+        ``room`` and ``seq`` name the message ``data`` carries, if it is one.
+        This is the hot path of fan-out: with nothing queued, the bytes go
+        straight to the kernel and nothing is allocated.
         """
-        if self.sock.fileno() < 0:
-            return
         if not self._out:
             try:
                 sent = self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._finish()
+                self._finish()  # a reset peer, or a socket already closed
                 return
             if sent == len(data):
                 return
             data = data[sent:]
         self._out.append(data)
-        self._out_marks.append(mark)
+        self._out_marks.append((room, seq) if room is not None else None)
         self._out_size += len(data)
         if not self._writing:
             self._writing = True
@@ -429,26 +429,6 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
-        seq = broadcast.seq
-        if seq is not None and not self._out and not self.closed:
-            # The hot path of fan-out, once per member per message: nothing is
-            # queued, so the frame goes straight to the kernel, with no
-            # allocation unless the kernel takes only part of it.
-            frame = broadcast.ws_frame
-            try:
-                sent = self.sock.send(frame)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._finish()
-                return
-            room = broadcast.room
-            self.rooms[room] = seq
-            if sent != len(frame):
-                self.write(frame[sent:], (room, seq))
-            if broadcast.mentions and self.nick_key in broadcast.mentions:
-                self.node.note_seen(self.nick_key, (broadcast,))
-            return
         if self.closed:
             return
         limit = self.node.settings.outbound_bytes
@@ -458,11 +438,12 @@ class ChatConnection:
         elif self._out_size + len(broadcast.ws_frame) > limit:
             self._too_slow()
             return
-        if broadcast.seq is None:
+        seq = broadcast.seq
+        if seq is None:
             self.write(broadcast.ws_frame)
         else:
-            self.write(broadcast.ws_frame, (broadcast.room, broadcast.seq))
-            self.rooms[broadcast.room] = broadcast.seq
+            self.write(broadcast.ws_frame, broadcast.room, seq)
+            self.rooms[broadcast.room] = seq
             if broadcast.mentions and self.nick_key in broadcast.mentions:
                 self.node.note_seen(self.nick_key, (broadcast,))
 
