@@ -31,7 +31,9 @@ def main() -> int:
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
-        server = SquallServer(Path(tmp))
+        # No previews: the sample conversation links to a public host, and test
+        # traffic stays on this machine.
+        server = SquallServer(Path(tmp), web_args=("--stages", "validate,filter,render,mentions,store"))
         server.start()
         try:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
