@@ -15,6 +15,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from . import __version__
 from .config import FIELD_HELP, Settings, load_settings
 from .errors import ConfigError
 
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="squall", description="Squall: real-time chat on Tornado."
     )
     parser.add_argument("--config", help="TOML file of settings (also SQUALL_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"squall {__version__}")
     commands = parser.add_subparsers(dest="command")
     for name, text in (
         ("run", "run processor and web node together (the default)"),

@@ -74,9 +74,20 @@ async def _supervise(settings: Settings, stopping: asyncio.Event) -> None:
                 pass
 
 
+def _one_processor_address(settings: Settings) -> Settings:
+    """In ``squall run`` the child listens where the web node dials: one address.
+
+    ``--listen`` names it; a ``--processor`` given alone does too.
+    """
+    defaults = Settings()
+    if settings.listen == defaults.listen and settings.processor != defaults.processor:
+        return settings.replace(listen=settings.processor)
+    return settings.replace(processor=settings.listen)
+
+
 async def run_all(settings: Settings) -> None:
     """Run the processor child and the web node until a signal stops both."""
-    settings = settings.replace(processor=settings.listen) if settings.processor != settings.listen else settings
+    settings = _one_processor_address(settings)
     web_stop = asyncio.Event()
     processor_stop = asyncio.Event()
     supervisor = asyncio.ensure_future(_supervise(settings, processor_stop))

@@ -164,3 +164,14 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     missing = [f.name for f in dataclasses.fields(Settings) if f"`{f.name}`" not in doc]
     assert not missing, f"docs/configuration.md does not document {missing}"
+
+
+def test_run_mode_uses_one_processor_address() -> None:
+    from squall.config import Settings
+    from squall.supervisor import _one_processor_address
+
+    assert _one_processor_address(Settings()).processor == "127.0.0.1:8889"
+    given_processor = _one_processor_address(Settings(processor="127.0.0.1:7000"))
+    assert given_processor.listen == given_processor.processor == "127.0.0.1:7000"
+    given_listen = _one_processor_address(Settings(listen="127.0.0.1:7001"))
+    assert given_listen.listen == given_listen.processor == "127.0.0.1:7001"
