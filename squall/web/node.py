@@ -42,6 +42,13 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 HOUSEKEEPING_SECONDS = 1.0
 
 
+class StaticFiles(tornado.web.StaticFileHandler):
+    """The page's scripts, styles and catalogues; never sniffed as another type."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log, quieter: a long-poller makes a request per message,
     so successful requests are logged at DEBUG and only failures above it."""
@@ -95,6 +102,7 @@ class WebNode:
             default_handler_class=NotFoundHandler,
             default_handler_args={"node": self},
             static_path=str(STATIC_DIR),
+            static_handler_class=StaticFiles,
             template_path=str(STATIC_DIR),
             xsrf_cookies=True,
             websocket_max_message_size=self.settings.max_frame_bytes,
