@@ -42,6 +42,8 @@ __all__ = ["ProcessorLink", "backoff_delay"]
 log = logging.getLogger("squall.link")
 
 _READ_CHUNK = 256 * 1024
+# How long the processor may be unreachable before the web node logs a warning.
+UNREACHABLE_WARNING_SECONDS = 3.0
 
 
 def backoff_delay(attempt: int, *, low: float, high: float, rand: float) -> float:
@@ -177,6 +179,9 @@ class ProcessorLink:
 
     async def _run(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
+        unreachable_since = loop.time()
+        warned = False
         while not self._closing:
             try:
                 stream = await TCPClient().connect(*self.address, max_buffer_size=4 * self.max_line)
@@ -184,12 +189,18 @@ class ProcessorLink:
                 delay = backoff_delay(
                     attempt, low=self.reconnect_min, high=self.reconnect_max, rand=random.random()
                 )
-                if attempt == 0:
-                    log.warning("processor at %s:%d unreachable (%s); retrying", *self.address, exc)
+                # A processor that is starting (or restarting) takes a moment;
+                # only one that stays away is worth a warning.
+                if not warned and loop.time() - unreachable_since > UNREACHABLE_WARNING_SECONDS:
+                    log.warning("processor at %s:%d unreachable (%s); still trying", *self.address, exc)
+                    warned = True
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
+            if warned:
+                log.warning("processor at %s:%d reachable again", *self.address)
             attempt = 0
+            warned = False
             try:
                 await self._serve(stream)
             except Exception:
@@ -198,6 +209,7 @@ class ProcessorLink:
                 stream.close()
                 self._stream = None
                 self.connected.clear()
+            unreachable_since = loop.time()
             if not self._closing:
                 log.warning("lost the processor link; %d requests will be resent", len(self._pending))
 
