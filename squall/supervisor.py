@@ -17,7 +17,7 @@ import signal
 import sys
 
 from .config import Settings
-from .processor.client import backoff_delay
+from .backoff import backoff_delay
 from .web.main import serve_web
 
 __all__ = ["run_all", "settings_environment"]

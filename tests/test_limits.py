@@ -57,3 +57,14 @@ def test_sustained_rate_is_respected() -> None:
     bucket = TokenBucket(rate=10.0, burst=5, now=0.0)
     allowed = sum(bucket.take(now=i * 0.01) for i in range(1000))  # 10 s, 100 tries a second
     assert 5 + 99 <= allowed <= 5 + 101
+
+
+def test_backoff_doubles_to_its_cap_with_jitter() -> None:
+    from squall.backoff import backoff_delay
+
+    assert backoff_delay(0, low=0.1, high=5.0, rand=0.0) == 0.1
+    assert backoff_delay(0, low=0.1, high=5.0, rand=0.99) == pytest.approx(0.1)
+    assert backoff_delay(3, low=0.1, high=5.0, rand=1.0) == pytest.approx(0.8)
+    assert backoff_delay(3, low=0.1, high=5.0, rand=0.5) == pytest.approx(0.45)
+    assert backoff_delay(100, low=0.1, high=5.0, rand=1.0) == pytest.approx(5.0)
+    assert backoff_delay(100, low=10.0, high=3600.0, rand=0.0) == 10.0

@@ -20,7 +20,6 @@ from squall.pipeline.mail import (
     PendingMention,
     SmtpDeliverer,
     compose,
-    retry_delay,
     room_link,
     validate_email,
 )
@@ -147,16 +146,6 @@ def test_smtp_urls() -> None:
     assert SmtpDeliverer("smtp://h").port == 25
     with pytest.raises(ValueError):
         SmtpDeliverer("http://mail.example")
-
-
-def test_retry_delay() -> None:
-    assert retry_delay(1, rand=0.0) == 0.0
-    assert retry_delay(1, rand=0.5, base=30) == 15.0
-    assert retry_delay(3, rand=0.5, base=30) == 60.0
-    assert retry_delay(30, rand=0.999, base=30, cap=3600) == pytest.approx(3596.4)
-    assert retry_delay(10_000, rand=1.0, cap=10) == 10.0
-    with pytest.raises(ValueError):
-        retry_delay(0, rand=0.5)
 
 
 @pytest.mark.parametrize(

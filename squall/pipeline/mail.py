@@ -19,8 +19,8 @@ where ``key`` is a stable notification id.
   (plain), ``smtp+starttls://host:port`` (STARTTLS required) or
   ``smtps://host:port`` (TLS from the start); ``user:password@`` in the URL logs in.
 
-:func:`retry_delay` gives the back-off between failed attempts, with the random
-draw passed in. :func:`validate_email` checks an address a user registers.
+:func:`validate_email` checks an address a user registers. Retrying a failed
+delivery is the notifier's job (``squall.processor.notifier``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ __all__ = [
     "Deliverer",
     "OutboxDeliverer",
     "SmtpDeliverer",
-    "retry_delay",
     "validate_email",
     "MAX_EMAIL",
 ]
@@ -232,19 +231,6 @@ class SmtpDeliverer:
             password=self.password,
             timeout=self.timeout,
         )
-
-
-def retry_delay(attempt: int, *, rand: float, base: float = 30.0, cap: float = 3600.0) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
-
-    Exponential back-off with "full jitter": a uniform draw below
-    ``min(cap, base * 2**(attempt-1))``. ``rand`` is the draw in [0, 1), e.g.
-    ``random.random()``; passing it in keeps this function testable.
-    """
-    if attempt < 1:
-        raise ValueError("attempt counts from 1")
-    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 62))
-    return ceiling * min(max(rand, 0.0), 1.0)
 
 
 def validate_email(address: str) -> str:

@@ -32,24 +32,19 @@ from typing import Any
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
+from ..backoff import backoff_delay
 from ..config import Address
 from ..errors import Internal, Rejected, Unavailable
 from ..lines import PROTOCOL_VERSION, Line, LineReader, encode_line
 from ..protocol import nick_key
 
-__all__ = ["ProcessorLink", "backoff_delay"]
+__all__ = ["ProcessorLink"]
 
 log = logging.getLogger("squall.link")
 
 _READ_CHUNK = 256 * 1024
 # How long the processor may be unreachable before the web node logs a warning.
 UNREACHABLE_WARNING_SECONDS = 3.0
-
-
-def backoff_delay(attempt: int, *, low: float, high: float, rand: float) -> float:
-    """Capped exponential back-off with full jitter; ``rand`` is uniform in [0, 1)."""
-    ceiling: float = min(high, low * 2.0 ** min(attempt, 30))
-    return low + (ceiling - low) * rand
 
 
 class _Request:

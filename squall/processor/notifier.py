@@ -23,7 +23,8 @@ import logging
 import random
 import time
 
-from ..pipeline.mail import Deliverer, PendingMention, compose, retry_delay
+from ..backoff import backoff_delay
+from ..pipeline.mail import Deliverer, PendingMention, compose
 from ..pipeline.notify import plan
 from ..store import Notification, Store
 
@@ -132,10 +133,7 @@ class Notifier:
             await self.deliverer.deliver(message, key=key)
         except Exception as exc:
             attempt = max(n.attempts for n in unseen) + 1
-            delay = max(
-                self.retry_min,
-                retry_delay(attempt, rand=random.random(), base=self.retry_min, cap=self.retry_max),
-            )
+            delay = backoff_delay(attempt - 1, low=self.retry_min, high=self.retry_max, rand=random.random())
             log.warning("e-mail to %s failed (%s); retry %d in %.1f s", user.nick, exc, attempt, delay)
             await self.store.postpone_notifications([n.id for n in unseen], _now_ms() + int(delay * 1000))
             return
