@@ -16,8 +16,8 @@ import random
 import signal
 import sys
 
-from .config import Settings
 from .backoff import backoff_delay
+from .config import Settings
 from .web.main import serve_web
 
 __all__ = ["run_all", "settings_environment"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 

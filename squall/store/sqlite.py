@@ -22,8 +22,8 @@ import aiosqlite
 import orjson
 
 from ..message import Draft
-from . import Notification, User
 from ..protocol import nick_key
+from . import Notification, User
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from http.cookies import Morsel
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, Unauthorized
@@ -27,13 +29,24 @@ _HTTP_CODES = {
 }
 
 
-def query_argument(request: HTTPServerRequest, name: str) -> str | None:
+class RequestLike(Protocol):
+    """What token and query helpers read: Tornado's ``HTTPServerRequest`` or the
+    long-poll endpoint's lighter ``PollRequest``."""
+
+    headers: HTTPHeaders
+    query_arguments: dict[str, list[bytes]]
+
+    @property
+    def cookies(self) -> Mapping[str, Morsel[str]]: ...
+
+
+def query_argument(request: RequestLike, name: str) -> str | None:
     """The last value of query parameter ``name``, or None."""
     values = request.query_arguments.get(name)
     return values[-1].decode("utf-8", "replace") if values else None
 
 
-def token_from_request(request: HTTPServerRequest) -> tuple[str | None, bool]:
+def token_from_request(request: RequestLike) -> tuple[str | None, bool]:
     """The token from ``Authorization: Bearer``, ``?token=`` or the cookie.
 
     The flag says whether it came from the cookie, which a browser sends by

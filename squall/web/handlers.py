@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tornado.routing import Rule
-
 from ..errors import BadRequest
 from ..pipeline.mail import validate_email
 from ..protocol import check_nick, check_room, nick_key
@@ -21,7 +19,7 @@ _ROOM = r"/api/rooms/([^/]+)"
 
 
 def routes(node: WebNode) -> list[Any]:
-    from .longpoll import MessagesHandler, PollEndpoint, PollMatches
+    from .longpoll import MessagesHandler
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
 
@@ -31,7 +29,6 @@ def routes(node: WebNode) -> list[Any]:
         (r"/api/session", SessionHandler, args),
         (r"/api/me", MeHandler, args),
         (r"/ws", WebSocketEndpoint, args),
-        Rule(PollMatches(_ROOM + r"/messages$"), PollEndpoint(node)),
         (_ROOM + r"/messages", MessagesHandler, args),
         (_ROOM + r"/events", EventsHandler, args),
         (_ROOM + r"/members", MembersHandler, args),

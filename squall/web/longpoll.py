@@ -5,25 +5,38 @@ at the end waits on the hub; every poller waiting on the same cursor is
 answered with the same encoded body. A poller that hangs up stops waiting
 (the connection's close callback cancels its future), so nothing piles up for it.
 
-Polls are the web node's busiest requests — one per message per poller — so
-``GET`` is served by :class:`PollEndpoint`, a plain callable target of Tornado's
-router rather than a ``RequestHandler``: it answers with one
-``write_headers`` call, without a handler object, header bookkeeping, or an
-access-log line per success. ``POST`` (a send) is an ordinary handler.
+Polls are the web node's busiest requests — one per message per poller — so a
+``GET`` never reaches Tornado's application: :class:`PollFirst`, the HTTP
+server's delegate, recognises it from the request line and hands it to
+:class:`PollEndpoint`, which answers with one ``write_headers`` call — no
+``HTTPServerRequest``, routing table, ``RequestHandler`` or access-log line per
+success. Every other request goes to the application unchanged; ``POST`` (a
+send) is an ordinary handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Awaitable
+from http.cookies import CookieError, Morsel, SimpleCookie
 from typing import TYPE_CHECKING
 
 import orjson
+from tornado.escape import parse_qs_bytes
 from tornado.http1connection import HTTP1Connection
-from tornado.httputil import HTTPHeaders, HTTPServerRequest, ResponseStartLine
+from tornado.httputil import (
+    HTTPConnection,
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerConnectionDelegate,
+    RequestStartLine,
+    ResponseStartLine,
+)
 from tornado.iostream import StreamClosedError
-from tornado.routing import PathMatches
+from tornado.web import Application
 
 from ..errors import BadRequest, ClientError, Unauthorized
 from ..hub import PollAnswer, Room, encode_poll_body
@@ -33,7 +46,7 @@ from .base import BaseHandler, query_argument, token_from_request
 if TYPE_CHECKING:
     from .node import WebNode
 
-__all__ = ["MessagesHandler", "PollEndpoint", "PollMatches", "MAX_SEQ"]
+__all__ = ["MessagesHandler", "PollEndpoint", "PollFirst", "PollRequest", "MAX_SEQ"]
 
 log = logging.getLogger("squall.web")
 
@@ -42,27 +55,99 @@ MAX_SEQ = 2**53 - 1
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error"}
 
 
-class PollMatches(PathMatches):
-    """``PathMatches`` for ``GET`` only; other methods fall through to the next rule."""
+_POLL_PATH = re.compile(r"/api/rooms/[^/?]+/messages(?:\?|$)")
 
-    def match(self, request: HTTPServerRequest) -> dict[str, object] | None:
-        if request.method != "GET":
+
+class PollRequest:
+    """What a poll needs of its request, without Tornado's ``HTTPServerRequest``
+    (whose construction, with a deep copy of the arguments, is a fifth of a poll)."""
+
+    __slots__ = ("uri", "path", "headers", "query_arguments", "connection", "_cookies")
+
+    def __init__(self, start_line: RequestStartLine, headers: HTTPHeaders, connection: HTTP1Connection) -> None:
+        self.uri = start_line.path
+        self.path, _, query = start_line.path.partition("?")
+        self.headers = headers
+        self.query_arguments = parse_qs_bytes(query, keep_blank_values=True)
+        self.connection = connection
+        self._cookies: dict[str, Morsel[str]] | None = None
+
+    @property
+    def cookies(self) -> dict[str, Morsel[str]]:
+        if self._cookies is None:
+            cookie = SimpleCookie()
+            try:
+                cookie.load(self.headers.get("Cookie", ""))
+            except CookieError:
+                pass
+            self._cookies = dict(cookie)
+        return self._cookies
+
+    @property
+    def remote_ip(self) -> str:
+        return str(getattr(self.connection.context, "remote_ip", ""))
+
+
+class PollFirst(HTTPServerConnectionDelegate):
+    """The HTTP server's delegate: long-poll GETs are served here, everything else
+    goes to the Tornado application as usual."""
+
+    def __init__(self, app: Application, endpoint: PollEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return _PollOrApp(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class _PollOrApp(HTTPMessageDelegate):
+    __slots__ = ("router", "server_conn", "request_conn", "poll", "inner")
+
+    def __init__(self, router: PollFirst, server_conn: object, request_conn: HTTPConnection) -> None:
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.poll: PollRequest | None = None
+        self.inner: HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, RequestStartLine)
+        if (
+            start_line.method == "GET" and _POLL_PATH.match(start_line.path)
+            and isinstance(self.request_conn, HTTP1Connection)
+        ):
+            self.poll = PollRequest(start_line, headers, self.request_conn)
             return None
-        return super().match(request)
+        self.inner = self.router.app.start_request(self.server_conn, self.request_conn)
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.inner.data_received(chunk) if self.inner is not None else None
+
+    def finish(self) -> None:
+        if self.poll is not None:
+            asyncio.ensure_future(self.router.endpoint.serve(self.poll))
+        elif self.inner is not None:
+            self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if self.inner is not None:
+            self.inner.on_connection_close()
 
 
 class PollEndpoint:
-    """``GET /api/rooms/R/messages``, as a router target: called with the request."""
+    """``GET /api/rooms/R/messages``: history and long-polls, answered in one write."""
 
     def __init__(self, node: WebNode) -> None:
         self.node = node
 
-    def __call__(self, request: HTTPServerRequest, **route: object) -> None:
-        asyncio.ensure_future(self._serve(request))
-
-    async def _serve(self, request: HTTPServerRequest) -> None:
+    async def serve(self, request: PollRequest) -> None:
         connection = request.connection
-        assert isinstance(connection, HTTP1Connection)
         waiting: list[asyncio.Future[PollAnswer]] = []
 
         def hung_up() -> None:
@@ -94,7 +179,7 @@ class PollEndpoint:
         if status >= 400:
             log.warning("%d GET %s (%s)", status, request.uri, request.remote_ip)
 
-    async def _answer(self, request: HTTPServerRequest, waiting: list[asyncio.Future[PollAnswer]]) -> bytes:
+    async def _answer(self, request: PollRequest, waiting: list[asyncio.Future[PollAnswer]]) -> bytes:
         node = self.node
         settings = node.settings
         token, _by_cookie = token_from_request(request)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import tornado.web
-from tornado.log import access_log
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
+from tornado.log import access_log
 
 from ..bus import Bus, open_bus
 from ..config import Settings
@@ -28,10 +28,11 @@ from ..frames import Broadcast
 from ..hub import Hub
 from ..limits import TokenBucket
 from ..presence import PresenceTable, Transition
-from ..protocol import nick_key
 from ..processor.client import ProcessorLink
+from ..protocol import nick_key
 from ..store import Store, open_store
 from .auth import TokenCache, load_or_create_secret
+from .longpoll import PollEndpoint, PollFirst
 
 __all__ = ["WebNode"]
 
@@ -94,8 +95,8 @@ class WebNode:
     # -- life cycle -----------------------------------------------------
 
     def make_app(self) -> tornado.web.Application:
-        from .handlers import routes
         from .base import NotFoundHandler
+        from .handlers import routes
 
         return tornado.web.Application(
             routes(self),
@@ -116,7 +117,7 @@ class WebNode:
         self.link.start()
         app = self.make_app()
         self._server = HTTPServer(
-            app,
+            PollFirst(app, PollEndpoint(self)),
             xheaders=False,
             max_body_size=self.settings.max_body_bytes * 2,
             idle_connection_timeout=3600,
