@@ -397,3 +397,15 @@ def test_healthy_clients_still_get_their_messages(server: SquallProcess, token: 
     run_async(scenario())
     status, health = server.api("GET", "/api/health")
     assert status == 200 and health["processor"] == "connected"
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"email": "not an address"}, "bad_email"),
+    ({"email": "a@b"}, "bad_email"),
+    ({"email": "x" * 250 + "@example.com"}, "bad_email"),
+    ({"email": 42}, "bad_field"),
+    ({}, "bad_field"),
+])
+def test_bad_email_is_400(server: SquallProcess, token: str, body: Any, code: str) -> None:
+    response = run_async(http(server.address, "PATCH", "/api/me", token=token, json_body=body))
+    assert (response.status, response.json()["code"]) == (400, code)
