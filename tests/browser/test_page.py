@@ -81,3 +81,19 @@ def test_phone_width_with_the_keyboard_alone(server: Any, open_chat: Any) -> Non
     )
     assert unnamed == []
     sam.assert_no_errors()
+
+
+def test_a_room_link_opens_the_room(server: Any, open_chat: Any) -> None:
+    """Mention e-mails link to ``/#room/seq``: following one opens that room."""
+    kim = open_chat(server, "kim")
+    page = kim.page
+    page.goto(server.url + "/#linked-room/1")  # same page: a hashchange
+    expect(page.locator('#room-list li[data-room="linked-room"]')).to_have_count(1)
+    expect(page.locator("#room-title")).to_have_text("#linked-room")
+    page.goto(server.url + "/")
+    page.goto(server.url + "/#mailed/7")  # a fresh load, as from an e-mail
+    page.reload()
+    expect(page.locator("#room-title")).to_have_text("#mailed")
+    page.goto(server.url + "/#Not%20A%20Room")
+    expect(page.locator('#room-list li[data-room="Not A Room"]')).to_have_count(0)
+    kim.assert_no_errors()

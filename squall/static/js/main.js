@@ -29,6 +29,17 @@ function writeJson(key, value) {
   }
 }
 
+/** The room named by the location's fragment (`#room` or `#room/seq`), if valid. */
+function roomFromHash() {
+  let name = "";
+  try {
+    name = decodeURIComponent(window.location.hash.slice(1).split("/")[0] || "");
+  } catch {
+    return null; // a malformed %-escape
+  }
+  return name && normaliseRoom(name) === name ? name : null;
+}
+
 function forcedTransport() {
   const wanted = new URLSearchParams(location.search).get("transport");
   return Object.values(Kind).includes(wanted) ? wanted : null;
@@ -208,10 +219,20 @@ class App {
     for (const room of saved?.rooms ?? []) {
       if (normaliseRoom(room) === room) this.joinRoom(room);
     }
-    const active = saved?.active && this.store.room(saved.active) ? saved.active : this.store.active;
+    // A link such as the one in a mention e-mail (/#room/seq) opens that room.
+    const linked = roomFromHash();
+    if (linked) this.joinRoom(linked);
+    const active = linked ?? (saved?.active && this.store.room(saved.active) ? saved.active : this.store.active);
     if (active) this.switchRoom(active);
     else this.view.renderRoom(this.store);
     this.connection.start();
+  }
+
+  openLinkedRoom() {
+    const linked = roomFromHash();
+    if (!linked || !this.store) return;
+    this.joinRoom(linked);
+    this.switchRoom(linked);
   }
 
   get token() {
@@ -459,6 +480,7 @@ async function main() {
   view.setTitle(0);
   const app = new App(view, translator);
   app.bind();
+  window.addEventListener("hashchange", () => app.openLinkedRoom());
   app.start();
   document.documentElement.dataset.ready = "true";
 }
