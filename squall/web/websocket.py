@@ -429,6 +429,21 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
+        seq = broadcast.seq
+        if seq is not None and not self._out and not self.closed:
+            # Fan-out's hot path, once per member per message, kept inline: the
+            # frame goes straight to the kernel (write() is the general case).
+            frame = broadcast.ws_frame
+            try:
+                sent = self.sock.send(frame)
+            except OSError:
+                sent = -1  # would block, or a reset: write() sorts it out
+            if sent != len(frame):
+                self.write(frame[max(sent, 0):], broadcast.room, seq)
+            self.rooms[broadcast.room] = seq
+            if broadcast.mentions and self.nick_key in broadcast.mentions:
+                self.node.note_seen(self.nick_key, (broadcast,))
+            return
         if self.closed:
             return
         limit = self.node.settings.outbound_bytes
