@@ -10,8 +10,8 @@ text nodes outside ``<a>``, ``<code>`` and ``<pre>``". The order in the processo
 is therefore: filter the body, render it, :func:`find_mentions` on the HTML,
 resolve the keys against the users of the room (I/O, not here), then
 :func:`mark_mentions`. Marking happens after nh3 ran, so nothing strips the
-``<span>``; the HTML is re-serialised by this module from the parser's events,
-re-escaping every text node, so marking cannot make trusted HTML unsafe.
+``<span>``; the HTML is copied tag by tag (see ``_TOKEN``), re-escaping every
+text run, so marking cannot make trusted HTML unsafe.
 
 A candidate is ``@`` followed by 1–32 nick characters (Unicode letters and
 digits, ``_``, ``-``, ``.``); a trailing ``.`` is taken as punctuation
