@@ -89,7 +89,7 @@ class PollAnswer(NamedTuple):
 class Room:
     __slots__ = (
         "name", "last_seq", "ready", "live", "recent", "held", "waiters",
-        "filling", "idle_since",
+        "filling", "idle_since", "catching_up",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
@@ -102,6 +102,7 @@ class Room:
         self.waiters: list[tuple[int, int, asyncio.Future[PollAnswer]]] = []
         self.filling = False
         self.idle_since: float | None = None
+        self.catching_up = 0  # members between join and live; the room stays open for them
 
     def recent_after(self, since: int, limit: int) -> list[Broadcast] | None:
         """Messages with seq > ``since`` from memory, or None if memory doesn't reach back."""
@@ -269,6 +270,13 @@ class Hub:
 
     async def catch_up(self, member: Member, room: Room, cursor: int) -> None:
         """Send ``member`` everything after ``cursor``, then make it live."""
+        room.catching_up += 1
+        try:
+            await self._catch_up(member, room, cursor)
+        finally:
+            room.catching_up -= 1
+
+    async def _catch_up(self, member: Member, room: Room, cursor: int) -> None:
         while cursor < room.last_seq:
             batch = await self.read_after(room, cursor, self.backlog_page)
             if member.closed or not member.subscribed(room.name):
@@ -347,6 +355,7 @@ class Hub:
             name for name, room in self.rooms.items()
             if room.idle_since is not None and now - room.idle_since >= idle
             and not room.live and not room.waiters and not room.filling
+            and not room.catching_up
         ]
         for name in closed:
             del self.rooms[name]

@@ -303,3 +303,37 @@ class HubTest(AsyncTestCase):
         self.hub.forget_waiter(room, waiter, now=5.0)
         waiter.cancel()
         self.assertEqual(self.hub.close_idle_rooms(now=5.0 + ROOM_IDLE_SECONDS), ["r"])
+
+
+class RoomStaysOpenTest(AsyncTestCase):
+    """A member still catching up keeps its room open, however long that takes."""
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_idle_sweep_spares_a_room_with_a_member_catching_up(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            store = SQLiteStore(str(Path(folder) / "squall.db"))
+            await store.open()
+            try:
+                hub = Hub(store, recent_per_room=256, backlog_page=200, history_on_join=50)
+                await store.save_messages([
+                    Draft(room="r", nick="n", id=str(i), body="x", ts=0) for i in range(3)
+                ])
+                slow = RecordingMember("r")
+                gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+                async def wait_for_gate() -> None:
+                    await gate
+
+                slow.on_drain = wait_for_gate
+                room, cursor = await hub.join("r", 0)
+                catching = asyncio.ensure_future(hub.catch_up(slow, room, cursor))
+                await slow.received(1)
+                other = RecordingMember("r")
+                hub.leave(other, "r", now=0.0)  # the room looks idle since t=0
+                self.assertEqual(hub.close_idle_rooms(now=10_000.0), [])
+                gate.set_result(None)
+                await catching
+                self.assertIn(slow, room.live)
+                self.assertIs(hub.rooms["r"], room)
+            finally:
+                await store.close()
