@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from functools import cached_property
 
-__all__ = ["Broadcast", "encode_text_frame", "encode_close_frame"]
+__all__ = ["Broadcast", "encode_text_frame"]
 
 
 def encode_text_frame(payload: bytes) -> bytes:
@@ -24,12 +24,6 @@ def encode_text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, length)
     return header + payload
-
-
-def encode_close_frame(code: int, reason: str) -> bytes:
-    # RFC 6455 §5.5: control frames carry at most 125 bytes of payload.
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return struct.pack("!BB", 0x88, len(body)) + body
 
 
 class Broadcast:

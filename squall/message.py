@@ -46,20 +46,6 @@ class Draft:
             **({"previews": list(self.previews)} if self.previews else {}),
         }
 
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Draft:
-        return cls(
-            room=data["room"],
-            nick=data["nick"],
-            id=data["id"],
-            body=data["body"],
-            ts=data["ts"],
-            html=data.get("html", ""),
-            mentions=tuple(data.get("mentions", ())),
-            links=tuple(data.get("links", ())),
-            seq=data.get("seq"),
-        )
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LinkPreview:
