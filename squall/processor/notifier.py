@@ -74,6 +74,9 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before reading the store, not after: a poke that comes
+            # while this round reads must wake the next wait, not be lost.
+            self._wake.clear()
             try:
                 await self._flush_seen()
                 await self._round()
@@ -81,9 +84,6 @@ class Notifier:
             except Exception:
                 log.exception("notification round failed")
                 timeout = self.retry_min
-            if self._seen:
-                continue
-            self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
