@@ -6,7 +6,10 @@
     ├── ClientError            a peer sent something we refuse; carries a wire ``code``
     │   ├── BadRequest         malformed or out-of-range input (HTTP 400)
     │   ├── Unauthorized       missing, forged or expired token (HTTP 401, close 4001)
+    │   ├── Forbidden          refused on principle: a foreign Origin, WebSocket off (HTTP 403)
     │   ├── NotFound           unknown route or resource (HTTP 404)
+    │   ├── TooLarge           a request body over its limit (HTTP 413)
+    │   ├── UpgradeRequired    a WebSocket version other than 13 (HTTP 426)
     │   ├── Rejected           the processor's pipeline refused a message (HTTP 422)
     │   ├── RateLimited        too many sends too fast (HTTP 429)
     │   ├── Unavailable        the processor could not be reached in time (HTTP 503)
@@ -21,12 +24,18 @@ that escapes a handler is logged and answered with code ``internal`` and no deta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
     "SquallError",
     "ClientError",
     "BadRequest",
     "Unauthorized",
+    "Forbidden",
     "NotFound",
+    "TooLarge",
+    "UpgradeRequired",
     "Rejected",
     "RateLimited",
     "Unavailable",
@@ -50,6 +59,7 @@ class ClientError(SquallError):
 
     status = 400
     default_code = "bad_request"
+    headers: Mapping[str, str] = MappingProxyType({})  # sent with the HTTP error answer
 
     def __init__(self, reason: str, *, code: str | None = None) -> None:
         super().__init__(reason)
@@ -70,9 +80,26 @@ class Unauthorized(ClientError):
     default_code = "unauthorized"
 
 
+class Forbidden(ClientError):
+    status = 403
+    default_code = "forbidden"
+
+
 class NotFound(ClientError):
     status = 404
     default_code = "not_found"
+
+
+class TooLarge(ClientError):
+    status = 413
+    default_code = "too_large"
+
+
+class UpgradeRequired(ClientError):
+    status = 426
+    default_code = "bad_request"
+    # RFC 6455 §4.4: name the version we speak.
+    headers = MappingProxyType({"Sec-WebSocket-Version": "13"})
 
 
 class Rejected(ClientError):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from support import ChatClient, SquallProcess, http, run_async
+from support import ChatClient, SquallProcess, http, run_async, squall_server
 
 SQUALL_ENV = {"SQUALL_SEND_RATE": "1000", "SQUALL_SEND_BURST": "1000"}
 
@@ -409,3 +410,29 @@ def test_healthy_clients_still_get_their_messages(server: SquallProcess, token: 
 def test_bad_email_is_400(server: SquallProcess, token: str, body: Any, code: str) -> None:
     response = run_async(http(server.address, "PATCH", "/api/me", token=token, json_body=body))
     assert (response.status, response.json()["code"]) == (400, code)
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({**UPGRADE, "Sec-WebSocket-Version": "8"}, 426, "bad_request"),
+    ({**UPGRADE, "Sec-WebSocket-Version": "13", "Origin": "http://evil.example"}, 403, "forbidden"),
+    ({**UPGRADE, "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"}, 400, "bad_request"),
+    ({"Sec-WebSocket-Version": "13"}, 400, "bad_request"),
+])
+def test_bad_websocket_upgrades_get_their_status(
+    server: SquallProcess, token: str, headers: dict[str, str], status: int, code: str
+) -> None:
+    response = run_async(http(server.address, "GET", "/ws", token=token, headers=headers))
+    assert (response.status, response.json()["code"]) == (status, code), response
+    if status == 426:
+        assert response.headers["sec-websocket-version"] == "13"
+
+
+def test_no_websocket_refuses_the_upgrade_with_403(tmp_path: Path) -> None:
+    with squall_server(tmp_path, env={"SQUALL_WEBSOCKET": "false"}) as node:
+        token = node.session("walker")
+        headers = {**UPGRADE, "Sec-WebSocket-Version": "13"}
+        response = run_async(http(node.address, "GET", "/ws", token=token, headers=headers))
+        assert (response.status, response.json()["code"]) == (403, "websocket_disabled")

@@ -12,7 +12,7 @@ import orjson
 from tornado.httputil import HTTPHeaders
 from tornado.web import HTTPError, RequestHandler
 
-from ..errors import BadRequest, ClientError, Unauthorized
+from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -82,9 +82,7 @@ class BaseHandler(RequestHandler):
         length = self.request.headers.get("Content-Length")
         limit = self.node.settings.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            raise ClientError(
-                f"request body has {length} bytes, more than the limit of {limit}", code="too_large"
-            )
+            raise TooLarge(f"request body has {length} bytes, more than the limit of {limit}")
 
     def current_nick(self) -> str:
         """The caller's nick, or :class:`Unauthorized`."""
@@ -126,6 +124,8 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ClientError):
             body = exc.to_dict()
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif isinstance(exc, HTTPError) and status_code < 500:
             body = {"code": _HTTP_CODES.get(status_code, "bad_request"),
                     "reason": exc.log_message or self._reason}
@@ -138,10 +138,6 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ClientError):
             status_code = exc.status
-            if exc.code == "too_large":
-                status_code = 413
-            elif exc.code == "rate_limited":
-                status_code = 429
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

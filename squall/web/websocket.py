@@ -42,7 +42,14 @@ from tornado.websocket import WebSocketProtocol13
 from websockets.frames import Frame, Opcode
 from websockets.protocol import SEND_EOF, Protocol, Side, State
 
-from ..errors import ClientError, RateLimited
+from ..errors import (
+    BadRequest,
+    ClientError,
+    Forbidden,
+    RateLimited,
+    Unavailable,
+    UpgradeRequired,
+)
 from ..frames import Broadcast, encode_text_frame
 from ..limits import TokenBucket
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
@@ -74,14 +81,12 @@ class WebSocketEndpoint(BaseHandler):
     async def get(self) -> None:
         node = self.node
         if not node.settings.websocket:
-            raise ClientError(
+            raise Forbidden(
                 "WebSocket is disabled on this server; use long-polling or SSE",
                 code="websocket_disabled",
             )
         if node.stopping:
-            self.set_status(503)
-            self.write_json({"code": "unavailable", "reason": "the server is shutting down"}, 503)
-            return
+            raise Unavailable("the server is shutting down")
         key = self._check_upgrade()
         token, _by_cookie = token_from_request(self.request)
         nick = node.tokens.nick(token, now=time.monotonic())
@@ -108,25 +113,22 @@ class WebSocketEndpoint(BaseHandler):
     def _check_upgrade(self) -> str:
         headers = self.request.headers
         if headers.get("Upgrade", "").lower() != "websocket":
-            raise ClientError('Can "Upgrade" only to "WebSocket"', code="bad_request")
+            raise BadRequest('Can "Upgrade" only to "WebSocket"')
         connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
         if "upgrade" not in connection_tokens:
-            raise ClientError('"Connection" must include "Upgrade"', code="bad_request")
+            raise BadRequest('"Connection" must include "Upgrade"')
         if headers.get("Sec-WebSocket-Version") != "13":
-            self.set_header("Sec-WebSocket-Version", "13")
-            self.set_status(426)
-            raise ClientError("only WebSocket version 13 is supported", code="bad_request")
+            raise UpgradeRequired("only WebSocket version 13 is supported")
         key = headers.get("Sec-WebSocket-Key", "")
         try:
             valid = len(base64.b64decode(key, validate=True)) == 16
         except (binascii.Error, ValueError):
             valid = False
         if not valid:
-            raise ClientError("Sec-WebSocket-Key must be 16 bytes in base64", code="bad_request")
+            raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
         origin = headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):
-            self.set_status(403)
-            raise ClientError(f"cross-origin WebSocket from {origin[:80]} refused", code="forbidden")
+            raise Forbidden(f"cross-origin WebSocket from {origin[:80]} refused")
         return key
 
     def _origin_allowed(self, origin: str) -> bool:
