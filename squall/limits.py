@@ -1,8 +1,33 @@
-"""Rate limits without a clock: the caller passes ``now``."""
+"""Limits without I/O: send rates (time passed in) and outbound back-pressure."""
 
 from __future__ import annotations
 
-__all__ = ["TokenBucket"]
+import enum
+
+__all__ = ["TokenBucket", "Outbound", "outbound_verdict", "low_water"]
+
+
+class Outbound(enum.Enum):
+    SEND = "send"
+    DROP = "drop"  # an ephemeral event the client can do without
+    CUT = "cut"  # the client is too far behind: close it, it resumes with `since`
+
+
+def low_water(limit: int) -> int:
+    """Below this many queued bytes a client gets backlog and ephemeral events again."""
+    return limit // 2
+
+
+def outbound_verdict(*, buffered: int, size: int, limit: int, ephemeral: bool) -> Outbound:
+    """What to do with ``size`` more bytes for a client that has ``buffered`` queued.
+
+    One rule for every transport: ephemeral events (presence, typing, previews)
+    are dropped once the queue is over its low-water mark; a message that would
+    take it past ``limit`` cuts the client off, and it resumes without loss.
+    """
+    if ephemeral:
+        return Outbound.DROP if buffered > low_water(limit) else Outbound.SEND
+    return Outbound.CUT if buffered + size > limit else Outbound.SEND
 
 
 class TokenBucket:

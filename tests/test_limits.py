@@ -68,3 +68,18 @@ def test_backoff_doubles_to_its_cap_with_jitter() -> None:
     assert backoff_delay(3, low=0.1, high=5.0, rand=0.5) == pytest.approx(0.45)
     assert backoff_delay(100, low=0.1, high=5.0, rand=1.0) == pytest.approx(5.0)
     assert backoff_delay(100, low=10.0, high=3600.0, rand=0.0) == 10.0
+
+
+@pytest.mark.parametrize(("buffered", "size", "ephemeral", "verdict"), [
+    (0, 100, False, "send"),
+    (900, 100, False, "send"),  # exactly at the limit still fits
+    (901, 100, False, "cut"),
+    (0, 100, True, "send"),
+    (500, 100, True, "send"),  # at the low-water mark
+    (501, 10, True, "drop"),
+])
+def test_outbound_verdict(buffered: int, size: int, ephemeral: bool, verdict: str) -> None:
+    from squall.limits import outbound_verdict
+
+    got = outbound_verdict(buffered=buffered, size=size, limit=1000, ephemeral=ephemeral)
+    assert got.value == verdict

@@ -16,6 +16,7 @@ import orjson
 from tornado.iostream import StreamClosedError
 
 from ..frames import Broadcast
+from ..limits import Outbound, low_water, outbound_verdict
 from ..protocol import check_room, int_param, nick_key
 from .base import BaseHandler
 from .longpoll import MAX_SEQ
@@ -27,6 +28,7 @@ __all__ = ["EventsHandler"]
 class EventsHandler(BaseHandler):
     closed = False
     _room: str = ""
+    _key: str = ""  # the nick, casefolded
     _done: asyncio.Future[None] | None = None
 
     async def get(self, room_name: str) -> None:
@@ -38,11 +40,12 @@ class EventsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
         self._room = room_name
+        self._key = nick_key(nick)
         self._done = asyncio.get_running_loop().create_future()
         node = self.node
         room, cursor = await node.hub.join(room_name, since)
         node.event_streams.add(self)
-        node.announce(node.presence.connect(room_name, nick, nick_key(nick)))
+        node.announce(node.presence.connect(room_name, nick, self._key))
         joined = {
             "type": "joined", "room": room_name, "seq": room.last_seq,
             "members": node.presence.members(room_name),
@@ -63,20 +66,22 @@ class EventsHandler(BaseHandler):
         if self.closed:
             return
         stream = self.request.connection.stream  # type: ignore[union-attr]
-        pending = buffered_bytes(stream)
-        limit = self.node.settings.outbound_bytes
-        if broadcast.ephemeral and pending > limit // 2:
+        verdict = outbound_verdict(
+            buffered=buffered_bytes(stream), size=len(broadcast.sse_event),
+            limit=self.node.settings.outbound_bytes, ephemeral=broadcast.ephemeral,
+        )
+        if verdict is Outbound.DROP:
             return
-        if pending + len(broadcast.sse_event) > limit:
+        if verdict is Outbound.CUT:
             self.end()  # too slow: EventSource reconnects with Last-Event-ID
             return
         self._write(broadcast.sse_event)
         if broadcast.mentions:
-            self.node.note_seen(nick_key(self._nick or ""), (broadcast,))
+            self.node.note_seen(self._key, (broadcast,))
 
     async def drain(self) -> None:
         stream = self.request.connection.stream  # type: ignore[union-attr]
-        if self.closed or buffered_bytes(stream) <= self.node.settings.outbound_bytes // 2:
+        if self.closed or buffered_bytes(stream) <= low_water(self.node.settings.outbound_bytes):
             return
         try:
             await self.flush()
@@ -112,5 +117,4 @@ class EventsHandler(BaseHandler):
         if self in node.event_streams:
             node.event_streams.discard(self)
             node.hub.leave(self, self._room, now=time.monotonic())
-            nick = self._nick or ""
-            node.announce(node.presence.disconnect(self._room, nick_key(nick)))
+            node.announce(node.presence.disconnect(self._room, self._key))

@@ -51,7 +51,7 @@ from ..errors import (
     UpgradeRequired,
 )
 from ..frames import Broadcast, encode_text_frame
-from ..limits import TokenBucket
+from ..limits import Outbound, TokenBucket, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler, token_from_request
 from .streams import take_socket
@@ -267,7 +267,7 @@ class ChatConnection:
             self._half_close()
 
     def _wake_drain(self) -> None:
-        if self._drained is not None and self._out_size <= self.node.settings.outbound_bytes // 2:
+        if self._drained is not None and self._out_size <= low_water(self.node.settings.outbound_bytes):
             self._drained.set_result(None)
             self._drained = None
 
@@ -448,14 +448,15 @@ class ChatConnection:
             return
         if self.closed:
             return
-        limit = self.node.settings.outbound_bytes
-        if broadcast.ephemeral:
-            if self._out_size > limit // 2:
-                return
-        elif self._out_size + len(broadcast.ws_frame) > limit:
+        verdict = outbound_verdict(
+            buffered=self._out_size, size=len(broadcast.ws_frame),
+            limit=self.node.settings.outbound_bytes, ephemeral=broadcast.ephemeral,
+        )
+        if verdict is Outbound.DROP:
+            return
+        if verdict is Outbound.CUT:
             self._too_slow()
             return
-        seq = broadcast.seq
         if seq is None:
             self.write(broadcast.ws_frame)
         else:
@@ -465,9 +466,7 @@ class ChatConnection:
                 self.node.note_seen(self.nick_key, (broadcast,))
 
     async def drain(self) -> None:
-        # Low-water mark: half the outbound limit, the level above which
-        # ephemeral events are dropped too.
-        if self._out_size > self.node.settings.outbound_bytes // 2 and not self.closed:
+        if self._out_size > low_water(self.node.settings.outbound_bytes) and not self.closed:
             if self._drained is None:
                 self._drained = self.loop.create_future()
             await asyncio.shield(self._drained)
