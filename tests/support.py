@@ -335,6 +335,15 @@ async def _read_chunk(reader: asyncio.StreamReader) -> bytes:
     return data
 
 
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a connection and wait for it; a peer that already reset it is fine."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
 async def http(
     address: tuple[str, int], method: str, path: str, *, token: str | None = None,
     json_body: Any = None, body: bytes | None = None, headers: Mapping[str, str] | None = None,
@@ -363,11 +372,7 @@ async def http(
 
         return await asyncio.wait_for(read(), timeout)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(writer)
 
 
 # -- Server-Sent Events -------------------------------------------------------------
@@ -454,11 +459,7 @@ class EventStream:
                 return event
 
     async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(self.writer)
 
 
 # -- WebSocket ------------------------------------------------------------------------
@@ -556,8 +557,4 @@ class LineClient:
         return await asyncio.wait_for(self.reader.read(), timeout)
 
     async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(self.writer)

@@ -40,8 +40,7 @@ PAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def good_site() -> Iterator[LocalSite]:
+def _site() -> Iterator[LocalSite]:
     site = LocalSite(PAGES)
     try:
         yield site
@@ -49,13 +48,9 @@ def good_site() -> Iterator[LocalSite]:
         site.close()
 
 
-@pytest.fixture(scope="module")
-def refused_site() -> Iterator[LocalSite]:
-    site = LocalSite(PAGES)
-    try:
-        yield site
-    finally:
-        site.close()
+# Two sites serving the same pages: only the first is on the preview allow-list.
+good_site = pytest.fixture(scope="module", name="good_site")(_site)
+refused_site = pytest.fixture(scope="module", name="refused_site")(_site)
 
 
 @pytest.fixture(scope="module")
