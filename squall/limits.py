@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from .errors import RateLimited
+
 __all__ = ["TokenBucket", "Outbound", "outbound_verdict", "low_water"]
 
 
@@ -54,3 +56,10 @@ class TokenBucket:
     def retry_after(self) -> float:
         """Seconds until the next token, for the client's benefit."""
         return max(0.0, (1.0 - self._tokens) / self.rate)
+
+    def check_send(self, *, now: float) -> None:
+        """Spend a token for a message, or raise :class:`RateLimited` saying when to retry."""
+        if not self.take(now=now):
+            raise RateLimited(
+                f"more than {self.rate:g} messages per second; retry in {self.retry_after():.2f} s"
+            )

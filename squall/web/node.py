@@ -23,7 +23,6 @@ from tornado.log import access_log
 
 from ..bus import Bus, open_bus
 from ..config import Settings
-from ..errors import RateLimited
 from ..frames import Broadcast
 from ..hub import Hub
 from ..limits import TokenBucket
@@ -163,11 +162,7 @@ class WebNode:
             bucket = self._http_buckets[nick_key] = TokenBucket(
                 rate=self.settings.send_rate, burst=self.settings.send_burst, now=now
             )
-        if not bucket.take(now=now):
-            raise RateLimited(
-                f"more than {self.settings.send_rate:g} messages per second;"
-                f" retry in {bucket.retry_after():.2f} s"
-            )
+        bucket.check_send(now=now)
 
     async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``)."""

@@ -46,7 +46,6 @@ from ..errors import (
     BadRequest,
     ClientError,
     Forbidden,
-    RateLimited,
     Unavailable,
     UpgradeRequired,
 )
@@ -366,11 +365,7 @@ class ChatConnection:
         if self.bucket is None:
             self.bucket = TokenBucket(rate=settings.send_rate, burst=settings.send_burst, now=now)
         try:
-            if not self.bucket.take(now=now):
-                raise RateLimited(
-                    f"more than {settings.send_rate:g} messages per second;"
-                    f" retry in {self.bucket.retry_after():.2f} s"
-                )
+            self.bucket.check_send(now=now)
             message = await self.node.send(
                 room=command.room, nick=self.nick, body=command.body, id=command.id
             )
