@@ -32,7 +32,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -41,7 +41,7 @@ from .message import Draft
 from .protocol import nick_key
 from .store import Store
 
-__all__ = ["Hub", "Room", "Member", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
+__all__ = ["Hub", "Room", "Member", "Waiter", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
 
 log = logging.getLogger("squall.hub")
 
@@ -78,12 +78,28 @@ def encode_poll_body(messages: Iterable[Broadcast], last_seq: int) -> bytes:
     return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % last_seq
 
 
-class PollAnswer(NamedTuple):
+class PollAnswer:
     """A long-poll answer: the encoded body, shared by every poller on the same
-    cursor, and the messages in it."""
+    cursor, and the messages in it.
 
-    body: bytes
-    messages: list[Broadcast]
+    ``wire`` is for the transport: the body framed as a response, built by the
+    first poller that sends it and reused by the rest.
+    """
+
+    __slots__ = ("body", "messages", "wire")
+
+    def __init__(self, body: bytes, messages: list[Broadcast]) -> None:
+        self.body = body
+        self.messages = messages
+        self.wire: bytes | None = None
+
+
+class Waiter(Protocol):
+    """A parked long-poll."""
+
+    def answered(self, answer: PollAnswer) -> None:
+        """The poll's answer. Called once; the hub has already let go of the waiter.
+        Must not block or await."""
 
 
 class Room:
@@ -99,7 +115,7 @@ class Room:
         self.live: dict[Member, None] = {}  # an ordered set
         self.recent: deque[Broadcast] = deque(maxlen=recent)
         self.held: dict[int, Broadcast] = {}  # arrived ahead of a gap
-        self.waiters: list[tuple[int, int, asyncio.Future[PollAnswer]]] = []
+        self.waiters: dict[Waiter, tuple[int, int]] = {}  # parked poll → (since, limit)
         self.filling = False
         self.idle_since: float | None = None
         self.catching_up = 0  # members between join and live; the room stays open for them
@@ -314,24 +330,24 @@ class Hub:
 
     # -- long-polling ---------------------------------------------------
 
-    def wait(self, room: Room, since: int, limit: int) -> asyncio.Future[PollAnswer]:
-        """A future resolved with the poll answer once a message after ``since`` arrives.
-
-        Cancel it when the poller goes away or its wait runs out.
-        """
-        future: asyncio.Future[PollAnswer] = asyncio.get_running_loop().create_future()
-        room.waiters.append((since, limit, future))
+    def park(self, room: Room, since: int, limit: int, waiter: Waiter) -> None:
+        """Answer ``waiter`` once a message after ``since`` arrives (at most
+        ``limit`` of them). Call :meth:`unpark` if it goes away first."""
+        room.waiters[waiter] = (since, limit)
         room.idle_since = None
-        return future
+
+    def unpark(self, room: Room, waiter: Waiter, *, now: float) -> None:
+        """``waiter`` stopped waiting (answered, timed out or hung up)."""
+        room.waiters.pop(waiter, None)
+        if not room.live and not room.waiters:
+            room.idle_since = now
 
     def _answer_waiters(self, room: Room) -> None:
         answers: dict[tuple[int, int], PollAnswer] = {}
-        still_waiting = []
-        for since, limit, future in room.waiters:
-            if future.done():
-                continue
+        parked, room.waiters = room.waiters, {}
+        for waiter, (since, limit) in parked.items():
             if since >= room.last_seq:
-                still_waiting.append((since, limit, future))
+                room.waiters[waiter] = (since, limit)
                 continue
             answer = answers.get((since, limit))
             if answer is None:
@@ -339,13 +355,7 @@ class Hub:
                 answer = answers[(since, limit)] = PollAnswer(
                     encode_poll_body(messages, room.last_seq), messages
                 )
-            future.set_result(answer)
-        room.waiters = still_waiting
-
-    def forget_waiter(self, room: Room, future: asyncio.Future[PollAnswer], *, now: float) -> None:
-        room.waiters = [w for w in room.waiters if w[2] is not future]
-        if not room.live and not room.waiters:
-            room.idle_since = now
+            waiter.answered(answer)
 
     # -- housekeeping ---------------------------------------------------
 
@@ -361,10 +371,15 @@ class Hub:
             del self.rooms[name]
         return closed
 
+    def waiting_polls(self) -> int:
+        """How many long-polls are parked, in all rooms."""
+        return sum(len(room.waiters) for room in self.rooms.values())
+
     def answer_all_waiters(self) -> None:
         """At shutdown: answer every long-poll now, with what it has."""
         for room in self.rooms.values():
-            for _since, _limit, future in room.waiters:
-                if not future.done():
-                    future.set_result(PollAnswer(encode_poll_body((), room.last_seq), []))
-            room.waiters = []
+            parked, room.waiters = room.waiters, {}
+            if parked:
+                answer = PollAnswer(encode_poll_body((), room.last_seq), [])
+                for waiter in parked:
+                    waiter.answered(answer)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from squall.frames import Broadcast
-from squall.hub import ROOM_IDLE_SECONDS, Hub, broadcast_from_draft
+from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft
 from squall.message import Draft
 from squall.store.sqlite import SQLiteStore
 
@@ -59,6 +59,17 @@ class RecordingMember:
     @property
     def seqs(self) -> list[int | None]:
         return [b.seq for b in self.delivered]
+
+
+class ParkedPoll:
+    """A long-poll parked on the hub: remembers its one answer."""
+
+    def __init__(self) -> None:
+        self.answer: PollAnswer | None = None
+
+    def answered(self, answer: PollAnswer) -> None:
+        assert self.answer is None, "answered twice"
+        self.answer = answer
 
 
 class HubTest(AsyncTestCase):
@@ -231,40 +242,64 @@ class HubTest(AsyncTestCase):
     async def test_waiters_on_one_cursor_get_the_identical_bytes(self) -> None:
         await self.save_and_receive("r", 2)
         room = await self.hub.room("r")
-        first = self.hub.wait(room, 2, 100)
-        second = self.hub.wait(room, 2, 100)
-        narrow = self.hub.wait(room, 2, 1)
-        ahead = self.hub.wait(room, 5, 100)
+        first, second, narrow, ahead = (ParkedPoll() for _ in range(4))
+        self.hub.park(room, 2, 100, first)
+        self.hub.park(room, 2, 100, second)
+        self.hub.park(room, 2, 1, narrow)
+        self.hub.park(room, 5, 100, ahead)
         [third] = await self.save_and_receive("r", 1)
-        self.assertTrue(first.done() and second.done() and narrow.done())
-        self.assertIs(first.result().body, second.result().body)
-        self.assertEqual([b.seq for b in first.result().messages], [3])
-        body = json.loads(first.result().body)
+        assert first.answer is not None and second.answer is not None and narrow.answer is not None
+        self.assertIs(first.answer, second.answer)
+        self.assertEqual([b.seq for b in first.answer.messages], [3])
+        body = json.loads(first.answer.body)
         self.assertEqual(body["seq"], 3)
         self.assertEqual([m["id"] for m in body["messages"]], [third.id])
-        self.assertEqual(json.loads(narrow.result().body), body)
-        self.assertFalse(ahead.done())
-        self.hub.forget_waiter(room, ahead, now=0.0)
-        ahead.cancel()
-        self.assertEqual(room.waiters, [])
+        self.assertEqual(json.loads(narrow.answer.body), body)
+        self.assertIsNone(ahead.answer)
+        self.assertEqual(list(room.waiters), [ahead])
+        self.hub.unpark(room, ahead, now=0.0)
+        self.assertEqual(room.waiters, {})
 
     @gen_test(timeout=TIMEOUT)
     async def test_answer_all_waiters_answers_with_nothing_new(self) -> None:
         await self.save_and_receive("r", 1)
         room = await self.hub.room("r")
-        waiter = self.hub.wait(room, 1, 100)
+        waiter = ParkedPoll()
+        self.hub.park(room, 1, 100, waiter)
         self.hub.answer_all_waiters()
-        self.assertEqual(json.loads(waiter.result().body), {"messages": [], "seq": 1})
-        self.assertEqual(room.waiters, [])
+        assert waiter.answer is not None
+        self.assertEqual(json.loads(waiter.answer.body), {"messages": [], "seq": 1})
+        self.assertEqual(room.waiters, {})
 
     @gen_test(timeout=TIMEOUT)
-    async def test_cancelled_waiter_is_skipped(self) -> None:
+    async def test_unparked_waiter_is_not_answered(self) -> None:
         room = await self.hub.room("r")
-        gone = self.hub.wait(room, 0, 100)
-        gone.cancel()
-        staying = self.hub.wait(room, 0, 100)
+        gone, staying = ParkedPoll(), ParkedPoll()
+        self.hub.park(room, 0, 100, gone)
+        self.hub.park(room, 0, 100, staying)
+        self.hub.unpark(room, gone, now=0.0)
         await self.save_and_receive("r", 1)
-        self.assertEqual(json.loads(staying.result().body)["seq"], 1)
+        self.assertIsNone(gone.answer)
+        assert staying.answer is not None
+        self.assertEqual(json.loads(staying.answer.body)["seq"], 1)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_waiter_may_park_again_while_being_answered(self) -> None:
+        """A pipelined poll parks from inside the answer to the one before it."""
+        room = await self.hub.room("r")
+        again = ParkedPoll()
+
+        class Repark(ParkedPoll):
+            def answered(inner, answer: PollAnswer) -> None:
+                super().answered(answer)
+                self.hub.park(room, 1, 100, again)
+
+        self.hub.park(room, 0, 100, Repark())
+        await self.save_and_receive("r", 1)
+        self.assertEqual(list(room.waiters), [again])
+        await self.save_and_receive("r", 1)
+        assert again.answer is not None
+        self.assertEqual(json.loads(again.answer.body)["seq"], 2)
 
     @gen_test(timeout=TIMEOUT)
     async def test_read_after_comes_from_memory_or_the_store(self) -> None:
@@ -298,10 +333,10 @@ class HubTest(AsyncTestCase):
     async def test_a_waiting_poller_keeps_its_room_open(self) -> None:
         room = await self.hub.room("r")
         room.idle_since = 0.0
-        waiter = self.hub.wait(room, 0, 10)
+        waiter = ParkedPoll()
+        self.hub.park(room, 0, 10, waiter)
         self.assertEqual(self.hub.close_idle_rooms(now=1e9), [])
-        self.hub.forget_waiter(room, waiter, now=5.0)
-        waiter.cancel()
+        self.hub.unpark(room, waiter, now=5.0)
         self.assertEqual(self.hub.close_idle_rooms(now=5.0 + ROOM_IDLE_SECONDS), ["r"])
 
 

@@ -8,7 +8,7 @@ from tornado.tcpclient import TCPClient
 from tornado.tcpserver import TCPServer
 from tornado.testing import AsyncTestCase, bind_unused_port, gen_test
 
-from squall.web.streams import buffered_bytes, check_internals, take_socket
+from squall.web.streams import buffered_bytes, check_internals, give_socket, take_socket
 
 
 class _Accept(TCPServer):
@@ -63,6 +63,24 @@ class StreamInternalsTest(AsyncTestCase):
                 assert received == b"after the request!"
             finally:
                 sock.close()
+        finally:
+            client.close()
+            server.stop()
+
+    @gen_test
+    async def test_give_socket_reads_the_bytes_handed_back_first(self) -> None:
+        client, accepted, server = await self._pair()
+        try:
+            await client.write(b"first part, ")
+            await accepted.read_bytes(5)
+            sock, leftover = take_socket(accepted)
+            stream = give_socket(sock, leftover + b"and more, ")
+            try:
+                await client.write(b"then the socket\n")
+                line = await stream.read_until(b"\n")
+                assert line == b" part, and more, then the socket\n"
+            finally:
+                stream.close()
         finally:
             client.close()
             server.stop()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from http.cookies import Morsel
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPServerRequest, parse_cookie
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
@@ -17,7 +15,9 @@ from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
 if TYPE_CHECKING:
     from .node import WebNode
 
-__all__ = ["BaseHandler", "NotFoundHandler", "COOKIE_NAME", "token_from_request", "query_argument"]
+__all__ = [
+    "BaseHandler", "NotFoundHandler", "COOKIE_NAME", "find_token", "token_from_request", "query_argument",
+]
 
 log = logging.getLogger("squall.web")
 
@@ -29,39 +29,34 @@ _HTTP_CODES = {
 }
 
 
-class RequestLike(Protocol):
-    """What token and query helpers read: Tornado's ``HTTPServerRequest`` or the
-    long-poll endpoint's lighter ``PollRequest``."""
-
-    headers: HTTPHeaders
-    query_arguments: dict[str, list[bytes]]
-
-    @property
-    def cookies(self) -> Mapping[str, Morsel[str]]: ...
-
-
-def query_argument(request: RequestLike, name: str) -> str | None:
+def query_argument(request: HTTPServerRequest, name: str) -> str | None:
     """The last value of query parameter ``name``, or None."""
     values = request.query_arguments.get(name)
     return values[-1].decode("utf-8", "replace") if values else None
 
 
-def token_from_request(request: RequestLike) -> tuple[str | None, bool]:
+def token_from_request(request: HTTPServerRequest) -> tuple[str | None, bool]:
+    """The token of a Tornado request; see :func:`find_token`."""
+    return find_token(
+        request.headers.get("Authorization", ""), query_argument(request, "token"),
+        request.headers.get("Cookie"),
+    )
+
+
+def find_token(authorization: str, query_token: str | None, cookie: str | None) -> tuple[str | None, bool]:
     """The token from ``Authorization: Bearer``, ``?token=`` or the cookie.
 
     The flag says whether it came from the cookie, which a browser sends by
     itself and which therefore needs the XSRF check on writes.
     """
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip(), False
-    token = query_argument(request, "token")
-    if token:
-        return token, False
-    if "Cookie" not in request.headers:
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip(), False
+    if query_token:
+        return query_token, False
+    if not cookie:
         return None, False
-    morsel = request.cookies.get(COOKIE_NAME)
-    return (morsel.value, True) if morsel is not None else (None, False)
+    token = parse_cookie(cookie).get(COOKIE_NAME)
+    return (token, True) if token else (None, False)
 
 
 class BaseHandler(RequestHandler):

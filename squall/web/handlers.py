@@ -97,6 +97,12 @@ class HealthHandler(BaseHandler):
             "processor": "connected" if self.node.link.connected.is_set() else "unreachable",
             "pending_sends": self.node.link.pending,
             "websocket": self.node.settings.websocket,
+            "connections": {
+                "websocket": len(self.node.websockets),
+                "sse": len(self.node.event_streams),
+                "long_poll": len(self.node.poll_connections),
+            },
+            "waiting_polls": self.node.hub.waiting_polls(),
         })
 
 

@@ -1,17 +1,22 @@
 """``/api/rooms/R/messages``: history, long-polling and plain HTTP sends.
 
 A poll whose cursor is behind the room is answered at once. One whose cursor is
-at the end waits on the hub; every poller waiting on the same cursor is
-answered with the same encoded body. A poller that hangs up stops waiting
-(the connection's close callback cancels its future), so nothing piles up for it.
+at the end parks on the hub; every poller parked on the same cursor is answered
+with the same bytes — body and response head encoded once. A poller that hangs
+up stops waiting, so nothing piles up for it.
 
-Polls are the web node's busiest requests — one per message per poller — so a
-``GET`` never reaches Tornado's application: :class:`PollFirst`, the HTTP
-server's delegate, recognises it from the request line and hands it to
-:class:`PollEndpoint`, which answers with one ``write_headers`` call — no
-``HTTPServerRequest``, routing table, ``RequestHandler`` or access-log line per
-success. Every other request goes to the application unchanged; ``POST`` (a
-send) is an ordinary handler.
+Polls are the web node's busiest requests — one per message per poller — so
+they do not go through Tornado's per-request machinery. :class:`PollFirst`, the
+HTTP server's delegate, recognises a poll ``GET`` from its head and hands the
+connection's socket to a :class:`PollConnection`, which serves that poll and
+every following one on the connection itself: the event loop's reader
+callback, the plain parser of :mod:`squall.http1`, one ``socket.send`` per
+answer, and no coroutine, future or task unless the store must be read. The
+first request on the connection that is not a plain poll ``GET`` (a send, a
+page, anything unusual) gives the socket back to Tornado, with the bytes read
+so far, as if nothing had happened.
+
+``POST`` (a send) is an ordinary handler.
 """
 
 from __future__ import annotations
@@ -19,13 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from collections.abc import Awaitable
-from http.cookies import CookieError, Morsel, SimpleCookie
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from tornado.escape import parse_qs_bytes
 from tornado.http1connection import HTTP1Connection
 from tornado.httputil import (
     HTTPConnection,
@@ -35,66 +38,40 @@ from tornado.httputil import (
     RequestStartLine,
     ResponseStartLine,
 )
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream
 from tornado.web import Application
 
+import orjson
+
 from ..errors import BadRequest, ClientError, Unauthorized
+from ..frames import Broadcast
+from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
-from .base import BaseHandler, query_argument, token_from_request
+from .base import BaseHandler, find_token
+from .streams import give_socket, take_socket
 
 if TYPE_CHECKING:
     from .node import WebNode
 
-__all__ = ["MessagesHandler", "PollEndpoint", "PollFirst", "PollRequest", "MAX_SEQ"]
+__all__ = ["MessagesHandler", "PollConnection", "PollFirst", "MAX_SEQ"]
 
 log = logging.getLogger("squall.web")
 
 # Seq numbers are JavaScript-safe integers.
 MAX_SEQ = 2**53 - 1
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error"}
-
-
+_READ_SIZE = 64 * 1024
 _POLL_PATH = re.compile(r"/api/rooms/[^/?]+/messages(?:\?|$)")
-
-
-class PollRequest:
-    """What a poll needs of its request, without Tornado's ``HTTPServerRequest``
-    (whose construction, with a deep copy of the arguments, is a fifth of a poll)."""
-
-    __slots__ = ("uri", "path", "headers", "query_arguments", "connection", "_cookies")
-
-    def __init__(self, start_line: RequestStartLine, headers: HTTPHeaders, connection: HTTP1Connection) -> None:
-        self.uri = start_line.path
-        self.path, _, query = start_line.path.partition("?")
-        self.headers = headers
-        self.query_arguments = parse_qs_bytes(query, keep_blank_values=True)
-        self.connection = connection
-        self._cookies: dict[str, Morsel[str]] | None = None
-
-    @property
-    def cookies(self) -> dict[str, Morsel[str]]:
-        if self._cookies is None:
-            cookie = SimpleCookie()
-            try:
-                cookie.load(self.headers.get("Cookie", ""))
-            except CookieError:
-                pass
-            self._cookies = dict(cookie)
-        return self._cookies
-
-    @property
-    def remote_ip(self) -> str:
-        return str(getattr(self.connection.context, "remote_ip", ""))
+_INTERNAL = b'{"code":"internal","reason":"the server failed to handle this request"}'
 
 
 class PollFirst(HTTPServerConnectionDelegate):
-    """The HTTP server's delegate: long-poll GETs are served here, everything else
-    goes to the Tornado application as usual."""
+    """The HTTP server's delegate: a connection's first poll ``GET`` takes it over
+    to a :class:`PollConnection`; everything else goes to the application."""
 
-    def __init__(self, app: Application, endpoint: PollEndpoint) -> None:
+    def __init__(self, app: Application, node: WebNode) -> None:
         self.app = app
-        self.endpoint = endpoint
+        self.node = node
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         return _PollOrApp(self, server_conn, request_conn)
@@ -104,35 +81,39 @@ class PollFirst(HTTPServerConnectionDelegate):
 
 
 class _PollOrApp(HTTPMessageDelegate):
-    __slots__ = ("router", "server_conn", "request_conn", "poll", "inner")
+    __slots__ = ("router", "server_conn", "request_conn", "inner")
 
     def __init__(self, router: PollFirst, server_conn: object, request_conn: HTTPConnection) -> None:
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn
-        self.poll: PollRequest | None = None
         self.inner: HTTPMessageDelegate | None = None
 
     def headers_received(
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, RequestStartLine)
+        connection = self.request_conn
         if (
             start_line.method == "GET" and _POLL_PATH.match(start_line.path)
-            and isinstance(self.request_conn, HTTP1Connection)
+            and isinstance(connection, HTTP1Connection)
+            and not isinstance(connection.stream, SSLIOStream)
         ):
-            self.poll = PollRequest(start_line, headers, self.request_conn)
-            return None
-        self.inner = self.router.app.start_request(self.server_conn, self.request_conn)
+            minor_version = 1 if start_line.version == "HTTP/1.1" else 0
+            head = RequestHead.from_fields(start_line.path, minor_version, list(headers.get_all()))
+            if head is not None:
+                address = connection.context.address  # type: ignore[attr-defined]
+                sock, read_ahead = take_socket(connection.detach())
+                PollConnection(self.router.node, sock, address).start(head, read_ahead)
+                return None
+        self.inner = self.router.app.start_request(self.server_conn, connection)
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self.inner.data_received(chunk) if self.inner is not None else None
 
     def finish(self) -> None:
-        if self.poll is not None:
-            asyncio.ensure_future(self.router.endpoint.serve(self.poll))
-        elif self.inner is not None:
+        if self.inner is not None:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
@@ -140,105 +121,310 @@ class _PollOrApp(HTTPMessageDelegate):
             self.inner.on_connection_close()
 
 
-class PollEndpoint:
-    """``GET /api/rooms/R/messages``: history and long-polls, answered in one write."""
+class Poll:
+    """One poll request, read and checked: who asks, for which room, from where."""
 
-    def __init__(self, node: WebNode) -> None:
-        self.node = node
+    __slots__ = ("target", "room", "nick", "nick_key", "since", "before", "limit", "wait")
 
-    async def serve(self, request: PollRequest) -> None:
-        connection = request.connection
-        waiting: list[asyncio.Future[PollAnswer]] = []
-
-        def hung_up() -> None:
-            for future in waiting:
-                future.cancel()
-
-        connection.set_close_callback(hung_up)
-        try:
-            status, body = 200, await self._answer(request, waiting)
-        except ClientError as exc:
-            status, body = exc.status, orjson.dumps(exc.to_dict())
-        except asyncio.CancelledError:
-            return  # the poller hung up
-        except Exception:
-            log.exception("GET %s failed", request.uri)
-            status, body = 500, b'{"code":"internal","reason":"the server failed to handle this request"}'
-        connection.set_close_callback(None)
-        headers = HTTPHeaders({
-            "Content-Type": "application/json; charset=utf-8",
-            "Content-Length": str(len(body)),
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        })
-        try:
-            connection.write_headers(ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")), headers, body)
-            connection.finish()
-        except StreamClosedError:
-            return
-        if status >= 400:
-            log.warning("%d GET %s (%s)", status, request.uri, request.remote_ip)
-
-    async def _answer(self, request: PollRequest, waiting: list[asyncio.Future[PollAnswer]]) -> bytes:
-        node = self.node
+    def __init__(self, node: WebNode, head: RequestHead) -> None:
         settings = node.settings
-        token, _by_cookie = token_from_request(request)
+        self.target = head.target
+        path, _, query = head.target.partition("?")
+        params = query_params(query)
+        token, _by_cookie = find_token(
+            head.headers.get("authorization", ""), params.get("token"), head.headers.get("cookie")
+        )
         nick = node.tokens.nick(token, now=time.monotonic())
         if nick is None:
             raise Unauthorized(
                 "session token is missing, invalid or expired; create one with POST /api/session"
             )
-        path_room = request.path.split("/")[3]
-        room_name = check_room(path_room)
-        since = int_param(query_argument(request, "since"), "since", default=None, low=0, high=MAX_SEQ)
-        before = int_param(query_argument(request, "before"), "before", default=None, low=1, high=MAX_SEQ)
+        self.nick = nick
+        self.nick_key = nick_key(nick)
+        self.room = check_room(path.split("/")[3])
+        self.since = int_param(params.get("since"), "since", default=None, low=0, high=MAX_SEQ)
+        self.before = int_param(params.get("before"), "before", default=None, low=1, high=MAX_SEQ)
         limit = int_param(
-            query_argument(request, "limit"), "limit",
+            params.get("limit"), "limit",
             default=settings.poll_limit_default, low=1, high=settings.poll_limit_max,
         )
-        wait = float_param(
-            query_argument(request, "wait"), "wait",
+        assert limit is not None
+        self.limit = limit
+        self.wait = float_param(
+            params.get("wait"), "wait",
             default=settings.poll_wait_default, low=0, high=settings.poll_wait_max,
         )
-        assert limit is not None
-        if since is not None and before is not None:
+        if self.since is not None and self.before is not None:
             raise BadRequest("give either since or before, not both", code="bad_param")
 
-        hub = node.hub
-        key = nick_key(nick)
-        if since is None:
-            # History: the newest `limit` messages (before `before`), at once.
-            messages = await hub.read_before(room_name, before, limit)
-            room = await hub.room(room_name)
-            node.note_seen(key, messages)
-            return encode_poll_body(messages, room.last_seq)
 
-        node.announce(node.presence.poll(room_name, nick, key, now=time.monotonic(), wait=wait))
-        room = await hub.room(room_name)
+class PollConnection:
+    """A keep-alive HTTP connection serving long-polls, on a socket the node owns.
+
+    At any moment it is doing one of: reading the next request head (*idle*),
+    reading the store for a poll (``task``), parked on a room (``room``), or
+    sending an answer the kernel did not take at once (``unsent``). Requests
+    that arrive meanwhile wait in ``inbox``, which is read no further than
+    :data:`~squall.http1.MAX_HEAD_BYTES` while the connection is busy.
+    """
+
+    __slots__ = (
+        "node", "sock", "fd", "loop", "address", "inbox", "unsent", "reading", "keep_alive",
+        "poll", "room", "timer", "task", "closed", "idle_since",
+    )
+
+    def __init__(self, node: WebNode, sock: socket.socket, address: Any) -> None:
+        self.node = node
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.address = address
+        self.inbox = bytearray()
+        self.unsent: memoryview | None = None
+        self.reading = False
+        self.keep_alive = True
+        self.poll: Poll | None = None  # the poll being served, if any
+        self.room: Room | None = None  # where it is parked, if it is
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Future[None] | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        return self.poll is None and self.unsent is None and not self.closed
+
+    def start(self, head: RequestHead, read_ahead: bytes) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.node.poll_connections.add(self)
+        self.inbox += read_ahead
+        self._read(True)
+        self._serve(head)
+        self._next()
+
+    # -- reading requests -----------------------------------------------
+
+    def _read(self, on: bool) -> None:
+        if on and not self.reading:
+            self.loop.add_reader(self.fd, self._on_readable)
+        elif not on and self.reading:
+            self.loop.remove_reader(self.fd)
+        self.reading = on
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # a reset is a hang-up
+        if not data:
+            self.close()
+            return
+        self.inbox += data
+        if self.idle:
+            self._next()
+        elif len(self.inbox) > MAX_HEAD_BYTES:
+            self._read(False)  # busy: let TCP hold the rest
+
+    def _next(self) -> None:
+        """Serve the requests waiting in ``inbox``, while the connection is idle."""
+        while self.idle and self.inbox:
+            if self.node.stopping:
+                self.close()
+                return
+            end = head_end(self.inbox)
+            if end < 0:
+                if len(self.inbox) > MAX_HEAD_BYTES or not b"GET /".startswith(self.inbox[:5]) \
+                        or b"\n\n" in self.inbox:
+                    self._hand_back()  # Tornado refuses or serves what is not ours
+                return
+            head = parse_simple_get(bytes(self.inbox[:end]))
+            if head is None or not _POLL_PATH.match(head.target):
+                self._hand_back()
+                return
+            del self.inbox[:end]
+            self._serve(head)
+        if self.idle:
+            self.idle_since = time.monotonic()
+            self._read(True)
+
+    def _hand_back(self) -> None:
+        """Give the socket back to Tornado's HTTP server, unread requests first."""
+        self._let_go()
+        stream = give_socket(self.sock, bytes(self.inbox))
+        self.node.serve_stream(stream, self.address)
+
+    # -- serving a poll -------------------------------------------------
+
+    def _serve(self, head: RequestHead) -> None:
+        self.keep_alive = head.keep_alive
+        try:
+            poll = self.poll = Poll(self.node, head)
+        except ClientError as exc:
+            self._refuse(head.target, exc)
+            return
+        node = self.node
+        if poll.since is not None:
+            node.announce(node.presence.poll(
+                poll.room, poll.nick, poll.nick_key, now=time.monotonic(), wait=poll.wait
+            ))
+            room = node.hub.rooms.get(poll.room)
+            if room is not None and room.ready.done() and self._serve_from_memory(room, poll):
+                return
+        self.task = asyncio.ensure_future(self._serve_from_store(poll))
+
+    def _serve_from_memory(self, room: Room, poll: Poll) -> bool:
+        """Park, or answer from the room's recent messages; False if they don't reach back."""
+        assert poll.since is not None
         # A cursor past the end (the store was reset, or a client's bug) means
         # "everything from now on", as a WebSocket join treats it.
-        since = min(since, room.last_seq)
-        if since < room.last_seq or wait == 0:
-            messages = await hub.read_after(room, since, limit)
-            node.note_seen(key, messages)
-            return encode_poll_body(messages, room.last_seq)
+        since = min(poll.since, room.last_seq)
+        if since == room.last_seq and poll.wait > 0:
+            self.room = room
+            self.node.hub.park(room, since, poll.limit, self)
+            self.timer = self.loop.call_later(poll.wait, self._time_out)
+            return True
+        messages = room.recent_after(since, poll.limit)
+        if messages is None:
+            return False
+        self._answer(encode_poll_body(messages, room.last_seq), messages)
+        return True
 
-        future = hub.wait(room, since, limit)
-        waiting.append(future)
-        timer = asyncio.get_running_loop().call_later(wait, _time_out, future, room)
+    async def _serve_from_store(self, poll: Poll) -> None:
+        hub = self.node.hub
+        messages: list[Broadcast] | None = None
         try:
-            answer = await future  # cancelled if the poller hangs up
+            if poll.since is None:
+                # History: the newest `limit` messages (before `before`), at once.
+                messages = await hub.read_before(poll.room, poll.before, poll.limit)
+                room = await hub.room(poll.room)
+            else:
+                room = await hub.room(poll.room)
+                if not self._serve_from_memory(room, poll):
+                    messages = await hub.read_after(room, min(poll.since, room.last_seq), poll.limit)
+        except ClientError as exc:
+            self._refuse(poll.target, exc)
+        except Exception:
+            log.exception("GET %s failed", poll.target)
+            self._finish(500, _INTERNAL)
+        else:
+            if messages is not None:
+                self._answer(encode_poll_body(messages, room.last_seq), messages)
         finally:
-            timer.cancel()
-            hub.forget_waiter(room, future, now=time.monotonic())
-        node.note_seen(key, answer.messages)
-        return answer.body
+            self.task = None
+        self._next()
 
+    def answered(self, answer: PollAnswer) -> None:
+        """The hub's answer to the parked poll (the hub has let go of it)."""
+        self._unpark()
+        if self.keep_alive and not self.node.stopping:
+            if answer.wire is None:
+                answer.wire = response(200, answer.body, keep_alive=True)
+            self._note_seen(answer.messages)
+            self._send(answer.wire)
+            self.poll = None
+        else:
+            self._answer(answer.body, answer.messages)
+        self._next()
 
-def _time_out(future: asyncio.Future[PollAnswer], room: Room) -> None:
-    """The wait ran out: answer with no messages and the room's position."""
-    if not future.done():
-        future.set_result(PollAnswer(encode_poll_body((), room.last_seq), []))
+    def _time_out(self) -> None:
+        """The wait ran out: answer with no messages and the room's position."""
+        room = self.room
+        self.timer = None
+        if room is not None:
+            self._unpark()
+            self._answer(encode_poll_body((), room.last_seq), [])
+            self._next()
+
+    def _unpark(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.room is not None:
+            self.node.hub.unpark(self.room, self, now=time.monotonic())
+            self.room = None
+
+    def _answer(self, body: bytes, messages: list[Broadcast]) -> None:
+        self._note_seen(messages)
+        self._finish(200, body)
+
+    def _note_seen(self, messages: list[Broadcast]) -> None:
+        if messages and self.poll is not None:
+            self.node.note_seen(self.poll.nick_key, messages)
+
+    def _refuse(self, target: str, exc: ClientError) -> None:
+        log.warning("%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
+        self._finish(exc.status, orjson.dumps(exc.to_dict()))
+
+    def _finish(self, status: int, body: bytes) -> None:
+        self.poll = None
+        if self.node.stopping:
+            self.keep_alive = False
+        self._send(response(status, body, keep_alive=self.keep_alive))
+
+    # -- writing answers ------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.unsent = memoryview(data)[sent:]
+            self.loop.add_writer(self.fd, self._on_writable)
+        elif not self.keep_alive:
+            self.close()
+
+    def _on_writable(self) -> None:
+        assert self.unsent is not None
+        try:
+            sent = self.sock.send(self.unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.unsent = self.unsent[sent:] if sent < len(self.unsent) else None
+        if self.unsent is None:
+            self.loop.remove_writer(self.fd)
+            if self.keep_alive:
+                self._next()
+            else:
+                self.close()
+
+    # -- ending ---------------------------------------------------------
+
+    def close_if_idle(self, *, now: float, idle_for: float) -> None:
+        if self.idle and now - self.idle_since >= idle_for:
+            self.close()
+
+    def close(self) -> None:
+        """Hang up (or notice the poller did): stop waiting, close the socket."""
+        if self.closed:
+            return
+        self._let_go()
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
+
+    def _let_go(self) -> None:
+        """Stop all I/O and waiting on this socket, without closing it."""
+        self.closed = True
+        self._unpark()
+        self._read(False)
+        if self.unsent is not None:
+            self.loop.remove_writer(self.fd)
+            self.unsent = None
+        self.node.poll_connection_gone(self)
+
+    def _remote_ip(self) -> str:
+        return str(self.address[0]) if isinstance(self.address, tuple) else ""
 
 
 class MessagesHandler(BaseHandler):

@@ -19,6 +19,7 @@ import orjson
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream
 from tornado.log import access_log
 
 from ..bus import Bus, open_bus
@@ -31,7 +32,7 @@ from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
 from .auth import TokenCache, load_or_create_secret
-from .longpoll import PollEndpoint, PollFirst
+from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
 
@@ -40,6 +41,8 @@ log = logging.getLogger("squall.web")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
+# A keep-alive HTTP connection with no request in progress is closed after this long.
+IDLE_CONNECTION_SECONDS = 3600.0
 
 
 class StaticFiles(tornado.web.StaticFileHandler):
@@ -85,6 +88,8 @@ class WebNode:
         )
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
+        self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
+        self._polls_gone: asyncio.Event | None = None  # set at shutdown once they are all closed
         self._http_buckets: dict[str, TokenBucket] = {}
         self._server: HTTPServer | None = None
         self._housekeeping: PeriodicCallback | None = None
@@ -116,10 +121,10 @@ class WebNode:
         self.link.start()
         app = self.make_app()
         self._server = HTTPServer(
-            PollFirst(app, PollEndpoint(self)),
+            PollFirst(app, self),
             xheaders=False,
             max_body_size=self.settings.max_body_bytes * 2,
-            idle_connection_timeout=3600,
+            idle_connection_timeout=IDLE_CONNECTION_SECONDS,
         )
         self._server.listen(self.settings.port, self.settings.host)
         self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
@@ -145,13 +150,35 @@ class WebNode:
         for handler in list(self.websockets):
             handler.close(1001, "server shutting down")
         self.hub.answer_all_waiters()
+        for connection in list(self.poll_connections):
+            connection.close_if_idle(now=time.monotonic(), idle_for=0)
         for stream in list(self.event_streams):
             stream.end()
         await self.link.close(timeout=self.settings.shutdown_timeout)
+        if self.poll_connections:
+            # Those still reading the store answer, then hang up, by themselves.
+            self._polls_gone = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._polls_gone.wait(), self.settings.shutdown_timeout)
+            except TimeoutError:
+                for connection in list(self.poll_connections):
+                    connection.close()
         if self._server is not None:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
         await self.bus.close()
         await self.store.close()
+
+    def serve_stream(self, stream: IOStream, address: Any) -> None:
+        """Serve a connection handed back by a :class:`PollConnection` with Tornado."""
+        if self._server is None or self.stopping:
+            stream.close()
+        else:
+            self._server.handle_stream(stream, address)
+
+    def poll_connection_gone(self, connection: PollConnection) -> None:
+        self.poll_connections.discard(connection)
+        if self._polls_gone is not None and not self.poll_connections:
+            self._polls_gone.set()
 
     # -- sends ----------------------------------------------------------
 
@@ -202,6 +229,8 @@ class WebNode:
         now = time.monotonic()
         self.announce(self.presence.expire(now=now))
         self.hub.close_idle_rooms(now=now)
+        for connection in list(self.poll_connections):
+            connection.close_if_idle(now=now, idle_for=IDLE_CONNECTION_SECONDS)
         # Buckets that have refilled completely carry no information.
         horizon = self.settings.send_burst / self.settings.send_rate
         for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:

@@ -1,8 +1,11 @@
 """The one place that leans on Tornado's IOStream internals.
 
-* :func:`take_socket` hands a WebSocket's socket, once Tornado has parsed the
-  upgrade request, to Squall's own lean connection (``web/websocket.py``),
+* :func:`take_socket` hands a socket, once Tornado has parsed a request, to
+  one of Squall's own lean connections (a WebSocket after its upgrade,
+  ``web/websocket.py``; a long-poll keep-alive connection, ``web/longpoll.py``),
   together with any bytes Tornado had already read past the request.
+* :func:`give_socket` hands such a socket back to Tornado in a new stream,
+  with the bytes Squall had read but not served.
 * :func:`buffered_bytes` tells how much an SSE stream still has to send, so a
   slow reader can be cut off without a Future per write.
 
@@ -18,7 +21,7 @@ import socket
 
 from tornado.iostream import IOStream, SSLIOStream
 
-__all__ = ["buffered_bytes", "take_socket", "check_internals"]
+__all__ = ["buffered_bytes", "take_socket", "give_socket", "check_internals"]
 
 
 def buffered_bytes(stream: IOStream) -> int:
@@ -56,3 +59,12 @@ def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
     # Without its socket the stream can neither read nor close it behind our back.
     stream.socket = None  # type: ignore[assignment]
     return sock, leftover
+
+
+def give_socket(sock: socket.socket, read_ahead: bytes) -> IOStream:
+    """A new stream over a socket taken with :func:`take_socket`, whose reads
+    start with ``read_ahead`` (bytes already received but not yet served)."""
+    stream = IOStream(sock)
+    stream._read_buffer += read_ahead
+    stream._read_buffer_size += len(read_ahead)
+    return stream
