@@ -231,7 +231,7 @@ class ChatConnection:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._finish()  # a reset peer, or a socket already closed
+                self._lost()  # a reset peer, or a socket already closed
                 return
             if sent == len(data):
                 return
@@ -285,6 +285,20 @@ class ChatConnection:
         """Release everything: the end of every close path."""
         if self.sock.fileno() < 0:
             return
+        self._release()
+        self._forget_member()
+
+    def _lost(self) -> None:
+        """A write found the peer gone. Let go of the socket now, but of the rooms
+        only on the next loop turn: leaving announces presence to the other
+        members, and doing that inside a fan-out to them would recurse through
+        every dead peer at once (a mass disconnect is a thousand of them)."""
+        if self.sock.fileno() >= 0:
+            self._release()
+            self.loop.call_soon(self._forget_member)
+
+    def _release(self) -> None:
+        """Close the socket and drop everything queued for it."""
         if self._abort_handle is not None:
             self._abort_handle.cancel()
             self._abort_handle = None
@@ -298,7 +312,6 @@ class ChatConnection:
         self._out_size = 0
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        self._forget_member()
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake; the socket is aborted if it does not finish."""
