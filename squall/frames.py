@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from functools import cached_property
 
-__all__ = ["Broadcast", "encode_text_frame"]
+__all__ = ["Batch", "Broadcast", "encode_text_frame"]
 
 
 def encode_text_frame(payload: bytes) -> bytes:
@@ -66,3 +66,29 @@ class Broadcast:
 
     def __repr__(self) -> str:
         return f"Broadcast({self.room!r}, seq={self.seq}, kind={self.kind!r})"
+
+
+class Batch:
+    """Consecutive messages of one room that became ready together.
+
+    A member that keeps up gets them in one write (:attr:`ws_frames`), built
+    once for every member: under load, messages come back from the processor
+    and over the bus many at a time, and one ``send`` per member per batch
+    instead of per message is most of what fan-out costs.
+    """
+
+    __slots__ = ("room", "broadcasts", "first_seq", "last_seq", "mentions", "__dict__")
+
+    def __init__(self, broadcasts: list[Broadcast]) -> None:
+        self.room = broadcasts[0].room
+        self.broadcasts = broadcasts
+        self.first_seq: int = broadcasts[0].seq  # type: ignore[assignment]
+        self.last_seq: int = broadcasts[-1].seq  # type: ignore[assignment]
+        self.mentions = frozenset().union(*(b.mentions for b in broadcasts))
+
+    @cached_property
+    def ws_frames(self) -> bytes:
+        return b"".join(b.ws_frame for b in self.broadcasts)
+
+    def __repr__(self) -> str:
+        return f"Batch({self.room!r}, seq={self.first_seq}..{self.last_seq})"

@@ -13,6 +13,13 @@ seq it delivered (``last_seq``) and releases messages strictly in seq order:
   has them, because a message is published only after it is committed and seqs
   are committed in order.
 
+Messages of a room that become deliverable in one call — several arrive from
+the bus together, or a gap is filled — go to each member as one
+:class:`~squall.frames.Batch`: one write per member instead of one per message.
+They wait in ``room.unsent`` only within a hub method; every method that
+advances a room delivers before it returns (or awaits), so outside the hub no
+room has anything unsent.
+
 A member that joins is first brought up to date from the room's recent buffer
 or the store, page by page, waiting for its outbound buffer to drain between
 pages. It becomes *live* in the same loop step in which its cursor reaches the
@@ -31,12 +38,12 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import orjson
 
-from .frames import Broadcast
+from .frames import Batch, Broadcast
 from .message import Draft
 from .protocol import nick_key
 from .store import Store
@@ -57,6 +64,9 @@ class Member(Protocol):
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Queue ``broadcast`` for sending; must not block or await."""
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Queue the consecutive messages of ``batch``, as :meth:`deliver` would one by one."""
 
     def subscribed(self, room: str) -> bool:
         """Whether the member still wants ``room`` (it may leave while catching up)."""
@@ -104,7 +114,7 @@ class Waiter(Protocol):
 
 class Room:
     __slots__ = (
-        "name", "last_seq", "ready", "live", "recent", "held", "waiters",
+        "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
         "filling", "idle_since", "catching_up",
     )
 
@@ -115,6 +125,7 @@ class Room:
         self.live: dict[Member, None] = {}  # an ordered set
         self.recent: deque[Broadcast] = deque(maxlen=recent)
         self.held: dict[int, Broadcast] = {}  # arrived ahead of a gap
+        self.unsent: list[Broadcast] = []  # advanced past, not yet handed to members
         self.waiters: dict[Waiter, tuple[int, int]] = {}  # parked poll → (since, limit)
         self.filling = False
         self.idle_since: float | None = None
@@ -169,6 +180,7 @@ class Hub:
                 if seq <= room.last_seq:
                     del room.held[seq]
             self._release_held(room)
+            self._deliver_unsent(room)
         elif not room.ready.done():
             await asyncio.shield(room.ready)
         return room
@@ -177,24 +189,34 @@ class Hub:
 
     def receive(self, broadcast: Broadcast) -> None:
         """Take one broadcast from the bus. Safe to call with duplicates and out of order."""
-        room = self.rooms.get(broadcast.room)
-        if room is None:
-            return  # nobody here listens; the store has it for whoever comes
-        if broadcast.seq is None:
-            if broadcast.kind == "update":
-                self._apply_update(room, broadcast)
-            for member in list(room.live):
-                member.deliver(broadcast)
-            return
-        if broadcast.seq <= room.last_seq and room.ready.done():
-            return
-        if not room.ready.done() or broadcast.seq > room.last_seq + 1:
-            room.held[broadcast.seq] = broadcast
-            if room.ready.done():
-                self._fill_gap(room)
-            return
-        self._advance(room, broadcast)
-        self._release_held(room)
+        self.receive_all((broadcast,))
+
+    def receive_all(self, broadcasts: Sequence[Broadcast]) -> None:
+        """Take broadcasts that arrived together, in their order; see :meth:`receive`."""
+        advanced: dict[Room, None] = {}
+        for broadcast in broadcasts:
+            room = self.rooms.get(broadcast.room)
+            if room is None:
+                continue  # nobody here listens; the store has it for whoever comes
+            if broadcast.seq is None:
+                self._deliver_unsent(room)  # what came before it goes first
+                if broadcast.kind == "update":
+                    self._apply_update(room, broadcast)
+                for member in list(room.live):
+                    member.deliver(broadcast)
+                continue
+            if broadcast.seq <= room.last_seq and room.ready.done():
+                continue
+            if not room.ready.done() or broadcast.seq > room.last_seq + 1:
+                room.held[broadcast.seq] = broadcast
+                if room.ready.done():
+                    self._fill_gap(room)
+                continue
+            self._advance(room, broadcast)
+            self._release_held(room)
+            advanced[room] = None
+        for room in advanced:
+            self._deliver_unsent(room)
 
     def _apply_update(self, room: Room, update: Broadcast) -> None:
         """Link previews arrived for a message: the copy in memory gets them too,
@@ -215,10 +237,24 @@ class Hub:
         room.recent[index] = Broadcast(room.name, seq, orjson.dumps(message), mentions=old.mentions)
 
     def _advance(self, room: Room, broadcast: Broadcast) -> None:
+        """Make ``broadcast`` the room's newest message; :meth:`_deliver_unsent` sends it."""
         room.last_seq = broadcast.seq  # type: ignore[assignment]
         room.recent.append(broadcast)
-        for member in list(room.live):
-            member.deliver(broadcast)
+        room.unsent.append(broadcast)
+
+    def _deliver_unsent(self, room: Room) -> None:
+        """Hand the room's newly advanced messages to its live members and pollers."""
+        unsent = room.unsent
+        if not unsent:
+            return
+        room.unsent = []
+        if len(unsent) == 1:
+            for member in list(room.live):
+                member.deliver(unsent[0])
+        else:
+            batch = Batch(unsent)
+            for member in list(room.live):
+                member.deliver_batch(batch)
         if room.waiters:
             self._answer_waiters(room)
 
@@ -245,6 +281,7 @@ class Hub:
                 first_held = min(room.held)
                 if first_held <= room.last_seq + 1:
                     self._release_held(room)
+                    self._deliver_unsent(room)
                     continue
                 missing = first_held - room.last_seq - 1
                 drafts = await self.store.messages_after(room.name, room.last_seq, missing)
@@ -253,6 +290,7 @@ class Hub:
                     if draft.seq == room.last_seq + 1:
                         self._advance(room, broadcast_from_draft(draft))
                         progressed = True
+                self._deliver_unsent(room)
                 if not progressed and room.held and min(room.held) > room.last_seq + 1:
                     # The store should always have what was published after it;
                     # if it doesn't, stalling the room forever is worse than a gap.
@@ -262,6 +300,7 @@ class Hub:
                     )
                     room.last_seq = min(room.held) - 1
                 self._release_held(room)
+                self._deliver_unsent(room)
         except Exception:
             log.exception("room %s: filling a gap from the store failed", room.name)
         finally:

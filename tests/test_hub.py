@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
-from squall.frames import Broadcast
+from squall.frames import Batch, Broadcast
 from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft
 from squall.message import Draft
 from squall.store.sqlite import SQLiteStore
@@ -30,6 +30,7 @@ class RecordingMember:
         self.closed = False
         self.rooms = set(rooms)
         self.delivered: list[Broadcast] = []
+        self.batches: list[Batch] = []
         self.drains = 0
         self.on_drain = on_drain
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
@@ -39,6 +40,11 @@ class RecordingMember:
         for count, future in self._waiting:
             if len(self.delivered) >= count and not future.done():
                 future.set_result(None)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        for broadcast in batch.broadcasts:
+            self.deliver(broadcast)
 
     def subscribed(self, room: str) -> bool:
         return room in self.rooms
@@ -114,6 +120,31 @@ class HubTest(AsyncTestCase):
         await self.save_and_receive("r", 3)
         self.assertEqual(member.seqs, [1, 2, 3])
         self.assertEqual(self.hub.rooms["r"].last_seq, 3)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_messages_that_arrive_together_go_out_as_one_batch(self) -> None:
+        member = await self.live_member("r")
+        other_room = await self.live_member("s")
+        one, two, three, four = map(broadcast_from_draft, await self.save("r", 4))
+        [elsewhere] = map(broadcast_from_draft, await self.save("s", 1))
+        typing = Broadcast("r", None, b'{"type":"presence"}', kind="presence")
+        self.hub.receive_all([one, elsewhere, two, typing, four, three])
+        # What came before the presence event goes first, as a batch; 3 and 4
+        # (4 held until 3 came) go together after it.
+        self.assertEqual(member.seqs, [1, 2, None, 3, 4])
+        self.assertEqual([(b.first_seq, b.last_seq) for b in member.batches], [(1, 2), (3, 4)])
+        self.assertEqual(member.batches[0].ws_frames, one.ws_frame + two.ws_frame)
+        self.assertEqual(other_room.seqs, [1])
+        self.assertEqual(other_room.batches, [])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_batch_answers_pollers_with_all_of_it(self) -> None:
+        room = await self.hub.room("r")
+        waiter = ParkedPoll()
+        self.hub.park(room, 0, 100, waiter)
+        self.hub.receive_all(list(map(broadcast_from_draft, await self.save("r", 3))))
+        assert waiter.answer is not None
+        self.assertEqual([b.seq for b in waiter.answer.messages], [1, 2, 3])
 
     @gen_test(timeout=TIMEOUT)
     async def test_out_of_order_receive_is_delivered_in_order(self) -> None:

@@ -8,7 +8,7 @@ restores order and drops duplicates by seq.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import ConfigError
@@ -16,7 +16,9 @@ from ..frames import Broadcast
 
 __all__ = ["Bus", "open_bus", "Subscriber"]
 
-Subscriber = Callable[[Broadcast], None]
+# Broadcasts that arrived together, in order: the hub hands a member a room's
+# messages that arrive together in one write.
+Subscriber = Callable[[Sequence[Broadcast]], None]
 
 
 class Bus(Protocol):
@@ -25,6 +27,9 @@ class Bus(Protocol):
 
     def publish(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` to every node's subscriber, this node's included."""
+
+    def publish_all(self, broadcasts: Sequence[Broadcast]) -> None:
+        """Publish ``broadcasts`` in order, as one delivery where the bus can."""
 
     async def close(self) -> None: ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..frames import Broadcast
 from . import Subscriber
 
@@ -17,7 +19,11 @@ class LocalBus:
 
     def publish(self, broadcast: Broadcast) -> None:
         if self._subscriber is not None:
-            self._subscriber(broadcast)
+            self._subscriber((broadcast,))
+
+    def publish_all(self, broadcasts: Sequence[Broadcast]) -> None:
+        if self._subscriber is not None and broadcasts:
+            self._subscriber(broadcasts)
 
     async def close(self) -> None:
         self._subscriber = None

@@ -16,7 +16,9 @@ written stays until it is answered, so that a message stored just before a
 crash is still published.
 
 Every ``processed`` answer goes to ``on_processed`` — whether or not its sender
-still waits — so a stored message is always published. Identical requests
+still waits — so a stored message is always published. The messages of one
+read go together, in order, so that the hub can hand them to each member in
+one write. Identical requests
 (same room, nick and id) in flight at once share one entry.
 """
 
@@ -63,7 +65,7 @@ class ProcessorLink:
         self,
         address: Address,
         *,
-        on_processed: Callable[[dict[str, Any]], None],
+        on_processed: Callable[[list[dict[str, Any]]], None],
         on_updated: Callable[[dict[str, Any]], None] | None = None,
         max_pending: int = 10_000,
         send_timeout: float = 10.0,
@@ -235,30 +237,38 @@ class ProcessorLink:
             self.report_seen(key, room, seq)
         self.connected.set()
         log.info("connected to the processor at %s:%d", *self.address)
-        for line in leftover:
-            self._answer(line.value)
+        self._answer_all(leftover)
         while reader.overflow is None:
             try:
                 lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
             except StreamClosedError:
                 return
-            for line in lines:
-                self._answer(line.value)
+            self._answer_all(lines)
         log.error("processor sent an overlong line: %s", reader.overflow)
 
-    def _answer(self, value: dict[str, Any] | None) -> None:
-        if value is None:
-            return
+    def _answer_all(self, lines: list[Line]) -> None:
+        """Answer what one read brought; its processed messages are published together."""
+        processed: list[dict[str, Any]] = []
+        for line in lines:
+            if line.value is not None:
+                self._answer(line.value, processed)
+        if processed:
+            self.on_processed(processed)
+
+    def _answer(self, value: dict[str, Any], processed: list[dict[str, Any]]) -> None:
         op = value.get("op")
         if op in ("processed", "rejected"):
             request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
             if op == "processed":
-                self.on_processed(value["message"])
+                processed.append(value["message"])
             if request is not None:
                 self._forget(request)
                 if not request.future.done():
                     request.future.set_result(value)
         elif op == "updated":
+            if processed:  # keep the order: messages first, then what updates them
+                self.on_processed(processed[:])
+                processed.clear()
             if self.on_updated is not None:
                 self.on_updated(value)
         elif op == "error":

@@ -117,7 +117,7 @@ class WebNode:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.bus.start(self.hub.receive)
+        await self.bus.start(self.hub.receive_all)
         self.link.start()
         app = self.make_app()
         self._server = HTTPServer(
@@ -197,11 +197,14 @@ class WebNode:
             room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
         )
 
-    def _on_processed(self, message: dict[str, Any]) -> None:
-        mentions = frozenset(nick_key(n) for n in message.get("mentions", ()))
-        self.bus.publish(
-            Broadcast(message["room"], message["seq"], orjson.dumps(message), mentions=mentions)
-        )
+    def _on_processed(self, messages: list[dict[str, Any]]) -> None:
+        self.bus.publish_all([
+            Broadcast(
+                message["room"], message["seq"], orjson.dumps(message),
+                mentions=frozenset(nick_key(n) for n in message.get("mentions", ())),
+            )
+            for message in messages
+        ])
 
     def note_seen(self, key: str, messages: Iterable[Broadcast]) -> None:
         """``key``'s user was handed ``messages``; report those that mention them."""

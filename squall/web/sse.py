@@ -15,7 +15,7 @@ import time
 import orjson
 from tornado.iostream import StreamClosedError
 
-from ..frames import Broadcast
+from ..frames import Batch, Broadcast
 from ..limits import Outbound, low_water, outbound_verdict
 from ..protocol import check_room, int_param, nick_key
 from .base import BaseHandler
@@ -78,6 +78,10 @@ class EventsHandler(BaseHandler):
         self._write(broadcast.sse_event)
         if broadcast.mentions:
             self.node.note_seen(self._key, (broadcast,))
+
+    def deliver_batch(self, batch: Batch) -> None:
+        for broadcast in batch.broadcasts:
+            self.deliver(broadcast)
 
     async def drain(self) -> None:
         stream = self.request.connection.stream  # type: ignore[union-attr]
