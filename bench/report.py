@@ -27,6 +27,7 @@ GOALS: dict[str, tuple[str, Any]] = {
     "fanout-2000": (">= 1.0x ceiling, ahead of websockets", lambda s, c, w: s >= c and (w is None or s > w)),
     "latency": ("p99 <= 1.2x ceiling", lambda s, c, w: s <= 1.2 * c),
     "rooms": ("report", None),
+    "slow-client": (">= 0.9x alone, RSS growth <= 8 MiB", None),
     "idle-memory": ("<= 10 KiB/conn", lambda s, c, w: s <= 10.0),
     "longpoll": ("<= 4x ceiling", lambda s, c, w: s <= 4 * c),
     "processor": (">= 5000/s, p99 < 10 ms at 100/s", None),
@@ -77,6 +78,9 @@ def _verdict(name: str, results: dict[str, dict[str, Any]]) -> str:
     value = _headline(name, squall)
     if name == "processor":
         ok = squall.get("msgs_per_s", 0) >= 5000 and squall.get("p99_ms", 1e9) < 10
+        return f"{text}: {'MET' if ok else 'NOT MET'}"
+    if name == "slow-client":
+        ok = squall.get("vs_alone", 0) >= 0.9 and squall.get("rss_growth_mib", 1e9) <= 8
         return f"{text}: {'MET' if ok else 'NOT MET'}"
     if judge is None or value is None:
         return text

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import socket
 import string
 import time
 from collections.abc import Awaitable, Callable
@@ -371,6 +372,105 @@ async def rooms(target: Target, options: Options, *, room_size: int = 10) -> dic
         await server.stop()
 
 
+# Slow client: healthy subscribers at full speed, alone and then beside one
+# client that never reads.
+
+
+SLOW_BODY = "x" * 1000  # big enough that the never-reading client's backlog outgrows the kernel's buffers
+WARM_UP_S = 1.0  # seconds of traffic before the first measured phase (joins' presence storm, first writes)
+
+
+async def _full_speed(
+    sender: WSClient, tally: Tally, room: str, sent: int, seconds: float, window: int,
+    sent_at: dict[str, float],
+) -> tuple[int, bool]:
+    """Send to ``room`` for ``seconds`` as fast as every healthy member keeps up;
+    returns how many messages have been sent in all, and whether delivery stalled."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if sent - tally.completed >= window:
+            if not await tally.wait_completed(sent - window + 1, STALL_TIMEOUT):
+                return sent, True
+            continue
+        cid = f"m{sent}"
+        sent_at[cid] = time.perf_counter()
+        sender.send_message(room, cid, SLOW_BODY + str(sent))
+        sent += 1
+    return sent, not await tally.wait_completed(sent, STALL_TIMEOUT)
+
+
+async def slow_client(target: Target, options: Options) -> dict[str, Any]:
+    n = options.clients or 200
+    server = await target.start("ws")
+    clients: list[WSClient] = []
+    try:
+        tally = Tally(n)
+        arrivals: list[tuple[int, float]] = []
+        sent_at: dict[str, float] = {}
+        seq_sent_at: dict[int, float] = {}
+
+        def on_ack(client: WSClient, cid: str, seq: int) -> None:
+            seq_sent_at[seq] = sent_at[cid]
+
+        nicks = [f"healthy{i}" for i in range(n)] + ["sender", "sloth"]
+        tokens = await target.tokens(server, nicks)
+        clients = await _ws_clients(
+            target, server, nicks[: n + 1], ["slow"] * (n + 1),
+            lambda i, path: (
+                WSClient(server.host, path, tally=tally, latencies=arrivals) if i < n
+                else WSClient(server.host, path, on_ack=on_ack)
+            ),
+        )
+        sender = clients[n]
+        phase = options.duration / 2
+        results: dict[str, dict[str, float]] = {}
+        sent, stalled = await _full_speed(sender, tally, "slow", 0, WARM_UP_S, options.window, sent_at)
+        for name in ("alone", "with_slow"):
+            if stalled:
+                break
+            if name == "with_slow":
+                # It joins, then its reads stop: the kernel's buffers fill, then the server's.
+                [sloth] = await connect_many(
+                    lambda i: WSClient(server.host, target.ws_path(tokens[n + 1])), server.host, server.port, 1
+                )
+                clients.append(sloth)
+                assert sloth.transport is not None
+                sloth.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sloth.join("slow")
+                await asyncio.wait_for(sloth.joined, SETUP_TIMEOUT)
+                sloth.transport.pause_reading()
+            first, arrivals_from, rss_before = sent, len(arrivals), server.rss()
+            meter = _Meter(server)
+            sent, stalled = await _full_speed(sender, tally, "slow", sent, phase, options.window, sent_at)
+            figures = meter.figures(tally.completed_at)
+            latencies = [
+                t - seq_sent_at[seq] for seq, t in arrivals[arrivals_from:] if seq in seq_sent_at
+            ]
+            results[name] = {
+                "messages": sent - first,
+                "deliveries_per_s": round((sent - first) * n / figures["elapsed_s"]),
+                "rss_growth_mib": round((server.rss() - rss_before) / 2**20, 1),
+                **figures, **_percentiles(latencies),
+            }
+        alone, with_slow = results.get("alone", {}), results.get("with_slow", {})
+        result: dict[str, Any] = {"clients": n, "messages": sent, "alone": alone, "with_slow": with_slow}
+        result |= _counts(clients[:n], [sent] * n)
+        result["ok"] = result["ok"] and not stalled
+        if with_slow:
+            result["deliveries_per_s"] = with_slow["deliveries_per_s"]
+            result["vs_alone"] = round(with_slow["deliveries_per_s"] / max(alone["deliveries_per_s"], 1), 3)
+            result["p99_ms_alone"] = alone.get("p99_ms")
+            result["p99_ms"] = with_slow.get("p99_ms")
+            result["rss_growth_mib"] = with_slow["rss_growth_mib"]
+            for key in ("server_cpu", "loadgen_cpu", "server_wait", "loadgen_wait", "other_cpu"):
+                if key in with_slow:
+                    result[key] = with_slow[key]
+        return result
+    finally:
+        _close_all(clients)
+        await server.stop()
+
+
 # Idle memory: server RSS growth per idle connection joined to a room.
 
 
@@ -634,6 +734,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
                  "2000 clients in 200 rooms of 10, everyone talking, one message in flight each",
                  (("cpu_us_per_delivery", "CPU us/delivery"),)),
+        Scenario("slow-client", "ws", slow_client, "vs_alone", "x alone", True,
+                 "200 subscribers at full speed beside 1 client that never reads, vs alone",
+                 (("p99_ms", "p99 ms"), ("p99_ms_alone", "alone p99 ms"),
+                  ("rss_growth_mib", "RSS growth MiB"))),
         Scenario("idle-memory", "ws", idle_memory, "kib_per_conn", "KiB/conn", False,
                  "server RSS growth per idle WebSocket joined to a room (5000 connections)",
                  (("clients", "connections"), ("processes", "processes"))),

@@ -16,8 +16,8 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["fanout-500", "latency", "rooms", "idle-memory", "longpoll", "processor", "filter"]
-COUNTED = {"fanout-500", "latency", "rooms", "longpoll"}
+SCENARIOS = ["fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll", "processor", "filter"]
+COUNTED = {"fanout-500", "latency", "rooms", "slow-client", "longpoll"}
 CLIENTS = 4
 
 
@@ -48,11 +48,14 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
                 assert result["messages"] > 0, (name, target)
                 assert result["deliveries"] == result["expected"], (name, target, result)
                 assert result["duplicates"] == 0 and result["gaps"] == 0, (name, target, result)
-            if name in ("fanout-500", "latency", "longpoll"):
+            if name in ("fanout-500", "latency", "slow-client", "longpoll"):
                 assert result["expected"] == result["messages"] * CLIENTS, (name, target, result)
             if name == "rooms":
                 # Four clients make one room of four; each hears everyone, itself included.
                 assert result["expected"] == result["messages"] * CLIENTS, (name, target, result)
+            if name == "slow-client":
+                alone, with_slow = result["alone"], result["with_slow"]
+                assert alone["messages"] > 0 and with_slow["messages"] > 0, (target, result)
             if name == "processor":
                 assert result["processed"] == result["messages"] > 0, (name, target, result)
             if name == "filter":
