@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[lint]'
 	$(BIN)/python -m mypy squall
 
 clean:
