@@ -273,6 +273,46 @@ async def fanout_2000(target: Target, options: Options) -> dict[str, Any]:
     return await _fanout(target, options, 2000)
 
 
+class _SendClock:
+    """Send → arrival latencies: the sender stamps each send by client id, its ``ack``
+    names the seq, and subscribers append ``(seq, arrival time)`` to :attr:`arrivals`."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[int, float]] = []
+        self._sent_at: dict[str, float] = {}
+        self._seq_sent_at: dict[int, float] = {}
+
+    @property
+    def acked(self) -> int:
+        return len(self._seq_sent_at)
+
+    def send(self, sender: WSClient, room: str, cid: str, body: str) -> None:
+        self._sent_at[cid] = time.perf_counter()
+        sender.send_message(room, cid, body)
+
+    def on_ack(self, client: WSClient, cid: str, seq: int) -> None:
+        self._seq_sent_at[seq] = self._sent_at[cid]
+
+    def latencies(self, first_arrival: int = 0) -> list[float]:
+        """Seconds from send to arrival, for every arrival from ``first_arrival`` on whose ack came."""
+        sent = self._seq_sent_at
+        return [t - sent[seq] for seq, t in self.arrivals[first_arrival:] if seq in sent]
+
+
+def _timed_clients(
+    target: Target, server: Running, n: int, room: str, tally: Tally, clock: _SendClock,
+    on_ack: Callable[[WSClient, str, int], None],
+) -> Awaitable[list[WSClient]]:
+    """``n`` subscribers that stamp arrivals on ``clock``, then a sender whose acks go to ``on_ack``."""
+    return _ws_clients(
+        target, server, [f"sub{i}" for i in range(n)] + ["sender"], [room] * (n + 1),
+        lambda i, path: (
+            WSClient(server.host, path, tally=tally, latencies=clock.arrivals) if i < n
+            else WSClient(server.host, path, on_ack=on_ack)
+        ),
+    )
+
+
 # Latency: 2 messages a second to 2000 subscribers, send -> arrival at each.
 
 
@@ -282,41 +322,31 @@ async def latency(target: Target, options: Options, *, rate: float = 2.0) -> dic
     clients: list[WSClient] = []
     try:
         tally = Tally(n)
-        arrivals: list[tuple[int, float]] = []
-        sent_at: dict[str, float] = {}
-        seq_sent_at: dict[int, float] = {}
+        clock = _SendClock()
         count = max(1, int(options.duration * rate))
         all_acked = asyncio.get_running_loop().create_future()
 
         def on_ack(client: WSClient, cid: str, seq: int) -> None:
-            seq_sent_at[seq] = sent_at[cid]
-            if len(seq_sent_at) == count and not all_acked.done():
+            clock.on_ack(client, cid, seq)
+            if clock.acked == count and not all_acked.done():
                 all_acked.set_result(None)
 
-        clients = await _ws_clients(
-            target, server, [f"sub{i}" for i in range(n)] + ["sender"], ["latency"] * (n + 1),
-            lambda i, path: (
-                WSClient(server.host, path, tally=tally, latencies=arrivals) if i < n
-                else WSClient(server.host, path, on_ack=on_ack)
-            ),
-        )
+        clients = await _timed_clients(target, server, n, "latency", tally, clock, on_ack)
         sender = clients[n]
         meter = _Meter(server)
         for k in range(count):
             await asyncio.sleep(max(0.0, meter.start + k / rate - time.perf_counter()))
-            cid = f"m{k}"
-            sent_at[cid] = time.perf_counter()
-            sender.send_message("latency", cid, BODY + str(k))
+            clock.send(sender, "latency", f"m{k}", BODY + str(k))
         drained = await tally.wait_completed(count, STALL_TIMEOUT)
         try:
             await asyncio.wait_for(all_acked, STALL_TIMEOUT)
         except TimeoutError:
             drained = False
         figures = meter.figures()
-        latencies = [t - seq_sent_at[seq] for seq, t in arrivals if seq in seq_sent_at]
+        latencies = clock.latencies()
         result = {"clients": n, "messages": count, "rate": rate, **figures, **_percentiles(latencies)}
         result |= _counts(clients[:n], [count] * n)
-        result["ok"] = result["ok"] and drained and len(latencies) == len(arrivals)
+        result["ok"] = result["ok"] and drained and len(latencies) == len(clock.arrivals)
         return result
     finally:
         _close_all(clients)
@@ -378,11 +408,12 @@ async def rooms(target: Target, options: Options, *, room_size: int = 10) -> dic
 
 SLOW_BODY = "x" * 1000  # big enough that the never-reading client's backlog outgrows the kernel's buffers
 WARM_UP_S = 1.0  # seconds of traffic before the first measured phase (joins' presence storm, first writes)
+SLOTH_RECEIVE_BUFFER = 64 * 1024  # SO_RCVBUF of the client that never reads
+SLOTH_CLOSE_WAIT_S = 2.0  # seconds the never-reading client, reading again, waits to see a close
 
 
 async def _full_speed(
-    sender: WSClient, tally: Tally, room: str, sent: int, seconds: float, window: int,
-    sent_at: dict[str, float],
+    sender: WSClient, tally: Tally, room: str, sent: int, seconds: float, window: int, clock: _SendClock,
 ) -> tuple[int, bool]:
     """Send to ``room`` for ``seconds`` as fast as every healthy member keeps up;
     returns how many messages have been sent in all, and whether delivery stalled."""
@@ -392,75 +423,80 @@ async def _full_speed(
             if not await tally.wait_completed(sent - window + 1, STALL_TIMEOUT):
                 return sent, True
             continue
-        cid = f"m{sent}"
-        sent_at[cid] = time.perf_counter()
-        sender.send_message(room, cid, SLOW_BODY + str(sent))
+        clock.send(sender, room, f"m{sent}", SLOW_BODY + str(sent))
         sent += 1
     return sent, not await tally.wait_completed(sent, STALL_TIMEOUT)
 
 
+async def _sloth(target: Target, server: Running, token: str, room: str) -> WSClient:
+    """A client that joins ``room`` through a 64 KiB receive buffer, then stops reading.
+
+    (Smaller buffers stall loopback: with a window under one MSS the receiver
+    never advertises the space it frees, and the sender falls back to probes.)
+    """
+    [sloth] = await connect_many(
+        lambda i: WSClient(server.host, target.ws_path(token)), server.host, server.port, 1
+    )
+    assert isinstance(sloth, WSClient) and sloth.transport is not None
+    sloth.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOTH_RECEIVE_BUFFER)
+    sloth.join(room)
+    await asyncio.wait_for(sloth.joined, SETUP_TIMEOUT)
+    sloth.transport.pause_reading()
+    return sloth
+
+
 async def slow_client(target: Target, options: Options) -> dict[str, Any]:
+    """Three phases: healthy subscribers alone, beside a client that never reads, alone
+    again. Comparing the middle one with the mean of the others cancels any drift
+    (a server or load generator getting faster or slower as the run goes on)."""
     n = options.clients or 200
     server = await target.start("ws")
     clients: list[WSClient] = []
     try:
         tally = Tally(n)
-        arrivals: list[tuple[int, float]] = []
-        sent_at: dict[str, float] = {}
-        seq_sent_at: dict[int, float] = {}
-
-        def on_ack(client: WSClient, cid: str, seq: int) -> None:
-            seq_sent_at[seq] = sent_at[cid]
-
-        nicks = [f"healthy{i}" for i in range(n)] + ["sender", "sloth"]
-        tokens = await target.tokens(server, nicks)
-        clients = await _ws_clients(
-            target, server, nicks[: n + 1], ["slow"] * (n + 1),
-            lambda i, path: (
-                WSClient(server.host, path, tally=tally, latencies=arrivals) if i < n
-                else WSClient(server.host, path, on_ack=on_ack)
-            ),
-        )
+        clock = _SendClock()
+        clients = await _timed_clients(target, server, n, "slow", tally, clock, clock.on_ack)
+        [sloth_token] = await target.tokens(server, ["sloth"])
         sender = clients[n]
-        phase = options.duration / 2
-        results: dict[str, dict[str, float]] = {}
-        sent, stalled = await _full_speed(sender, tally, "slow", 0, WARM_UP_S, options.window, sent_at)
-        for name in ("alone", "with_slow"):
+        phase = options.duration / 3
+        phases: dict[str, dict[str, float]] = {}
+        sloth_closed: bool | None = None
+        sent, stalled = await _full_speed(sender, tally, "slow", 0, WARM_UP_S, options.window, clock)
+        for name in ("alone", "with_slow", "alone_again"):
             if stalled:
                 break
-            if name == "with_slow":
-                # It joins, then its reads stop: the kernel's buffers fill, then the server's.
-                [sloth] = await connect_many(
-                    lambda i: WSClient(server.host, target.ws_path(tokens[n + 1])), server.host, server.port, 1
-                )
-                clients.append(sloth)
-                assert sloth.transport is not None
-                sloth.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                sloth.join("slow")
-                await asyncio.wait_for(sloth.joined, SETUP_TIMEOUT)
-                sloth.transport.pause_reading()
-            first, arrivals_from, rss_before = sent, len(arrivals), server.rss()
+            sloth = await _sloth(target, server, sloth_token, "slow") if name == "with_slow" else None
+            first, arrivals_from, rss_before = sent, len(clock.arrivals), server.rss()
             meter = _Meter(server)
-            sent, stalled = await _full_speed(sender, tally, "slow", sent, phase, options.window, sent_at)
+            sent, stalled = await _full_speed(sender, tally, "slow", sent, phase, options.window, clock)
             figures = meter.figures(tally.completed_at)
-            latencies = [
-                t - seq_sent_at[seq] for seq, t in arrivals[arrivals_from:] if seq in seq_sent_at
-            ]
-            results[name] = {
+            phases[name] = {
                 "messages": sent - first,
                 "deliveries_per_s": round((sent - first) * n / figures["elapsed_s"]),
                 "rss_growth_mib": round((server.rss() - rss_before) / 2**20, 1),
-                **figures, **_percentiles(latencies),
+                **figures, **_percentiles(clock.latencies(arrivals_from)),
             }
-        alone, with_slow = results.get("alone", {}), results.get("with_slow", {})
-        result: dict[str, Any] = {"clients": n, "messages": sent, "alone": alone, "with_slow": with_slow}
+            if sloth is not None:
+                # Did the server cut it off? Reading again shows a close, or only a backlog.
+                assert sloth.transport is not None
+                sloth.transport.resume_reading()
+                try:
+                    await asyncio.wait_for(asyncio.shield(sloth.closed), SLOTH_CLOSE_WAIT_S)
+                    sloth_closed = True
+                except TimeoutError:
+                    sloth_closed = False
+                sloth.close()
+        result: dict[str, Any] = {"clients": n, "messages": sent, **phases, "slow_client_closed": sloth_closed}
         result |= _counts(clients[:n], [sent] * n)
         result["ok"] = result["ok"] and not stalled
-        if with_slow:
+        if len(phases) == 3:
+            alone = [phases["alone"], phases["alone_again"]]
+            with_slow = phases["with_slow"]
+            alone_rate = sum(p["deliveries_per_s"] for p in alone) / 2
             result["deliveries_per_s"] = with_slow["deliveries_per_s"]
-            result["vs_alone"] = round(with_slow["deliveries_per_s"] / max(alone["deliveries_per_s"], 1), 3)
-            result["p99_ms_alone"] = alone.get("p99_ms")
+            result["vs_alone"] = round(with_slow["deliveries_per_s"] / max(alone_rate, 1), 3)
             result["p99_ms"] = with_slow.get("p99_ms")
+            result["p99_ms_alone"] = round(sum(p.get("p99_ms", 0.0) for p in alone) / 2, 3)
             result["rss_growth_mib"] = with_slow["rss_growth_mib"]
             for key in ("server_cpu", "loadgen_cpu", "server_wait", "loadgen_wait", "other_cpu"):
                 if key in with_slow:
@@ -737,7 +773,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("slow-client", "ws", slow_client, "vs_alone", "x alone", True,
                  "200 subscribers at full speed beside 1 client that never reads, vs alone",
                  (("p99_ms", "p99 ms"), ("p99_ms_alone", "alone p99 ms"),
-                  ("rss_growth_mib", "RSS growth MiB"))),
+                  ("rss_growth_mib", "RSS growth MiB"), ("slow_client_closed", "slow client closed"))),
         Scenario("idle-memory", "ws", idle_memory, "kib_per_conn", "KiB/conn", False,
                  "server RSS growth per idle WebSocket joined to a room (5000 connections)",
                  (("clients", "connections"), ("processes", "processes"))),
