@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 from websockets.exceptions import ConnectionClosed
 
-from support import TIMEOUT, ChatClient, EventStream, SquallProcess, http, run_async
+from support import TIMEOUT, ChatClient, EventStream, SquallProcess, close_writer, http, run_async
 
 
 def test_sigterm_says_goodbye_on_every_transport(tmp_path: Path) -> None:
@@ -35,6 +35,14 @@ def test_sigterm_says_goodbye_on_every_transport(tmp_path: Path) -> None:
                 await events.next_of("joined")
                 await client.send_json({"type": "send", "room": "bye", "body": "last words", "id": "w1"})
                 ack = await client.recv_type("ack")
+                # A kept-alive connection that has polled once and now idles between polls.
+                idle_reader, idle_writer = await asyncio.open_connection(*server.address)
+                idle_writer.write(
+                    f"GET /api/rooms/bye/messages?since=0&wait=0 HTTP/1.1\r\nHost: squall\r\n"
+                    f"Authorization: Bearer {poller}\r\n\r\n".encode()
+                )
+                head = await asyncio.wait_for(idle_reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+                assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
                 poll = asyncio.ensure_future(http(
                     server.address, "GET", f"/api/rooms/bye/messages?since={ack['seq']}&wait=60",
                     token=poller, timeout=TIMEOUT,
@@ -60,9 +68,12 @@ def test_sigterm_says_goodbye_on_every_transport(tmp_path: Path) -> None:
                         await events.next_event()
                 except EOFError:
                     stream_ended = True
+                # What is left after the first answer's body is the end of the connection.
+                idle_rest = await asyncio.wait_for(idle_reader.read(), TIMEOUT)
+                await close_writer(idle_writer)
                 return {
                     "close_code": close_code, "poll": answered, "waited": waited,
-                    "stream_ended": stream_ended,
+                    "stream_ended": stream_ended, "idle_rest": idle_rest,
                 }
             finally:
                 await client.close()
@@ -74,6 +85,8 @@ def test_sigterm_says_goodbye_on_every_transport(tmp_path: Path) -> None:
         assert result["poll"].json()["messages"] == []
         assert result["waited"] < 30, "the long-poll waited out its wait instead of being answered"
         assert result["stream_ended"]
+        # The idle poll connection was hung up on: only its first answer's body came.
+        assert b"HTTP/1.1" not in result["idle_rest"] and result["idle_rest"].endswith(b"}")
         assert server.process is not None
         assert server.process.wait(TIMEOUT) == 0
         child.wait(TIMEOUT)
