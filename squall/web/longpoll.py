@@ -49,7 +49,7 @@ from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, que
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
 from .base import BaseHandler, find_token
-from .streams import give_socket, take_socket
+from .streams import give_socket, receive, take_socket
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -212,12 +212,9 @@ class PollConnection:
         self.reading = on
 
     def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = receive(self.sock, _READ_SIZE)
+        if data is None:
             return
-        except OSError:
-            data = b""  # a reset is a hang-up
         if not data:
             self.close()
             return
@@ -280,7 +277,7 @@ class PollConnection:
         # A cursor past the end (the store was reset, or a client's bug) means
         # "everything from now on", as a WebSocket join treats it.
         since = min(poll.since, room.last_seq)
-        if since == room.last_seq and poll.wait > 0:
+        if since == room.last_seq and poll.wait > 0 and not self.node.stopping:
             self.room = room
             self.node.hub.park(room, since, poll.limit, self)
             self.timer = self.loop.call_later(poll.wait, self._time_out)

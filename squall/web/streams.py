@@ -6,6 +6,7 @@
   together with any bytes Tornado had already read past the request.
 * :func:`give_socket` hands such a socket back to Tornado in a new stream,
   with the bytes Squall had read but not served.
+* :func:`receive` is how those connections read their socket.
 * :func:`buffered_bytes` tells how much an SSE stream still has to send, so a
   slow reader can be cut off without a Future per write.
 
@@ -21,7 +22,7 @@ import socket
 
 from tornado.iostream import IOStream, SSLIOStream
 
-__all__ = ["buffered_bytes", "take_socket", "give_socket", "check_internals"]
+__all__ = ["buffered_bytes", "take_socket", "give_socket", "receive", "check_internals"]
 
 
 def buffered_bytes(stream: IOStream) -> int:
@@ -68,3 +69,14 @@ def give_socket(sock: socket.socket, read_ahead: bytes) -> IOStream:
     stream._read_buffer += read_ahead
     stream._read_buffer_size += len(read_ahead)
     return stream
+
+
+def receive(sock: socket.socket, size: int) -> bytes | None:
+    """Up to ``size`` bytes from a non-blocking socket the event loop said is
+    readable: b"" once the peer has gone (a reset counts), None if nothing came."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""

@@ -53,7 +53,7 @@ from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler, token_from_request
-from .streams import take_socket
+from .streams import receive, take_socket
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -186,12 +186,9 @@ class ChatConnection:
             self._receive(leftover)
 
     def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = receive(self.sock, _READ_SIZE)
+        if data is None:
             return
-        except OSError:
-            data = b""  # a reset is a close, not an error
         if data:
             self._receive(data)
         else:
