@@ -34,7 +34,7 @@ from ..message import Draft
 from ..protocol import nick_key
 from . import Notification, User
 
-__all__ = ["SQLiteStore", "SCHEMA_VERSION"]
+__all__ = ["SQLiteStore", "SCHEMA_VERSION", "earlier_copies_sql"]
 
 _MIGRATIONS: list[str] = [
     # 1: rooms, messages, users.
@@ -97,6 +97,21 @@ _T = TypeVar("_T")
 _BUSY_TIMEOUT_MS = 10_000
 
 _COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+
+
+def earlier_copies_sql(keys: int) -> str:
+    """The query for stored messages with any of ``keys`` (room, nick_key, cid) triples.
+
+    A join from the keys, not ``(room, nick_key, cid) IN (VALUES ...)``: SQLite
+    answers that form with a scan of every message, so each batch would cost
+    more as the room's history grows.
+    """
+    marks = ",".join(["(?, ?, ?)"] * keys)
+    columns = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+    return (
+        f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
+        " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
+    )
 
 
 def _row_to_draft(row: Any) -> Draft:
@@ -200,12 +215,7 @@ class SQLiteStore:
         stored: dict[tuple[str, str, str], Draft] = {}
         # One query per batch finds earlier copies of these client ids.
         unique = list(set(keys))
-        marks = ",".join(["(?, ?, ?)"] * len(unique))
-        for row in db.execute(
-            f"SELECT {_COLUMNS}, nick_key FROM messages"
-            f" WHERE (room, nick_key, cid) IN (VALUES {marks})",
-            [part for key in unique for part in key],
-        ):
+        for row in db.execute(earlier_copies_sql(len(unique)), [part for key in unique for part in key]):
             earlier = _row_to_draft(row[:-1])
             stored[(earlier.room, row[-1], earlier.id)] = earlier
 

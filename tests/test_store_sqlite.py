@@ -1,0 +1,51 @@
+"""squall/store/sqlite.py on a real SQLite file: idempotent batches, and a
+duplicate check that stays an index lookup however long the history grows."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from support import run_async
+
+from squall.message import Draft
+from squall.store.sqlite import SQLiteStore, earlier_copies_sql
+
+
+def draft(room: str, nick: str, cid: str) -> Draft:
+    return Draft(room=room, nick=nick, id=cid, body=f"body of {cid}", ts=1)
+
+
+def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "squall.db"
+    store = SQLiteStore(str(path))
+
+    async def create() -> None:
+        await store.open()
+        await store.close()
+
+    run_async(create())
+    with sqlite3.connect(path) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN " + earlier_copies_sql(3), ["r", "n", "c"] * 3
+        ).fetchall()
+    details = " | ".join(str(row[-1]) for row in plan)
+    assert "USING INDEX messages_by_client_id" in details, details
+    assert "SCAN m" not in details and "SCAN messages" not in details, details
+
+
+def test_batches_store_each_client_id_once(tmp_path: Path) -> None:
+    run_async(_batches(SQLiteStore(str(tmp_path / "squall.db"))))
+
+
+async def _batches(store: SQLiteStore) -> None:
+    await store.open()
+    try:
+        first = await store.save_messages([draft("r", "Ann", "a"), draft("r", "ann", "a"), draft("r", "Bob", "a")])
+        # Ann and ann are one nick; Bob's "a" is another message.
+        assert [(d.seq, d.duplicate) for d in first] == [(1, False), (1, True), (2, False)]
+        again = await store.save_messages([draft("r", "Bob", "a"), draft("r", "Ann", "b"), draft("s", "Ann", "a")])
+        assert [(d.room, d.seq, d.duplicate) for d in again] == [("r", 2, True), ("r", 3, False), ("s", 1, False)]
+        assert again[0].body == "body of a"
+    finally:
+        await store.close()
