@@ -316,7 +316,7 @@ def _request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {}
@@ -358,7 +358,7 @@ async def http(
         writer.write(_request_bytes(address, method, path, token=token, body=body, headers=headers))
 
         async def read() -> HTTPResponse:
-            status, response_headers = await _read_head(reader)
+            status, response_headers = await read_head(reader)
             if response_headers.get("transfer-encoding", "").lower() == "chunked":
                 parts = []
                 while chunk := await _read_chunk(reader):
@@ -410,7 +410,7 @@ class EventStream:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), TIMEOUT)
         try:
             writer.write(_request_bytes(address, "GET", path, token=token, body=None, headers=headers))
-            status, response_headers = await asyncio.wait_for(_read_head(reader), TIMEOUT)
+            status, response_headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
             assert status == 200, status
             assert response_headers.get("transfer-encoding", "").lower() == "chunked", response_headers
         except BaseException:

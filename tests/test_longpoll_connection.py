@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support import TIMEOUT, HTTPResponse, SquallProcess, close_writer, http, run_async
+from support import TIMEOUT, HTTPResponse, SquallProcess, close_writer, http, read_head, run_async
 
 SQUALL_ENV = {"SQUALL_SEND_RATE": "1000", "SQUALL_SEND_BURST": "1000"}
 
@@ -59,15 +59,9 @@ class KeptAlive:
 
     async def response(self) -> HTTPResponse:
         async def read() -> HTTPResponse:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status_line, *lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
+            status, headers = await read_head(self.reader)
             body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-            return HTTPResponse(int(status_line.split()[1]), headers, body)
+            return HTTPResponse(status, headers, body)
 
         return await asyncio.wait_for(read(), TIMEOUT)
 
