@@ -315,14 +315,7 @@ class PollConnection:
     def answered(self, answer: PollAnswer) -> None:
         """The hub's answer to the parked poll (the hub has let go of it)."""
         self._unpark()
-        if self.keep_alive and not self.node.stopping:
-            if answer.wire is None:
-                answer.wire = response(200, answer.body, keep_alive=True)
-            self._note_seen(answer.messages)
-            self._send(answer.wire)
-            self.poll = None
-        else:
-            self._answer(answer.body, answer.messages)
+        self._answer(answer.body, answer.messages, shared=answer)
         self._next()
 
     def _time_out(self) -> None:
@@ -342,9 +335,9 @@ class PollConnection:
             self.node.hub.unpark(self.room, self, now=time.monotonic())
             self.room = None
 
-    def _answer(self, body: bytes, messages: list[Broadcast]) -> None:
+    def _answer(self, body: bytes, messages: list[Broadcast], *, shared: PollAnswer | None = None) -> None:
         self._note_seen(messages)
-        self._finish(200, body)
+        self._finish(200, body, shared=shared)
 
     def _note_seen(self, messages: list[Broadcast]) -> None:
         if messages and self.poll is not None:
@@ -354,11 +347,18 @@ class PollConnection:
         log.warning("%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
         self._finish(exc.status, orjson.dumps(exc.to_dict()))
 
-    def _finish(self, status: int, body: bytes) -> None:
+    def _finish(self, status: int, body: bytes, *, shared: PollAnswer | None = None) -> None:
+        """Send the answer. Kept-alive pollers answered with one ``shared`` answer
+        get the same response bytes, built by the first of them."""
         self.poll = None
         if self.node.stopping:
             self.keep_alive = False
-        self._send(response(status, body, keep_alive=self.keep_alive))
+        if shared is not None and self.keep_alive:
+            if shared.wire is None:
+                shared.wire = response(status, body, keep_alive=True)
+            self._send(shared.wire)
+        else:
+            self._send(response(status, body, keep_alive=self.keep_alive))
 
     # -- writing answers ------------------------------------------------
 

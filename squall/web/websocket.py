@@ -436,56 +436,39 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
-        seq = broadcast.seq
-        if seq is not None and not self._out and not self.closed:
-            # Fan-out's hot path, once per member per message, kept inline: the
-            # frame goes straight to the kernel (write() is the general case).
-            frame = broadcast.ws_frame
-            try:
-                sent = self.sock.send(frame)
-            except OSError:
-                sent = -1  # would block, or a reset: write() sorts it out
-            if sent != len(frame):
-                self.write(frame[max(sent, 0):], broadcast.room, seq)
-            self.rooms[broadcast.room] = seq
-            if broadcast.mentions and self.nick_key in broadcast.mentions:
-                self.node.note_seen(self.nick_key, (broadcast,))
-            return
         if self.closed:
             return
-        verdict = outbound_verdict(
-            buffered=self._out_size, size=len(broadcast.ws_frame),
-            limit=self.node.settings.outbound_bytes, ephemeral=broadcast.ephemeral,
-        )
-        if verdict is Outbound.DROP:
-            return
-        if verdict is Outbound.CUT:
-            self._too_slow()
-            return
+        seq = broadcast.seq
+        if self._out or seq is None:
+            # Something is queued already, or the event may be dropped: apply the limits.
+            verdict = outbound_verdict(
+                buffered=self._out_size, size=len(broadcast.ws_frame),
+                limit=self.node.settings.outbound_bytes, ephemeral=broadcast.ephemeral,
+            )
+            if verdict is Outbound.DROP:
+                return
+            if verdict is Outbound.CUT:
+                self._too_slow()
+                return
         if seq is None:
             self.write(broadcast.ws_frame)
-        else:
-            self.write(broadcast.ws_frame, broadcast.room, seq)
-            self.rooms[broadcast.room] = seq
-            if broadcast.mentions and self.nick_key in broadcast.mentions:
-                self.node.note_seen(self.nick_key, (broadcast,))
+            return
+        # Fan-out's hot path, once per member per message: with nothing queued,
+        # write() hands the pre-built frame straight to the kernel.
+        self.write(broadcast.ws_frame, broadcast.room, seq)
+        self.rooms[broadcast.room] = seq
+        if self.nick_key in broadcast.mentions:
+            self.node.note_seen(self.nick_key, (broadcast,))
 
     def deliver_batch(self, batch: Batch) -> None:
-        if not self._out and not self.closed:
-            # As deliver()'s hot path, for several messages in one send.
-            frames = batch.ws_frames
-            try:
-                sent = self.sock.send(frames)
-            except OSError:
-                sent = -1
-            if sent != len(frames):
-                self.write(frames[max(sent, 0):], batch.room, batch.first_seq)
-            self.rooms[batch.room] = batch.last_seq
-            if self.nick_key in batch.mentions:
-                self.node.note_seen(self.nick_key, batch.broadcasts)
+        if self._out or self.closed:
+            for broadcast in batch.broadcasts:  # the limits apply message by message
+                self.deliver(broadcast)
             return
-        for broadcast in batch.broadcasts:
-            self.deliver(broadcast)
+        self.write(batch.ws_frames, batch.room, batch.first_seq)
+        self.rooms[batch.room] = batch.last_seq
+        if self.nick_key in batch.mentions:
+            self.node.note_seen(self.nick_key, batch.broadcasts)
 
     async def drain(self) -> None:
         if self._out_size > low_water(self.node.settings.outbound_bytes) and not self.closed:
