@@ -23,7 +23,8 @@ from squall.pipeline.mail import (
     room_link,
     validate_email,
 )
-from squall.pipeline.notify import plan
+from squall.message import Draft
+from squall.pipeline.notify import may_have_queued, plan
 from squall.store import Notification
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
@@ -209,3 +210,15 @@ def test_plan_never_seen_room_sends_all() -> None:
 def test_plan_without_email_skips_all() -> None:
     decided = plan([_pending(1, 1, seen=None, email=None)])
     assert not decided.send and [n.id for n in decided.skip] == [1]
+
+
+def _saved(seq: int, mentions: tuple[str, ...] = (), *, duplicate: bool = False) -> Draft:
+    return Draft(room="r", nick="ann", id=f"c{seq}", body="hi", ts=0, seq=seq,
+                 mentions=mentions, duplicate=duplicate)
+
+
+def test_only_a_new_mention_is_worth_a_look_at_the_queue() -> None:
+    assert not may_have_queued([])
+    assert not may_have_queued([_saved(1), _saved(2)])
+    assert not may_have_queued([_saved(1, ("bob",), duplicate=True)])
+    assert may_have_queued([_saved(1), _saved(2, ("bob",))])

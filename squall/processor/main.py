@@ -41,7 +41,7 @@ async def serve_processor(settings: Settings, *, stop: asyncio.Event | None = No
     )
     writer = BatchWriter(
         store, max_batch=settings.store_batch,
-        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.poke,
+        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored,
     )
     server = ProcessorServer(max_line=settings.max_line_bytes, on_seen=notifier.seen)
     pipeline = server.pipeline = Pipeline.from_settings(StageContext(

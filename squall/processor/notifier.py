@@ -22,10 +22,12 @@ import datetime
 import logging
 import random
 import time
+from collections.abc import Sequence
 
 from ..backoff import backoff_delay
+from ..message import Draft
 from ..pipeline.mail import Deliverer, PendingMention, compose
-from ..pipeline.notify import plan
+from ..pipeline.notify import may_have_queued, plan
 from ..store import Notification, Store
 
 __all__ = ["Notifier"]
@@ -65,6 +67,15 @@ class Notifier:
     def poke(self) -> None:
         """Something changed (a mention was stored): look at the store again."""
         self._wake.set()
+
+    def stored(self, messages: Sequence[Draft]) -> None:
+        """A batch was committed: poke only if it may have queued a notification.
+
+        Most messages mention nobody, and looking at the store after each of
+        them would compete for the CPU with the web node's fan-out.
+        """
+        if may_have_queued(messages):
+            self.poke()
 
     def seen(self, key: str, room: str, seq: int) -> None:
         """A user was handed message ``seq`` of ``room``; written on the next round."""

@@ -204,7 +204,7 @@ class BatchWriter:
 
     def __init__(
         self, store: Store, *, max_batch: int = 512, notify_delay_ms: int | None = None,
-        on_commit: Callable[[], None] | None = None,
+        on_commit: Callable[[list[Draft]], None] | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -240,6 +240,6 @@ class BatchWriter:
                     if not future.done():
                         future.set_result(message)
                 if self.on_commit is not None:
-                    self.on_commit()
+                    self.on_commit(saved)
         finally:
             self._running = False
