@@ -110,12 +110,27 @@ async def _run(
     results: dict[str, dict[str, Any]] = {}
     unavailable = {t.name: t.unavailable() for t in targets}
     all_ok = True
+
+    def record(name: str, target: Target, result: dict[str, Any]) -> None:
+        nonlocal all_ok
+        scenario = SCENARIOS[name]
+        all_ok = all_ok and bool(result.get("ok"))
+        figure = result.get(scenario.metric, result.get("error"))
+        print(f"[{name}] {target.name}: {figure} {scenario.unit}, ok={result.get('ok')}",
+              file=sys.stderr, flush=True)
+        previous = results[name].get(target.name)
+        rounds = (previous or {}).get("rounds", []) + [figure]
+        if _better(scenario, result, previous):
+            results[name][target.name] = result
+        results[name][target.name]["rounds"] = rounds
+
     for name in names:
         scenario = SCENARIOS[name]
         results[name] = {}
         # Rounds go target by target and then again, so a burst of outside load
         # hurts one round of every target rather than every round of one.
         for round_ in range(repeat):
+            runnable = []
             for target in targets:
                 if scenario.kind == "local":
                     if target.name not in LOCAL_TARGETS:
@@ -130,26 +145,31 @@ async def _run(
                     if round_ == 0:
                         print(f"[{name}] {target.name}: skipped ({reason})", file=sys.stderr)
                     continue
+                runnable.append(target)
+            # A side-by-side scenario runs every target at once; the others, one by one.
+            batches = [runnable] if scenario.together is not None else [[t] for t in runnable]
+            for batch in batches:
+                if not batch:
+                    continue
                 background = await _wait_quiet(wait_quiet) if wait_quiet > 0 else None
-                print(f"[{name}] {target.name} ...", file=sys.stderr, flush=True)
+                print(f"[{name}] {', '.join(t.name for t in batch)} ...", file=sys.stderr, flush=True)
                 started = time.perf_counter()
                 try:
-                    result = await scenario.run(target, options)
+                    if scenario.together is not None:
+                        by_target = await scenario.together(batch, options)
+                    else:
+                        assert scenario.run is not None
+                        by_target = {batch[0].name: await scenario.run(batch[0], options)}
                 except Exception as exc:  # one broken target must not lose the other figures
                     traceback.print_exc()
-                    result = {"error": f"{type(exc).__name__}: {exc}", "ok": False}
-                result["wall_s"] = round(time.perf_counter() - started, 1)
-                if background is not None:
-                    result["background_cpu_before"] = round(background, 3)
-                all_ok = all_ok and bool(result.get("ok"))
-                figure = result.get(scenario.metric, result.get("error"))
-                print(f"[{name}] {target.name}: {figure} {scenario.unit}, ok={result.get('ok')}",
-                      file=sys.stderr, flush=True)
-                previous = results[name].get(target.name)
-                rounds = (previous or {}).get("rounds", []) + [figure]
-                if _better(scenario, result, previous):
-                    results[name][target.name] = result
-                results[name][target.name]["rounds"] = rounds
+                    by_target = {t.name: {"error": f"{type(exc).__name__}: {exc}", "ok": False} for t in batch}
+                wall = round(time.perf_counter() - started, 1)
+                for target in batch:
+                    result = by_target[target.name]
+                    result["wall_s"] = wall
+                    if background is not None:
+                        result["background_cpu_before"] = round(background, 3)
+                    record(name, target, result)
     return results, all_ok
 
 
