@@ -391,7 +391,11 @@ async def latency(
             side.meter = _Meter(side.server)
         start = time.perf_counter()
         for k in range(count):
-            for i, side in enumerate(sides):
+            # The order rotates, so that each target follows each other one
+            # equally often: what a server leaves running after its fan-out
+            # (its garbage collector, say) then slows every target alike.
+            shift = k % len(sides)
+            for i, side in enumerate(sides[shift:] + sides[:shift]):
                 await asyncio.sleep(max(0.0, start + (k * len(sides) + i) * turn - time.perf_counter()))
                 side.send(k)
         drained = [await side.drain() for side in sides]
