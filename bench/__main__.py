@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=None,
                         help="clients in every scenario, replacing each scenario's own count")
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds of load per scenario and target (default 10, 3 with --quick)")
+                        help="seconds of load per scenario and target (default 10, and 60 for "
+                             "latency; 3 with --quick)")
     parser.add_argument("--window", type=int, default=FANOUT_WINDOW,
                         help="messages a fan-out sender may have ahead of its slowest subscriber "
                              "(default %(default)s)")
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown target {t!r}: expected some of {', '.join(TARGETS)}")
     options = Options(
         duration=args.duration if args.duration is not None else (3.0 if args.quick else 10.0),
+        latency_duration=args.duration if args.duration is not None else (3.0 if args.quick else 60.0),
         clients=args.clients,
         window=args.window,
         idle_connections=1000 if args.quick else 5000,
