@@ -4,9 +4,9 @@ Every scenario is a coroutine ``run(target, options) -> dict`` that starts its
 own server (so no scenario inherits another's rooms, buffers or heap), drives
 it, stops it, and returns flat, JSON-ready figures. ``latency`` is the one
 exception: it runs every target at once, side by side (see there), and returns
-such a dict per target. Each result carries ``ok``
-and the counts behind it: a run that lost, duplicated or reordered a message
-is reported as failed, whatever its speed.
+such a dict per target. Each result carries ``ok`` and the counts behind it: a
+run that lost, duplicated or reordered a message is reported as failed,
+whatever its speed.
 
 CPU figures are in *cores*: CPU seconds divided by wall seconds over the
 measured interval, so 1.0 is one core saturated. ``loadgen_cpu`` near 1.0
