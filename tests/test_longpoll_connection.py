@@ -10,8 +10,9 @@ requests in between, malformed and oversized requests, HTTP/1.0, hang-ups.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -76,6 +77,15 @@ class KeptAlive:
         await close_writer(self.writer)
 
 
+@contextlib.asynccontextmanager
+async def kept_alive(server: SquallProcess) -> AsyncIterator[KeptAlive]:
+    conn = await KeptAlive.open(server)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def health(server: SquallProcess) -> dict[str, Any]:
     result: dict[str, Any] = (await http(server.address, "GET", "/api/health")).json()
     return result
@@ -108,8 +118,7 @@ def bodies(response: HTTPResponse) -> list[str]:
 
 def test_polls_follow_each_other_on_one_connection(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             first = await conn.request("GET", f"/api/rooms/{room}/messages?since=0&wait=0", token)
             assert first.status == 200 and first.json() == {"messages": [], "seq": 0}
             assert "close" not in first.headers.get("connection", "")
@@ -124,8 +133,6 @@ def test_polls_follow_each_other_on_one_connection(server: SquallProcess, token:
                 assert bodies(answer) == [f"message {n}"]
                 cursor = answer.json()["seq"]
             assert cursor == 3
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
@@ -138,8 +145,7 @@ def test_pipelined_polls_are_answered_in_order(server: SquallProcess, token: str
     async def scenario() -> None:
         for n in range(1, 6):
             await send(server, token, room, n)
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             path = f"/api/rooms/{room}/messages"
             conn.write(b"".join([
                 conn.request_bytes("GET", f"{path}?since=0&limit=2&wait=0", token),
@@ -149,8 +155,6 @@ def test_pipelined_polls_are_answered_in_order(server: SquallProcess, token: str
             ]))
             pages = [bodies(await conn.response()) for _ in range(4)]
             assert pages == [["message 1", "message 2"], ["message 3", "message 4"], ["message 5"], []]
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
@@ -158,9 +162,8 @@ def test_pipelined_polls_are_answered_in_order(server: SquallProcess, token: str
 def test_other_requests_share_the_connection_with_polls(server: SquallProcess, token: str, room: str) -> None:
     """A send, a members list and a 404 between polls go to Tornado and back."""
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        path = f"/api/rooms/{room}/messages"
-        try:
+        async with kept_alive(server) as conn:
+            path = f"/api/rooms/{room}/messages"
             assert bodies(await conn.request("GET", f"{path}?since=0&wait=0", token)) == []
             body = json.dumps({"body": "over the same socket", "id": "s1"}).encode()
             sent = await conn.request("POST", path, token, body=body, headers={"Content-Type": "application/json"})
@@ -172,17 +175,14 @@ def test_other_requests_share_the_connection_with_polls(server: SquallProcess, t
             assert missing.status == 404 and missing.json()["code"] == "not_found"
             history = await conn.request("GET", f"{path}?limit=10", token)
             assert bodies(history) == ["over the same socket"]
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
 
 def test_a_bad_poll_is_refused_and_the_connection_stays_usable(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        path = f"/api/rooms/{room}/messages"
-        try:
+        async with kept_alive(server) as conn:
+            path = f"/api/rooms/{room}/messages"
             assert (await conn.request("GET", f"{path}?since=0&wait=0", token)).status == 200
             bad = await conn.request("GET", f"{path}?since=0&wait=abc", token)
             assert bad.status == 400
@@ -194,24 +194,19 @@ def test_a_bad_poll_is_refused_and_the_connection_stays_usable(server: SquallPro
             stranger = await conn.request("GET", f"{path}?since=0&wait=0", "not-a-token")
             assert stranger.status == 401 and stranger.json()["code"] == "unauthorized"
             assert (await conn.request("GET", f"{path}?since=0&wait=0", token)).status == 200
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
 
 def test_the_token_may_come_in_the_query_or_the_cookie(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        path = f"/api/rooms/{room}/messages?since=0&wait=0"
-        try:
+        async with kept_alive(server) as conn:
+            path = f"/api/rooms/{room}/messages?since=0&wait=0"
             assert (await conn.request("GET", path, token)).status == 200
             assert (await conn.request("GET", f"{path}&token={token}", None)).status == 200
             cookie = {"Cookie": f"theme=dark; squall_token={token}"}
             assert (await conn.request("GET", path, None, headers=cookie)).status == 200
             assert (await conn.request("GET", path, None)).status == 401
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
@@ -227,14 +222,11 @@ def test_a_malformed_request_after_a_poll_is_refused_by_tornado(
     server: SquallProcess, token: str, room: str, request_text: bytes
 ) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             assert (await conn.request("GET", f"/api/rooms/{room}/messages?since=0&wait=0", token)).status == 200
             conn.write(request_text)
             answer = await conn.response()
             assert 400 <= answer.status < 500
-        finally:
-            await conn.close()
         # Nothing of it reached another connection.
         assert (await health(server))["ok"]
 
@@ -243,13 +235,10 @@ def test_a_malformed_request_after_a_poll_is_refused_by_tornado(
 
 def test_an_oversized_head_after_a_poll_ends_the_connection(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             assert (await conn.request("GET", f"/api/rooms/{room}/messages?since=0&wait=0", token)).status == 200
             conn.write(b"GET /api/rooms/r/messages?since=0 HTTP/1.1\r\nX-Filler: " + b"a" * 100_000)
             assert await conn.closed_by_server()
-        finally:
-            await conn.close()
         assert (await health(server))["ok"]
 
     run_async(scenario())
@@ -258,8 +247,7 @@ def test_an_oversized_head_after_a_poll_ends_the_connection(server: SquallProces
 def test_a_poll_asking_to_close_is_answered_then_closed(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
         for version, headers in (("HTTP/1.1", {"Connection": "close"}), ("HTTP/1.0", {})):
-            conn = await KeptAlive.open(server)
-            try:
+            async with kept_alive(server) as conn:
                 # Twice: the first goes through Tornado, the second is read by the node itself.
                 for request_headers in ({}, headers) if version == "HTTP/1.1" else (headers,):
                     answer = await conn.request("GET", f"/api/rooms/{room}/messages?since=0&wait=0", token,
@@ -267,22 +255,17 @@ def test_a_poll_asking_to_close_is_answered_then_closed(server: SquallProcess, t
                     assert answer.status == 200
                 assert answer.headers.get("connection") == "close"
                 assert await conn.closed_by_server()
-            finally:
-                await conn.close()
 
     run_async(scenario())
 
 
 def test_http_1_0_keep_alive_polls_stay_open(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             for _ in range(2):
                 answer = await conn.request("GET", f"/api/rooms/{room}/messages?since=0&wait=0", token,
                                             headers={"Connection": "keep-alive"}, version="HTTP/1.0")
                 assert answer.status == 200 and answer.headers.get("connection") != "close"
-        finally:
-            await conn.close()
 
     run_async(scenario())
 
@@ -311,13 +294,10 @@ def test_a_poller_that_hangs_up_stops_waiting(server: SquallProcess, token: str,
 def test_a_parked_poll_times_out_with_the_room_position(server: SquallProcess, token: str, room: str) -> None:
     async def scenario() -> None:
         await send(server, token, room, 1)
-        conn = await KeptAlive.open(server)
-        try:
+        async with kept_alive(server) as conn:
             answer = await conn.request("GET", f"/api/rooms/{room}/messages?since=1&wait=0.2", token)
             assert answer.status == 200 and answer.json() == {"messages": [], "seq": 1}
             again = await conn.request("GET", f"/api/rooms/{room}/messages?since=1&wait=0", token)
             assert again.json() == {"messages": [], "seq": 1}
-        finally:
-            await conn.close()
 
     run_async(scenario())
