@@ -7,12 +7,13 @@ time a user is handed a message that mentions them (``seen``); those reports
 raise the user's read marker for the room.
 
 The :class:`Notifier` wakes when the earliest notification falls due (or when
-poked). For each user with a due notification it takes *all* of that user's
-pending ones — the mentions that piled up — drops those the user has seen,
-and sends one e-mail for the rest. Only after the deliverer accepted it are the
-notifications marked sent, so a processor restart neither loses one (it is in
-the store) nor, short of a crash in the middle of a delivery, repeats one. A
-delivery failure postpones them with capped exponential back-off.
+a mention is stored, or a read marker moves). For each user with a due
+notification it takes *all* of that user's pending ones — the mentions that
+piled up — drops those the user has seen, and sends one e-mail for the rest.
+Only after the deliverer accepted it are the notifications marked sent, so a
+processor restart neither loses one (it is in the store) nor, short of a crash
+in the middle of a delivery, repeats one. A delivery failure postpones them
+with capped exponential back-off.
 """
 
 from __future__ import annotations
@@ -64,18 +65,14 @@ class Notifier:
         self._seen: dict[tuple[str, str], int] = {}
         self.sent = 0  # e-mails handed to the deliverer, for logs and tests
 
-    def poke(self) -> None:
-        """Something changed (a mention was stored): look at the store again."""
-        self._wake.set()
-
     def stored(self, messages: Sequence[Draft]) -> None:
-        """A batch was committed: poke only if it may have queued a notification.
+        """A batch was committed: look at the store again if it may have queued a notification.
 
         Most messages mention nobody, and looking at the store after each of
         them would compete for the CPU with the web node's fan-out.
         """
         if may_have_queued(messages):
-            self.poke()
+            self._wake.set()
 
     def seen(self, key: str, room: str, seq: int) -> None:
         """A user was handed message ``seq`` of ``room``; written on the next round."""
@@ -85,7 +82,7 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            # Cleared before reading the store, not after: a poke that comes
+            # Cleared before reading the store, not after: a wake-up that comes
             # while this round reads must wake the next wait, not be lost.
             self._wake.clear()
             try:
