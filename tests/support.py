@@ -17,6 +17,7 @@ scales for slow machines.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 from http.client import HTTPConnection
 import json
@@ -24,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -39,6 +41,7 @@ from websockets.asyncio.client import ClientConnection, connect
 __all__ = [
     "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
     "HTTPResponse", "http", "EventStream", "SSEEvent", "ChatClient", "LineClient",
+    "upgrade_request", "client_frame", "RawFrames",
 ]
 
 # Every wait in the tests is bounded by this many seconds; a wait only takes
@@ -558,3 +561,83 @@ class LineClient:
 
     async def close(self) -> None:
         await close_writer(self.writer)
+
+
+# -- WebSocket on a raw socket, for peers no client library would be ----------------------
+
+
+def upgrade_request(address: tuple[str, int], token: str | None) -> bytes:
+    """The bytes of a WebSocket upgrade request for ``/ws`` (no token when None)."""
+    target = f"/ws?token={token}" if token is not None else "/ws"
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def client_frame(payload: bytes | str | dict[str, Any], opcode: int = 0x1) -> bytes:
+    """One masked, final client frame (RFC 6455 §5.2); a dict is sent as JSON text."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    if len(payload) < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))
+    elif len(payload) < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, len(payload))
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, len(payload))
+    return header + mask + masked
+
+
+class RawFrames:
+    """Server frames read off a raw socket: the upgrade answer, then frame by frame."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def read_head(self) -> bytes:
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                raise EOFError(f"connection closed before the upgrade answer: {self.buffer!r}")
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        return head
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """``(opcode, payload)`` of the next server frame, or None at EOF."""
+        while True:
+            if len(self.buffer) >= 2:
+                opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+                header = {126: 4, 127: 10}.get(length, 2)
+                if len(self.buffer) >= header:
+                    if length == 126:
+                        (length,) = struct.unpack_from("!H", self.buffer, 2)
+                    elif length == 127:
+                        (length,) = struct.unpack_from("!Q", self.buffer, 2)
+                    if len(self.buffer) >= header + length:
+                        payload = self.buffer[header : header + length]
+                        self.buffer = self.buffer[header + length :]
+                        return opcode, payload
+            if not self._fill():
+                return None
+
+    def until_close(self) -> tuple[list[dict[str, Any]], int | None]:
+        """The JSON frames up to the server's close frame, and its close code (None at EOF)."""
+        frames: list[dict[str, Any]] = []
+        while (frame := self.next_frame()) is not None:
+            opcode, payload = frame
+            if opcode == 0x1:
+                frames.append(json.loads(payload))
+            elif opcode == 0x8:
+                return frames, struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else None
+        return frames, None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from support import run_async
 
 from squall.message import Draft
@@ -49,3 +51,23 @@ async def _batches(store: SQLiteStore) -> None:
         assert again[0].body == "body of a"
     finally:
         await store.close()
+
+
+def test_a_message_without_a_nick_is_refused(tmp_path: Path) -> None:
+    """The last line behind the web node's authentication: no author, no message."""
+    store = SQLiteStore(str(tmp_path / "squall.db"))
+
+    async def scenario() -> None:
+        await store.open()
+        try:
+            for nick in ("", "   "):
+                with pytest.raises(ValueError, match="no nick"):
+                    await store.save_messages([draft("r", "ann", "a1"), draft("r", nick, "a2")])
+                with pytest.raises(ValueError, match="no nick"):
+                    await store.save_user(nick)
+            assert await store.last_seq("r") == 0
+            assert await store.messages_after("r", 0, 10) == []
+        finally:
+            await store.close()
+
+    run_async(scenario())

@@ -114,6 +114,13 @@ def earlier_copies_sql(keys: int) -> str:
     )
 
 
+def _check_author(nick: str, what: str) -> None:
+    """The store's own last line behind authentication (which must have refused
+    first): nothing is stored without an author."""
+    if not nick.strip():
+        raise ValueError(f"{what} has no nick ({nick!r}); the store keeps nothing without an author")
+
+
 def _row_to_draft(row: Any) -> Draft:
     room, seq, nick, cid, body, html, mentions, links, ts, previews = row
     return Draft(
@@ -194,6 +201,8 @@ class SQLiteStore:
     ) -> list[Draft]:
         if not drafts:
             return []
+        for draft in drafts:
+            _check_author(draft.nick, f"message {draft.room}/{draft.id}")
         return await self._in_writer(self._save_batch, list(drafts), notify_delay_ms)
 
     def _save_batch(self, drafts: list[Draft], notify_delay_ms: int | None) -> list[Draft]:
@@ -366,6 +375,7 @@ class SQLiteStore:
         return [_row_to_draft(row) for row in reversed(rows)]
 
     async def save_user(self, nick: str) -> str:
+        _check_author(nick, "user")
         return await self._in_writer(self._save_user, nick)
 
     def _save_user(self, nick: str) -> str:

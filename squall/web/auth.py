@@ -30,9 +30,10 @@ def nick_from_token(secret: str, token: str | None, *, max_age_days: float) -> s
     if value is None:
         return None
     try:
-        return value.decode("utf-8")
+        nick = value.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    return nick or None  # a session always names someone
 
 
 class TokenCache:

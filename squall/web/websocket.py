@@ -12,7 +12,10 @@ timer per connection while it is idle — and lets fan-out hand one pre-built
 frame to ``socket.send`` for every member.
 
 A bad token still completes the handshake and then closes with 4001, because
-a browser cannot read the status of a refused upgrade, only a close code.
+a browser cannot read the status of a refused upgrade, only a close code. Such
+a socket goes to a :class:`RefusedConnection`, which has no chat commands at
+all, never to a :class:`ChatConnection` (which cannot be made without a nick):
+frames sent in the same read as the upgrade request are dropped like any other.
 
 Frames are parsed by :func:`squall.protocol.parse_command`; every bad frame is
 answered with an ``error`` and the connection stays open, except frames over
@@ -56,9 +59,12 @@ from .base import BaseHandler, token_from_request
 from .streams import receive, take_socket
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from .node import WebNode
 
-__all__ = ["WebSocketEndpoint", "ChatConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW"]
+__all__ = [
+    "WebSocketEndpoint", "ChatConnection", "RefusedConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW",
+]
 
 log = logging.getLogger("squall.ws")
 # websockets logs every closed connection at INFO; that is our job, at our level.
@@ -69,6 +75,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_DATA = 1007
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
+# Most bytes queued for a refused (unauthenticated) client before it is aborted.
+REFUSED_BUFFER = 4096
 # A client may announce typing in a room at most this often; more is dropped quietly.
 TYPING_INTERVAL = 2.0
 _READ_SIZE = 64 * 1024
@@ -102,12 +110,14 @@ class WebSocketEndpoint(BaseHandler):
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
         ).encode("ascii")
+        if nick is None:
+            # No ChatConnection at all: whatever frames came with the request
+            # (``leftover``) or come later, nothing can dispatch them.
+            RefusedConnection(sock, node.settings).start(handshake, leftover)
+            return
         connection = ChatConnection(node, sock, nick)
         connection.write(handshake)
         connection.start(leftover)
-        if nick is None:
-            # Reading goes on, so the client's close reply ends it promptly.
-            connection.close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
 
     def _check_upgrade(self) -> str:
         headers = self.request.headers
@@ -138,6 +148,83 @@ class WebSocketEndpoint(BaseHandler):
         return urlparse(origin).netloc.lower() == self.request.host.lower()
 
 
+class RefusedConnection:
+    """A WebSocket without a valid session: it is told close 4001, and nothing else.
+
+    It has no chat commands to dispatch, so nothing it sends can be acted on,
+    whether its frames came in the same read as the upgrade request or later:
+    they are parsed only to find the client's close reply, then dropped. Its
+    output (the close frame, and pongs the framing layer owes until the client
+    closes) is capped at :data:`REFUSED_BUFFER` bytes; past that, or after
+    ``close_timeout`` seconds, the socket is aborted.
+    """
+
+    __slots__ = ("sock", "fd", "loop", "protocol", "_unsent", "_abort_handle")
+
+    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.protocol = Protocol(Side.SERVER, max_size=settings.max_frame_bytes, logger=_frames_log)
+        self._unsent = b""
+        self._abort_handle = self.loop.call_later(settings.close_timeout, self._finish)
+
+    def start(self, handshake: bytes, leftover: bytes) -> None:
+        """Send the 101 answer and close 4001; then read only for the close reply."""
+        self.protocol.send_close(CLOSE_UNAUTHORIZED, "unauthorized: missing or invalid token")
+        self._unsent = handshake
+        self.loop.add_reader(self.fd, self._on_readable)
+        self._receive(leftover)
+
+    def _on_readable(self) -> None:
+        data = receive(self.sock, _READ_SIZE)
+        if data is None:
+            return
+        if data:
+            self._receive(data)
+        else:
+            self._finish()
+
+    def _receive(self, data: bytes) -> None:
+        if data:
+            self.protocol.receive_data(data)
+        self.protocol.events_received()  # dropped unread: see the class docstring
+        done = False
+        for output in self.protocol.data_to_send():
+            if output is SEND_EOF or output == b"":
+                done = True  # the close handshake is over (or failed): hang up
+            else:
+                self._unsent += output
+        if done or len(self._unsent) > REFUSED_BUFFER or self.protocol.state is State.CLOSED:
+            self._finish()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self._unsent) if self._unsent else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._finish()
+            return
+        self._unsent = self._unsent[sent:]
+        if self._unsent:
+            self.loop.remove_writer(self.fd)
+            self.loop.add_writer(self.fd, self._flush)
+        else:
+            self.loop.remove_writer(self.fd)
+
+    def _finish(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        self._abort_handle.cancel()
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        self.sock.close()
+        self._unsent = b""
+
+
 class ChatConnection:
     """One client's WebSocket: socket I/O, framing, chat commands, room membership."""
 
@@ -147,7 +234,9 @@ class ChatConnection:
         "_drained", "_abort_handle",
     )
 
-    def __init__(self, node: WebNode, sock: socket.socket, nick: str | None) -> None:
+    def __init__(self, node: WebNode, sock: socket.socket, nick: str) -> None:
+        if not nick:
+            raise ValueError("a ChatConnection needs the nick of a valid session")
         self.node = node
         self.sock = sock
         self.fd = sock.fileno()
@@ -155,7 +244,7 @@ class ChatConnection:
         self.protocol = Protocol(
             Side.SERVER, max_size=node.settings.max_frame_bytes, logger=_frames_log
         )
-        self.nick = nick or ""
+        self.nick = nick
         self.nick_key = nick_key(self.nick)
         self.rooms: dict[str, int] = {}  # room → last seq delivered
         self.bucket: TokenBucket | None = None

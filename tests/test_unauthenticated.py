@@ -1,0 +1,113 @@
+"""Nothing from a connection without a valid session is ever acted on.
+
+An attacker's client sends the upgrade request with no token (or a forged
+one) and its chat frames in the same ``sendall``, so that they arrive in the
+same read as the request. The server must answer with nothing but close 4001:
+no ``pong``, no ``error``, no ``joined``; store nothing; and tell the room
+nothing (no message, no ``typing`` or ``online`` presence with an empty nick).
+
+How absence is shown without waiting for it: an authenticated watcher in the
+room sends a sentinel message after the attacker has had its close. Anything
+the attacker's frames had caused (a stored message, a presence event) was set
+off while its upgrade was being handled, before the close was written, so the
+watcher would see it before its own sentinel; history must hold the sentinel
+alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from support import TIMEOUT, ChatClient, RawFrames, SquallProcess, client_frame, run_async, upgrade_request
+
+from squall.web.auth import make_token, nick_from_token
+
+SQUALL_ENV = {"SQUALL_SEND_RATE": "1000", "SQUALL_SEND_BURST": "1000"}
+
+
+@pytest.fixture(scope="module")
+def token(server: SquallProcess) -> str:
+    return server.session("watcher")
+
+
+def _forged(token: str) -> str:
+    return token[:-4] + ("0000" if not token.endswith("0000") else "1111")  # signature broken
+
+
+def _frames(room: str, kinds: str) -> list[dict[str, Any]]:
+    frames = {
+        "send": {"type": "send", "room": room, "id": "intruder", "body": "stored without a session"},
+        "typing": {"type": "typing", "room": room},
+        "join": {"type": "join", "room": room, "since": 0},
+        "ping": {"type": "ping"},
+        "bad": {"type": "send", "room": "Bad Room", "id": "x", "body": "x"},
+    }
+    return [frames[kind] for kind in kinds.split("+")]
+
+
+def _attack(server: SquallProcess, bad_token: str | None, payload: bytes, later: bytes = b"") -> tuple[list[dict[str, Any]], int | None]:
+    """Send the upgrade and ``payload`` in one ``sendall`` (then ``later``);
+    return what the server sent back up to its close frame."""
+    with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(upgrade_request(server.address, bad_token) + payload)
+        if later:
+            sock.sendall(later)
+        reader = RawFrames(sock)
+        head = reader.read_head()
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frames, code = reader.until_close()
+        sock.sendall(client_frame(b"\x0f\xa1", opcode=0x8))  # our close reply, 4001
+        return frames, code
+
+
+@pytest.mark.parametrize("kinds", ["send", "typing", "join", "ping", "bad", "join+send+typing+ping"])
+@pytest.mark.parametrize("token_kind", ["none", "empty", "garbage", "forged"])
+def test_frames_in_the_upgrade_segment_are_not_acted_on(
+    server: SquallProcess, token: str, room: str, kinds: str, token_kind: str
+) -> None:
+    bad_token = {"none": None, "empty": "", "garbage": "garbage", "forged": _forged(token)}[token_kind]
+    payload = b"".join(client_frame(frame) for frame in _frames(room, kinds))
+
+    async def scenario() -> None:
+        watcher = await ChatClient.connect(server.address, token)
+        try:
+            joined = await watcher.join(room)
+            assert joined["type"] == "joined" and joined["seq"] == 0, joined
+
+            frames, code = await asyncio.to_thread(_attack, server, bad_token, payload)
+            assert code == 4001
+            assert frames == [], f"an unauthenticated client was answered: {frames}"
+
+            await watcher.send_json({"type": "send", "room": room, "id": "sentinel", "body": "after"})
+            while True:
+                frame = await watcher.recv_json()
+                if frame["type"] == "message" and frame["id"] == "sentinel":
+                    break
+                assert frame["type"] == "ack" and frame["id"] == "sentinel", (
+                    f"the room heard from an unauthenticated client: {frame}"
+                )
+        finally:
+            await watcher.close()
+
+    run_async(scenario())
+    assert [m["id"] for m in server.history(room, token)] == ["sentinel"]
+
+
+def test_frames_after_the_upgrade_segment_are_not_acted_on(server: SquallProcess, token: str, room: str) -> None:
+    """The same frames, in a later segment (a later read, usually)."""
+    later = b"".join(client_frame(frame) for frame in _frames(room, "join+send+typing+ping"))
+    frames, code = _attack(server, None, b"", later)
+    assert (frames, code) == ([], 4001)
+    assert server.history(room, token) == []
+
+
+
+def test_a_validly_signed_token_for_an_empty_nick_is_no_session() -> None:
+    secret = "s" * 32
+    assert nick_from_token(secret, make_token(secret, ""), max_age_days=1) is None
+    assert nick_from_token(secret, make_token(secret, "ann"), max_age_days=1) == "ann"
