@@ -6,7 +6,7 @@ import enum
 
 from .errors import RateLimited
 
-__all__ = ["TokenBucket", "Outbound", "outbound_verdict", "low_water"]
+__all__ = ["TokenBucket", "Outbound", "outbound_verdict", "low_water", "high_water"]
 
 
 class Outbound(enum.Enum):
@@ -16,8 +16,23 @@ class Outbound(enum.Enum):
 
 
 def low_water(limit: int) -> int:
-    """Below this many queued bytes a client gets backlog and ephemeral events again."""
+    """At or below this many queued bytes a client gets backlog and ephemeral
+    events again, and a client whose reading was paused is read again."""
     return limit // 2
+
+
+def high_water(limit: int) -> int:
+    """Above this many queued bytes a client's input is no longer read.
+
+    Everything written to a client counts, replies to its own frames as much as
+    broadcasts: a client that sends without reading its answers is paused here,
+    and TCP pushes back on it. The gap up to ``limit`` leaves room for what is
+    already under way (the rest of the frames of the read in progress, acks of
+    sends in flight); a reply that would go past ``limit`` cuts the client off
+    as a message would. Paused at ``high_water``, read again at ``low_water``:
+    the gap between them keeps a client at the edge from flapping.
+    """
+    return limit * 3 // 4
 
 
 def outbound_verdict(*, buffered: int, size: int, limit: int, ephemeral: bool) -> Outbound:

@@ -599,35 +599,40 @@ class RawFrames:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.position = 0  # where the next frame starts in ``buffer``
 
     def _fill(self) -> bool:
+        if self.position > 65536:
+            del self.buffer[: self.position]
+            self.position = 0
         chunk = self.sock.recv(65536)
         self.buffer += chunk
         return bool(chunk)
 
     def read_head(self) -> bytes:
-        while b"\r\n\r\n" not in self.buffer:
+        while (end := self.buffer.find(b"\r\n\r\n", self.position)) < 0:
             if not self._fill():
-                raise EOFError(f"connection closed before the upgrade answer: {self.buffer!r}")
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+                raise EOFError(f"connection closed before the upgrade answer: {bytes(self.buffer)!r}")
+        head = bytes(self.buffer[self.position : end])
+        self.position = end + 4
         return head
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """``(opcode, payload)`` of the next server frame, or None at EOF."""
         while True:
-            if len(self.buffer) >= 2:
-                opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+            start, available = self.position, len(self.buffer) - self.position
+            if available >= 2:
+                opcode, length = self.buffer[start] & 0x0F, self.buffer[start + 1] & 0x7F
                 header = {126: 4, 127: 10}.get(length, 2)
-                if len(self.buffer) >= header:
+                if available >= header:
                     if length == 126:
-                        (length,) = struct.unpack_from("!H", self.buffer, 2)
+                        (length,) = struct.unpack_from("!H", self.buffer, start + 2)
                     elif length == 127:
-                        (length,) = struct.unpack_from("!Q", self.buffer, 2)
-                    if len(self.buffer) >= header + length:
-                        payload = self.buffer[header : header + length]
-                        self.buffer = self.buffer[header + length :]
-                        return opcode, payload
+                        (length,) = struct.unpack_from("!Q", self.buffer, start + 2)
+                    if available >= header + length:
+                        self.position = start + header + length
+                        return opcode, bytes(self.buffer[start + header : self.position])
             if not self._fill():
                 return None
 

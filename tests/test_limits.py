@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from squall.limits import TokenBucket
+from squall.limits import TokenBucket, high_water, low_water
 
 
 def test_burst_then_refused() -> None:
@@ -83,3 +83,9 @@ def test_outbound_verdict(buffered: int, size: int, ephemeral: bool, verdict: st
 
     got = outbound_verdict(buffered=buffered, size=size, limit=1000, ephemeral=ephemeral)
     assert got.value == verdict
+
+
+def test_reading_pauses_above_high_water_and_resumes_at_low_water() -> None:
+    for limit in (1, 4, 1000, 1024 * 1024):
+        assert low_water(limit) <= high_water(limit) <= limit
+    assert low_water(1024 * 1024) < high_water(1024 * 1024) < 1024 * 1024

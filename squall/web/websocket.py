@@ -53,7 +53,7 @@ from ..errors import (
     UpgradeRequired,
 )
 from ..frames import Batch, Broadcast, encode_text_frame
-from ..limits import Outbound, TokenBucket, low_water, outbound_verdict
+from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler, token_from_request
 from .streams import receive, take_socket
@@ -230,8 +230,8 @@ class ChatConnection:
 
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "rooms", "bucket",
-        "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_fragments",
-        "_drained", "_abort_handle",
+        "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
+        "_fragments", "_drained", "_abort_handle",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str) -> None:
@@ -256,6 +256,7 @@ class ChatConnection:
         self._out_marks: deque[tuple[str, int] | None] = deque()
         self._out_size = 0
         self._writing = False
+        self._paused = False  # not reading: too much is queued for the client (back-pressure)
         self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
@@ -297,7 +298,7 @@ class ChatConnection:
             if data is SEND_EOF or data == b"":
                 self._shutdown_write()
             else:
-                self.write(data)
+                self._reply(data)  # pongs and close frames count like any reply
         if self.protocol.state is State.CLOSED:
             self._finish()
         elif self.protocol.close_expected() and self._abort_handle is None:
@@ -325,6 +326,11 @@ class ChatConnection:
         self._out.append(data)
         self._out_marks.append((room, seq) if room is not None else None)
         self._out_size += len(data)
+        if not self._paused and self._out_size > high_water(self.node.settings.outbound_bytes):
+            # Stop reading: a client that does not read its answers gets no
+            # more of them, and TCP pushes back on its sending.
+            self._paused = True
+            self.loop.remove_reader(self.fd)
         if not self._writing:
             self._writing = True
             self.loop.add_writer(self.fd, self._on_writable)
@@ -335,26 +341,34 @@ class ChatConnection:
             try:
                 sent = self.sock.send(chunk)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 self._finish()
                 return
             self._out_size -= sent
             if sent < len(chunk):
                 self._out[0] = chunk[sent:]
-                return
+                break
             self._out.popleft()
             self._out_marks.popleft()
-            self._wake_drain()
+        if self._out_size <= low_water(self.node.settings.outbound_bytes):
+            self._below_low_water()
+        if self._out:
+            return
         self.loop.remove_writer(self.fd)
         self._writing = False
         if self.protocol.state is State.CLOSING and self.protocol.eof_sent:
             self._half_close()
 
-    def _wake_drain(self) -> None:
-        if self._drained is not None and self._out_size <= low_water(self.node.settings.outbound_bytes):
-            self._drained.set_result(None)
+    def _below_low_water(self) -> None:
+        """The client has caught up enough: wake a waiting backlog, read again."""
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
             self._drained = None
+        if self._paused:
+            self._paused = False
+            self.loop.add_reader(self.fd, self._on_readable)
 
     def _shutdown_write(self) -> None:
         if not self._out:
@@ -389,6 +403,7 @@ class ChatConnection:
             self._abort_handle.cancel()
             self._abort_handle = None
         self.loop.remove_reader(self.fd)
+        self._paused = False
         if self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False
@@ -578,18 +593,36 @@ class ChatConnection:
                 room, seq = mark
                 if room in self.rooms:
                     self.rooms[room] = min(self.rooms[room], seq - 1)
-        self.send_json({
+        self.write(encode_text_frame(orjson.dumps({
             "type": "error", "code": "too_slow",
             "reason": "you fell too far behind; reconnect and join with since=<seq> for each room",
             "rooms": dict(self.rooms),
-        })
+        })))
         self.close(CLOSE_TOO_SLOW, "too slow: resume with since")
 
     # -- sending helpers ------------------------------------------------
 
     def send_json(self, value: dict[str, Any]) -> None:
         if self.protocol.state is State.OPEN:
-            self.write(encode_text_frame(orjson.dumps(value)))
+            self._reply(encode_text_frame(orjson.dumps(value)))
+
+    def _reply(self, data: bytes) -> None:
+        """Write an answer to the client's own input (error, ack, pong, joined…).
+
+        It counts against ``outbound_bytes`` exactly as a message does: one
+        that would overflow the queue cuts the client off with 4008, and a
+        client that is closing and does not even read that is aborted.
+        """
+        if self._out and outbound_verdict(
+            buffered=self._out_size, size=len(data),
+            limit=self.node.settings.outbound_bytes, ephemeral=False,
+        ) is Outbound.CUT:
+            if self.protocol.state is State.OPEN:
+                self._too_slow()
+            else:
+                self._finish()
+            return
+        self.write(data)
 
     def send_error(self, code: str, reason: str, **extra: Any) -> None:
         self.send_json({"type": "error", **extra, "code": code, "reason": reason})
