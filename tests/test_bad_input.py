@@ -436,3 +436,29 @@ def test_no_websocket_refuses_the_upgrade_with_403(tmp_path: Path) -> None:
         headers = {**UPGRADE, "Sec-WebSocket-Version": "13"}
         response = run_async(http(node.address, "GET", "/ws", token=token, headers=headers))
         assert (response.status, response.json()["code"]) == (403, "websocket_disabled")
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/static/%00", 400),
+    ("/static/js/%00.js", 400),
+    ("/static/a%0ab", 400),
+    ("/static/%7f", 400),
+    ("/static/%ff", 400),
+    ("/static/%c3%28", 400),
+    ("/static/%2e%2e", 403),
+    ("/static/%2e%2e/web/node.py", 403),
+    ("/static/..%2f..%2fpyproject.toml", 403),
+    ("/static/" + "a" * 5000, 404),
+    ("/static/" + "/".join(["b" * 255] * 20), 404),
+    ("/static/nope.js", 404),
+    ("/static/js/", 403),
+])
+def test_odd_static_paths_get_a_json_4xx_and_no_traceback(server: SquallProcess, path: str, status: int) -> None:
+    tracebacks = server.count_lines("Traceback")
+    response = run_async(http(server.address, "GET", path))
+    assert response.status == status, response
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] in ("bad_request", "forbidden", "not_found") and body["reason"], body
+    assert "%s" not in body["reason"], body
+    assert server.count_lines("Traceback") == tracebacks

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import orjson
 from tornado.httputil import HTTPServerRequest, parse_cookie
+from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
@@ -16,7 +18,8 @@ if TYPE_CHECKING:
     from .node import WebNode
 
 __all__ = [
-    "BaseHandler", "NotFoundHandler", "COOKIE_NAME", "find_token", "token_from_request", "query_argument",
+    "BaseHandler", "JSONErrors", "NotFoundHandler", "COOKIE_NAME", "find_token", "token_from_request",
+    "query_argument", "redact_uri",
 ]
 
 log = logging.getLogger("squall.web")
@@ -33,6 +36,24 @@ def query_argument(request: HTTPServerRequest, name: str) -> str | None:
     """The last value of query parameter ``name``, or None."""
     values = request.query_arguments.get(name)
     return values[-1].decode("utf-8", "replace") if values else None
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the value of every ``token`` query parameter replaced, for logs.
+
+    A session token is a bearer credential: whoever reads it in a log can be
+    that user until it expires. The name is compared decoded, as the server
+    reads it (``%74oken=`` is a token too).
+    """
+    path, mark, query = uri.partition("?")
+    if not mark or "oken" not in query and "%" not in query:
+        return uri
+    pairs = query.split("&")
+    for index, pair in enumerate(pairs):
+        name, equals, _value = pair.partition("=")
+        if equals and unquote_plus(name) == "token":
+            pairs[index] = f"{name}=[redacted]"
+    return f"{path}?{'&'.join(pairs)}"
 
 
 def token_from_request(request: HTTPServerRequest) -> tuple[str | None, bool]:
@@ -59,7 +80,52 @@ def find_token(authorization: str, query_token: str | None, cookie: str | None) 
     return (token, True) if token else (None, False)
 
 
-class BaseHandler(RequestHandler):
+def _message(exc: HTTPError) -> str | None:
+    """An HTTPError's message with its arguments filled in (Tornado keeps them apart)."""
+    if exc.log_message and exc.args:
+        try:
+            return exc.log_message % exc.args
+        except (TypeError, ValueError):
+            pass
+    return exc.log_message
+
+
+class JSONErrors(RequestHandler):
+    """Errors as ``{"code", "reason"}`` JSON, and request logs without tokens."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ClientError):
+            body = exc.to_dict()
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, HTTPError) and status_code < 500:
+            body = {"code": _HTTP_CODES.get(status_code, "bad_request"), "reason": _message(exc) or self._reason}
+        else:
+            body = {"code": "internal", "reason": "the server failed to handle this request"}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ClientError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ClientError):
+            log.debug("%s %s: %s", self.request.method, self.request.path, value)
+        elif isinstance(value, HTTPError):
+            super().log_exception(typ, value, tb)
+        else:
+            # Tornado's own line adds repr(request), whose URI holds any ?token=.
+            app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+
+
+class BaseHandler(JSONErrors):
     node: WebNode
 
     def initialize(self, node: WebNode) -> None:
@@ -114,32 +180,6 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(value if isinstance(value, bytes) else orjson.dumps(value))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ClientError):
-            body = exc.to_dict()
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-        elif isinstance(exc, HTTPError) and status_code < 500:
-            body = {"code": _HTTP_CODES.get(status_code, "bad_request"),
-                    "reason": exc.log_message or self._reason}
-        else:
-            body = {"code": "internal", "reason": "the server failed to handle this request"}
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps(body))
-
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ClientError):
-            status_code = exc.status
-        super().send_error(status_code, **kwargs)
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ClientError):
-            log.debug("%s %s: %s", self.request.method, self.request.path, value)
-        else:
-            super().log_exception(typ, value, tb)
 
 
 class NotFoundHandler(BaseHandler):

@@ -48,7 +48,7 @@ from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
-from .base import BaseHandler, find_token
+from .base import BaseHandler, find_token, redact_uri
 from .streams import give_socket, receive, take_socket
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ class PollConnection:
         except ClientError as exc:
             self._refuse(poll.target, exc)
         except Exception:
-            log.exception("GET %s failed", poll.target)
+            log.exception("GET %s failed", redact_uri(poll.target))
             self._finish(500, _INTERNAL)
         else:
             if messages is not None:
@@ -344,7 +344,7 @@ class PollConnection:
             self.node.note_seen(self.poll.nick_key, messages)
 
     def _refuse(self, target: str, exc: ClientError) -> None:
-        log.warning("%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
+        log.warning("%d GET %s (%s): %s", exc.status, redact_uri(target), self._remote_ip(), exc.reason)
         self._finish(exc.status, orjson.dumps(exc.to_dict()))
 
     def _finish(self, status: int, body: bytes, *, shared: PollAnswer | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
 from .auth import TokenCache, load_or_create_secret
+from .base import JSONErrors, redact_uri
 from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
@@ -39,17 +41,28 @@ __all__ = ["WebNode"]
 log = logging.getLogger("squall.web")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 # How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
 # A keep-alive HTTP connection with no request in progress is closed after this long.
 IDLE_CONNECTION_SECONDS = 3600.0
 
 
-class StaticFiles(tornado.web.StaticFileHandler):
-    """The page's scripts, styles and catalogues; never sniffed as another type."""
+class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
+    """The page's scripts, styles and catalogues; never sniffed as another type.
+    Errors are JSON, as everywhere else."""
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        # A NUL reaches os.path.realpath as ValueError, a 500 with a traceback.
+        if _CONTROL_CHARACTER.search(absolute_path):
+            raise tornado.web.HTTPError(400, "a static file name has no control characters")
+        try:
+            return super().validate_absolute_path(root, absolute_path)
+        except (ValueError, OSError):
+            raise tornado.web.HTTPError(404, "no such static file") from None
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -59,7 +72,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if access_log.isEnabledFor(level):
         request = handler.request
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact_uri(request.uri or ""),
                        request.remote_ip, 1000.0 * request.request_time())
 
 
