@@ -54,20 +54,26 @@ class ClientError(SquallError):
     """Input from a peer that Squall refuses.
 
     ``code`` is the stable machine-readable name sent on the wire; ``reason`` is a
-    sentence for a person, built from the facts of this input.
+    sentence for a person, built from the facts of this input. ``id`` is the
+    client message id of the send it refuses, whenever that could be read, so
+    that a client can tell which of its sends failed.
     """
 
     status = 400
     default_code = "bad_request"
     headers: Mapping[str, str] = MappingProxyType({})  # sent with the HTTP error answer
 
-    def __init__(self, reason: str, *, code: str | None = None) -> None:
+    def __init__(self, reason: str, *, code: str | None = None, id: str | None = None) -> None:
         super().__init__(reason)
         self.code = code or self.default_code
         self.reason = reason
+        self.id = id
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "reason": self.reason}
+        answer = {"code": self.code, "reason": self.reason}
+        if self.id is not None:
+            answer["id"] = self.id
+        return answer
 
 
 class BadRequest(ClientError):

@@ -9,22 +9,30 @@ so the whole table of bad inputs is tested without a server.
 Names are checked here too: nicks (1–32 Unicode letters, digits, ``_ - .``,
 compared case-insensitively through :func:`nick_key`) and rooms
 (``[a-z0-9][a-z0-9_-]{0,63}``).
+
+A refused ``send`` carries its ``id`` whenever the frame's id could be read,
+whatever else was wrong with it. One refusal needs a second parser: JSON allows
+a lone surrogate escape (``"\ud83d"``), which is no Unicode text and which
+orjson refuses with the whole frame. Only then is the text read again with the
+standard parser, to find the id and say "bad body"; a command read that way is
+never returned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from .errors import BadRequest
+from .errors import BadRequest, ClientError, Rejected
 
 __all__ = [
     "Join", "Leave", "Send", "Typing", "Ping", "Command",
-    "parse_command", "check_room", "check_nick", "nick_key", "check_client_id",
+    "parse_command", "parse_send_body", "check_room", "check_nick", "nick_key", "check_client_id",
     "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK",
 ]
 
@@ -32,6 +40,8 @@ MAX_NICK = 32
 MAX_CLIENT_ID = 64
 _ROOM = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NICK_PUNCTUATION = frozenset("_-.")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,15 +116,16 @@ def check_client_id(cid: object) -> str:
         raise BadRequest(
             f"id must be 1-{MAX_CLIENT_ID} characters, got {len(cid)}", code="bad_id"
         )
+    surrogate = _SURROGATE.search(cid)
+    if surrogate is not None:
+        raise BadRequest(f"id {_lone_surrogate(surrogate)}", code="bad_id")
     return cid
 
 
 def parse_command(text: str | bytes) -> Command:
-    """Parse one client frame into a command, or raise :class:`BadRequest`."""
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"frame is not valid JSON: {exc}", code="bad_json") from None
+    """Parse one client frame into a command, or raise :class:`ClientError`
+    (a refused ``send`` carries its ``id`` when it could be read)."""
+    data, refused = _load(text, "frame")
     if not isinstance(data, dict):
         raise BadRequest(f"frame must be a JSON object, got {_kind(data)}", code="bad_frame")
     kind = data.get("type")
@@ -124,7 +135,50 @@ def parse_command(text: str | bytes) -> Command:
     if parser is None:
         known = ", ".join(sorted(_PARSERS))
         raise BadRequest(f"unknown type {kind!r}; known types are {known}", code="unknown_type")
-    return parser(data)
+    command = parser(data)
+    if refused is not None:  # read by the lenient parser: refused all the same
+        if isinstance(command, Send):
+            refused.id = command.id
+        raise refused
+    return command
+
+
+def parse_send_body(room: str, body: bytes) -> Send:
+    """``POST /api/rooms/<room>/messages``: the path's room and the JSON body's
+    ``body`` and ``id`` as a :class:`Send`, or :class:`ClientError` (with the
+    ``id`` whenever it could be read)."""
+    data, refused = _load(body, "request body")
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_kind(data)}", code="bad_json")
+    command = _with_readable_id(data, lambda: _send_fields(room, data, "the request body"))
+    if refused is not None:
+        refused.id = command.id
+        raise refused
+    return command
+
+
+def _load(text: str | bytes, what: str) -> tuple[Any, BadRequest | None]:
+    """The JSON value of ``text``, and, if only the lenient parser could read
+    it, the ``bad_json`` error to raise once the id is known."""
+    try:
+        return orjson.loads(text), None
+    except orjson.JSONDecodeError as exc:
+        refused = BadRequest(f"{what} is not valid JSON: {exc}", code="bad_json")
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise refused from None
+    if not _SURROGATE_ESCAPE.search(text):
+        raise refused
+    try:
+        return json.loads(text, parse_constant=_refuse_constant), refused
+    except (ValueError, RecursionError):
+        raise refused from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_join(data: Mapping[str, Any]) -> Join:
@@ -139,11 +193,41 @@ def _parse_leave(data: Mapping[str, Any]) -> Leave:
 
 
 def _parse_send(data: Mapping[str, Any]) -> Send:
-    room = check_room(_required(data, "room"))
-    body = _required(data, "body")
+    return _with_readable_id(data, lambda: _send_fields(_required(data, "room"), data, "'send' frame"))
+
+
+def _with_readable_id(data: Mapping[str, Any], parse: Callable[[], Send]) -> Send:
+    """``parse()``; a refusal it raises names ``data``'s id if that is a valid one."""
+    try:
+        return parse()
+    except ClientError as exc:
+        try:
+            exc.id = check_client_id(data.get("id"))
+        except BadRequest:
+            pass
+        raise
+
+
+def _send_fields(room: object, data: Mapping[str, Any], where: str) -> Send:
+    room = check_room(room)
+    if "body" not in data:
+        raise BadRequest(f"{where} needs a 'body' field", code="bad_field")
+    body = data["body"]
     if not isinstance(body, str):
         raise BadRequest(f"body must be a string, got {_kind(body)}", code="bad_field")
-    return Send(room=room, body=body, id=check_client_id(_required(data, "id")))
+    surrogate = _SURROGATE.search(body)
+    if surrogate is not None:
+        raise Rejected(f"body {_lone_surrogate(surrogate)}", code="bad_body")
+    if "id" not in data:
+        raise BadRequest(f"{where} needs an 'id' field", code="bad_field")
+    return Send(room=room, body=body, id=check_client_id(data["id"]))
+
+
+def _lone_surrogate(match: re.Match[str]) -> str:
+    return (
+        f"has a lone surrogate U+{ord(match.group()):04X} at position {match.start()},"
+        " which is not Unicode text"
+    )
 
 
 def _parse_typing(data: Mapping[str, Any]) -> Typing:
@@ -181,8 +265,9 @@ def _seq_field(value: object, name: str) -> int:
 def int_param(
     raw: str | None, name: str, *, default: int | None, low: int, high: int
 ) -> int | None:
-    """A whole-number query parameter within ``[low, high]``, or ``default`` when absent."""
-    if raw is None or raw == "":
+    """A whole-number query parameter within ``[low, high]``, or ``default`` when
+    absent. Present but empty (``?since=``) is no number, and refused like one."""
+    if raw is None:
         return default
     try:
         value = int(raw)

@@ -272,7 +272,8 @@ BAD_PARAMS = [
     "wait=abc", "wait=-1", "wait=61", "wait=nan", "wait=inf", "wait=",
     "limit=0", "limit=1001", "limit=abc", "limit=1.5", "limit=-5",
     "since=-1", "since=abc", "since=1.5", "since=9007199254740992",
-    "before=0", "before=x", "before=-3",
+    "since=", "since=&wait=0", "since=%20", "limit=", "since=0&limit=",
+    "before=0", "before=x", "before=-3", "before=",
     "since=1&before=5",
 ]
 
@@ -284,6 +285,15 @@ def test_out_of_range_query_parameters_are_400(server: SquallProcess, token: str
     response = run_async(http(server.address, "GET", f"/api/rooms/{ROOM}/messages?{query}", token=token))
     assert response.status == 400, response
     assert response.json()["code"] == "bad_param"
+
+
+@pytest.mark.parametrize("query", ["since=", "since=abc", "since=-1", "since=&x=1"])
+def test_bad_since_on_an_event_stream_is_400(server: SquallProcess, token: str, query: str) -> None:
+    response = run_async(http(
+        server.address, "GET", f"/api/rooms/{ROOM}/events?{query}", token=token,
+        headers={"Last-Event-ID": "0"},  # must not stand in for a since that is there but bad
+    ))
+    assert (response.status, response.json()["code"]) == (400, "bad_param"), response
 
 
 @pytest.mark.parametrize("last_event_id", ["abc", "-1", "1.5"])
@@ -333,7 +343,7 @@ def test_post_message_with_non_json_body_is_bad_json(server: SquallProcess, toke
 @pytest.mark.parametrize(("payload", "status", "code"), [
     ({"id": "x"}, 400, "bad_field"),
     ({"body": 5, "id": "x"}, 400, "bad_field"),
-    ({"body": "hi"}, 400, "bad_id"),
+    ({"body": "hi"}, 400, "bad_field"),
     ({"body": "hi", "id": ""}, 400, "bad_id"),
     ({"body": "hi", "id": LONG}, 400, "bad_id"),
     ({"body": "hi", "id": 3}, 400, "bad_id"),
@@ -346,6 +356,49 @@ def test_post_message_with_bad_fields(
 ) -> None:
     response = run_async(http(server.address, "POST", f"/api/rooms/{ROOM}/messages", token=token, json_body=payload))
     assert (response.status, response.json()["code"]) == (status, code), response
+    if isinstance(payload.get("id"), str) and payload["id"] and len(payload["id"]) <= 64:
+        assert response.json()["id"] == payload["id"], response
+
+
+SURROGATE = b'"\\ud83d"'  # JSON for a lone surrogate: legal JSON, no Unicode text
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (_send(room="Bad Room"), "bad_room"),
+    (_send_without("body"), "bad_field"),
+    (_send(body=5), "bad_field"),
+    (_send(body=None), "bad_field"),
+    (_send(body="hi").replace('"hi"', SURROGATE.decode()), "bad_body"),
+    (_send(body="x", pad="hi").replace('"hi"', SURROGATE.decode()), "bad_json"),
+    (_send(body=""), "empty_body"),
+])
+def test_a_refused_websocket_send_names_its_id(server: SquallProcess, token: str, frame: str, code: str) -> None:
+    async def scenario() -> None:
+        client = await ChatClient.connect(server.address, token)
+        try:
+            await client.connection.send(frame)
+            error = await client.recv_type("error")
+            assert (error["code"], error.get("id")) == (code, "c1"), error
+            await client.ping()
+        finally:
+            await client.close()
+
+    run_async(scenario())
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), [
+    (f"/api/rooms/{ROOM}/messages", b'{"body":5,"id":"h1"}', 400, "bad_field"),
+    (f"/api/rooms/{ROOM}/messages", b'{"id":"h1"}', 400, "bad_field"),
+    (f"/api/rooms/{ROOM}/messages", b'{"body":' + SURROGATE + b',"id":"h1"}', 422, "bad_body"),
+    (f"/api/rooms/{ROOM}/messages", b'{"body":"","id":"h1"}', 422, "empty_body"),
+    ("/api/rooms/Bad/messages", b'{"body":"hi","id":"h1"}', 400, "bad_room"),
+])
+def test_a_refused_http_send_names_its_id(
+    server: SquallProcess, token: str, path: str, body: bytes, status: int, code: str
+) -> None:
+    response = run_async(http(server.address, "POST", path, token=token, body=body,
+                              headers={"Content-Type": "application/json"}))
+    assert (response.status, response.json()) == (status, {"code": code, "reason": response.json()["reason"], "id": "h1"})
 
 
 @pytest.mark.parametrize("body", [b"nope", b"", b"[]"])

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from squall.errors import BadRequest
+from squall.errors import BadRequest, ClientError
 from squall.protocol import (
     MAX_CLIENT_ID, MAX_NICK, Join, Leave, Ping, Send, Typing,
     check_client_id, check_nick, check_room, float_param, int_param, nick_key, parse_command,
+    parse_send_body,
 )
 
 
@@ -139,7 +140,7 @@ def test_check_client_id_refuses(cid: object) -> None:
 
 
 @pytest.mark.parametrize(("raw", "value"), [
-    (None, 7), ("", 7), ("0", 0), ("10", 10), ("100", 100), ("+5", 5), (" 3 ", 3),
+    (None, 7), ("0", 0), ("10", 10), ("100", 100), ("+5", 5), (" 3 ", 3),
 ])
 def test_int_param_accepts(raw: str | None, value: int) -> None:
     assert int_param(raw, "limit", default=7, low=0, high=100) == value
@@ -149,7 +150,7 @@ def test_int_param_default_may_be_none() -> None:
     assert int_param(None, "since", default=None, low=0, high=10) is None
 
 
-@pytest.mark.parametrize("raw", ["-1", "101", "abc", "1.5", "1e3", "0x10", "nan", "true", "9" * 40])
+@pytest.mark.parametrize("raw", ["", " ", "-1", "101", "abc", "1.5", "1e3", "0x10", "nan", "true", "9" * 40])
 def test_int_param_refuses(raw: str) -> None:
     with pytest.raises(BadRequest) as caught:
         int_param(raw, "limit", default=7, low=0, high=100)
@@ -177,3 +178,84 @@ def test_float_param_reason_never_echoes_a_huge_value() -> None:
         float_param("9" * 5000, "wait", default=1, low=0, high=60)
     assert len(caught.value.reason) < 200
     assert not math.isnan(float_param("1", "wait", default=1, low=0, high=60))
+
+
+# -- a refused send names its id whenever it can be read -----------------------------
+
+SURROGATE_BODY = '"\\ud83d"'  # JSON text: a lone high surrogate escape
+
+REFUSED_SENDS = [
+    ('{"type":"send","room":"Bad Room","body":"x","id":"c1"}', "bad_room"),
+    ('{"type":"send","room":5,"body":"x","id":"c1"}', "bad_room"),
+    ('{"type":"send","room":null,"body":"x","id":"c1"}', "bad_room"),
+    ('{"type":"send","body":"x","id":"c1"}', "bad_field"),
+    ('{"type":"send","room":"r","id":"c1"}', "bad_field"),
+    ('{"type":"send","room":"r","body":5,"id":"c1"}', "bad_field"),
+    ('{"type":"send","room":"r","body":null,"id":"c1"}', "bad_field"),
+    ('{"type":"send","room":"r","body":{"t":"x"},"id":"c1"}', "bad_field"),
+    ('{"type":"send","room":"r","body":' + SURROGATE_BODY + ',"id":"c1"}', "bad_body"),
+    ('{"type":"send","room":"r","body":"a\\udc00b","id":"c1"}', "bad_body"),
+    ('{"type":"send","room":"r","body":"\\ude00\\ud83d","id":"c1"}', "bad_body"),  # reversed pair
+    ('{"id":"c1","type":"send","room":"r","body":"hi","x":' + SURROGATE_BODY + '}', "bad_json"),
+    ('{"type":"send","room":"Bad","body":' + SURROGATE_BODY + ',"id":"c1"}', "bad_room"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), REFUSED_SENDS)
+def test_a_refused_send_frame_carries_its_id(frame: str, code: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        parse_command(frame)
+    assert (caught.value.code, caught.value.id) == (code, "c1")
+    assert caught.value.to_dict() == {"code": code, "reason": caught.value.reason, "id": "c1"}
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    ('{"type":"send","room":"r","body":"x"}', "bad_field"),
+    ('{"type":"send","room":"r","body":"x","id":""}', "bad_id"),
+    ('{"type":"send","room":"r","body":"x","id":7}', "bad_id"),
+    ('{"type":"send","room":"r","body":"x","id":"' + LONG_ID + '"}', "bad_id"),
+    ('{"type":"send","room":"r","body":"x","id":"a\\ud83d"}', "bad_id"),
+    ('{"type":"send","room":"Bad","body":"x","id":5}', "bad_room"),
+    ('{"type":"send","room":"r","body":' + SURROGATE_BODY + ',"id":"\\ud83d"}', "bad_body"),
+    ('{"type":"ping","x":' + SURROGATE_BODY + '}', "bad_json"),
+    ('{"type":"join","room":' + SURROGATE_BODY + '}', "bad_room"),
+    ('["\\ud83d"]', "bad_frame"),
+    ('{"type":"send","room":"r","body":"\\ud83d","id":"c1","n":NaN}', "bad_json"),
+    ('{"a":' + "[" * 5000 + '"\\ud83d"' + "]" * 5000 + "}", "bad_json"),
+])
+def test_a_refusal_without_a_readable_id_has_none(frame: str, code: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        parse_command(frame)
+    assert (caught.value.code, caught.value.id) == (code, None)
+    assert "id" not in caught.value.to_dict()
+
+
+def test_a_surrogate_pair_is_text_and_accepted() -> None:
+    assert parse_command('{"type":"send","room":"r","body":"\\ud83d\\ude00","id":"c1"}') == Send("r", "😀", "c1")
+
+
+@pytest.mark.parametrize(("body", "code", "cid"), [
+    (b'{"body":"hi","id":"h1"}', None, None),
+    (b'{"body":5,"id":"h1"}', "bad_field", "h1"),
+    (b'{"id":"h1"}', "bad_field", "h1"),
+    (b'{"body":"hi"}', "bad_field", None),
+    (b'{"body":"hi","id":""}', "bad_id", None),
+    (b'{"body":' + SURROGATE_BODY.encode() + b',"id":"h1"}', "bad_body", "h1"),
+    (b'{"body":"hi","id":"h1","x":' + SURROGATE_BODY.encode() + b"}", "bad_json", "h1"),
+    (b"", "bad_json", None),
+    (b"[1]", "bad_json", None),
+    (b'{"body":"\xff","id":"h1"}', "bad_json", None),
+])
+def test_parse_send_body(body: bytes, code: str | None, cid: str | None) -> None:
+    if code is None:
+        assert parse_send_body("r", body) == Send("r", "hi", "h1")
+        return
+    with pytest.raises(ClientError) as caught:
+        parse_send_body("r", body)
+    assert (caught.value.code, caught.value.id) == (code, cid)
+
+
+def test_parse_send_body_checks_the_room_and_names_the_id() -> None:
+    with pytest.raises(ClientError) as caught:
+        parse_send_body("Bad Room", b'{"body":"hi","id":"h1"}')
+    assert (caught.value.code, caught.value.id) == ("bad_room", "h1")

@@ -47,7 +47,7 @@ from ..errors import BadRequest, ClientError, Unauthorized
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
-from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
+from ..protocol import check_room, float_param, int_param, nick_key, parse_send_body
 from .base import BaseHandler, find_token, redact_uri
 from .streams import give_socket, receive, take_socket
 
@@ -429,12 +429,11 @@ class MessagesHandler(BaseHandler):
 
     async def post(self, room_name: str) -> None:
         nick = self.current_nick()
-        room_name = check_room(room_name)
-        data = self.json_body()
-        body = data.get("body")
-        if not isinstance(body, str):
-            raise BadRequest("body must be a string", code="bad_field")
-        cid = check_client_id(data.get("id"))
-        self.node.check_http_rate(nick_key(nick))
-        message = await self.node.send(room=room_name, nick=nick, body=body, id=cid)
-        self.write_json({"id": cid, "seq": message["seq"]})
+        send = parse_send_body(room_name, self.request.body)
+        try:
+            self.node.check_http_rate(nick_key(nick))
+            message = await self.node.send(room=send.room, nick=nick, body=send.body, id=send.id)
+        except ClientError as exc:
+            exc.id = send.id  # the answer names the send it refuses
+            raise
+        self.write_json({"id": send.id, "seq": message["seq"]})

@@ -18,7 +18,7 @@ from tornado.iostream import StreamClosedError
 from ..frames import Batch, Broadcast
 from ..limits import Outbound, low_water, outbound_verdict
 from ..protocol import check_room, int_param, nick_key
-from .base import BaseHandler
+from .base import BaseHandler, query_argument
 from .longpoll import MAX_SEQ
 from .streams import buffered_bytes
 
@@ -34,7 +34,9 @@ class EventsHandler(BaseHandler):
     async def get(self, room_name: str) -> None:
         nick = self.current_nick()
         room_name = check_room(room_name)
-        since_raw = self.get_query_argument("since", None) or self.request.headers.get("Last-Event-ID")
+        since_raw = query_argument(self.request, "since")
+        if since_raw is None:  # present but empty is a bad since, not a missing one
+            since_raw = self.request.headers.get("Last-Event-ID")
         since = int_param(since_raw, "since", default=None, low=0, high=MAX_SEQ)
 
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")

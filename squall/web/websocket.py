@@ -455,7 +455,10 @@ class ChatConnection:
         try:
             command = parse_command(text)
         except ClientError as exc:
-            self.send_error(exc.code, exc.reason)
+            if exc.id is not None:
+                self.send_error(exc.code, exc.reason, id=exc.id)
+            else:
+                self.send_error(exc.code, exc.reason)
             return
         self._dispatch(command)
 
