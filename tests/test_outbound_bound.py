@@ -30,6 +30,8 @@ from support import TIMEOUT, ChatClient, RawFrames, SquallProcess, client_frame,
 
 OUTBOUND = 256 * 1024
 SQUALL_ENV = {
+    "SQUALL_SEND_RATE": "100000",
+    "SQUALL_SEND_BURST": "100000",
     "SQUALL_OUTBOUND_BYTES": str(OUTBOUND),
     "SQUALL_SOCKET_SEND_BUFFER": str(64 * 1024),
     # The flooder reads its close frame only after the flood: no abort before.
@@ -160,3 +162,64 @@ def _answers(reader: RawFrames, owed: int) -> tuple[int, int | None]:
             last = json.loads(payload)
         answers += 1
     return answers, None
+
+
+# -- Server-Sent Events ---------------------------------------------------------------
+
+
+def _silent_event_stream(server: SquallProcess, room: str) -> socket.socket:
+    """An SSE request for ``room`` that reads its answer up to the ``joined``
+    event, then nothing more, through a 4 KiB window."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(server.address)
+    token = server.session("silent")
+    sock.sendall(
+        f"GET /api/rooms/{room}/events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
+    seen = b""
+    while b"event: joined" not in seen:
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    assert seen.startswith(b"HTTP/1.1 200"), seen
+    return sock
+
+
+def _serves(web: psutil.Process, server_port: int, client_port: int) -> bool:
+    """Whether the web node still holds the socket of that client's connection."""
+    return any(
+        c.laddr and c.laddr.port == server_port and c.raddr and c.raddr.port == client_port
+        for c in web.net_connections(kind="tcp")
+    )
+
+
+def test_an_event_stream_that_falls_behind_is_closed_at_once(server: SquallProcess, room: str) -> None:
+    """Cut off, a stream is closed, not ended politely: ending would leave its
+    whole backlog queued, for as long as the client keeps not reading."""
+    web = psutil.Process(server.process.pid)  # type: ignore[union-attr]
+    stream = _silent_event_stream(server, room)
+    client_port = stream.getsockname()[1]
+    body = "x" * 4000
+
+    async def flood() -> int:
+        sender = await ChatClient.connect(server.address, server.session("sse-flooder"))
+        try:
+            sent = 0
+            while _serves(web, server.port, client_port):
+                assert sent < 4000, f"the stream is still served after {sent} messages of {len(body)} bytes"
+                for _ in range(50):
+                    await sender.send_json({"type": "send", "room": room, "id": f"m{sent}", "body": body})
+                    sent += 1
+                for _ in range(50):
+                    await sender.recv_type("ack")
+            return sent
+        finally:
+            await sender.close()
+
+    try:
+        sent = run_async(flood())
+        print(f"\nSSE: closed after {sent} messages")
+    finally:
+        stream.close()

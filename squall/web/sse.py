@@ -5,11 +5,18 @@ by itself with ``Last-Event-ID``; ``?since=`` does the same for other clients.
 Presence and link-preview updates come as ``event: presence`` and
 ``event: update`` without an id. One node-wide timer writes the heartbeat
 comment to every stream, rather than a timer per connection.
+
+Everything written to a stream counts against ``outbound_bytes``, the
+``joined`` event and heartbeats as much as messages. A stream that would go
+past it is closed at once, not ended politely: ending would leave its backlog
+queued for as long as the client keeps not reading. EventSource reconnects
+with ``Last-Event-ID`` either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
@@ -23,6 +30,8 @@ from .longpoll import MAX_SEQ
 from .streams import buffered_bytes
 
 __all__ = ["EventsHandler"]
+
+log = logging.getLogger("squall.web")
 
 
 class EventsHandler(BaseHandler):
@@ -75,7 +84,7 @@ class EventsHandler(BaseHandler):
         if verdict is Outbound.DROP:
             return
         if verdict is Outbound.CUT:
-            self.end()  # too slow: EventSource reconnects with Last-Event-ID
+            self._too_slow()
             return
         self._write(broadcast.sse_event)
         if broadcast.mentions:
@@ -106,12 +115,25 @@ class EventsHandler(BaseHandler):
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        buffered = buffered_bytes(stream)
+        if buffered and outbound_verdict(
+            buffered=buffered, size=len(data), limit=self.node.settings.outbound_bytes, ephemeral=False,
+        ) is Outbound.CUT:
+            self._too_slow()
+            return
         try:
             self.write(data)
             self.flush()
         except StreamClosedError:
             self.closed = True
             self.end()
+
+    def _too_slow(self) -> None:
+        log.info("closing the event stream of %s: over %d bytes behind", self._key, self.node.settings.outbound_bytes)
+        self.closed = True
+        self.request.connection.stream.close()  # type: ignore[union-attr]
+        self.end()
 
     def on_connection_close(self) -> None:
         self.closed = True
