@@ -21,10 +21,14 @@ Frames are parsed by :func:`squall.protocol.parse_command`; every bad frame is
 answered with an ``error`` and the connection stays open, except frames over
 ``max_frame_bytes`` (close 1009) and invalid UTF-8 (close 1007).
 
-Each member's outbound buffer is bounded (``outbound_bytes``): above half of it,
-ephemeral events for that member are dropped; when a message would overflow
-it, the member is told its last delivered seq per room and closed with 4008.
-Every close ends in an abort after ``close_timeout`` seconds.
+Each member's outbound buffer is bounded (``outbound_bytes``), and everything
+written to it counts, the answers to the client's own frames as much as
+broadcasts: above half of it, ephemeral events for that member are dropped;
+above three quarters (:func:`~squall.limits.high_water`) the socket is no
+longer read until the buffer is back at half, so a client that sends without
+reading its answers is held back by TCP; when a message or an answer would
+overflow it, the member is told its last delivered seq per room and closed
+with 4008. Every close ends in an abort after ``close_timeout`` seconds.
 """
 
 from __future__ import annotations
