@@ -17,6 +17,7 @@ alone.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any
 
@@ -111,3 +112,30 @@ def test_a_validly_signed_token_for_an_empty_nick_is_no_session() -> None:
     secret = "s" * 32
     assert nick_from_token(secret, make_token(secret, ""), max_age_days=1) is None
     assert nick_from_token(secret, make_token(secret, "ann"), max_age_days=1) == "ann"
+
+
+def test_pipelined_http_requests_are_each_authenticated(server: SquallProcess, token: str, room: str) -> None:
+    """One connection, one segment: a valid poll, then polls and writes with no
+    token or a forged one. The lean poll path and Tornado's handlers each
+    refuse the latter before doing anything for them."""
+    other = f"{room}-b"
+    body = b'{"body":"stored without a session","id":"p1"}'
+    host = f"Host: {server.address[0]}\r\n"
+    requests = [
+        f"GET /api/rooms/{room}/messages?since=0&wait=0 HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\n\r\n",
+        f"GET /api/rooms/{other}/messages?since=0&wait=0 HTTP/1.1\r\n{host}\r\n",
+        f"GET /api/rooms/{other}/messages?since=0&wait=0&token={_forged(token)} HTTP/1.1\r\n{host}\r\n",
+        f"POST /api/rooms/{other}/messages HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body.decode()}",
+        f"POST /api/rooms/{other}/typing HTTP/1.1\r\n{host}Authorization: Bearer {_forged(token)}\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n",
+    ]
+    with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
+        sock.sendall("".join(requests).encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [200, 401, 401, 401, 401], answer
+    assert server.api("GET", f"/api/rooms/{other}/members", token=token)[1]["members"] == []
+    assert server.history(other, token) == []
