@@ -54,6 +54,9 @@ FLOODS = {
 def _flooder(address: tuple[str, int], token: str) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # Our own send buffer small too, so that what the kernels can hold on
+    # the way (a few MiB at most) stays far below FLOOD.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     sock.settimeout(TIMEOUT)
     sock.connect(address)
     sock.sendall(upgrade_request(address, token))

@@ -298,11 +298,15 @@ class ChatConnection:
         self._after_protocol()
 
     def _after_protocol(self) -> None:
-        for data in self.protocol.data_to_send():
-            if data is SEND_EOF or data == b"":
-                self._shutdown_write()
-            else:
-                self._reply(data)  # pongs and close frames count like any reply
+        output = self.protocol.data_to_send()
+        frames = [data for data in output if data]  # SEND_EOF is b""
+        eof = len(frames) < len(output)
+        if frames:
+            # One write for a read's worth of pongs (thousands, from a flood of
+            # pings), not one each; they count like any reply.
+            self._reply(frames[0] if len(frames) == 1 else b"".join(frames))
+        if eof:
+            self._shutdown_write()
         if self.protocol.state is State.CLOSED:
             self._finish()
         elif self.protocol.close_expected() and self._abort_handle is None:
