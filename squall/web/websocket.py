@@ -214,8 +214,7 @@ class RefusedConnection:
             return
         self._unsent = self._unsent[sent:]
         if self._unsent:
-            self.loop.remove_writer(self.fd)
-            self.loop.add_writer(self.fd, self._flush)
+            self.loop.add_writer(self.fd, self._flush)  # replaces any earlier registration
         else:
             self.loop.remove_writer(self.fd)
 
