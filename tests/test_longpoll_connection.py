@@ -301,3 +301,27 @@ def test_a_parked_poll_times_out_with_the_room_position(server: SquallProcess, t
             assert again.json() == {"messages": [], "seq": 1}
 
     run_async(scenario())
+
+
+def test_an_answer_cut_short_by_its_limit_continues_from_its_last_message(
+    server: SquallProcess, token: str, room: str,
+) -> None:
+    """``seq`` is where to poll from next: the last message in the answer, never
+    the room's newest when the limit left some out (docs/protocol.md)."""
+    async def scenario() -> None:
+        for n in range(1, 6):
+            await send(server, token, room, n)
+        async with kept_alive(server) as conn:
+            path = f"/api/rooms/{room}/messages"
+            first = (await conn.request("GET", f"{path}?since=0&limit=2&wait=0", token)).json()
+            assert [m["seq"] for m in first["messages"]] == [1, 2] and first["seq"] == 2
+            rest = (await conn.request("GET", f"{path}?since={first['seq']}&wait=0", token)).json()
+            assert [m["seq"] for m in rest["messages"]] == [3, 4, 5] and rest["seq"] == 5
+            newest = (await conn.request("GET", f"{path}?limit=2", token)).json()
+            assert [m["seq"] for m in newest["messages"]] == [4, 5] and newest["seq"] == 5
+            older = (await conn.request("GET", f"{path}?before=3&limit=10", token)).json()
+            assert [m["seq"] for m in older["messages"]] == [1, 2] and older["seq"] == 2
+            none_older = (await conn.request("GET", f"{path}?before=1", token)).json()
+            assert none_older == {"messages": [], "seq": 0}
+
+    run_async(scenario())

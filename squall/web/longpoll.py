@@ -285,21 +285,24 @@ class PollConnection:
         messages = room.recent_after(since, poll.limit)
         if messages is None:
             return False
-        self._answer(encode_poll_body(messages, room.last_seq), messages)
+        self._answer(encode_poll_body(messages, since), messages)
         return True
 
     async def _serve_from_store(self, poll: Poll) -> None:
         hub = self.node.hub
         messages: list[Broadcast] | None = None
         try:
+            room = await hub.room(poll.room)
             if poll.since is None:
-                # History: the newest `limit` messages (before `before`), at once.
-                messages = await hub.read_before(poll.room, poll.before, poll.limit)
-                room = await hub.room(poll.room)
-            else:
-                room = await hub.room(poll.room)
-                if not self._serve_from_memory(room, poll):
-                    messages = await hub.read_after(room, min(poll.since, room.last_seq), poll.limit)
+                # History: the newest `limit` messages (before `before`), at once,
+                # read no further than the room's position now, which is then
+                # the cursor of an empty answer: a message stored meanwhile
+                # comes with the next poll instead of being skipped.
+                since = room.last_seq if poll.before is None else min(poll.before - 1, room.last_seq)
+                messages = await hub.read_before(poll.room, since + 1, poll.limit)
+            elif not self._serve_from_memory(room, poll):
+                since = min(poll.since, room.last_seq)
+                messages = await hub.read_after(room, since, poll.limit)
         except ClientError as exc:
             self._refuse(poll.target, exc)
         except Exception:
@@ -307,7 +310,7 @@ class PollConnection:
             self._finish(500, _INTERNAL)
         else:
             if messages is not None:
-                self._answer(encode_poll_body(messages, room.last_seq), messages)
+                self._answer(encode_poll_body(messages, since), messages)
         finally:
             self.task = None
         self._next()
@@ -319,12 +322,14 @@ class PollConnection:
         self._next()
 
     def _time_out(self) -> None:
-        """The wait ran out: answer with no messages and the room's position."""
+        """The wait ran out: answer with no messages and the cursor it waited on
+        (the room's position, or it would have been answered)."""
         room = self.room
         self.timer = None
         if room is not None:
+            since = room.waiters.get(self, (room.last_seq, 0))[0]
             self._unpark()
-            self._answer(encode_poll_body((), room.last_seq), [])
+            self._answer(encode_poll_body((), since), [])
             self._next()
 
     def _unpark(self) -> None:
