@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import Future
 import re
 import socket
 import time
@@ -81,13 +82,18 @@ class PollFirst(HTTPServerConnectionDelegate):
 
 
 class _PollOrApp(HTTPMessageDelegate):
-    __slots__ = ("router", "server_conn", "request_conn", "inner")
+    """One request on a Tornado connection: a poll ``GET`` takes the connection
+    over, after its body if it has one (read by Tornado, within
+    ``max_body_size``, and dropped); anything else goes to the application."""
+
+    __slots__ = ("router", "server_conn", "request_conn", "inner", "poll_head")
 
     def __init__(self, router: PollFirst, server_conn: object, request_conn: HTTPConnection) -> None:
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn
         self.inner: HTTPMessageDelegate | None = None
+        self.poll_head: RequestHead | None = None  # a poll whose body Tornado is reading
 
     def headers_received(
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
@@ -102,12 +108,18 @@ class _PollOrApp(HTTPMessageDelegate):
             minor_version = 1 if start_line.version == "HTTP/1.1" else 0
             head = RequestHead.from_fields(start_line.path, minor_version, list(headers.get_all()))
             if head is not None:
-                address = connection.context.address  # type: ignore[attr-defined]
-                sock, read_ahead = take_socket(connection.detach())
-                PollConnection(self.router.node, sock, address).start(head, read_ahead)
+                if head.has_body:
+                    self.poll_head = head
+                else:
+                    self._take_over(connection, head)
                 return None
         self.inner = self.router.app.start_request(self.server_conn, connection)
         return self.inner.headers_received(start_line, headers)
+
+    def _take_over(self, connection: HTTP1Connection, head: RequestHead) -> None:
+        address = connection.context.address  # type: ignore[attr-defined]
+        sock, read_ahead = take_socket(connection.detach())
+        PollConnection(self.router.node, sock, address).start(head, read_ahead)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self.inner.data_received(chunk) if self.inner is not None else None
@@ -115,6 +127,19 @@ class _PollOrApp(HTTPMessageDelegate):
     def finish(self) -> None:
         if self.inner is not None:
             self.inner.finish()
+        elif self.poll_head is not None:
+            head, self.poll_head = self.poll_head, None
+            connection = self.request_conn
+            assert isinstance(connection, HTTP1Connection)
+            # Tornado may not have sent all of its `100 Continue` yet: take the
+            # socket once its writes are out (at once, nearly always).
+            flushed = connection.stream.write(b"")
+
+            def take_over(future: Future[None]) -> None:
+                if future.exception() is None and connection.stream is not None:
+                    self._take_over(connection, head)
+
+            flushed.add_done_callback(take_over)
 
     def on_connection_close(self) -> None:
         if self.inner is not None:
@@ -129,6 +154,8 @@ class Poll:
     def __init__(self, node: WebNode, head: RequestHead) -> None:
         settings = node.settings
         self.target = head.target
+        if head.refusal is not None:
+            raise BadRequest(head.refusal, code="bad_header")
         path, _, query = head.target.partition("?")
         params = query_params(query)
         token, _by_cookie = find_token(
