@@ -18,7 +18,7 @@ from typing import Any
 
 from websockets.frames import Frame, Opcode
 
-from support import TIMEOUT, ChatClient, EventStream, SquallProcess, close_writer, read_head, run_async
+from support import TIMEOUT, ChatClient, EventStream, SquallProcess, close_writer, http, read_head, run_async
 
 BURST = 200
 SQUALL_ENV = {
@@ -27,14 +27,8 @@ SQUALL_ENV = {
 
 
 async def _health(server: SquallProcess) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection(*server.address)
-    try:
-        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        _status, headers = await read_head(reader)
-        value: dict[str, Any] = json.loads(await reader.readexactly(int(headers["content-length"])))
-        return value
-    finally:
-        await close_writer(writer)
+    value: dict[str, Any] = (await http(server.address, "GET", "/api/health")).json()
+    return value
 
 
 async def _until_parked(server: SquallProcess, polls: int) -> None:
