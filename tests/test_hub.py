@@ -16,7 +16,7 @@ from pathlib import Path
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from squall.frames import Batch, Broadcast
-from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft
+from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft, encode_poll_body
 from squall.message import Draft
 from squall.store.sqlite import SQLiteStore
 
@@ -76,6 +76,13 @@ class ParkedPoll:
     def answered(self, answer: PollAnswer) -> None:
         assert self.answer is None, "answered twice"
         self.answer = answer
+
+
+def test_a_poll_body_continues_from_its_last_message_or_its_cursor() -> None:
+    """No loop: the answer's seq is computed from what it holds, never passed in."""
+    two, three = (Broadcast("r", seq, b'{"seq":%d}' % seq) for seq in (2, 3))
+    assert json.loads(encode_poll_body([two, three], 1)) == {"messages": [{"seq": 2}, {"seq": 3}], "seq": 3}
+    assert json.loads(encode_poll_body([], 7)) == {"messages": [], "seq": 7}
 
 
 class HubTest(AsyncTestCase):
