@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .config import FIELD_HELP, Settings, load_settings
 from .errors import ConfigError
+from .listener import raise_open_file_limit
 
 __all__ = ["main"]
 
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     command = args.command or "run"
+    raise_open_file_limit()  # every connection is a file descriptor
     if command == "processor":
         from .processor.main import serve_processor
 

@@ -74,6 +74,10 @@ class Settings:
     max_rooms_per_connection: int = 100
     token_max_age_days: float = 30.0
 
+    # Connection timeouts (issue 10, defect 8: idle and slow connections hold file descriptors).
+    header_timeout: float = 10.0  # seconds for a new connection's first request head, and for any head once begun
+    idle_timeout: float = 75.0  # seconds a kept-alive HTTP connection may wait for its next request
+
     # The link from web node to processor.
     max_pending_sends: int = 10_000  # queue of sends waiting for the processor
     send_timeout: float = 10.0  # a send not answered within this gets `unavailable`
@@ -219,5 +223,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"notify_delay must be 0 or more, got {settings.notify_delay}")
     if settings.loop not in {"asyncio", "uvloop"}:
         raise ConfigError(f"loop must be 'asyncio' or 'uvloop', got {settings.loop!r}")
+    # Connection timeouts (defect 8): a timeout of 0 or less would close every connection at once.
+    for name in ("header_timeout", "idle_timeout"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(settings, name)}")
     settings.processor_address  # noqa: B018 - validates the address
     settings.listen_address  # noqa: B018

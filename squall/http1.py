@@ -7,10 +7,19 @@ module reads those requests' heads and writes their answers.
 
 It is deliberately narrow. :func:`parse_simple_get` accepts a ``GET`` with an
 origin-form target, well-formed header lines and no body, and nothing else:
-another method, a body, obsolete line folding, a duplicated ``Host``, a stray
-control character — anything it does not fully understand — comes back as
-``None``, and the connection is handed back to Tornado, whose complete parser
-answers it as it would have anyway.
+another method, a body, obsolete line folding, two different
+``Content-Length`` values, a stray control character — anything it does not
+fully understand — comes back as ``None``, and the connection is handed back to
+Tornado, whose complete parser reads it (a poll with a body is then served
+once Tornado has read and dropped the body; see ``web/longpoll.py``).
+
+Some heads are understood well enough to refuse (:attr:`RequestHead.refusal`):
+two ``Host`` headers (RFC 9112 §3.2: answer 400) and two ``Authorization``
+headers that differ. Of two different credentials neither is safe to pick: a
+proxy that adds its own, or a client tricked into sending a second one, would
+let whoever controls the one picked act as that user, and another parser on the
+way (a proxy, Tornado's own ``HTTPHeaders.get`` that joins them with a comma)
+may pick the other. Identical copies are one credential and are served.
 """
 
 from __future__ import annotations
@@ -33,38 +42,57 @@ REASONS = {
 _REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.([01])\r\n")
 # RFC 9110 field-name tokens; values of visible ASCII, tabs, spaces and obs-text.
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Headers that must not appear twice: two Hosts or two lengths are an attack, not a request.
+# Headers that must not appear twice with different values (see the module docstring).
 _SINGLE = frozenset({"host", "content-length", "authorization"})
 
 
 class RequestHead:
-    """What the fast path needs of a request: target, headers, keep-alive."""
+    """What the fast path needs of a request: target, headers, keep-alive.
 
-    __slots__ = ("target", "headers", "keep_alive")
+    ``has_body``: the head announces a body (``Content-Length`` other than 0,
+    or ``Transfer-Encoding``), which this module does not read. ``refusal``: why
+    the request must be answered 400, or None.
+    """
 
-    def __init__(self, target: str, headers: dict[str, str], keep_alive: bool) -> None:
+    __slots__ = ("target", "headers", "keep_alive", "has_body", "refusal")
+
+    def __init__(
+        self, target: str, headers: dict[str, str], keep_alive: bool, *,
+        has_body: bool = False, refusal: str | None = None,
+    ) -> None:
         self.target = target
         self.headers = headers  # lower-case names
         self.keep_alive = keep_alive
+        self.has_body = has_body
+        self.refusal = refusal
 
     @classmethod
     def from_fields(cls, target: str, minor_version: int, fields: list[tuple[str, str]]) -> RequestHead | None:
         """A GET's head from its target, HTTP minor version and header fields;
-        None if it has a body or a header it must not repeat twice."""
+        None if its framing is for Tornado to judge (two different lengths)."""
         headers: dict[str, str] = {}
+        refusal = None
         for name, value in fields:
             name = name.lower()
             if name in headers:
                 if name in _SINGLE:
-                    return None
+                    if name == "host":
+                        refusal = "the request has more than one Host header"
+                    elif value != headers[name]:
+                        if name == "content-length":
+                            return None
+                        refusal = f"the request has {name.title()} headers with different values"
+                    continue  # an identical copy says nothing new
                 # Cookie lines join with "; " (RFC 6265), every other field with ", ".
                 value = headers[name] + ("; " if name == "cookie" else ", ") + value
             headers[name] = value
-        if "transfer-encoding" in headers or headers.get("content-length", "0") != "0" or "expect" in headers:
-            return None
+        # A GET's body means nothing to a poll (RFC 9110 §9.3.1), but it is
+        # there, and must be read past; `Expect: 100-continue` only asks for
+        # the go-ahead to send it, which whoever reads the body gives.
+        has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
         keep_alive = "close" not in connection if minor_version == 1 else "keep-alive" in connection
-        return cls(target, headers, keep_alive)
+        return cls(target, headers, keep_alive, has_body=has_body, refusal=refusal)
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -76,7 +104,8 @@ def head_end(buffer: bytes | bytearray) -> int:
 
 def parse_simple_get(head: bytes) -> RequestHead | None:
     """Parse one request head (``head`` ends with its blank line), or return
-    None if it is anything but a plain, body-less ``GET``."""
+    None if it is anything but a plain, body-less ``GET``. Check
+    :attr:`RequestHead.refusal` before serving it."""
     line = _REQUEST_LINE.match(head)
     if line is None:
         return None
@@ -87,7 +116,8 @@ def parse_simple_get(head: bytes) -> RequestHead | None:
     for field in head[line.end() : fields_end - 2].split(b"\r\n") if fields_end > line.end() else ():
         name, _, value = field.partition(b":")
         fields.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
-    return RequestHead.from_fields(line.group(1).decode("ascii"), int(line.group(2)), fields)
+    parsed = RequestHead.from_fields(line.group(1).decode("ascii"), int(line.group(2)), fields)
+    return None if parsed is None or parsed.has_body else parsed
 
 
 def query_params(query: str) -> dict[str, str]:

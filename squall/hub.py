@@ -27,7 +27,13 @@ room's ``last_seq`` — no ``await`` between that check and joining the live set
 so it sees every message exactly once at the seam between backlog and live.
 
 Long-pollers wait on a room by cursor; every poller waiting on the same cursor
-is answered with the same encoded body.
+is answered with the same encoded body. An answer's ``seq`` is the cursor to
+poll from next: the seq of the last message in it, or the poller's own cursor
+when it has none — never the room's newest seq, which would skip whatever the
+answer left out. Parked pollers are answered from the messages just advanced
+(``room.unsent``), which always reach back to their cursor, however many there
+are: the recent buffer holds only ``recent_per_room`` and may have let the
+first of them go already.
 
 Nothing here touches a socket; time comes in as an argument.
 """
@@ -38,7 +44,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import orjson
@@ -83,9 +89,15 @@ def broadcast_from_draft(draft: Draft) -> Broadcast:
     )
 
 
-def encode_poll_body(messages: Iterable[Broadcast], last_seq: int) -> bytes:
-    """``{"messages":[...],"seq":LAST}`` spliced from already-encoded payloads."""
-    return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % last_seq
+def encode_poll_body(messages: Sequence[Broadcast], since: int) -> bytes:
+    """``{"messages":[...],"seq":CURSOR}`` spliced from already-encoded payloads.
+
+    ``messages`` are the consecutive messages after ``since``. ``CURSOR`` is the
+    seq of the last of them, or ``since`` if there are none: polling on from it
+    never skips a message this answer left out.
+    """
+    cursor = messages[-1].seq if messages else since
+    return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % (cursor or 0)
 
 
 class PollAnswer:
@@ -139,6 +151,15 @@ class Room:
             return None
         start = since + 1 - self.recent[0].seq
         return list(itertools.islice(self.recent, start, start + limit))
+
+
+def _after(messages: list[Broadcast], since: int, limit: int) -> list[Broadcast] | None:
+    """Up to ``limit`` of the consecutive ``messages`` with seq > ``since``, or
+    None if they start after ``since + 1`` (some would be missing)."""
+    if not messages or messages[0].seq is None or messages[0].seq > since + 1:
+        return None
+    start = since + 1 - messages[0].seq
+    return messages[start : start + limit]
 
 
 class Hub:
@@ -256,7 +277,7 @@ class Hub:
             for member in list(room.live):
                 member.deliver_batch(batch)
         if room.waiters:
-            self._answer_waiters(room)
+            self._answer_waiters(room, unsent)
 
     def _release_held(self, room: Room) -> None:
         held = room.held
@@ -299,6 +320,9 @@ class Hub:
                         room.name, room.last_seq + 1, min(room.held) - 1,
                     )
                     room.last_seq = min(room.held) - 1
+                    # The recent buffer is read by index from its first seq, so
+                    # it must stay consecutive: start it afresh.
+                    room.recent.clear()
                 self._release_held(room)
                 self._deliver_unsent(room)
         except Exception:
@@ -381,7 +405,9 @@ class Hub:
         if not room.live and not room.waiters:
             room.idle_since = now
 
-    def _answer_waiters(self, room: Room) -> None:
+    def _answer_waiters(self, room: Room, advanced: list[Broadcast]) -> None:
+        """Answer the pollers parked before ``advanced`` (consecutive, just
+        delivered) arrived; pollers on the same cursor share one answer."""
         answers: dict[tuple[int, int], PollAnswer] = {}
         parked, room.waiters = room.waiters, {}
         for waiter, (since, limit) in parked.items():
@@ -390,10 +416,15 @@ class Hub:
                 continue
             answer = answers.get((since, limit))
             if answer is None:
-                messages = room.recent_after(since, limit) or []
-                answer = answers[(since, limit)] = PollAnswer(
-                    encode_poll_body(messages, room.last_seq), messages
-                )
+                messages = _after(advanced, since, limit)
+                if messages is None:
+                    messages = room.recent_after(since, limit)
+                if messages is None:
+                    # Nothing in memory reaches back to this cursor (a gap the
+                    # store could not fill was skipped). No messages and the
+                    # same cursor: the next poll reads the store.
+                    messages = []
+                answer = answers[(since, limit)] = PollAnswer(encode_poll_body(messages, since), messages)
             waiter.answered(answer)
 
     # -- housekeeping ---------------------------------------------------
@@ -418,7 +449,9 @@ class Hub:
         """At shutdown: answer every long-poll now, with what it has."""
         for room in self.rooms.values():
             parked, room.waiters = room.waiters, {}
-            if parked:
-                answer = PollAnswer(encode_poll_body((), room.last_seq), [])
-                for waiter in parked:
-                    waiter.answered(answer)
+            answers: dict[int, PollAnswer] = {}
+            for waiter, (since, _limit) in parked.items():
+                answer = answers.get(since)
+                if answer is None:
+                    answer = answers[since] = PollAnswer(encode_poll_body((), since), [])
+                waiter.answered(answer)

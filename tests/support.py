@@ -85,12 +85,14 @@ class SquallProcess:
         processor_port: int | None = None,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.command = command
         self.processor_port = processor_port or free_port()
         self.env = dict(env or {})
         self.args = args
+        self.preexec_fn = preexec_fn  # run in the child before exec, e.g. to set resource limits
         self.port = 0  # known once the web node has said where it listens
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -112,7 +114,7 @@ class SquallProcess:
         env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **self.env})
         self.process = subprocess.Popen(
             [*argv, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, text=True, errors="replace",
+            stderr=subprocess.STDOUT, env=env, text=True, errors="replace", preexec_fn=self.preexec_fn,
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()

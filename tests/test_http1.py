@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squall.http1 import head_end, parse_simple_get, query_params, response
+from squall.http1 import RequestHead, head_end, parse_simple_get, query_params, response
 
 
 def test_a_plain_get_is_parsed() -> None:
@@ -42,14 +42,46 @@ def test_keep_alive_follows_the_version_and_connection_header(raw: bytes, keep_a
     b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",  # obsolete line folding
     b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
     b"GET / HTTP/1.1\r\nX: a\nY: b\r\n\r\n",  # a bare line feed
-    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",  # a body: Tornado reads it
     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n",
     b"GET /\xff HTTP/1.1\r\n\r\n",
 ])
 def test_anything_but_a_plain_get_is_left_to_tornado(raw: bytes) -> None:
     assert parse_simple_get(raw) is None
+
+
+def test_a_get_without_a_body_is_served_whatever_it_expects() -> None:
+    head = parse_simple_get(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+    assert head is not None and not head.has_body and head.refusal is None
+
+
+def test_a_body_is_noted_for_whoever_reads_it() -> None:
+    head = RequestHead.from_fields("/", 1, [("Content-Length", "5"), ("Expect", "100-continue")])
+    assert head is not None and head.has_body and head.refusal is None
+    chunked = RequestHead.from_fields("/", 1, [("Transfer-Encoding", "chunked")])
+    assert chunked is not None and chunked.has_body
+
+
+def test_identical_repeated_credentials_are_one() -> None:
+    head = parse_simple_get(
+        b"GET / HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\n"
+        b"authorization: Bearer t\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert head is not None and head.refusal is None
+    assert head.headers == {"authorization": "Bearer t", "content-length": "0"}
+
+
+@pytest.mark.parametrize("raw, refusal", [
+    (b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
+     "the request has Authorization headers with different values"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "the request has more than one Host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "the request has more than one Host header"),
+])
+def test_conflicting_single_headers_are_refused(raw: bytes, refusal: str) -> None:
+    head = parse_simple_get(raw)
+    assert head is not None and head.refusal == refusal
 
 
 def test_head_end_finds_the_blank_line() -> None:

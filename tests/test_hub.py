@@ -16,7 +16,7 @@ from pathlib import Path
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from squall.frames import Batch, Broadcast
-from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft
+from squall.hub import ROOM_IDLE_SECONDS, Hub, PollAnswer, broadcast_from_draft, encode_poll_body
 from squall.message import Draft
 from squall.store.sqlite import SQLiteStore
 
@@ -76,6 +76,13 @@ class ParkedPoll:
     def answered(self, answer: PollAnswer) -> None:
         assert self.answer is None, "answered twice"
         self.answer = answer
+
+
+def test_a_poll_body_continues_from_its_last_message_or_its_cursor() -> None:
+    """No loop: the answer's seq is computed from what it holds, never passed in."""
+    two, three = (Broadcast("r", seq, b'{"seq":%d}' % seq) for seq in (2, 3))
+    assert json.loads(encode_poll_body([two, three], 1)) == {"messages": [{"seq": 2}, {"seq": 3}], "seq": 3}
+    assert json.loads(encode_poll_body([], 7)) == {"messages": [], "seq": 7}
 
 
 class HubTest(AsyncTestCase):
@@ -290,6 +297,37 @@ class HubTest(AsyncTestCase):
         self.assertEqual(list(room.waiters), [ahead])
         self.hub.unpark(room, ahead, now=0.0)
         self.assertEqual(room.waiters, {})
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_burst_bigger_than_the_recent_window_reaches_parked_pollers(self) -> None:
+        """More messages than ``recent_per_room`` become deliverable at once: the
+        poller still gets every one of them, and its ``seq`` is the last it got."""
+        hub = Hub(self.store, recent_per_room=8, backlog_page=200, history_on_join=50)
+        room = await hub.room("r")
+        everything, first_five = ParkedPoll(), ParkedPoll()
+        hub.park(room, 0, 100, everything)
+        hub.park(room, 0, 5, first_five)
+        hub.receive_all(list(map(broadcast_from_draft, await self.save("r", 20))))
+        assert everything.answer is not None and first_five.answer is not None
+        body = json.loads(everything.answer.body)
+        self.assertEqual([m["seq"] for m in body["messages"]], list(range(1, 21)))
+        self.assertEqual(body["seq"], 20)
+        narrow = json.loads(first_five.answer.body)
+        self.assertEqual([m["seq"] for m in narrow["messages"]], [1, 2, 3, 4, 5])
+        self.assertEqual(narrow["seq"], 5)  # not 20: 6..20 were not in this answer
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_poller_behind_every_window_is_not_moved_past_what_it_missed(self) -> None:
+        """A cursor neither the burst nor the recent window reaches back to (a gap
+        the store could not fill) gets no messages and keeps its cursor, rather
+        than a ``seq`` that jumps over messages it never saw."""
+        room = await self.hub.room("r")
+        waiter = ParkedPoll()
+        self.hub.park(room, 0, 100, waiter)
+        room.last_seq = 3  # as the gap-skip does; seq 1..3 were never delivered
+        self.hub.receive_all(list(map(broadcast_from_draft, (await self.save("r", 4))[3:])))
+        assert waiter.answer is not None
+        self.assertEqual(json.loads(waiter.answer.body), {"messages": [], "seq": 0})
 
     @gen_test(timeout=TIMEOUT)
     async def test_answer_all_waiters_answers_with_nothing_new(self) -> None:

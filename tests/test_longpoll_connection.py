@@ -301,3 +301,92 @@ def test_a_parked_poll_times_out_with_the_room_position(server: SquallProcess, t
             assert again.json() == {"messages": [], "seq": 1}
 
     run_async(scenario())
+
+
+def test_an_answer_cut_short_by_its_limit_continues_from_its_last_message(
+    server: SquallProcess, token: str, room: str,
+) -> None:
+    """``seq`` is where to poll from next: the last message in the answer, never
+    the room's newest when the limit left some out (docs/protocol.md)."""
+    async def scenario() -> None:
+        for n in range(1, 6):
+            await send(server, token, room, n)
+        async with kept_alive(server) as conn:
+            path = f"/api/rooms/{room}/messages"
+            first = (await conn.request("GET", f"{path}?since=0&limit=2&wait=0", token)).json()
+            assert [m["seq"] for m in first["messages"]] == [1, 2] and first["seq"] == 2
+            rest = (await conn.request("GET", f"{path}?since={first['seq']}&wait=0", token)).json()
+            assert [m["seq"] for m in rest["messages"]] == [3, 4, 5] and rest["seq"] == 5
+            newest = (await conn.request("GET", f"{path}?limit=2", token)).json()
+            assert [m["seq"] for m in newest["messages"]] == [4, 5] and newest["seq"] == 5
+            older = (await conn.request("GET", f"{path}?before=3&limit=10", token)).json()
+            assert [m["seq"] for m in older["messages"]] == [1, 2] and older["seq"] == 2
+            none_older = (await conn.request("GET", f"{path}?before=1", token)).json()
+            assert none_older == {"messages": [], "seq": 0}
+
+    run_async(scenario())
+
+
+def _poll_head(server: SquallProcess, path: str, *lines: str) -> bytes:
+    host, port = server.address
+    return ("\r\n".join([f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *lines]) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("after_a_poll", [False, True], ids=["first", "after-a-poll"])
+def test_polls_with_a_body_or_expect_are_served_as_polls(
+    server: SquallProcess, token: str, room: str, after_a_poll: bool,
+) -> None:
+    """A body (by length or chunked) is read and dropped, ``Expect: 100-continue``
+    gets its go-ahead, and the answer is the poll, not 405; the connection then
+    goes on serving polls."""
+    async def scenario() -> None:
+        await send(server, token, room, 1)
+        path = f"/api/rooms/{room}/messages?since=0&wait=0"
+        auth = f"Authorization: Bearer {token}"
+        async with kept_alive(server) as conn:
+            if after_a_poll:
+                assert bodies(await conn.request("GET", path, token)) == ["message 1"]
+            conn.write(_poll_head(server, path, auth, "Content-Length: 5") + b"hello")
+            assert bodies(await conn.response()) == ["message 1"]
+            conn.write(_poll_head(server, path, auth, "Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\n\r\n")
+            assert bodies(await conn.response()) == ["message 1"]
+            conn.write(_poll_head(server, path, auth, "Expect: 100-continue"))
+            assert bodies(await conn.response()) == ["message 1"]
+            conn.write(_poll_head(server, path, auth, "Expect: 100-continue", "Content-Length: 3"))
+            status, _headers = await asyncio.wait_for(read_head(conn.reader), TIMEOUT)
+            assert status == 100
+            conn.write(b"abc")
+            assert bodies(await conn.response()) == ["message 1"]
+            assert bodies(await conn.request("GET", path, token)) == ["message 1"]
+
+    run_async(scenario())
+
+
+@pytest.mark.parametrize("after_a_poll", [False, True], ids=["first", "after-a-poll"])
+def test_repeated_authorization_is_served_only_if_identical(
+    server: SquallProcess, token: str, room: str, after_a_poll: bool,
+) -> None:
+    """Two identical credentials are one; two different ones are refused, in
+    either order, rather than picking one (see squall/http1.py)."""
+    other = server.session("someone-else")
+
+    async def scenario() -> None:
+        await send(server, token, room, 1)
+        path = f"/api/rooms/{room}/messages?since=0&wait=0"
+        async with kept_alive(server) as conn:
+            if after_a_poll:
+                assert bodies(await conn.request("GET", path, token)) == ["message 1"]
+            same = f"Authorization: Bearer {token}"
+            conn.write(_poll_head(server, path, same, same))
+            assert bodies(await conn.response()) == ["message 1"]
+            for first, second in ((token, other), (other, token), (token, "forged")):
+                conn.write(_poll_head(server, path, f"Authorization: Bearer {first}",
+                                      f"Authorization: Bearer {second}"))
+                refused = await conn.response()
+                assert refused.status == 400 and refused.json() == {
+                    "code": "bad_header",
+                    "reason": "the request has Authorization headers with different values",
+                }, refused
+            assert bodies(await conn.request("GET", path, token)) == ["message 1"]
+
+    run_async(scenario())

@@ -22,14 +22,17 @@ so far, as if nothing had happened.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 import socket
 import time
+import weakref
+from asyncio import Future
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from tornado.http1connection import HTTP1Connection
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.httputil import (
     HTTPConnection,
     HTTPHeaders,
@@ -49,7 +52,7 @@ from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, que
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import check_room, float_param, int_param, nick_key, parse_send_body
 from .base import BaseHandler, find_token, redact_uri
-from .streams import give_socket, receive, take_socket
+from .streams import give_socket, read_buffered, receive, take_socket
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -67,32 +70,82 @@ _INTERNAL = b'{"code":"internal","reason":"the server failed to handle this requ
 
 class PollFirst(HTTPServerConnectionDelegate):
     """The HTTP server's delegate: a connection's first poll ``GET`` takes it over
-    to a :class:`PollConnection`; everything else goes to the application."""
+    to a :class:`PollConnection`; everything else goes to the application.
+
+    It also bounds how long Tornado waits for request heads. A connection's
+    first request gets ``header_timeout`` (a client that connects and says
+    nothing holds a file descriptor for nothing); each later one on a kept-alive
+    connection gets the server's ``idle_connection_timeout`` (``idle_timeout``),
+    and :meth:`close_slow_heads` closes it if, once its head has begun, the
+    rest does not follow within ``header_timeout`` (slowloris).
+    """
 
     def __init__(self, app: Application, node: WebNode) -> None:
         self.app = app
         self.node = node
+        self._served: weakref.WeakSet[object] = weakref.WeakSet()  # connections past their first request
+        self._first_params: HTTP1ConnectionParameters | None = None
+        # Kept-alive connections waiting for a later request's head → when its
+        # first bytes were seen (None: none yet).
+        self._awaiting: dict[object, tuple[HTTP1Connection, float | None]] = {}
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        if isinstance(request_conn, HTTP1Connection):
+            if server_conn not in self._served:
+                self._served.add(server_conn)
+                if self._first_params is None:
+                    self._first_params = copy.copy(request_conn.params)
+                    self._first_params.header_timeout = self.node.settings.header_timeout
+                request_conn.params = self._first_params
+            else:
+                self._awaiting[server_conn] = (request_conn, None)
         return _PollOrApp(self, server_conn, request_conn)
 
+    def head_received(self, server_conn: object) -> None:
+        self._awaiting.pop(server_conn, None)
+
+    def close_slow_heads(self, *, now: float, head_for: float) -> None:
+        """Close kept-alive connections whose request head began ``head_for``
+        seconds ago (as first seen by a call to this) and is still incomplete."""
+        for server_conn, (request_conn, since) in list(self._awaiting.items()):
+            stream = request_conn.stream
+            if stream is None or stream.closed():
+                del self._awaiting[server_conn]
+            elif read_buffered(stream) == 0:
+                continue  # idle: the idle timeout applies
+            elif since is None:
+                self._awaiting[server_conn] = (request_conn, now)
+            elif now - since >= head_for:
+                del self._awaiting[server_conn]
+                log.info("closing %s: no complete request head in %.1f s",
+                         request_conn.context.address, head_for)  # type: ignore[attr-defined]
+                stream.close()
+
     def on_close(self, server_conn: object) -> None:
+        self._served.discard(server_conn)
+        self._awaiting.pop(server_conn, None)
         self.app.on_close(server_conn)
 
 
 class _PollOrApp(HTTPMessageDelegate):
-    __slots__ = ("router", "server_conn", "request_conn", "inner")
+    """One request on a Tornado connection: a poll ``GET`` takes the connection
+    over, after its body if it has one (read by Tornado, within
+    ``max_body_size``, and dropped); anything else goes to the application."""
+
+    __slots__ = ("router", "server_conn", "request_conn", "inner", "poll_head")
 
     def __init__(self, router: PollFirst, server_conn: object, request_conn: HTTPConnection) -> None:
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn
         self.inner: HTTPMessageDelegate | None = None
+        self.poll_head: RequestHead | None = None  # a poll whose body Tornado is reading
 
     def headers_received(
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, RequestStartLine)
+        self.router.head_received(self.server_conn)
         connection = self.request_conn
         if (
             start_line.method == "GET" and _POLL_PATH.match(start_line.path)
@@ -102,12 +155,18 @@ class _PollOrApp(HTTPMessageDelegate):
             minor_version = 1 if start_line.version == "HTTP/1.1" else 0
             head = RequestHead.from_fields(start_line.path, minor_version, list(headers.get_all()))
             if head is not None:
-                address = connection.context.address  # type: ignore[attr-defined]
-                sock, read_ahead = take_socket(connection.detach())
-                PollConnection(self.router.node, sock, address).start(head, read_ahead)
+                if head.has_body:
+                    self.poll_head = head
+                else:
+                    self._take_over(connection, head)
                 return None
         self.inner = self.router.app.start_request(self.server_conn, connection)
         return self.inner.headers_received(start_line, headers)
+
+    def _take_over(self, connection: HTTP1Connection, head: RequestHead) -> None:
+        address = connection.context.address  # type: ignore[attr-defined]
+        sock, read_ahead = take_socket(connection.detach())
+        PollConnection(self.router.node, sock, address).start(head, read_ahead)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self.inner.data_received(chunk) if self.inner is not None else None
@@ -115,6 +174,19 @@ class _PollOrApp(HTTPMessageDelegate):
     def finish(self) -> None:
         if self.inner is not None:
             self.inner.finish()
+        elif self.poll_head is not None:
+            head, self.poll_head = self.poll_head, None
+            connection = self.request_conn
+            assert isinstance(connection, HTTP1Connection)
+            # Tornado may not have sent all of its `100 Continue` yet: take the
+            # socket once its writes are out (at once, nearly always).
+            flushed = connection.stream.write(b"")
+
+            def take_over(future: Future[None]) -> None:
+                if future.exception() is None and connection.stream is not None:
+                    self._take_over(connection, head)
+
+            flushed.add_done_callback(take_over)
 
     def on_connection_close(self) -> None:
         if self.inner is not None:
@@ -129,6 +201,8 @@ class Poll:
     def __init__(self, node: WebNode, head: RequestHead) -> None:
         settings = node.settings
         self.target = head.target
+        if head.refusal is not None:
+            raise BadRequest(head.refusal, code="bad_header")
         path, _, query = head.target.partition("?")
         params = query_params(query)
         token, _by_cookie = find_token(
@@ -188,6 +262,7 @@ class PollConnection:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Future[None] | None = None
         self.closed = False
+        # When it last became idle, or when the head it is reading began.
         self.idle_since = time.monotonic()
 
     @property
@@ -218,6 +293,8 @@ class PollConnection:
         if not data:
             self.close()
             return
+        if self.idle and not self.inbox:
+            self.idle_since = time.monotonic()  # a head begins: header_timeout runs from here
         self.inbox += data
         if self.idle:
             self._next()
@@ -235,7 +312,8 @@ class PollConnection:
                 if len(self.inbox) > MAX_HEAD_BYTES or not b"GET /".startswith(self.inbox[:5]) \
                         or b"\n\n" in self.inbox:
                     self._hand_back()  # Tornado refuses or serves what is not ours
-                return
+                    return
+                break  # the rest of the head is still to come
             head = parse_simple_get(bytes(self.inbox[:end]))
             if head is None or not _POLL_PATH.match(head.target):
                 self._hand_back()
@@ -243,7 +321,6 @@ class PollConnection:
             del self.inbox[:end]
             self._serve(head)
         if self.idle:
-            self.idle_since = time.monotonic()
             self._read(True)
 
     def _hand_back(self) -> None:
@@ -285,21 +362,24 @@ class PollConnection:
         messages = room.recent_after(since, poll.limit)
         if messages is None:
             return False
-        self._answer(encode_poll_body(messages, room.last_seq), messages)
+        self._answer(encode_poll_body(messages, since), messages)
         return True
 
     async def _serve_from_store(self, poll: Poll) -> None:
         hub = self.node.hub
         messages: list[Broadcast] | None = None
         try:
+            room = await hub.room(poll.room)
             if poll.since is None:
-                # History: the newest `limit` messages (before `before`), at once.
-                messages = await hub.read_before(poll.room, poll.before, poll.limit)
-                room = await hub.room(poll.room)
-            else:
-                room = await hub.room(poll.room)
-                if not self._serve_from_memory(room, poll):
-                    messages = await hub.read_after(room, min(poll.since, room.last_seq), poll.limit)
+                # History: the newest `limit` messages (before `before`), at once,
+                # read no further than the room's position now, which is then
+                # the cursor of an empty answer: a message stored meanwhile
+                # comes with the next poll instead of being skipped.
+                since = room.last_seq if poll.before is None else min(poll.before - 1, room.last_seq)
+                messages = await hub.read_before(poll.room, since + 1, poll.limit)
+            elif not self._serve_from_memory(room, poll):
+                since = min(poll.since, room.last_seq)
+                messages = await hub.read_after(room, since, poll.limit)
         except ClientError as exc:
             self._refuse(poll.target, exc)
         except Exception:
@@ -307,7 +387,7 @@ class PollConnection:
             self._finish(500, _INTERNAL)
         else:
             if messages is not None:
-                self._answer(encode_poll_body(messages, room.last_seq), messages)
+                self._answer(encode_poll_body(messages, since), messages)
         finally:
             self.task = None
         self._next()
@@ -319,12 +399,14 @@ class PollConnection:
         self._next()
 
     def _time_out(self) -> None:
-        """The wait ran out: answer with no messages and the room's position."""
+        """The wait ran out: answer with no messages and the cursor it waited on
+        (the room's position, or it would have been answered)."""
         room = self.room
         self.timer = None
         if room is not None:
+            since = room.waiters.get(self, (room.last_seq, 0))[0]
             self._unpark()
-            self._answer(encode_poll_body((), room.last_seq), [])
+            self._answer(encode_poll_body((), since), [])
             self._next()
 
     def _unpark(self) -> None:
@@ -377,6 +459,8 @@ class PollConnection:
             self.loop.add_writer(self.fd, self._on_writable)
         elif not self.keep_alive:
             self.close()
+        else:
+            self._became_idle()
 
     def _on_writable(self) -> None:
         assert self.unsent is not None
@@ -391,14 +475,28 @@ class PollConnection:
         if self.unsent is None:
             self.loop.remove_writer(self.fd)
             if self.keep_alive:
+                self._became_idle()
                 self._next()
             else:
                 self.close()
 
+    def _became_idle(self) -> None:
+        # The idle and header timeouts run from here, for the next request and
+        # for any part of it that came pipelined behind the last one.
+        self.idle_since = time.monotonic()
+
     # -- ending ---------------------------------------------------------
 
-    def close_if_idle(self, *, now: float, idle_for: float) -> None:
-        if self.idle and now - self.idle_since >= idle_for:
+    def close_if_idle(self, *, now: float, idle_for: float, head_for: float | None = None) -> None:
+        """Close the connection if it has waited ``idle_for`` seconds for a
+        request, or ``head_for`` seconds for the rest of a head it has begun.
+        Busy connections (a parked poll, an answer being sent) are not idle."""
+        if not self.idle:
+            return
+        if self.inbox and head_for is not None and now - self.idle_since >= head_for:
+            log.info("closing %s: no complete request head in %.1f s", self._remote_ip(), head_for)
+            self.close()
+        elif now - self.idle_since >= idle_for:
             self.close()
 
     def close(self) -> None:

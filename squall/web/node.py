@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,12 +23,14 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.log import access_log
+from tornado.netutil import bind_sockets
 
 from ..bus import Bus, open_bus
 from ..config import Settings
 from ..frames import Broadcast
 from ..hub import Hub
 from ..limits import TokenBucket
+from ..listener import Listener
 from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
@@ -42,10 +45,9 @@ log = logging.getLogger("squall.web")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
-# How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
+# How often the node sweeps expired long-poll presence, idle rooms, idle
+# connections and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
-# A keep-alive HTTP connection with no request in progress is closed after this long.
-IDLE_CONNECTION_SECONDS = 3600.0
 
 
 class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
@@ -105,6 +107,8 @@ class WebNode:
         self._polls_gone: asyncio.Event | None = None  # set at shutdown once they are all closed
         self._http_buckets: dict[str, TokenBucket] = {}
         self._server: HTTPServer | None = None
+        self._listener: Listener | None = None
+        self._router: PollFirst | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
         self.stopping = False
@@ -133,13 +137,21 @@ class WebNode:
         await self.bus.start(self.hub.receive_all)
         self.link.start()
         app = self.make_app()
+        settings = self.settings
+        self._router = PollFirst(app, self)
         self._server = HTTPServer(
-            PollFirst(app, self),
+            self._router,
             xheaders=False,
-            max_body_size=self.settings.max_body_bytes * 2,
-            idle_connection_timeout=IDLE_CONNECTION_SECONDS,
+            max_body_size=settings.max_body_bytes * 2,
+            # Tornado's wait for each request head after the first (the first
+            # gets header_timeout, see PollFirst), and for a body.
+            idle_connection_timeout=settings.idle_timeout,
+            body_timeout=settings.idle_timeout,
         )
-        self._server.listen(self.settings.port, self.settings.host)
+        # Our own accept loop rather than HTTPServer.listen: it backs off when
+        # the process runs out of file descriptors instead of spinning.
+        self._listener = Listener(bind_sockets(settings.port, settings.host), self._accepted)
+        self._listener.start()
         self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()
         self._heartbeat = PeriodicCallback(self._sse_heartbeat, self.settings.sse_heartbeat * 1000)
@@ -148,13 +160,18 @@ class WebNode:
     @property
     def port(self) -> int:
         """The port actually bound (useful when configured as 0)."""
+        assert self._listener is not None
+        return self._listener.port
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
         assert self._server is not None
-        sockets = list(self._server._sockets.values())
-        return int(sockets[0].getsockname()[1])
+        self._server.handle_stream(IOStream(connection), address)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to clients, wait for in-flight sends, close."""
         self.stopping = True
+        if self._listener is not None:
+            self._listener.stop()
         if self._server is not None:
             self._server.stop()
         for callback in (self._housekeeping, self._heartbeat):
@@ -245,8 +262,11 @@ class WebNode:
         now = time.monotonic()
         self.announce(self.presence.expire(now=now))
         self.hub.close_idle_rooms(now=now)
+        settings = self.settings
         for connection in list(self.poll_connections):
-            connection.close_if_idle(now=now, idle_for=IDLE_CONNECTION_SECONDS)
+            connection.close_if_idle(now=now, idle_for=settings.idle_timeout, head_for=settings.header_timeout)
+        if self._router is not None:
+            self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
         # Buckets that have refilled completely carry no information.
         horizon = self.settings.send_burst / self.settings.send_rate
         for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:

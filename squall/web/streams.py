@@ -9,6 +9,8 @@
 * :func:`receive` is how those connections read their socket.
 * :func:`buffered_bytes` tells how much an SSE stream still has to send, so a
   slow reader can be cut off without a Future per write.
+* :func:`read_buffered` tells whether a kept-alive connection has begun its
+  next request head, so a slow one can be cut off.
 
 They read ``IOStream._write_buffer``, ``_read_buffer``, ``_read_buffer_size``,
 ``_state`` and ``socket``; ``tests/test_streams.py`` fails loudly if a Tornado
@@ -22,12 +24,17 @@ import socket
 
 from tornado.iostream import IOStream, SSLIOStream
 
-__all__ = ["buffered_bytes", "take_socket", "give_socket", "receive", "check_internals"]
+__all__ = ["buffered_bytes", "read_buffered", "take_socket", "give_socket", "receive", "check_internals"]
 
 
 def buffered_bytes(stream: IOStream) -> int:
     """Bytes written to ``stream`` but not yet handed to the kernel."""
     return len(stream._write_buffer)
+
+
+def read_buffered(stream: IOStream) -> int:
+    """Bytes ``stream`` has received but not yet handed to whoever reads it."""
+    return int(stream._read_buffer_size)
 
 
 def check_internals(stream: IOStream) -> None:
