@@ -10,6 +10,7 @@ import orjson
 from tornado.httputil import HTTPServerRequest, parse_cookie
 from tornado.web import HTTPError, RequestHandler
 
+from ..address import rate_key
 from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class BaseHandler(RequestHandler):
         self.node = node
         self._nick: str | None = None
         self._by_cookie = False
+        self._client_ip: str | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -74,6 +76,7 @@ class BaseHandler(RequestHandler):
     # -- authentication -------------------------------------------------
 
     def prepare(self) -> None:
+        self.node.check_host(self.request.headers.get("Host"))
         length = self.request.headers.get("Content-Length")
         limit = self.node.settings.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
@@ -93,6 +96,31 @@ class BaseHandler(RequestHandler):
         if by_cookie and self.request.method not in ("GET", "HEAD", "OPTIONS"):
             super().check_xsrf_cookie()
         return nick
+
+    # -- who is asking ---------------------------------------------------
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: the peer, or what trusted proxies say (``--trusted-proxies``)."""
+        if self._client_ip is None:
+            self._client_ip = self.node.client_address(
+                self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+            )
+        return self._client_ip
+
+    @property
+    def address_key(self) -> str:
+        """:attr:`client_ip` as per-address limits count it (an IPv6 /64 is one address)."""
+        return rate_key(self.client_ip)
+
+    @property
+    def via_https(self) -> bool:
+        """Whether the client reached us over HTTPS: set ``secure`` on cookies then."""
+        return self.node.via_https(self.request.remote_ip or "", self.request.headers.get("X-Forwarded-Proto"))
+
+    def check_session_rate(self) -> None:
+        """Charge a new session or account to the client's address, or raise ``RateLimited``."""
+        self.node.limits.check_session(self.address_key, now=time.monotonic())
 
     def check_xsrf_cookie(self) -> None:
         # Tornado would check every POST here; we check only cookie-authenticated
@@ -144,4 +172,5 @@ class BaseHandler(RequestHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
+        super().prepare()
         raise HTTPError(404, f"no route for {self.request.method} {self.request.path}")

@@ -39,11 +39,12 @@ def routes(node: WebNode) -> list[Any]:
 
 class SessionHandler(BaseHandler):
     async def post(self) -> None:
+        self.check_session_rate()
         nick = check_nick(self.json_body().get("nick"))
         nick = await self.node.store.save_user(nick)
         token = make_token(self.node.secret, nick)
         self.set_cookie(
-            COOKIE_NAME, token, httponly=True, samesite="Lax",
+            COOKIE_NAME, token, httponly=True, samesite="Lax", secure=self.via_https,
             expires_days=self.node.settings.token_max_age_days,
         )
         self.xsrf_token  # sets the _xsrf cookie a cookie-authenticated page needs
@@ -103,6 +104,8 @@ class HealthHandler(BaseHandler):
                 "long_poll": len(self.node.poll_connections),
             },
             "waiting_polls": self.node.hub.waiting_polls(),
+            "rejections": self.node.counters.snapshot(),
+            "limits": self.node.limits.tracked(),
         })
 
 

@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tornado.http1connection import HTTP1Connection
@@ -43,6 +43,7 @@ from tornado.web import Application
 
 import orjson
 
+from ..address import rate_key
 from ..errors import BadRequest, ClientError, Unauthorized
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
@@ -129,6 +130,7 @@ class Poll:
     def __init__(self, node: WebNode, head: RequestHead) -> None:
         settings = node.settings
         self.target = head.target
+        node.check_host(head.headers.get("host"))
         path, _, query = head.target.partition("?")
         params = query_params(query)
         token, _by_cookie = find_token(
@@ -170,7 +172,7 @@ class PollConnection:
 
     __slots__ = (
         "node", "sock", "fd", "loop", "address", "inbox", "unsent", "reading", "keep_alive",
-        "poll", "room", "timer", "task", "closed", "idle_since",
+        "poll", "room", "timer", "task", "closed", "idle_since", "counted_as",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, address: Any) -> None:
@@ -189,6 +191,7 @@ class PollConnection:
         self.task: asyncio.Future[None] | None = None
         self.closed = False
         self.idle_since = time.monotonic()
+        self.counted_as: str | None = None  # the client address its open connection counts against
 
     @property
     def idle(self) -> bool:
@@ -198,6 +201,18 @@ class PollConnection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.node.poll_connections.add(self)
         self.inbox += read_ahead
+        # A proxy may carry many clients on one kept-alive connection; it counts
+        # against the client of its first request.
+        address = rate_key(self.node.client_address(
+            self._remote_ip(), head.headers.get("x-forwarded-for")
+        ))
+        try:
+            self.node.limits.open_connection(address)
+        except ClientError as exc:
+            self.keep_alive = False
+            self._refuse(head.target, exc)
+            return
+        self.counted_as = address
         self._read(True)
         self._serve(head)
         self._next()
@@ -345,9 +360,12 @@ class PollConnection:
 
     def _refuse(self, target: str, exc: ClientError) -> None:
         log.warning("%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
-        self._finish(exc.status, orjson.dumps(exc.to_dict()))
+        self._finish(exc.status, orjson.dumps(exc.to_dict()), headers=exc.headers)
 
-    def _finish(self, status: int, body: bytes, *, shared: PollAnswer | None = None) -> None:
+    def _finish(
+        self, status: int, body: bytes, *, shared: PollAnswer | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Send the answer. Kept-alive pollers answered with one ``shared`` answer
         get the same response bytes, built by the first of them."""
         self.poll = None
@@ -358,7 +376,7 @@ class PollConnection:
                 shared.wire = response(status, body, keep_alive=True)
             self._send(shared.wire)
         else:
-            self._send(response(status, body, keep_alive=self.keep_alive))
+            self._send(response(status, body, keep_alive=self.keep_alive, headers=headers))
 
     # -- writing answers ------------------------------------------------
 
@@ -413,6 +431,9 @@ class PollConnection:
     def _let_go(self) -> None:
         """Stop all I/O and waiting on this socket, without closing it."""
         self.closed = True
+        if self.counted_as is not None:
+            self.node.limits.close_connection(self.counted_as)
+            self.counted_as = None
         self._unpark()
         self._read(False)
         if self.unsent is not None:
@@ -435,6 +456,6 @@ class MessagesHandler(BaseHandler):
         if not isinstance(body, str):
             raise BadRequest("body must be a string", code="bad_field")
         cid = check_client_id(data.get("id"))
-        self.node.check_http_rate(nick_key(nick))
+        self.node.limits.check_send(nick_key(nick), self.address_key, now=time.monotonic())
         message = await self.node.send(room=room_name, nick=nick, body=body, id=cid)
         self.write_json({"id": cid, "seq": message["seq"]})

@@ -22,11 +22,13 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.log import access_log
 
+from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
 from ..config import Settings
+from ..errors import Misdirected
 from ..frames import Broadcast
 from ..hub import Hub
-from ..limits import TokenBucket
+from ..limits import Counters, Limits, Rate
 from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
@@ -50,6 +52,15 @@ class StaticFiles(tornado.web.StaticFileHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        node: WebNode = self.settings["node"]
+        try:
+            node.check_host(self.request.headers.get("Host"))
+        except Misdirected as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(orjson.dumps(exc.to_dict()))
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -90,7 +101,12 @@ class WebNode:
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
         self._polls_gone: asyncio.Event | None = None  # set at shutdown once they are all closed
-        self._http_buckets: dict[str, TokenBucket] = {}
+        self.counters = Counters()  # every refusal, by code and limit (/api/health)
+        self.limits = _limits(settings, self.counters)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.hosts = HostPolicy(
+            settings.allowed_hosts or default_allowed_hosts(settings.host, settings.public_url)
+        )
         self._server: HTTPServer | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
@@ -108,6 +124,7 @@ class WebNode:
             default_handler_args={"node": self},
             static_path=str(STATIC_DIR),
             static_handler_class=StaticFiles,
+            node=self,
             template_path=str(STATIC_DIR),
             xsrf_cookies=True,
             websocket_max_message_size=self.settings.max_frame_bytes,
@@ -180,16 +197,25 @@ class WebNode:
         if self._polls_gone is not None and not self.poll_connections:
             self._polls_gone.set()
 
-    # -- sends ----------------------------------------------------------
+    # -- who is asking -----------------------------------------------------
 
-    def check_http_rate(self, nick_key: str) -> None:
-        now = time.monotonic()
-        bucket = self._http_buckets.get(nick_key)
-        if bucket is None:
-            bucket = self._http_buckets[nick_key] = TokenBucket(
-                rate=self.settings.send_rate, burst=self.settings.send_burst, now=now
-            )
-        bucket.check_send(now=now)
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The client's address for a connection from ``peer`` (see :mod:`squall.address`)."""
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    def via_https(self, peer: str, forwarded_proto: str | None) -> bool:
+        """Whether the client reached us over HTTPS (public URL, or a trusted proxy says so)."""
+        return self.settings.public_url.startswith("https:") or forwarded_https(
+            peer, forwarded_proto, self.trusted_proxies
+        )
+
+    def check_host(self, host: str | None) -> None:
+        """Refuse a ``Host`` this node does not answer to (:class:`Misdirected`, counted)."""
+        if not self.hosts.allows(host):
+            self.limits.count(Misdirected.default_code, "allowed_hosts")
+            raise Misdirected(self.hosts.refusal_reason(host or ""))
+
+    # -- sends ----------------------------------------------------------
 
     async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``)."""
@@ -234,11 +260,28 @@ class WebNode:
         self.hub.close_idle_rooms(now=now)
         for connection in list(self.poll_connections):
             connection.close_if_idle(now=now, idle_for=IDLE_CONNECTION_SECONDS)
-        # Buckets that have refilled completely carry no information.
-        horizon = self.settings.send_burst / self.settings.send_rate
-        for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:
-            del self._http_buckets[key]
+        self.limits.sweep(now=now)
 
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):
             stream.heartbeat()
+
+
+def _limits(settings: Settings, counters: Counters) -> Limits:
+    return Limits(
+        send_per_user=Rate("send_per_user", settings.send_rate, settings.send_burst, "sends", "per user"),
+        send_per_address=Rate(
+            "send_per_ip", settings.send_rate_per_ip, settings.send_burst_per_ip, "sends", "per address"
+        ),
+        session_per_address=Rate(
+            "session_per_ip", settings.session_rate_per_ip, settings.session_burst_per_ip,
+            "new sessions or accounts", "per address",
+        ),
+        join_per_connection=Rate(
+            "join_per_connection", settings.join_rate, settings.join_burst, "joins", "per connection"
+        ),
+        max_keys=settings.max_rate_keys,
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_ip,
+        counters=counters,
+    )

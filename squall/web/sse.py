@@ -43,19 +43,22 @@ class EventsHandler(BaseHandler):
         self._key = nick_key(nick)
         self._done = asyncio.get_running_loop().create_future()
         node = self.node
-        room, cursor = await node.hub.join(room_name, since)
-        node.event_streams.add(self)
-        node.announce(node.presence.connect(room_name, nick, self._key))
-        joined = {
-            "type": "joined", "room": room_name, "seq": room.last_seq,
-            "members": node.presence.members(room_name),
-        }
-        self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
+        address = self.address_key
+        node.limits.open_connection(address)  # refused (429/503) before the stream starts
         try:
+            room, cursor = await node.hub.join(room_name, since)
+            node.event_streams.add(self)
+            node.announce(node.presence.connect(room_name, nick, self._key))
+            joined = {
+                "type": "joined", "room": room_name, "seq": room.last_seq,
+                "members": node.presence.members(room_name),
+            }
+            self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
             await node.hub.catch_up(self, room, cursor)
             await self._done
         finally:
             self._leave()
+            node.limits.close_connection(address)
 
     # -- hub.Member -----------------------------------------------------
 
