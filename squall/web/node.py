@@ -43,6 +43,8 @@ log = logging.getLogger("squall.web")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
+# How often guests whose every token has expired are deleted from the users table.
+FORGET_GUESTS_SECONDS = 3600.0
 # A keep-alive HTTP connection with no request in progress is closed after this long.
 IDLE_CONNECTION_SECONDS = 3600.0
 
@@ -110,6 +112,7 @@ class WebNode:
         self._server: HTTPServer | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
+        self._forget_guests: PeriodicCallback | None = None
         self.stopping = False
 
     # -- life cycle -----------------------------------------------------
@@ -148,6 +151,8 @@ class WebNode:
         self._housekeeping.start()
         self._heartbeat = PeriodicCallback(self._sse_heartbeat, self.settings.sse_heartbeat * 1000)
         self._heartbeat.start()
+        self._forget_guests = PeriodicCallback(self._start_forgetting_guests, FORGET_GUESTS_SECONDS * 1000)
+        self._forget_guests.start()
 
     @property
     def port(self) -> int:
@@ -161,7 +166,7 @@ class WebNode:
         self.stopping = True
         if self._server is not None:
             self._server.stop()
-        for callback in (self._housekeeping, self._heartbeat):
+        for callback in (self._housekeeping, self._heartbeat, self._forget_guests):
             if callback is not None:
                 callback.stop()
         for handler in list(self.websockets):
@@ -261,6 +266,21 @@ class WebNode:
         for connection in list(self.poll_connections):
             connection.close_if_idle(now=now, idle_for=IDLE_CONNECTION_SECONDS)
         self.limits.sweep(now=now)
+
+    def _start_forgetting_guests(self) -> None:
+        asyncio.ensure_future(self.forget_guests(now=time.time()))
+
+    async def forget_guests(self, *, now: float) -> int:
+        """Delete guests none of whose tokens can still be valid at ``now`` (Unix seconds)."""
+        cutoff = int(now - self.settings.token_max_age_days * 86400)
+        try:
+            forgotten = await self.store.forget_guests(cutoff)
+        except Exception:
+            log.exception("forgetting expired guests failed")
+            return 0
+        if forgotten:
+            log.info("forgot %d guests whose sessions have all expired", forgotten)
+        return forgotten
 
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):
