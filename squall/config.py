@@ -83,6 +83,8 @@ class Settings:
     session_burst_per_ip: int = 20
     max_connections_per_ip: int = 64  # open WebSocket, SSE and long-poll connections per address
     max_connections: int = 10_000  # the same, in all
+    max_http_connections_per_ip: int = 256  # connections Tornado serves, per TCP peer (trusted proxies exempt)
+    max_http_connections: int = 10_000  # the same, in all
     max_rate_keys: int = 50_000  # users or addresses each rate table tracks; newcomers then share one bucket
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For / -Proto are believed
     allowed_hosts: tuple[str, ...] = ()  # Host names served; () → public_url's host, host, localhost
@@ -226,7 +228,7 @@ def _check(settings: Settings) -> None:
         "outbound_bytes", "store_batch", "send_rate", "send_burst",
         "send_rate_per_ip", "send_burst_per_ip", "join_rate", "join_burst",
         "session_rate_per_ip", "session_burst_per_ip", "max_connections_per_ip",
-        "max_connections", "max_rate_keys",
+        "max_connections", "max_rate_keys", "max_http_connections_per_ip", "max_http_connections",
     ]
     for name in positive:
         if getattr(settings, name) <= 0:

@@ -193,20 +193,24 @@ class ConnectionTable:
         self._open: dict[str, int] = {}
         self.count = 0
 
-    def open(self, address: str) -> TooManyConnections | None:
-        """Count a new connection from ``address``, or say why it is refused."""
+    def open(self, address: str, *, per_address: bool = True, kind: str = "connections") -> TooManyConnections | None:
+        """Count a new connection from ``address``, or say why it is refused.
+
+        ``per_address=False`` holds it to the total only (a trusted proxy's).
+        ``kind`` names the table in refusals: ``connections`` or ``http_connections``.
+        """
         if self.count >= self.total:
             return TooManyConnections(
-                f"the server has {self.count} open connections, its limit (max_connections);"
-                " try again later",
-                limit="connections_total", status=503,
+                f"the server has {self.count} open {kind.replace('_', ' ')}, its limit"
+                f" (max_{kind}); try again later",
+                limit=f"{kind}_total", status=503,
             )
         held = self._open.get(address, 0)
-        if held >= self.per_address:
+        if per_address and held >= self.per_address:
             return TooManyConnections(
-                f"{held} connections are open from your address, the limit"
-                f" (max_connections_per_ip); close one first",
-                limit="connections_per_ip", status=429,
+                f"{held} {kind.replace('_', ' ')} are open from your address, the limit"
+                f" (max_{kind}_per_ip); close one first",
+                limit=f"{kind}_per_ip", status=429,
             )
         self._open[address] = held + 1
         self.count += 1
@@ -264,13 +268,19 @@ class Limits:
     def __init__(
         self, *, send_per_user: Rate, send_per_address: Rate, session_per_address: Rate,
         join_per_connection: Rate, max_keys: int, max_connections: int,
-        max_connections_per_address: int, counters: Counters | None = None,
+        max_connections_per_address: int, max_http_connections: int = 10_000,
+        max_http_connections_per_address: int = 256, counters: Counters | None = None,
     ) -> None:
         self.sends_by_user = RateTable(send_per_user, max_keys=max_keys)
         self.sends_by_address = RateTable(send_per_address, max_keys=max_keys)
         self.sessions_by_address = RateTable(session_per_address, max_keys=max_keys)
         self.join_rate = join_per_connection
+        # WebSocket, SSE and long-poll connections, by client address.
         self.connections = ConnectionTable(per_address=max_connections_per_address, total=max_connections)
+        # Connections Tornado's HTTP server owns, by TCP peer (web/connections.py).
+        self.http_connections = ConnectionTable(
+            per_address=max_http_connections_per_address, total=max_http_connections
+        )
         self.counters = counters or Counters()
 
     def _refuse(self, refusal: RateLimited | TooManyConnections) -> None:
@@ -309,6 +319,15 @@ class Limits:
     def close_connection(self, address: str) -> None:
         self.connections.close(address)
 
+    def open_http_connection(self, peer: str, *, per_peer: bool = True) -> None:
+        """Count a raw HTTP connection from TCP ``peer``; pair with :meth:`close_http_connection`."""
+        refusal = self.http_connections.open(peer, per_address=per_peer, kind="http_connections")
+        if refusal is not None:
+            self._refuse(refusal)
+
+    def close_http_connection(self, peer: str) -> None:
+        self.http_connections.close(peer)
+
     def count(self, code: str, limit: str) -> None:
         """Count a refusal made elsewhere (a foreign ``Host``, say)."""
         self.counters.count(code, limit)
@@ -324,4 +343,5 @@ class Limits:
             "send_per_ip": len(self.sends_by_address),
             "session_per_ip": len(self.sessions_by_address),
             "connections": self.connections.count,
+            "http_connections": self.http_connections.count,
         }

@@ -356,3 +356,58 @@ def test_allowed_hosts_names_the_hosts(tmp_path: Path) -> None:
             return [await status(h) for h in ("chat.example.com", "localhost", "127.0.0.1", "other.example")]
 
         assert run_async(scenario()) == [200, 421, 200, 421]
+
+
+# -- raw HTTP connections --------------------------------------------------------------
+
+
+async def _idle_connection(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(*address), TIMEOUT)
+
+
+async def _get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> int:
+    writer.write(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
+    await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), TIMEOUT)
+    return status
+
+
+def test_idle_http_connections_per_peer_are_refused_past_the_limit(tmp_path: Path) -> None:
+    with squall_server(tmp_path, env={"SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "2"}) as node:
+
+        async def scenario() -> tuple[int, Any, int, int]:
+            first, second = await _idle_connection(node.address), await _idle_connection(node.address)
+            # Accepted in order: these two hold the peer's slots, so the third
+            # is answered before it sends anything, and hung up on.
+            third_reader, third_writer = await _idle_connection(node.address)
+            status, headers = await asyncio.wait_for(read_head(third_reader), TIMEOUT)
+            body = json.loads(await asyncio.wait_for(third_reader.read(), TIMEOUT))
+            await close_writer(third_writer)
+            served = await _get_health(*first, node.port)
+            await close_writer(first[1])
+            # Its FIN came before the next SYN: the slot is free again.
+            again = await _idle_connection(node.address)
+            served_again = await _get_health(*again, node.port)
+            for _reader, writer in (second, again):
+                await close_writer(writer)
+            return status, (headers, body), served, served_again
+
+        status, (headers, body), served, served_again = run_async(scenario())
+        assert (status, body["code"], body["limit"]) == (429, "too_many_connections", "http_connections_per_ip")
+        assert headers["connection"] == "close" and int(headers["retry-after"]) > 0
+        assert (served, served_again) == (200, 200)
+
+
+def test_a_trusted_proxy_is_held_only_to_the_total(tmp_path: Path) -> None:
+    env = {"SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "1", "SQUALL_TRUSTED_PROXIES": "127.0.0.1"}
+    with squall_server(tmp_path, env=env) as node:
+
+        async def scenario() -> list[int]:
+            connections = [await _idle_connection(node.address) for _ in range(3)]
+            try:
+                return [await _get_health(reader, writer, node.port) for reader, writer in connections]
+            finally:
+                for _reader, writer in connections:
+                    await close_writer(writer)
+
+        assert run_async(scenario()) == [200, 200, 200]

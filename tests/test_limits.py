@@ -215,3 +215,12 @@ def test_connection_refusals_are_counted() -> None:
 
 def test_counters_start_empty() -> None:
     assert Counters().snapshot() == {}
+
+
+def test_a_connection_held_only_to_the_total() -> None:
+    table = ConnectionTable(per_address=1, total=2)
+    assert table.open("proxy", per_address=False, kind="http_connections") is None
+    assert table.open("proxy", per_address=False, kind="http_connections") is None
+    refusal = table.open("proxy", per_address=False, kind="http_connections")
+    assert refusal is not None and (refusal.status, refusal.limit) == (503, "http_connections_total")
+    assert "max_http_connections" in refusal.reason

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.log import access_log
@@ -34,6 +33,7 @@ from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
 from .auth import TokenCache, load_or_create_secret
+from .connections import CountingHTTPServer
 from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
@@ -109,7 +109,7 @@ class WebNode:
         self.hosts = HostPolicy(
             settings.allowed_hosts or default_allowed_hosts(settings.host, settings.public_url)
         )
-        self._server: HTTPServer | None = None
+        self._server: CountingHTTPServer | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
         self._forget_guests: PeriodicCallback | None = None
@@ -140,12 +140,13 @@ class WebNode:
         await self.bus.start(self.hub.receive_all)
         self.link.start()
         app = self.make_app()
-        self._server = HTTPServer(
+        self._server = CountingHTTPServer(
             PollFirst(app, self),
             xheaders=False,
             max_body_size=self.settings.max_body_bytes * 2,
             idle_connection_timeout=IDLE_CONNECTION_SECONDS,
         )
+        self._server.count_in(self.limits, trusted_proxies=self.trusted_proxies)
         self._server.listen(self.settings.port, self.settings.host)
         self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()
@@ -303,5 +304,7 @@ def _limits(settings: Settings, counters: Counters) -> Limits:
         max_keys=settings.max_rate_keys,
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_ip,
+        max_http_connections=settings.max_http_connections,
+        max_http_connections_per_address=settings.max_http_connections_per_ip,
         counters=counters,
     )
