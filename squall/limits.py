@@ -27,8 +27,12 @@ from .errors import RateLimited, TooManyConnections
 
 __all__ = [
     "TokenBucket", "Rate", "RateTable", "ConnectionTable", "Counters", "Limits",
-    "Outbound", "outbound_verdict", "low_water", "OVERFLOW_KEY",
+    "Outbound", "outbound_verdict", "low_water", "OVERFLOW_KEY", "TYPING_INTERVAL",
 ]
+
+# A user may announce typing in a room at most once per this many seconds over
+# HTTP; more are dropped quietly, as over WebSocket (web/websocket.py).
+TYPING_INTERVAL = 2.0
 
 # The key of the bucket that newcomers share while a table is full.
 OVERFLOW_KEY = "\x00overflow"
@@ -275,6 +279,9 @@ class Limits:
         self.sends_by_address = RateTable(send_per_address, max_keys=max_keys)
         self.sessions_by_address = RateTable(session_per_address, max_keys=max_keys)
         self.join_rate = join_per_connection
+        self.typing_by_user_room = RateTable(
+            Rate("typing_per_user_room", 1.0 / TYPING_INTERVAL, 1), max_keys=max_keys
+        )
         # WebSocket, SSE and long-poll connections, by client address.
         self.connections = ConnectionTable(per_address=max_connections_per_address, total=max_connections)
         # Connections Tornado's HTTP server owns, by TCP peer (web/connections.py).
@@ -300,6 +307,11 @@ class Limits:
         refusal = _spend_all([(self.sessions_by_address, address)], now=now)
         if refusal is not None:
             self._refuse(refusal)
+
+    def allow_typing(self, user: str, room: str, *, now: float) -> bool:
+        """Whether to pass on ``user``'s typing in ``room`` (no refusal: a typing
+        event is ephemeral, and those over the rate are dropped quietly)."""
+        return self.typing_by_user_room.bucket(f"{user}\x00{room}", now=now).take(now=now)
 
     def join_bucket(self, *, now: float) -> TokenBucket:
         """A fresh bucket for one connection's joins; charge it with :meth:`check_join`."""
@@ -333,7 +345,9 @@ class Limits:
         self.counters.count(code, limit)
 
     def sweep(self, *, now: float) -> None:
-        for table in (self.sends_by_user, self.sends_by_address, self.sessions_by_address):
+        for table in (
+            self.sends_by_user, self.sends_by_address, self.sessions_by_address, self.typing_by_user_room,
+        ):
             table.sweep(now=now)
 
     def tracked(self) -> dict[str, int]:

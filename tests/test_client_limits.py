@@ -411,3 +411,31 @@ def test_a_trusted_proxy_is_held_only_to_the_total(tmp_path: Path) -> None:
                     await close_writer(writer)
 
         assert run_async(scenario()) == [200, 200, 200]
+
+
+# -- typing over HTTP -------------------------------------------------------------------
+
+
+def test_a_typing_flood_over_http_reaches_the_room_once(server: SquallProcess, room: str) -> None:
+    typist, watcher_token = server.session("typist"), server.session("typing-watcher")
+
+    async def scenario() -> list[dict[str, Any]]:
+        watcher = await ChatClient.connect(server.address, watcher_token)
+        try:
+            await watcher.join(room)
+            for _ in range(5):
+                response = await http(server.address, "POST", f"/api/rooms/{room}/typing", token=typist)
+                assert response.status == 204
+            # A message after the flood: everything the flood caused came before it.
+            response = await http(server.address, "POST", f"/api/rooms/{room}/messages", token=typist,
+                                  json_body={"body": "done", "id": "done"})
+            assert response.status == 200
+            frames = []
+            while (frame := await watcher.recv_json())["type"] != "message":
+                frames.append(frame)
+            return frames
+        finally:
+            await watcher.close()
+
+    typing = [f for f in run_async(scenario()) if f.get("state") == "typing" and f["nick"] == "typist"]
+    assert len(typing) == 1

@@ -224,3 +224,13 @@ def test_a_connection_held_only_to_the_total() -> None:
     refusal = table.open("proxy", per_address=False, kind="http_connections")
     assert refusal is not None and (refusal.status, refusal.limit) == (503, "http_connections_total")
     assert "max_http_connections" in refusal.reason
+
+
+def test_typing_over_http_is_passed_on_once_per_interval_per_room() -> None:
+    limits = make_limits()
+    assert limits.allow_typing("alice", "lobby", now=0.0)
+    assert not limits.allow_typing("alice", "lobby", now=1.0)
+    assert limits.allow_typing("alice", "other", now=1.0)
+    assert limits.allow_typing("bob", "lobby", now=1.0)
+    assert limits.allow_typing("alice", "lobby", now=2.0)
+    assert limits.counters.snapshot() == {}  # dropped quietly, not refused

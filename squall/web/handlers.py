@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest
@@ -86,7 +87,9 @@ class MembersHandler(BaseHandler):
 class TypingHandler(BaseHandler):
     def post(self, room: str) -> None:
         nick = self.current_nick()
-        self.node.publish_presence(check_room(room), nick, "typing")
+        room = check_room(room)
+        if self.node.limits.allow_typing(nick_key(nick), room, now=time.monotonic()):
+            self.node.publish_presence(room, nick, "typing")
         self.set_status(204)
         self.finish()
 
