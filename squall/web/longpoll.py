@@ -44,7 +44,7 @@ from tornado.web import Application
 import orjson
 
 from ..address import rate_key
-from ..errors import BadRequest, ClientError, Unauthorized
+from ..errors import BadRequest, ClientError, Misdirected, RateLimited, Unauthorized
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
@@ -359,7 +359,9 @@ class PollConnection:
             self.node.note_seen(self.poll.nick_key, messages)
 
     def _refuse(self, target: str, exc: ClientError) -> None:
-        log.warning("%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
+        # Refusals by a limit are counted in /api/health; a flood must not flood the log.
+        level = logging.DEBUG if isinstance(exc, (RateLimited, Misdirected)) else logging.WARNING
+        log.log(level, "%d GET %s (%s): %s", exc.status, target, self._remote_ip(), exc.reason)
         self._finish(exc.status, orjson.dumps(exc.to_dict()), headers=exc.headers)
 
     def _finish(

@@ -70,6 +70,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     so successful requests are logged at DEBUG and only failures above it."""
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if status in (421, 429):
+        level = logging.DEBUG  # refusals by a limit: counted in /api/health; a flood must not flood the log
     if access_log.isEnabledFor(level):
         request = handler.request
         access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
