@@ -13,7 +13,6 @@ moves to that transport's own (``max_connections_per_ip``, per client).
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Any
 
@@ -27,8 +26,6 @@ from ..http1 import response
 from ..limits import Limits
 
 __all__ = ["CountingHTTPServer"]
-
-log = logging.getLogger("squall.web")
 
 
 class CountingHTTPServer(HTTPServer):
