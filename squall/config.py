@@ -78,7 +78,7 @@ class Settings:
     send_rate_per_ip: float = 50.0  # sends per second per client address, whoever sends
     send_burst_per_ip: int = 100
     join_rate: float = 5.0  # joins per second per WebSocket connection (a re-join counts once)
-    join_burst: int = 50
+    join_burst: int = 100  # as max_rooms_per_connection: a page may join all its rooms at once
     session_rate_per_ip: float = 1.0  # POST /api/session and POST /api/account per address per second
     session_burst_per_ip: int = 20
     max_connections_per_ip: int = 64  # open WebSocket, SSE and long-poll connections per address
