@@ -439,3 +439,28 @@ def test_a_typing_flood_over_http_reaches_the_room_once(server: SquallProcess, r
 
     typing = [f for f in run_async(scenario()) if f.get("state") == "typing" and f["nick"] == "typist"]
     assert len(typing) == 1
+
+
+# -- bounded state ----------------------------------------------------------------------
+
+
+def test_a_flood_of_distinct_addresses_does_not_grow_the_tables_past_their_cap(tmp_path: Path) -> None:
+    env = {
+        "SQUALL_SESSION_RATE_PER_IP": NEVER, "SQUALL_SESSION_BURST_PER_IP": "1",
+        "SQUALL_TRUSTED_PROXIES": "127.0.0.1", "SQUALL_MAX_RATE_KEYS": "20",
+    }
+    with squall_server(tmp_path, env=env) as node:
+
+        async def scenario() -> list[int]:
+            statuses = []
+            for n in range(60):
+                response = await http(node.address, "POST", "/api/session", json_body={"nick": "flood"},
+                                      headers={"X-Forwarded-For": f"198.51.100.{n}"})
+                statuses.append(response.status)
+            return statuses
+
+        statuses = run_async(scenario())
+        # 20 addresses get their own bucket; the other 40 share one, whose
+        # single token the first of them spends.
+        assert statuses == [200] * 21 + [429] * 39
+        assert health(node)["limits"]["session_per_ip"] == 21
