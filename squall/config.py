@@ -79,6 +79,8 @@ class Settings:
     send_burst_per_ip: int = 100
     join_rate: float = 5.0  # joins per second per WebSocket connection (a re-join counts once)
     join_burst: int = 100  # as max_rooms_per_connection: a page may join all its rooms at once
+    join_rate_per_user: float = 10.0  # joins per second per user over all connections, SSE streams included
+    join_burst_per_user: int = 300
     session_rate_per_ip: float = 1.0  # POST /api/session and POST /api/account per address per second
     session_burst_per_ip: int = 20
     max_connections_per_ip: int = 64  # open WebSocket, SSE and long-poll connections per address
@@ -227,6 +229,7 @@ def _check(settings: Settings) -> None:
         "max_pending_sends", "send_timeout", "poll_wait_max", "poll_limit_max",
         "outbound_bytes", "store_batch", "send_rate", "send_burst",
         "send_rate_per_ip", "send_burst_per_ip", "join_rate", "join_burst",
+        "join_rate_per_user", "join_burst_per_user",
         "session_rate_per_ip", "session_burst_per_ip", "max_connections_per_ip",
         "max_connections", "max_rate_keys", "max_http_connections_per_ip", "max_http_connections",
     ]

@@ -172,11 +172,16 @@ class RateTable:
         return len(full)
 
 
-def _spend_all(charges: list[tuple[RateTable, str]], *, now: float) -> RateLimited | None:
-    """Spend a token from each bucket, or from none: the refusal of the one that
-    will take longest to have a token (a send refused per address must not
-    also cost its user a token)."""
+def _spend_all(
+    charges: list[tuple[RateTable, str]], *, now: float, own: tuple[Rate, TokenBucket] | None = None
+) -> RateLimited | None:
+    """Spend a token from each bucket (those of ``charges``, and ``own``, a
+    connection's), or from none: the refusal of the one that will take longest
+    to have a token (a send refused per address must not also cost its user a token)."""
     buckets = [(table.rate, table.bucket(key, now=now)) for table, key in charges]
+    if own is not None:
+        own[1].refill(now=now)
+        buckets.append(own)
     waits = [(bucket.retry_after(), rate) for rate, bucket in buckets if not bucket.ready()]
     if waits:
         wait, rate = max(waits, key=lambda pair: pair[0])
@@ -271,7 +276,7 @@ class Limits:
 
     def __init__(
         self, *, send_per_user: Rate, send_per_address: Rate, session_per_address: Rate,
-        join_per_connection: Rate, max_keys: int, max_connections: int,
+        join_per_connection: Rate, join_per_user: Rate, max_keys: int, max_connections: int,
         max_connections_per_address: int, max_http_connections: int = 10_000,
         max_http_connections_per_address: int = 256, counters: Counters | None = None,
     ) -> None:
@@ -279,6 +284,8 @@ class Limits:
         self.sends_by_address = RateTable(send_per_address, max_keys=max_keys)
         self.sessions_by_address = RateTable(session_per_address, max_keys=max_keys)
         self.join_rate = join_per_connection
+        # A new connection has a full bucket: per user too, or reconnecting resets the limit.
+        self.joins_by_user = RateTable(join_per_user, max_keys=max_keys)
         self.typing_by_user_room = RateTable(
             Rate("typing_per_user_room", 1.0 / TYPING_INTERVAL, 1), max_keys=max_keys
         )
@@ -317,10 +324,13 @@ class Limits:
         """A fresh bucket for one connection's joins; charge it with :meth:`check_join`."""
         return TokenBucket(rate=self.join_rate.rate, burst=self.join_rate.burst, now=now)
 
-    def check_join(self, bucket: TokenBucket, *, now: float) -> None:
-        """One join on the connection that owns ``bucket``."""
-        if not bucket.take(now=now):
-            self._refuse(self.join_rate.refusal(bucket.retry_after()))
+    def check_join(self, user: str, bucket: TokenBucket | None, *, now: float) -> None:
+        """One join by ``user`` on the connection that owns ``bucket`` (None for an
+        SSE stream, which is one join for its whole life)."""
+        own = (self.join_rate, bucket) if bucket is not None else None
+        refusal = _spend_all([(self.joins_by_user, user)], now=now, own=own)
+        if refusal is not None:
+            self._refuse(refusal)
 
     def open_connection(self, address: str) -> None:
         """Count an open connection from ``address``; pair with :meth:`close_connection`."""
@@ -346,7 +356,8 @@ class Limits:
 
     def sweep(self, *, now: float) -> None:
         for table in (
-            self.sends_by_user, self.sends_by_address, self.sessions_by_address, self.typing_by_user_room,
+            self.sends_by_user, self.sends_by_address, self.sessions_by_address, self.joins_by_user,
+            self.typing_by_user_room,
         ):
             table.sweep(now=now)
 
@@ -356,6 +367,7 @@ class Limits:
             "send_per_user": len(self.sends_by_user),
             "send_per_ip": len(self.sends_by_address),
             "session_per_ip": len(self.sessions_by_address),
+            "join_per_user": len(self.joins_by_user),
             "connections": self.connections.count,
             "http_connections": self.http_connections.count,
         }

@@ -27,6 +27,7 @@ NEVER = "0.001"  # a token per 1000 s: none comes back during a test
 SQUALL_ENV = {
     "SQUALL_SEND_RATE": NEVER, "SQUALL_SEND_BURST": "5",
     "SQUALL_JOIN_RATE": NEVER, "SQUALL_JOIN_BURST": "4",
+    "SQUALL_JOIN_RATE_PER_USER": NEVER, "SQUALL_JOIN_BURST_PER_USER": "6",
 }
 
 
@@ -139,6 +140,28 @@ def test_a_join_leave_flood_is_refused_while_the_room_keeps_chatting(server: Squ
         assert (refusal["code"], refusal["limit"], refusal["room"]) == ("rate_limited", "join_per_connection", room)
         assert refusal["retry_after"] > 0
     assert bodies == [f"still here {n}" for n in range(3)]
+
+
+def test_reconnecting_does_not_reset_the_join_limit(server: SquallProcess, room: str) -> None:
+    token = server.session("hopper")
+
+    async def scenario() -> tuple[list[str], int, Any]:
+        outcomes = []
+        for _ in range(4):  # four connections one after the other, two joins on each
+            client = await ChatClient.connect(server.address, token)
+            try:
+                for name in (room, f"{room}-b"):
+                    answer = await client.join(name)
+                    outcomes.append(answer["type"] if answer["type"] == "joined" else answer["limit"])
+            finally:
+                await client.close()
+        # An SSE stream is a join as well.
+        refused = await http(server.address, "GET", f"/api/rooms/{room}/events", token=token)
+        return outcomes, refused.status, refused.json()
+
+    outcomes, status, body = run_async(scenario())
+    assert outcomes == ["joined"] * 6 + ["join_per_user"] * 2
+    assert (status, body["code"], body["limit"]) == (429, "rate_limited", "join_per_user")
 
 
 # -- sends per address -----------------------------------------------------------

@@ -96,6 +96,7 @@ def make_limits(*, max_keys: int = 100, per_address: int = 2, total: int = 3) ->
         send_per_address=Rate("send_per_ip", 1.0, 3, "sends", "per address"),
         session_per_address=Rate("session_per_ip", 0.5, 1, "sessions", "per address"),
         join_per_connection=Rate("join_per_connection", 2.0, 2, "joins", "per connection"),
+        join_per_user=Rate("join_per_user", 1.0, 3, "joins", "per user"),
         max_keys=max_keys, max_connections=total, max_connections_per_address=per_address,
     )
 
@@ -151,12 +152,35 @@ def test_session_refusal_says_when_to_retry() -> None:
 def test_joins_are_limited_per_connection() -> None:
     limits = make_limits()
     first, second = limits.join_bucket(now=0.0), limits.join_bucket(now=0.0)
-    limits.check_join(first, now=0.0)
-    limits.check_join(first, now=0.0)
+    limits.check_join("alice", first, now=0.0)
+    limits.check_join("alice", first, now=0.0)
     with pytest.raises(RateLimited) as refused:
-        limits.check_join(first, now=0.0)
+        limits.check_join("alice", first, now=0.0)
     assert (refused.value.limit, refused.value.retry_after) == ("join_per_connection", 0.5)
-    limits.check_join(second, now=0.0)  # another connection has its own bucket
+    limits.check_join("bob", second, now=0.0)  # another connection has its own bucket
+
+
+def test_joins_are_limited_per_user_so_reconnecting_gains_nothing() -> None:
+    limits = make_limits()
+    for _ in range(3):  # a new connection, a full bucket, each time
+        limits.check_join("alice", limits.join_bucket(now=0.0), now=0.0)
+    with pytest.raises(RateLimited) as refused:
+        limits.check_join("alice", limits.join_bucket(now=0.0), now=0.0)
+    assert refused.value.limit == "join_per_user"
+    with pytest.raises(RateLimited):
+        limits.check_join("alice", None, now=0.5)  # an SSE stream is a join too
+    limits.check_join("alice", None, now=1.0)
+
+
+def test_a_join_refused_per_user_costs_the_connection_nothing() -> None:
+    limits = make_limits()
+    bucket = limits.join_bucket(now=0.0)
+    for _ in range(3):
+        limits.check_join("alice", None, now=0.0)
+    with pytest.raises(RateLimited):
+        limits.check_join("alice", bucket, now=0.0)
+    limits.check_join("bob", bucket, now=0.0)  # both of its tokens are still there
+    limits.check_join("carol", bucket, now=0.0)
 
 
 def test_refilled_buckets_are_swept() -> None:

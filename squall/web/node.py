@@ -303,6 +303,9 @@ def _limits(settings: Settings, counters: Counters) -> Limits:
         join_per_connection=Rate(
             "join_per_connection", settings.join_rate, settings.join_burst, "joins", "per connection"
         ),
+        join_per_user=Rate(
+            "join_per_user", settings.join_rate_per_user, settings.join_burst_per_user, "joins", "per user"
+        ),
         max_keys=settings.max_rate_keys,
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_ip,

@@ -44,6 +44,9 @@ class EventsHandler(BaseHandler):
         self._done = asyncio.get_running_loop().create_future()
         node = self.node
         address = self.address_key
+        # An SSE stream is a join (presence to the whole room) for its life: a
+        # reconnect loop is a join/leave flood.
+        node.limits.check_join(self._key, None, now=time.monotonic())
         node.limits.open_connection(address)  # refused (429/503) before the stream starts
         try:
             room, cursor = await node.hub.join(room_name, since)

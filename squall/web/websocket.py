@@ -396,11 +396,12 @@ class ChatConnection:
             return
         # Each join announces presence to every member: a join/leave flood is a
         # broadcast flood. Leaves need no bucket of their own: each follows a join.
+        # Limited per connection, and per user so that reconnecting gains nothing.
         now = time.monotonic()
         if self.joins is None:
             self.joins = self.node.limits.join_bucket(now=now)
         try:
-            self.node.limits.check_join(self.joins, now=now)
+            self.node.limits.check_join(self.nick_key, self.joins, now=now)
         except ClientError as exc:
             self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
             return
