@@ -50,8 +50,8 @@ async def raw_request(address: tuple[str, int], head: str) -> tuple[int, dict[st
         await close_writer(writer)
 
 
-def session_cookie(port: int, headers: dict[str, str]) -> str:
-    """The ``Set-Cookie`` line of the session token from ``POST /api/session``."""
+def session_cookies(port: int, headers: dict[str, str]) -> dict[str, str]:
+    """The ``Set-Cookie`` lines of ``POST /api/session``, by cookie name."""
     connection = HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
         connection.request("POST", "/api/session", body=b'{"nick":"cookie"}',
@@ -59,8 +59,7 @@ def session_cookie(port: int, headers: dict[str, str]) -> str:
         response = connection.getresponse()
         response.read()
         assert response.status == 200, response.status
-        [line] = [c for c in response.msg.get_all("Set-Cookie") or [] if c.startswith("squall_token=")]
-        return line
+        return {line.partition("=")[0]: line for line in response.msg.get_all("Set-Cookie") or []}
     finally:
         connection.close()
 
@@ -241,15 +240,21 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path: Path) -> 
 # -- the Secure cookie ----------------------------------------------------------
 
 
+def _secure(port: int, headers: dict[str, str]) -> dict[str, bool]:
+    """Which cookies of a new session are ``Secure``."""
+    return {name: "; secure" in line.lower() for name, line in session_cookies(port, headers).items()}
+
+
 def test_session_cookie_is_secure_only_over_https(tmp_path: Path, server: SquallProcess) -> None:
+    secure, plain = {"squall_token": True, "_xsrf": True}, {"squall_token": False, "_xsrf": False}
     # No trusted proxy: a client's own X-Forwarded-Proto is not believed.
-    assert "secure" not in session_cookie(server.port, {"X-Forwarded-Proto": "https"}).lower()
+    assert _secure(server.port, {"X-Forwarded-Proto": "https"}) == plain
     with squall_server(tmp_path / "proxied", env={"SQUALL_TRUSTED_PROXIES": "127.0.0.1"}) as node:
-        assert "secure" in session_cookie(node.port, {"X-Forwarded-Proto": "https"}).lower()
-        assert "secure" not in session_cookie(node.port, {"X-Forwarded-Proto": "http"}).lower()
-        assert "secure" not in session_cookie(node.port, {}).lower()
+        assert _secure(node.port, {"X-Forwarded-Proto": "https"}) == secure
+        assert _secure(node.port, {"X-Forwarded-Proto": "http"}) == plain
+        assert _secure(node.port, {}) == plain
     with squall_server(tmp_path / "public", env={"SQUALL_PUBLIC_URL": "https://chat.example.com"}) as node:
-        assert "secure" in session_cookie(node.port, {}).lower()
+        assert _secure(node.port, {}) == secure
 
 
 # -- open connections per address --------------------------------------------------------

@@ -118,6 +118,11 @@ class BaseHandler(RequestHandler):
         """Whether the client reached us over HTTPS: set ``secure`` on cookies then."""
         return self.node.via_https(self.request.remote_ip or "", self.request.headers.get("X-Forwarded-Proto"))
 
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        # Every cookie of ours (the _xsrf one Tornado sets too) is Secure when the client came over HTTPS.
+        kwargs.setdefault("secure", self.via_https)
+        super().set_cookie(name, value, *args, **kwargs)
+
     def check_session_rate(self) -> None:
         """Charge a new session or account to the client's address, or raise ``RateLimited``."""
         self.node.limits.check_session(self.address_key, now=time.monotonic())
