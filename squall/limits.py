@@ -14,8 +14,21 @@ already being limited (an evicting cache would).
 :class:`Limits` holds the node's tables and is what the transports call: each
 check either passes or raises :class:`~squall.errors.RateLimited` (or
 :class:`~squall.errors.TooManyConnections`) with the facts, and counts the
-refusal in :class:`Counters`. Time is always an argument, so all of this is
-tested without an event loop.
+refusal in :class:`Counters`. An event charged to several buckets (a send: its
+user's and its address's) takes a token from all or from none. Time is always
+an argument, so all of this is tested without an event loop.
+
+What is limited, and why:
+
+* sends, per user over all connections and transports (one nick on fifty
+  sockets is still one person), and per address (many nicks from one place);
+* joins, per WebSocket connection and per user (each join tells the whole
+  room; a new connection starts with a full bucket, so the per-user one is what
+  makes reconnecting useless); an SSE stream is a join;
+* new sessions and accounts, per address (each may add a row to the users table);
+* typing over HTTP, per user and room, dropped quietly as over WebSocket;
+* open connections, per address and in all: WebSocket, SSE and long-poll ones
+  by client address, and those Tornado holds by TCP peer.
 """
 
 from __future__ import annotations
