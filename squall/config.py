@@ -66,8 +66,8 @@ class Settings:
     recent_per_room: int = 256  # messages each room keeps in memory for pollers and joins
 
     # Abuse and back-pressure limits.
-    send_rate: float = 20.0  # sends per second per connection (token bucket refill)
-    send_burst: int = 40  # token bucket size
+    send_rate: float = 20.0  # sends per second per user, over all their connections (refill)
+    send_burst: int = 40  # that token bucket's size
     outbound_bytes: int = 1024 * 1024  # per-connection send buffer; full closes with 4008
     close_timeout: float = 5.0  # a WebSocket close handshake not finished by then is aborted
     socket_send_buffer: int = 0  # SO_SNDBUF of WebSocket sockets; 0 keeps the kernel's autotuning
@@ -77,6 +77,23 @@ class Settings:
     # Connection timeouts (issue 10, defect 8: idle and slow connections hold file descriptors).
     header_timeout: float = 10.0  # seconds for a new connection's first request head, and for any head once begun
     idle_timeout: float = 75.0  # seconds a kept-alive HTTP connection may wait for its next request
+
+    # Limits per person and per address, and who the client is (issue 10: limits).
+    send_rate_per_ip: float = 50.0  # sends per second per client address, whoever sends
+    send_burst_per_ip: int = 100
+    join_rate: float = 5.0  # joins per second per WebSocket connection (a re-join counts once)
+    join_burst: int = 100  # as max_rooms_per_connection: a page may join all its rooms at once
+    join_rate_per_user: float = 10.0  # joins per second per user over all connections, SSE streams included
+    join_burst_per_user: int = 300
+    session_rate_per_ip: float = 1.0  # POST /api/session and POST /api/account per address per second
+    session_burst_per_ip: int = 20
+    max_connections_per_ip: int = 64  # open WebSocket, SSE and long-poll connections per address
+    max_connections: int = 10_000  # the same, in all
+    max_http_connections_per_ip: int = 256  # connections Tornado serves, per TCP peer (trusted proxies exempt)
+    max_http_connections: int = 10_000  # the same, in all
+    max_rate_keys: int = 50_000  # users or addresses each rate table tracks; newcomers then share one bucket
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For / -Proto are believed
+    allowed_hosts: tuple[str, ...] = ()  # Host names served; () → public_url's host, host, localhost
 
     # The link from web node to processor.
     max_pending_sends: int = 10_000  # queue of sends waiting for the processor
@@ -136,6 +153,8 @@ FIELD_HELP: dict[str, str] = {
     "secret": "key that signs session tokens (default: generated into the data folder)",
     "websocket": "accept WebSocket upgrades (--no-websocket refuses them)",
     "loop": "event loop: asyncio or uvloop",
+    "trusted_proxies": "CIDRs of proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
+    "allowed_hosts": "Host names this server answers to (default: public_url's host, host, localhost)",
 }
 
 
@@ -213,6 +232,10 @@ def _check(settings: Settings) -> None:
         "max_frame_bytes", "max_body_bytes", "max_line_bytes", "max_body_chars",
         "max_pending_sends", "send_timeout", "poll_wait_max", "poll_limit_max",
         "outbound_bytes", "store_batch", "send_rate", "send_burst",
+        "send_rate_per_ip", "send_burst_per_ip", "join_rate", "join_burst",
+        "join_rate_per_user", "join_burst_per_user",
+        "session_rate_per_ip", "session_burst_per_ip", "max_connections_per_ip",
+        "max_connections", "max_rate_keys", "max_http_connections_per_ip", "max_http_connections",
     ]
     for name in positive:
         if getattr(settings, name) <= 0:
@@ -227,5 +250,21 @@ def _check(settings: Settings) -> None:
     for name in ("header_timeout", "idle_timeout"):
         if not getattr(settings, name) > 0:
             raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(settings, name)}")
+    _check_client_limits(settings)
     settings.processor_address  # noqa: B018 - validates the address
     settings.listen_address  # noqa: B018
+
+
+def _check_client_limits(settings: Settings) -> None:
+    from .address import parse_networks
+
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
+    for name in settings.allowed_hosts:
+        text = name.strip()
+        if not text or any(c in text for c in "/@ ") or "*" in text[1:]:
+            raise ConfigError(
+                f"allowed_hosts: {name!r} is not a host name, '*.domain' or '*'"
+            )

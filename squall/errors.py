@@ -8,10 +8,12 @@
     │   ├── Unauthorized       missing, forged or expired token (HTTP 401, close 4001)
     │   ├── Forbidden          refused on principle: a foreign Origin, WebSocket off (HTTP 403)
     │   ├── NotFound           unknown route or resource (HTTP 404)
+    │   ├── Misdirected        a ``Host`` this server does not answer to (HTTP 421)
     │   ├── TooLarge           a request body over its limit (HTTP 413)
     │   ├── UpgradeRequired    a WebSocket version other than 13 (HTTP 426)
     │   ├── Rejected           the processor's pipeline refused a message (HTTP 422)
-    │   ├── RateLimited        too many sends too fast (HTTP 429)
+    │   ├── RateLimited        too many sends, joins or sessions too fast (HTTP 429)
+    │   │   └── TooManyConnections  too many open connections, per address or in all (429/503)
     │   ├── Unavailable        the processor could not be reached in time (HTTP 503)
     │   └── Internal           a server fault, told without details (HTTP 500)
     ├── LineTooLong            a processor-link line went over ``max_line`` bytes
@@ -24,8 +26,10 @@ that escapes a handler is logged and answered with code ``internal`` and no deta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "SquallError",
@@ -34,10 +38,13 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "Misdirected",
     "TooLarge",
     "UpgradeRequired",
     "Rejected",
     "RateLimited",
+    "TooManyConnections",
+    "retry_after_header",
     "Unavailable",
     "Internal",
     "LineTooLong",
@@ -69,8 +76,8 @@ class ClientError(SquallError):
         self.reason = reason
         self.id = id
 
-    def to_dict(self) -> dict[str, str]:
-        answer = {"code": self.code, "reason": self.reason}
+    def to_dict(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"code": self.code, "reason": self.reason}
         if self.id is not None:
             answer["id"] = self.id
         return answer
@@ -96,6 +103,14 @@ class NotFound(ClientError):
     default_code = "not_found"
 
 
+class Misdirected(ClientError):
+    """RFC 9110 §15.5.20: the ``Host`` names a site this server does not serve
+    (a DNS-rebinding page, or a proxy sending the wrong name)."""
+
+    status = 421
+    default_code = "bad_host"
+
+
 class TooLarge(ClientError):
     status = 413
     default_code = "too_large"
@@ -115,9 +130,40 @@ class Rejected(ClientError):
     default_code = "rejected"
 
 
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` takes whole seconds (RFC 9110 §10.2.3): round up, never 0."""
+    return str(max(1, math.ceil(seconds)))
+
+
 class RateLimited(ClientError):
+    """Too many events too fast. ``retry_after`` (seconds) is when the limit
+    named ``limit`` will have a token again; both go on the wire."""
+
     status = 429
     default_code = "rate_limited"
+
+    def __init__(self, reason: str, *, retry_after: float = 1.0, limit: str = "", code: str | None = None) -> None:
+        super().__init__(reason, code=code)
+        # Rounded up to the millisecond: retrying at that moment succeeds.
+        self.retry_after = math.ceil(max(0.0, retry_after) * 1000) / 1000
+        self.limit = limit
+        self.headers = MappingProxyType({"Retry-After": retry_after_header(self.retry_after)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason, "limit": self.limit, "retry_after": self.retry_after}
+
+
+class TooManyConnections(RateLimited):
+    """A connection over ``max_connections_per_ip`` (429) or ``max_connections``
+    (503), refused before any upgrade. When a slot frees is unknown, so
+    ``retry_after`` is a fixed hint."""
+
+    default_code = "too_many_connections"
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, reason: str, *, limit: str, status: int) -> None:
+        super().__init__(reason, retry_after=self.RETRY_SECONDS, limit=limit)
+        self.status = status
 
 
 class Unavailable(ClientError):

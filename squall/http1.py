@@ -25,6 +25,7 @@ may pick the other. Identical copies are one credential and are served.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 __all__ = [
@@ -36,7 +37,7 @@ MAX_HEAD_BYTES = 64 * 1024
 
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
+    421: "Misdirected Request", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 
 _REQUEST_LINE = re.compile(rb"GET (/[\x21-\x7e]*) HTTP/1\.([01])\r\n")
@@ -134,10 +135,13 @@ def query_params(query: str) -> dict[str, str]:
     return params
 
 
-def response(status: int, body: bytes, *, keep_alive: bool) -> bytes:
-    """A complete JSON response: status line, headers and ``body``."""
-    return b"HTTP/1.1 %d %s\r\n%sContent-Type: application/json; charset=utf-8\r\n" \
+def response(
+    status: int, body: bytes, *, keep_alive: bool, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """A complete JSON response: status line, headers (``headers`` besides ours) and ``body``."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()).encode("latin-1")
+    return b"HTTP/1.1 %d %s\r\n%s%sContent-Type: application/json; charset=utf-8\r\n" \
         b"Content-Length: %d\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\n%s" % (
             status, REASONS.get(status, "Error").encode(), b"" if keep_alive else b"Connection: close\r\n",
-            len(body), body,
+            extra, len(body), body,
         )

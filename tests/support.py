@@ -49,6 +49,14 @@ __all__ = [
 TIMEOUT = 15.0 * float(os.environ.get("SQUALL_TEST_SLOWDOWN", "1"))
 STOP_TIMEOUT = 10.0
 
+# Every test client connects from 127.0.0.1, as users behind one NAT would: the
+# per-address limits are loosened unless a test sets them itself.
+LOOSE_ADDRESS_LIMITS = {
+    "SQUALL_SEND_RATE_PER_IP": "1000000", "SQUALL_SEND_BURST_PER_IP": "1000000",
+    "SQUALL_SESSION_RATE_PER_IP": "1000000", "SQUALL_SESSION_BURST_PER_IP": "1000000",
+    "SQUALL_MAX_CONNECTIONS_PER_IP": "100000", "SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "100000",
+}
+
 READY_LINE = re.compile(r"Squall is running at http://([\d.]+):(\d+)/")
 PROCESSOR_LINE = "squall processor listening on"
 
@@ -111,7 +119,7 @@ class SquallProcess:
         else:
             argv += ["--port", "0", "--processor-port", str(self.processor_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
-        env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **self.env})
+        env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **LOOSE_ADDRESS_LIMITS, **self.env})
         self.process = subprocess.Popen(
             [*argv, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=env, text=True, errors="replace", preexec_fn=self.preexec_fn,

@@ -1,5 +1,6 @@
-"""Sends beyond the rate limit are refused with ``rate_limited``, per connection
-on WebSocket and per nick over HTTP; the connection stays usable."""
+"""Sends beyond the rate limit are refused with ``rate_limited``, per user over
+every transport; the connection stays usable. (tests/test_client_limits.py
+has the limits per address, per connection and across connections.)"""
 
 from __future__ import annotations
 

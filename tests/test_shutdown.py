@@ -38,7 +38,8 @@ def test_sigterm_says_goodbye_on_every_transport(tmp_path: Path) -> None:
                 # A kept-alive connection that has polled once and now idles between polls.
                 idle_reader, idle_writer = await asyncio.open_connection(*server.address)
                 idle_writer.write(
-                    f"GET /api/rooms/bye/messages?since=0&wait=0 HTTP/1.1\r\nHost: squall\r\n"
+                    f"GET /api/rooms/bye/messages?since=0&wait=0 HTTP/1.1\r\n"
+                    f"Host: {server.address[0]}:{server.port}\r\n"
                     f"Authorization: Bearer {poller}\r\n\r\n".encode()
                 )
                 head = await asyncio.wait_for(idle_reader.readuntil(b"\r\n\r\n"), TIMEOUT)

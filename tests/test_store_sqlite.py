@@ -71,3 +71,29 @@ def test_a_message_without_a_nick_is_refused(tmp_path: Path) -> None:
             await store.close()
 
     run_async(scenario())
+
+
+def test_guests_are_forgotten_once_their_last_session_is_old(tmp_path: Path) -> None:
+    path = tmp_path / "squall.db"
+    run_async(_guests(SQLiteStore(str(path)), path))
+
+
+async def _guests(store: SQLiteStore, path: Path) -> None:
+    await store.open()
+    try:
+        for nick in ("Old", "Back", "Mailed", "Member", "Fresh"):
+            await store.save_user(nick)
+        await store.set_email("mailed", "m@example.com")
+        await store.mark_seen([("old", "r", 3), ("fresh", "r", 4)])
+        with sqlite3.connect(path) as db:  # as if a month had passed for all but Fresh
+            db.execute("UPDATE users SET created = 0 WHERE nick_key != 'fresh'")
+            db.execute("UPDATE users SET password_hash = 'x' WHERE nick_key = 'member'")
+        assert await store.save_user("back") == "Back"  # a new session: its clock restarts
+        assert await store.forget_guests(last_session_before=100) == 1
+        found = await store.find_users(["old", "back", "mailed", "member", "fresh"])
+        assert sorted(found) == ["back", "fresh", "mailed", "member"]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT nick_key FROM seen").fetchall() == [("fresh",)]
+        assert await store.forget_guests(last_session_before=100) == 0
+    finally:
+        await store.close()

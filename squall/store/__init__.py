@@ -69,7 +69,15 @@ class Store(Protocol):
         """The ``limit`` newest messages with seq < ``before`` (all when None), oldest first."""
 
     async def save_user(self, nick: str) -> str:
-        """Remember a user; returns the canonical spelling if the nick is known."""
+        """Remember a user (for a guest: that it has a new session now); returns
+        the canonical spelling if the nick is known."""
+
+    async def forget_guests(self, last_session_before: int) -> int:
+        """Delete guests — users without password or e-mail — whose newest session
+        began before ``last_session_before`` (Unix seconds), with their read
+        markers; returns how many. Past ``token_max_age_days`` no token names
+        them any more, and this keeps the users table bounded (see
+        docs/configuration.md, ``session_rate_per_ip``)."""
 
     async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
         """Map casefolded nicks to canonical nicks, for the ones that exist."""

@@ -130,6 +130,10 @@ def _row_to_draft(row: Any) -> Draft:
     )
 
 
+# Guest rows deleted per write transaction by forget_guests.
+_FORGET_SLICE = 1000
+
+
 class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -379,14 +383,33 @@ class SQLiteStore:
         return await self._in_writer(self._save_user, nick)
 
     def _save_user(self, nick: str) -> str:
+        # A guest's `created` moves to its newest session: see forget_guests.
         with self._transaction() as db:
             row = db.execute(
                 "INSERT INTO users (nick_key, nick, created) VALUES (?, ?, ?)"
-                " ON CONFLICT (nick_key) DO UPDATE SET nick_key = excluded.nick_key"
+                " ON CONFLICT (nick_key) DO UPDATE SET created = CASE"
+                " WHEN users.password_hash IS NULL THEN excluded.created ELSE users.created END"
                 " RETURNING nick",
                 (nick_key(nick), nick, int(time.time())),
             ).fetchone()
         return str(row[0]) if row else nick
+
+    async def forget_guests(self, last_session_before: int) -> int:
+        return await self._in_writer(self._forget_guests, last_session_before)
+
+    def _forget_guests(self, last_session_before: int) -> int:
+        forgotten = 0
+        while True:  # in slices, so the processor never waits long for the write lock
+            with self._transaction() as db:
+                keys = [row[0] for row in db.execute(
+                    "SELECT nick_key FROM users WHERE password_hash IS NULL AND email IS NULL"
+                    " AND created < ? LIMIT ?", (last_session_before, _FORGET_SLICE),
+                )]
+                db.executemany("DELETE FROM seen WHERE nick_key = ?", [(k,) for k in keys])
+                db.executemany("DELETE FROM users WHERE nick_key = ?", [(k,) for k in keys])
+            forgotten += len(keys)
+            if len(keys) < _FORGET_SLICE:
+                return forgotten
 
     async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
         wanted = list(set(keys))

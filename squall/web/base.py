@@ -12,6 +12,7 @@ from tornado.httputil import HTTPServerRequest, parse_cookie
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
+from ..address import rate_key
 from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class BaseHandler(JSONErrors):
         self.node = node
         self._nick: str | None = None
         self._by_cookie = False
+        self._client_ip: str | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -140,6 +142,7 @@ class BaseHandler(JSONErrors):
     # -- authentication -------------------------------------------------
 
     def prepare(self) -> None:
+        self.node.check_host(self.request.headers.get("Host"))
         length = self.request.headers.get("Content-Length")
         limit = self.node.settings.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
@@ -159,6 +162,36 @@ class BaseHandler(JSONErrors):
         if by_cookie and self.request.method not in ("GET", "HEAD", "OPTIONS"):
             super().check_xsrf_cookie()
         return nick
+
+    # -- who is asking ---------------------------------------------------
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: the peer, or what trusted proxies say (``--trusted-proxies``)."""
+        if self._client_ip is None:
+            self._client_ip = self.node.client_address(
+                self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+            )
+        return self._client_ip
+
+    @property
+    def address_key(self) -> str:
+        """:attr:`client_ip` as per-address limits count it (an IPv6 /64 is one address)."""
+        return rate_key(self.client_ip)
+
+    @property
+    def via_https(self) -> bool:
+        """Whether the client reached us over HTTPS: set ``secure`` on cookies then."""
+        return self.node.via_https(self.request.remote_ip or "", self.request.headers.get("X-Forwarded-Proto"))
+
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        # Every cookie of ours (the _xsrf one Tornado sets too) is Secure when the client came over HTTPS.
+        kwargs.setdefault("secure", self.via_https)
+        super().set_cookie(name, value, *args, **kwargs)
+
+    def check_session_rate(self) -> None:
+        """Charge a new session or account to the client's address, or raise ``RateLimited``."""
+        self.node.limits.check_session(self.address_key, now=time.monotonic())
 
     def check_xsrf_cookie(self) -> None:
         # Tornado would check every POST here; we check only cookie-authenticated
@@ -184,4 +217,5 @@ class BaseHandler(JSONErrors):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
+        super().prepare()
         raise HTTPError(404, f"no route for {self.request.method} {self.request.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest
@@ -39,11 +40,12 @@ def routes(node: WebNode) -> list[Any]:
 
 class SessionHandler(BaseHandler):
     async def post(self) -> None:
+        self.check_session_rate()
         nick = check_nick(self.json_body().get("nick"))
         nick = await self.node.store.save_user(nick)
         token = make_token(self.node.secret, nick)
         self.set_cookie(
-            COOKIE_NAME, token, httponly=True, samesite="Lax",
+            COOKIE_NAME, token, httponly=True, samesite="Lax", secure=self.via_https,
             expires_days=self.node.settings.token_max_age_days,
         )
         self.xsrf_token  # sets the _xsrf cookie a cookie-authenticated page needs
@@ -85,7 +87,9 @@ class MembersHandler(BaseHandler):
 class TypingHandler(BaseHandler):
     def post(self, room: str) -> None:
         nick = self.current_nick()
-        self.node.publish_presence(check_room(room), nick, "typing")
+        room = check_room(room)
+        if self.node.limits.allow_typing(nick_key(nick), room, now=time.monotonic()):
+            self.node.publish_presence(room, nick, "typing")
         self.set_status(204)
         self.finish()
 
@@ -103,6 +107,8 @@ class HealthHandler(BaseHandler):
                 "long_poll": len(self.node.poll_connections),
             },
             "waiting_polls": self.node.hub.waiting_polls(),
+            "rejections": self.node.counters.snapshot(),
+            "limits": self.node.limits.tracked(),
         })
 
 

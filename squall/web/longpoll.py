@@ -29,7 +29,7 @@ import socket
 import time
 import weakref
 from asyncio import Future
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
@@ -46,7 +46,8 @@ from tornado.web import Application
 
 import orjson
 
-from ..errors import BadRequest, ClientError, Unauthorized
+from ..address import rate_key
+from ..errors import BadRequest, ClientError, Misdirected, RateLimited, Unauthorized
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
@@ -203,6 +204,7 @@ class Poll:
         self.target = head.target
         if head.refusal is not None:
             raise BadRequest(head.refusal, code="bad_header")
+        node.check_host(head.headers.get("host"))
         path, _, query = head.target.partition("?")
         params = query_params(query)
         token, _by_cookie = find_token(
@@ -244,7 +246,7 @@ class PollConnection:
 
     __slots__ = (
         "node", "sock", "fd", "loop", "address", "inbox", "unsent", "reading", "keep_alive",
-        "poll", "room", "timer", "task", "closed", "idle_since",
+        "poll", "room", "timer", "task", "closed", "idle_since", "counted_as",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, address: Any) -> None:
@@ -264,6 +266,7 @@ class PollConnection:
         self.closed = False
         # When it last became idle, or when the head it is reading began.
         self.idle_since = time.monotonic()
+        self.counted_as: str | None = None  # the client address its open connection counts against
 
     @property
     def idle(self) -> bool:
@@ -273,6 +276,18 @@ class PollConnection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.node.poll_connections.add(self)
         self.inbox += read_ahead
+        # A proxy may carry many clients on one kept-alive connection; it counts
+        # against the client of its first request.
+        address = rate_key(self.node.client_address(
+            self._remote_ip(), head.headers.get("x-forwarded-for")
+        ))
+        try:
+            self.node.limits.open_connection(address)
+        except ClientError as exc:
+            self.keep_alive = False
+            self._refuse(head.target, exc)
+            return
+        self.counted_as = address
         self._read(True)
         self._serve(head)
         self._next()
@@ -426,10 +441,15 @@ class PollConnection:
             self.node.note_seen(self.poll.nick_key, messages)
 
     def _refuse(self, target: str, exc: ClientError) -> None:
-        log.warning("%d GET %s (%s): %s", exc.status, redact_uri(target), self._remote_ip(), exc.reason)
-        self._finish(exc.status, orjson.dumps(exc.to_dict()))
+        # Refusals by a limit are counted in /api/health; a flood must not flood the log.
+        level = logging.DEBUG if isinstance(exc, (RateLimited, Misdirected)) else logging.WARNING
+        log.log(level, "%d GET %s (%s): %s", exc.status, redact_uri(target), self._remote_ip(), exc.reason)
+        self._finish(exc.status, orjson.dumps(exc.to_dict()), headers=exc.headers)
 
-    def _finish(self, status: int, body: bytes, *, shared: PollAnswer | None = None) -> None:
+    def _finish(
+        self, status: int, body: bytes, *, shared: PollAnswer | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Send the answer. Kept-alive pollers answered with one ``shared`` answer
         get the same response bytes, built by the first of them."""
         self.poll = None
@@ -440,7 +460,7 @@ class PollConnection:
                 shared.wire = response(status, body, keep_alive=True)
             self._send(shared.wire)
         else:
-            self._send(response(status, body, keep_alive=self.keep_alive))
+            self._send(response(status, body, keep_alive=self.keep_alive, headers=headers))
 
     # -- writing answers ------------------------------------------------
 
@@ -511,6 +531,9 @@ class PollConnection:
     def _let_go(self) -> None:
         """Stop all I/O and waiting on this socket, without closing it."""
         self.closed = True
+        if self.counted_as is not None:
+            self.node.limits.close_connection(self.counted_as)
+            self.counted_as = None
         self._unpark()
         self._read(False)
         if self.unsent is not None:
@@ -529,7 +552,7 @@ class MessagesHandler(BaseHandler):
         nick = self.current_nick()
         send = parse_send_body(room_name, self.request.body)
         try:
-            self.node.check_http_rate(nick_key(nick))
+            self.node.limits.check_send(nick_key(nick), self.address_key, now=time.monotonic())
             message = await self.node.send(room=send.room, nick=nick, body=send.body, id=send.id)
         except ClientError as exc:
             exc.id = send.id  # the answer names the send it refuses

@@ -19,17 +19,18 @@ from typing import Any
 
 import orjson
 import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
+from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
 from ..config import Settings
+from ..errors import Misdirected
 from ..frames import Broadcast
 from ..hub import Hub
-from ..limits import TokenBucket
+from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
@@ -37,6 +38,7 @@ from ..protocol import nick_key
 from ..store import Store, open_store
 from .auth import TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
+from .connections import CountingHTTPServer
 from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
@@ -48,6 +50,8 @@ _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 # How often the node sweeps expired long-poll presence, idle rooms, idle
 # connections and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
+# How often guests whose every token has expired are deleted from the users table.
+FORGET_GUESTS_SECONDS = 3600.0
 
 
 class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
@@ -66,12 +70,23 @@ class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
         except (ValueError, OSError):
             raise tornado.web.HTTPError(404, "no such static file") from None
 
+    def prepare(self) -> None:
+        node: WebNode = self.settings["node"]
+        try:
+            node.check_host(self.request.headers.get("Host"))
+        except Misdirected as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(orjson.dumps(exc.to_dict()))
+
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log, quieter: a long-poller makes a request per message,
     so successful requests are logged at DEBUG and only failures above it."""
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if status in (421, 429):
+        level = logging.DEBUG  # refusals by a limit: counted in /api/health; a flood must not flood the log
     if access_log.isEnabledFor(level):
         request = handler.request
         access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact_uri(request.uri or ""),
@@ -105,12 +120,18 @@ class WebNode:
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
         self._polls_gone: asyncio.Event | None = None  # set at shutdown once they are all closed
-        self._http_buckets: dict[str, TokenBucket] = {}
-        self._server: HTTPServer | None = None
+        self.counters = Counters()  # every refusal, by code and limit (/api/health)
+        self.limits = _limits(settings, self.counters)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.hosts = HostPolicy(
+            settings.allowed_hosts or default_allowed_hosts(settings.host, settings.public_url)
+        )
+        self._server: CountingHTTPServer | None = None
         self._listener: Listener | None = None
         self._router: PollFirst | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
+        self._forget_guests: PeriodicCallback | None = None
         self.stopping = False
 
     # -- life cycle -----------------------------------------------------
@@ -125,6 +146,7 @@ class WebNode:
             default_handler_args={"node": self},
             static_path=str(STATIC_DIR),
             static_handler_class=StaticFiles,
+            node=self,
             template_path=str(STATIC_DIR),
             xsrf_cookies=True,
             websocket_max_message_size=self.settings.max_frame_bytes,
@@ -139,7 +161,7 @@ class WebNode:
         app = self.make_app()
         settings = self.settings
         self._router = PollFirst(app, self)
-        self._server = HTTPServer(
+        self._server = CountingHTTPServer(
             self._router,
             xheaders=False,
             max_body_size=settings.max_body_bytes * 2,
@@ -148,6 +170,7 @@ class WebNode:
             idle_connection_timeout=settings.idle_timeout,
             body_timeout=settings.idle_timeout,
         )
+        self._server.count_in(self.limits, trusted_proxies=self.trusted_proxies)
         # Our own accept loop rather than HTTPServer.listen: it backs off when
         # the process runs out of file descriptors instead of spinning.
         self._listener = Listener(bind_sockets(settings.port, settings.host), self._accepted)
@@ -156,6 +179,8 @@ class WebNode:
         self._housekeeping.start()
         self._heartbeat = PeriodicCallback(self._sse_heartbeat, self.settings.sse_heartbeat * 1000)
         self._heartbeat.start()
+        self._forget_guests = PeriodicCallback(self._start_forgetting_guests, FORGET_GUESTS_SECONDS * 1000)
+        self._forget_guests.start()
 
     @property
     def port(self) -> int:
@@ -174,7 +199,7 @@ class WebNode:
             self._listener.stop()
         if self._server is not None:
             self._server.stop()
-        for callback in (self._housekeeping, self._heartbeat):
+        for callback in (self._housekeeping, self._heartbeat, self._forget_guests):
             if callback is not None:
                 callback.stop()
         for handler in list(self.websockets):
@@ -210,16 +235,25 @@ class WebNode:
         if self._polls_gone is not None and not self.poll_connections:
             self._polls_gone.set()
 
-    # -- sends ----------------------------------------------------------
+    # -- who is asking -----------------------------------------------------
 
-    def check_http_rate(self, nick_key: str) -> None:
-        now = time.monotonic()
-        bucket = self._http_buckets.get(nick_key)
-        if bucket is None:
-            bucket = self._http_buckets[nick_key] = TokenBucket(
-                rate=self.settings.send_rate, burst=self.settings.send_burst, now=now
-            )
-        bucket.check_send(now=now)
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The client's address for a connection from ``peer`` (see :mod:`squall.address`)."""
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    def via_https(self, peer: str, forwarded_proto: str | None) -> bool:
+        """Whether the client reached us over HTTPS (public URL, or a trusted proxy says so)."""
+        return self.settings.public_url.startswith("https:") or forwarded_https(
+            peer, forwarded_proto, self.trusted_proxies
+        )
+
+    def check_host(self, host: str | None) -> None:
+        """Refuse a ``Host`` this node does not answer to (:class:`Misdirected`, counted)."""
+        if not self.hosts.allows(host):
+            self.limits.count(Misdirected.default_code, "allowed_hosts")
+            raise Misdirected(self.hosts.refusal_reason(host or ""))
+
+    # -- sends ----------------------------------------------------------
 
     async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``)."""
@@ -267,11 +301,48 @@ class WebNode:
             connection.close_if_idle(now=now, idle_for=settings.idle_timeout, head_for=settings.header_timeout)
         if self._router is not None:
             self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
-        # Buckets that have refilled completely carry no information.
-        horizon = self.settings.send_burst / self.settings.send_rate
-        for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:
-            del self._http_buckets[key]
+        self.limits.sweep(now=now)
+
+    def _start_forgetting_guests(self) -> None:
+        asyncio.ensure_future(self.forget_guests(now=time.time()))
+
+    async def forget_guests(self, *, now: float) -> int:
+        """Delete guests none of whose tokens can still be valid at ``now`` (Unix seconds)."""
+        cutoff = int(now - self.settings.token_max_age_days * 86400)
+        try:
+            forgotten = await self.store.forget_guests(cutoff)
+        except Exception:
+            log.exception("forgetting expired guests failed")
+            return 0
+        if forgotten:
+            log.info("forgot %d guests whose sessions have all expired", forgotten)
+        return forgotten
 
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):
             stream.heartbeat()
+
+
+def _limits(settings: Settings, counters: Counters) -> Limits:
+    return Limits(
+        send_per_user=Rate("send_per_user", settings.send_rate, settings.send_burst, "sends", "per user"),
+        send_per_address=Rate(
+            "send_per_ip", settings.send_rate_per_ip, settings.send_burst_per_ip, "sends", "per address"
+        ),
+        session_per_address=Rate(
+            "session_per_ip", settings.session_rate_per_ip, settings.session_burst_per_ip,
+            "new sessions or accounts", "per address",
+        ),
+        join_per_connection=Rate(
+            "join_per_connection", settings.join_rate, settings.join_burst, "joins", "per connection"
+        ),
+        join_per_user=Rate(
+            "join_per_user", settings.join_rate_per_user, settings.join_burst_per_user, "joins", "per user"
+        ),
+        max_keys=settings.max_rate_keys,
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_ip,
+        max_http_connections=settings.max_http_connections,
+        max_http_connections_per_address=settings.max_http_connections_per_ip,
+        counters=counters,
+    )

@@ -54,19 +54,25 @@ class EventsHandler(BaseHandler):
         self._key = nick_key(nick)
         self._done = asyncio.get_running_loop().create_future()
         node = self.node
-        room, cursor = await node.hub.join(room_name, since)
-        node.event_streams.add(self)
-        node.announce(node.presence.connect(room_name, nick, self._key))
-        joined = {
-            "type": "joined", "room": room_name, "seq": room.last_seq,
-            "members": node.presence.members(room_name),
-        }
-        self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
+        address = self.address_key
+        # An SSE stream is a join (presence to the whole room) for its life: a
+        # reconnect loop is a join/leave flood.
+        node.limits.check_join(self._key, None, now=time.monotonic())
+        node.limits.open_connection(address)  # refused (429/503) before the stream starts
         try:
+            room, cursor = await node.hub.join(room_name, since)
+            node.event_streams.add(self)
+            node.announce(node.presence.connect(room_name, nick, self._key))
+            joined = {
+                "type": "joined", "room": room_name, "seq": room.last_seq,
+                "members": node.presence.members(room_name),
+            }
+            self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
             await node.hub.catch_up(self, room, cursor)
             await self._done
         finally:
             self._leave()
+            node.limits.close_connection(address)
 
     # -- hub.Member -----------------------------------------------------
 

@@ -101,6 +101,9 @@ class WebSocketEndpoint(BaseHandler):
         key = self._check_upgrade()
         token, _by_cookie = token_from_request(self.request)
         nick = node.tokens.nick(token, now=time.monotonic())
+        address = self.address_key
+        if nick is not None:
+            node.limits.open_connection(address)  # refused before the upgrade; released in _release
 
         # From here on this is no HTTP exchange: Tornado must not finish it.
         self._auto_finish = False
@@ -119,7 +122,7 @@ class WebSocketEndpoint(BaseHandler):
             # (``leftover``) or come later, nothing can dispatch them.
             RefusedConnection(sock, node.settings).start(handshake, leftover)
             return
-        connection = ChatConnection(node, sock, nick)
+        connection = ChatConnection(node, sock, nick, address)
         connection.write(handshake)
         connection.start(leftover)
 
@@ -232,12 +235,12 @@ class ChatConnection:
     """One client's WebSocket: socket I/O, framing, chat commands, room membership."""
 
     __slots__ = (
-        "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "rooms", "bucket",
+        "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "address", "rooms", "joins",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
         "_fragments", "_drained", "_abort_handle",
     )
 
-    def __init__(self, node: WebNode, sock: socket.socket, nick: str) -> None:
+    def __init__(self, node: WebNode, sock: socket.socket, nick: str, address: str) -> None:
         if not nick:
             raise ValueError("a ChatConnection needs the nick of a valid session")
         self.node = node
@@ -249,8 +252,9 @@ class ChatConnection:
         )
         self.nick = nick
         self.nick_key = nick_key(self.nick)
+        self.address = address  # the client's, as limits key it; counted open until _release
         self.rooms: dict[str, int] = {}  # room → last seq delivered
-        self.bucket: TokenBucket | None = None
+        self.joins: TokenBucket | None = None
         self.typing_at: dict[str, float] | None = None
         self.closed = False
         # Bytes the kernel did not take yet, in order; beside each, the message
@@ -415,6 +419,7 @@ class ChatConnection:
             self.loop.remove_writer(self.fd)
             self._writing = False
         self.sock.close()
+        self.node.limits.close_connection(self.address)
         self._out.clear()
         self._out_marks.clear()
         self._out_size = 0
@@ -484,17 +489,13 @@ class ChatConnection:
             self.send_json({"type": "pong"})
 
     async def _send(self, command: Send) -> None:
-        settings = self.node.settings
-        now = time.monotonic()
-        if self.bucket is None:
-            self.bucket = TokenBucket(rate=settings.send_rate, burst=settings.send_burst, now=now)
         try:
-            self.bucket.check_send(now=now)
+            self.node.limits.check_send(self.nick_key, self.address, now=time.monotonic())
             message = await self.node.send(
                 room=command.room, nick=self.nick, body=command.body, id=command.id
             )
         except ClientError as exc:
-            self.send_error(exc.code, exc.reason, id=command.id)
+            self.send_json({"type": "error", "id": command.id, **exc.to_dict()})
             return
         except Exception:
             log.exception("send %s/%s failed", command.room, command.id)
@@ -507,6 +508,17 @@ class ChatConnection:
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
             self.send_error("too_many_rooms", f"a connection may join at most {limit} rooms")
+            return
+        # Each join announces presence to every member: a join/leave flood is a
+        # broadcast flood. Leaves need no bucket of their own: each follows a join.
+        # Limited per connection, and per user so that reconnecting gains nothing.
+        now = time.monotonic()
+        if self.joins is None:
+            self.joins = self.node.limits.join_bucket(now=now)
+        try:
+            self.node.limits.check_join(self.nick_key, self.joins, now=now)
+        except ClientError as exc:
+            self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
             return
         if room_name in self.rooms:
             self._leave(room_name)  # a re-join restarts from its own `since`
