@@ -49,7 +49,7 @@ async def _poll_once(server: SquallProcess, token: str, room: str) -> tuple[asyn
     """A kept-alive connection that has made one poll: the node now serves it itself."""
     reader, writer = await asyncio.open_connection(*server.address)
     writer.write(
-        f"GET /api/rooms/{room}/messages?since=0&wait=0 HTTP/1.1\r\nHost: x\r\n"
+        f"GET /api/rooms/{room}/messages?since=0&wait=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: Bearer {token}\r\n\r\n".encode()
     )
     status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
@@ -76,7 +76,7 @@ def test_a_slowly_sent_head_is_closed_after_the_header_timeout(server: SquallPro
     async def scenario() -> None:
         reader, writer = await asyncio.open_connection(*server.address)
         try:
-            writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+            writer.write(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             sent = time.monotonic()
             elapsed = await _closed_after(reader, sent)
             assert elapsed < IDLE_TIMEOUT, elapsed
@@ -91,7 +91,7 @@ def test_a_slow_head_after_a_request_is_closed_after_the_header_timeout(server: 
     async def scenario() -> None:
         reader, writer = await asyncio.open_connection(*server.address)
         try:
-            writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             _status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
             await reader.readexactly(int(headers["content-length"]))
             writer.write(b"GET /api/health HTTP/1.1\r\nHo")
@@ -138,7 +138,7 @@ def test_kept_alive_connections_are_closed_after_the_idle_timeout(server: Squall
         # A connection Tornado serves (no poll on it).
         reader, writer = await asyncio.open_connection(*server.address)
         try:
-            writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             _status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
             await reader.readexactly(int(headers["content-length"]))
             answered = time.monotonic()
@@ -159,7 +159,7 @@ def test_a_parked_poll_is_not_idle(server: SquallProcess, room: str) -> None:
         reader, writer = await asyncio.open_connection(*server.address)
         try:
             writer.write(
-                f"GET /api/rooms/{room}/messages?since=0&wait={wait} HTTP/1.1\r\nHost: x\r\n"
+                f"GET /api/rooms/{room}/messages?since=0&wait={wait} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Authorization: Bearer {token}\r\n\r\n".encode()
             )
             status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)

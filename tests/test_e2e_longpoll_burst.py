@@ -55,7 +55,7 @@ class Poller:
             while self.cursor < until:
                 writer.write(
                     f"GET /api/rooms/{self.room}/messages?since={self.cursor}&wait=10 HTTP/1.1\r\n"
-                    f"Host: x\r\nAuthorization: Bearer {self.token}\r\n\r\n".encode()
+                    f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n\r\n".encode()
                 )
                 status, headers = await read_head(reader)
                 answer = json.loads(await reader.readexactly(int(headers["content-length"])))

@@ -179,7 +179,7 @@ def _silent_event_stream(server: SquallProcess, room: str) -> socket.socket:
     sock.connect(server.address)
     token = server.session("silent")
     sock.sendall(
-        f"GET /api/rooms/{room}/events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        f"GET /api/rooms/{room}/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     )
     seen = b""
     while b"event: joined" not in seen:
