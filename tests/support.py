@@ -85,7 +85,8 @@ class SquallProcess:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.command = command
-        self.processor_port = processor_port or free_port()
+        # `squall run` picks a private port for its processor unless given one.
+        self.processor_port = processor_port or (0 if command == "run" else free_port())
         self.env = dict(env or {})
         self.args = args
         self.port = 0  # known once the web node has said where it listens
@@ -104,7 +105,9 @@ class SquallProcess:
         elif self.command == "web":
             argv += ["--port", "0", "--processor", f"127.0.0.1:{self.processor_port}"]
         else:
-            argv += ["--port", "0", "--processor-port", str(self.processor_port)]
+            argv += ["--port", "0"]
+            if self.processor_port:
+                argv += ["--processor-port", str(self.processor_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
         env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **self.env})
         self.process = subprocess.Popen(
@@ -173,6 +176,13 @@ class SquallProcess:
                 self._reader.join(STOP_TIMEOUT)
             if process.stdout is not None:
                 process.stdout.close()
+
+    def link_key(self) -> bytes:
+        """The processor-link key of this instance (its ``secret``, else its data folder's)."""
+        from squall.handshake import link_key
+
+        secret = self.env.get("SQUALL_SECRET") or (self.data_dir / "secret").read_text().strip()
+        return link_key(secret)
 
     # -- the processor child of `squall run` ----------------------------------
 
@@ -539,6 +549,17 @@ class LineClient:
             asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024), TIMEOUT
         )
         return cls(reader, writer)
+
+    async def authenticate(self, key: bytes) -> dict[str, Any]:
+        """Answer the processor's hello with a proof of ``key``; returns its checked welcome."""
+        from squall.handshake import check_welcome, new_nonce, web_hello
+
+        our_nonce = new_nonce()
+        hello, their_nonce = web_hello(await self.recv(), key=key, our_nonce=our_nonce)
+        self.send(hello)
+        answer = await self.recv()
+        check_welcome(answer, key=key, their_nonce=their_nonce, our_nonce=our_nonce)
+        return answer
 
     def send(self, *values: Any) -> None:
         self.writer.write(b"".join(json.dumps(v).encode() + b"\n" for v in values))

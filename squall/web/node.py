@@ -25,6 +25,7 @@ from tornado.log import access_log
 from ..bus import Bus, open_bus
 from ..config import Settings
 from ..frames import Broadcast
+from ..handshake import link_key
 from ..hub import Hub
 from ..limits import TokenBucket
 from ..presence import PresenceTable, Transition
@@ -79,6 +80,7 @@ class WebNode:
         self.presence = PresenceTable(grace=settings.poll_grace)
         self.link = ProcessorLink(
             settings.processor_address,
+            key=link_key(self.secret),
             on_processed=self._on_processed,
             on_updated=self._on_updated,
             max_pending=settings.max_pending_sends,
