@@ -82,8 +82,10 @@ class SquallProcess:
         processor_port: int | None = None,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
+        python: str = sys.executable,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.python = python  # the interpreter whose installed squall runs
         self.command = command
         # `squall run` picks a private port for its processor unless given one.
         self.processor_port = processor_port or (0 if command == "run" else free_port())
@@ -99,7 +101,7 @@ class SquallProcess:
 
     def start(self) -> None:
         """Spawn the command and return once it serves (see :meth:`wait_ready`)."""
-        argv = [sys.executable, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
+        argv = [self.python, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
         if self.command == "processor":
             argv += ["--listen", f"127.0.0.1:{self.processor_port}"]
         elif self.command == "web":
