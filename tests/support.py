@@ -99,8 +99,11 @@ class SquallProcess:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        """Spawn the command and return once it serves (see :meth:`wait_ready`)."""
+    def start(self, *, connected: bool = True) -> None:
+        """Spawn the command and return once it serves (see :meth:`wait_ready`).
+
+        ``connected=False`` does not wait for a web node's processor link.
+        """
         argv = [self.python, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
         if self.command == "processor":
             argv += ["--listen", f"127.0.0.1:{self.processor_port}"]
@@ -119,19 +122,20 @@ class SquallProcess:
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         try:
-            self.wait_ready()
+            self.wait_ready(connected=connected)
         except BaseException:
             self.stop()
             raise
 
-    def wait_ready(self, timeout: float = TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = TIMEOUT, *, connected: bool = True) -> None:
         if self.command == "processor":
             self.wait_for_line(PROCESSOR_LINE, timeout=timeout)
             return
         match = READY_LINE.search(self.wait_for_line(READY_LINE.pattern, timeout=timeout, regex=True))
         assert match is not None
         self.port = int(match.group(2))
-        self.wait_connected(timeout=timeout)
+        if connected:
+            self.wait_connected(timeout=timeout)
 
     def wait_connected(self, timeout: float = TIMEOUT) -> None:
         """Poll ``/api/health`` until the web node has its processor link."""

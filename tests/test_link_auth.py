@@ -11,15 +11,17 @@ nothing reached the store.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from squall.handshake import HELLO_TIMEOUT_SECONDS, new_nonce, web_hello
-from support import TIMEOUT, LineClient, SquallProcess, run_async, squall_server
+from support import TIMEOUT, LineClient, SquallProcess, free_port, http, run_async, squall_server
 
 _ids = itertools.count(1)
 REFUSAL_LINE = "refused a processor-link connection"
@@ -193,3 +195,59 @@ def test_a_flood_of_refused_connections_is_logged_once(processor: SquallProcess)
     # At most one line per REFUSAL_LOG_SECONDS (60 s), however many connections.
     assert processor.count_lines(REFUSAL_LINE) - before <= 1, processor.output()
     assert processor.count_lines(REFUSAL_LINE) >= 1, processor.output()
+
+
+class FakeProcessor:
+    """A listener that greets like a processor but cannot prove the key.
+
+    It records every line a web node sends after its ``hello``: a web node that
+    checks the ``welcome`` sends none.
+    """
+
+    def __init__(self) -> None:
+        self.hellos: list[dict[str, Any]] = []
+        self.after_hello: list[bytes] = []
+        self.greeted = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(json.dumps({"op": "hello", "role": "processor", "version": 2,
+                                 "nonce": new_nonce()}).encode() + b"\n")
+        try:
+            self.hellos.append(json.loads(await reader.readline()))
+            writer.write(json.dumps({"op": "welcome", "proof": "0" * 64}).encode() + b"\n")
+            self.greeted.set()
+            while line := await reader.readline():
+                self.after_hello.append(line)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_web_node_sends_nothing_to_a_processor_that_cannot_prove_the_key(tmp_path: Path) -> None:
+    """Mutual: a foreign processor (another instance's, or an impostor) never sees a send."""
+    port = free_port()
+    web = SquallProcess(tmp_path, "web", processor_port=port, env={"SQUALL_SEND_TIMEOUT": "1"})
+
+    async def scenario() -> None:
+        fake = FakeProcessor()
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", port)
+        try:
+            await asyncio.to_thread(web.start, connected=False)
+            await asyncio.wait_for(fake.greeted.wait(), TIMEOUT)
+            token = await asyncio.to_thread(web.session, "alice")
+            response = await http(web.address, "POST", "/api/rooms/lobby/messages", token=token,
+                                  json_body={"id": "m1", "body": "for my own processor only"})
+            assert response.status == 503 and response.json()["code"] == "unavailable", response
+            assert fake.hellos and all(hello.get("proof") for hello in fake.hellos)
+            assert fake.after_hello == []
+        finally:
+            server.close()
+
+    try:
+        run_async(scenario())
+        status, health = web.api("GET", "/api/health")
+        assert health["processor"] != "connected", health
+        assert web.count_lines("not authenticated") == 1, web.output()
+    finally:
+        web.stop()
