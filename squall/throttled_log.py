@@ -29,7 +29,7 @@ class ThrottledLog:
             self.left_out += 1
             return False
         if self.left_out:
-            message += f" ({self.left_out} more like it in the {self.interval:g} s before, not logged)"
+            message += f" ({self.left_out} more like it since the last one, not logged)"
         self.logger.log(self.level, "%s", message)
         self.left_out = 0
         self._quiet_until = now + self.interval
