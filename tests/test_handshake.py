@@ -91,3 +91,16 @@ def test_throttled_log_logs_once_per_interval_and_counts_the_rest(caplog: pytest
         assert throttled.note("refused 50", now=60.0)
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["refused 1", "refused 50 (48 more like it since the last one, not logged)"]
+
+
+def test_processes_creating_the_secret_at_once_agree_on_it(tmp_path: Any) -> None:
+    """A web node and a processor started together must derive one link key."""
+    import concurrent.futures
+
+    from squall.web.auth import load_or_create_secret
+
+    for attempt in range(20):
+        data_dir = str(tmp_path / f"data{attempt}")
+        with concurrent.futures.ProcessPoolExecutor(4) as pool:
+            values = set(pool.map(load_or_create_secret, [""] * 8, [data_dir] * 8))
+        assert len(values) == 1, values
