@@ -27,11 +27,15 @@ from typing import cast
 
 import orjson
 
-from .serving import BACKLOG, announce, serve_main, set_nodelay
+from squall.errors import HandshakeFailed
+from squall.handshake import check_web_hello, link_key, new_nonce, processor_hello, welcome
+
+from .serving import BACKLOG, BENCH_SECRET, announce, serve_main, set_nodelay
 
 __all__ = ["start"]
 
 MAX_LINE = 65536  # bytes of one request line
+_KEY = link_key(BENCH_SECRET)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -80,13 +84,25 @@ class _Connection(asyncio.Protocol):
         self._store = store
         self._buffer = b""
         self._greeted = False
+        self._nonce = new_nonce()
         self.transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
-        self.transport.write(b'{"op":"hello","version":1}\n')
+        self.transport.write(orjson.dumps(processor_hello(self._nonce)) + b"\n")
+
+    def _greet(self, hello: dict[str, object]) -> bool:
+        """Squall's handshake (docs/protocol.md §6): a peer without the key is dropped."""
+        try:
+            theirs = check_web_hello(hello, key=_KEY, our_nonce=self._nonce)
+        except HandshakeFailed:
+            self.transport.abort()
+            return False
+        self.transport.write(orjson.dumps(welcome(key=_KEY, their_nonce=theirs, our_nonce=self._nonce)) + b"\n")
+        self._greeted = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         lines = (self._buffer + data).split(b"\n")
@@ -99,9 +115,10 @@ class _Connection(asyncio.Protocol):
             if not line:
                 continue
             req = orjson.loads(line)
-            if req.get("op") == "hello":
-                self._greeted = True
-            elif req.get("op") == "process" and self._greeted:
+            if not self._greeted:
+                if not self._greet(req):
+                    return
+            elif req.get("op") == "process":
                 requests.append(req)
         if requests:
             self.transport.write(b"".join(self._store.store(requests)))

@@ -36,7 +36,10 @@ from typing import Any, cast
 
 import orjson
 
-from .serving import set_nodelay
+from squall.errors import HandshakeFailed
+from squall.handshake import check_welcome, link_key, new_nonce, web_hello
+
+from .serving import BENCH_SECRET, set_nodelay
 from .frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, accept_key, client_frame, client_handshake, new_key
 
 __all__ = [
@@ -532,8 +535,9 @@ class Poller(asyncio.Protocol):
 class ProcessorClient(asyncio.Protocol):
     """A pipelined client of the processor's newline-delimited JSON protocol.
 
-    Await :attr:`ready` (the ``hello`` exchange), then call :meth:`process`; each
-    answer is passed to ``on_answer(answer, arrival time)``.
+    Await :attr:`ready` (the authenticated ``hello`` exchange, with the key of
+    :data:`BENCH_SECRET`), then call :meth:`process`; each answer is passed to
+    ``on_answer(answer, arrival time)``.
     """
 
     def __init__(self, on_answer: Callable[[dict[str, Any], float], None]) -> None:
@@ -541,12 +545,29 @@ class ProcessorClient(asyncio.Protocol):
         self.on_answer = on_answer
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
+        self._key = link_key(BENCH_SECRET)
+        self._nonces: tuple[str, str] | None = None  # (ours, theirs) once we said hello
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
-        self.transport.write(b'{"op":"hello","version":1}\n')
+
+    def _handshake(self, line: dict[str, Any]) -> None:
+        assert self.transport is not None
+        try:
+            if self._nonces is None:
+                ours = new_nonce()
+                hello, theirs = web_hello(line, key=self._key, our_nonce=ours)
+                self._nonces = (ours, theirs)
+                self.transport.write(orjson.dumps(hello) + b"\n")
+            else:
+                ours, theirs = self._nonces
+                check_welcome(line, key=self._key, their_nonce=theirs, our_nonce=ours)
+                self.ready.set_result(None)
+        except HandshakeFailed as exc:
+            self.ready.set_exception(ConnectionError(f"processor handshake failed: {exc}"))
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -572,9 +593,8 @@ class ProcessorClient(asyncio.Protocol):
             if not line:
                 continue
             answer = orjson.loads(line)
-            if answer.get("op") == "hello":
-                if not self.ready.done():
-                    self.ready.set_result(None)
+            if not self.ready.done():
+                self._handshake(answer)
                 continue
             self.on_answer(answer, now)
         if len(self._buffer) > MAX_BODY:

@@ -16,12 +16,16 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["BACKLOG", "announce", "loop_factory", "serve_main", "set_nodelay"]
+__all__ = ["BACKLOG", "BENCH_SECRET", "announce", "loop_factory", "serve_main", "set_nodelay"]
 
 # asyncio's default listen backlog is 100; the bench connects hundreds of clients
 # at once, and a dropped SYN costs a one-second retransmit that would pollute
 # connection-time figures.
 BACKLOG = 4096
+# The `secret` of every Squall the bench starts: the processor link is
+# authenticated (docs/protocol.md §6), and the load generator and the processor
+# ceiling prove and check the key derived from it, as a web node would.
+BENCH_SECRET = "squall-bench-link-secret"
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from .loadgen import HTTPClient, HTTPError, run_delay_seconds
+from .serving import BENCH_SECRET
 
 __all__ = ["TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
 
@@ -43,6 +44,7 @@ STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 SQUALL_BENCH_ENV = {
     "SQUALL_SEND_RATE": "1000000",
     "SQUALL_SEND_BURST": "1000000",
+    "SQUALL_SECRET": BENCH_SECRET,
     # Every load-generator client comes from 127.0.0.1.
     "SQUALL_SEND_RATE_PER_IP": "1000000",
     "SQUALL_SEND_BURST_PER_IP": "1000000",

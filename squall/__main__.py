@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", help="TOML file of settings (also SQUALL_CONFIG)")
         _add_setting_flags(sub)
+        if name == "processor":  # `squall run` hands its child the socket it bound
+            sub.add_argument("--inherited-sockets", dest="inherited_sockets",
+                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     _add_setting_flags(parser)
     return parser
 
@@ -57,7 +61,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in {"command", "config", "processor_port"}
+        k: v for k, v in vars(args).items() if k not in {"command", "config", "processor_port", "inherited_sockets"}
     }
     port = getattr(args, "processor_port", None)
     if port is not None:
@@ -76,31 +80,51 @@ def _run(settings: Settings, coroutine: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coroutine)
 
 
+def _inherited_sockets(text: str) -> list[socket.socket]:
+    sockets = [socket.socket(fileno=int(fd)) for fd in text.split(",")]
+    for sock in sockets:
+        sock.setblocking(False)
+    return sockets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; 0 when it stopped cleanly, 2 for settings that cannot work,
+    1 when ``squall run``'s processor cannot start. A refusal is one line on
+    stderr, never a traceback."""
     args = _parser().parse_args(argv)
+    command = args.command or "run"
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        print(f"squall: {exc}", file=sys.stderr)
-        return 2
+        print(f"squall {command}: {exc}", file=sys.stderr)
+        return ConfigError.exit_status
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = args.command or "run"
     raise_open_file_limit()  # every connection is a file descriptor
-    if command == "processor":
-        from .processor.main import serve_processor
+    try:
+        if command == "processor":
+            from .processor.main import serve_processor
 
-        _run(settings, serve_processor(settings))
-    elif command == "web":
-        from .web.main import serve_web
+            inherited = getattr(args, "inherited_sockets", None)
+            sockets = _inherited_sockets(inherited) if inherited else None
+            _run(settings, serve_processor(settings, sockets=sockets))
+        elif command == "web":
+            from .web.main import serve_web
 
-        _run(settings, serve_web(settings))
-    else:
-        from .supervisor import run_all
+            _run(settings, serve_web(settings))
+        else:
+            from .supervisor import ProcessorFailed, run_all
 
-        _run(settings, run_all(settings))
+            try:
+                _run(settings, run_all(settings))
+            except ProcessorFailed as exc:
+                print(f"squall {command}: {exc}", file=sys.stderr)
+                return 1
+    except ConfigError as exc:
+        print(f"squall {command}: {exc}", file=sys.stderr)
+        return ConfigError.exit_status
     return 0
 
 

@@ -8,17 +8,27 @@ Every field is documented in docs/configuration.md; keep the two in step.
 from __future__ import annotations
 
 import dataclasses
+import email.utils
+import importlib.util
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Address", "parse_address", "load_settings", "FIELD_HELP"]
+__all__ = [
+    "Settings", "Address", "parse_address", "load_settings", "FIELD_HELP", "BUILTIN_STAGE_NAMES",
+]
 
 Address = tuple[str, int]
+
+# The pipeline's built-in stages, in their usual order (squall.processor.pipeline
+# builds them); any other name in `stages` must be module:callable.
+BUILTIN_STAGE_NAMES = ("validate", "filter", "render", "mentions", "store", "previews")
 
 
 def parse_address(text: str, *, default_host: str = "127.0.0.1") -> Address:
@@ -107,7 +117,7 @@ class Settings:
     max_line_bytes: int = 64 * 1024  # a longer line on the processor link closes it
     max_body_chars: int = 4000
     store_batch: int = 512  # most messages committed in one transaction
-    stages: tuple[str, ...] = ("validate", "filter", "render", "mentions", "store", "previews")
+    stages: tuple[str, ...] = BUILTIN_STAGE_NAMES
 
     # The content pipeline (docs/pipeline.md).
     filter_file: str = ""  # "" → no keyword filter
@@ -227,32 +237,117 @@ def load_settings(
     return settings
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Every number setting and the smallest value that can work: (name, low,
+# whether low itself is allowed). Sizes, counts and rates must be positive;
+# delays and optional sizes may be 0.
+_AT_LEAST: tuple[tuple[str, float, bool], ...] = (
+    ("max_frame_bytes", 0, False), ("max_body_bytes", 0, False), ("history_on_join", 0, True),
+    ("backlog_page", 0, False), ("poll_wait_default", 0, True), ("poll_wait_max", 0, False),
+    ("poll_limit_default", 0, False), ("poll_limit_max", 0, False), ("poll_grace", 0, True),
+    ("sse_heartbeat", 0, False), ("recent_per_room", 0, False), ("send_rate", 0, False),
+    ("send_burst", 0, False), ("outbound_bytes", 0, False), ("close_timeout", 0, False),
+    ("socket_send_buffer", 0, True), ("max_rooms_per_connection", 0, False),
+    ("token_max_age_days", 0, False), ("max_pending_sends", 0, False), ("send_timeout", 0, False),
+    ("reconnect_min", 0, False), ("reconnect_max", 0, False), ("shutdown_timeout", 0, True),
+    ("max_line_bytes", 0, False), ("max_body_chars", 0, False), ("store_batch", 0, False),
+    ("preview_timeout", 0, False), ("preview_max_bytes", 0, False),
+    ("preview_concurrency", 0, False), ("notify_delay", 0, True), ("mail_retry_min", 0, False),
+    ("header_timeout", 0, False), ("idle_timeout", 0, False),
+    ("send_rate_per_ip", 0, False), ("send_burst_per_ip", 0, False), ("join_rate", 0, False),
+    ("join_burst", 0, False), ("join_rate_per_user", 0, False), ("join_burst_per_user", 0, False),
+    ("session_rate_per_ip", 0, False), ("session_burst_per_ip", 0, False),
+    ("max_connections_per_ip", 0, False), ("max_connections", 0, False), ("max_rate_keys", 0, False),
+    ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),
+)
+
+
 def _check(settings: Settings) -> None:
-    positive = [
-        "max_frame_bytes", "max_body_bytes", "max_line_bytes", "max_body_chars",
-        "max_pending_sends", "send_timeout", "poll_wait_max", "poll_limit_max",
-        "outbound_bytes", "store_batch", "send_rate", "send_burst",
-        "send_rate_per_ip", "send_burst_per_ip", "join_rate", "join_burst",
-        "join_rate_per_user", "join_burst_per_user",
-        "session_rate_per_ip", "session_burst_per_ip", "max_connections_per_ip",
-        "max_connections", "max_rate_keys", "max_http_connections_per_ip", "max_http_connections",
-    ]
-    for name in positive:
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(settings, name)}")
+    """Refuse settings that cannot work, with a message naming the setting."""
+    for name, low, inclusive in _AT_LEAST:
+        value = getattr(settings, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+        if value < low or (value == low and not inclusive):
+            wanted = "0 or more" if inclusive else "more than 0"
+            raise ConfigError(f"{name} must be {wanted}, got {value}")
+    _at_most(settings, "poll_wait_default", "poll_wait_max")
+    _at_most(settings, "poll_limit_default", "poll_limit_max")
+    _at_most(settings, "reconnect_min", "reconnect_max")
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port must be 0-65535, got {settings.port}")
+    for name in ("host", "data_dir"):
+        if not getattr(settings, name).strip():
+            raise ConfigError(f"{name} must not be empty")
+    for name in ("processor", "listen"):
+        try:
+            parse_address(getattr(settings, name))
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     if settings.filter_action not in {"mask", "reject"}:
         raise ConfigError(f"filter_action must be 'mask' or 'reject', got {settings.filter_action!r}")
-    if settings.notify_delay < 0:
-        raise ConfigError(f"notify_delay must be 0 or more, got {settings.notify_delay}")
     if settings.loop not in {"asyncio", "uvloop"}:
         raise ConfigError(f"loop must be 'asyncio' or 'uvloop', got {settings.loop!r}")
-    # Connection timeouts (defect 8): a timeout of 0 or less would close every connection at once.
-    for name in ("header_timeout", "idle_timeout"):
-        if not getattr(settings, name) > 0:
-            raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(settings, name)}")
     _check_client_limits(settings)
-    settings.processor_address  # noqa: B018 - validates the address
-    settings.listen_address  # noqa: B018
+    if settings.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("loop = 'uvloop' needs the uvloop package: pip install 'squall[uvloop]'")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
+    if settings.database and not settings.database.startswith("sqlite:///"):
+        raise ConfigError(f"database must be sqlite:///PATH (or empty), got {settings.database!r}")
+    if settings.bus != "local":
+        raise ConfigError(f"bus must be 'local', got {settings.bus!r}")
+    if settings.public_url:
+        _check_url("public_url", settings.public_url, ("http", "https"))
+    for origin in settings.allowed_origins:
+        _check_url("allowed_origins", origin, ("http", "https"), bare=True)
+    if settings.smtp:
+        _check_url("smtp", settings.smtp, ("smtp", "smtp+starttls", "smtps"))
+    if "@" not in email.utils.parseaddr(settings.mail_from)[1]:
+        raise ConfigError(f"mail_from must hold an e-mail address, got {settings.mail_from!r}")
+    if settings.filter_file and not Path(settings.filter_file).is_file():
+        raise ConfigError(f"filter_file {settings.filter_file!r} is not a file")
+    _check_stages(settings.stages)
+
+
+def _at_most(settings: Settings, name: str, limit: str) -> None:
+    if getattr(settings, name) > getattr(settings, limit):
+        raise ConfigError(
+            f"{name} ({getattr(settings, name)}) must not exceed {limit} ({getattr(settings, limit)})"
+        )
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...], *, bare: bool = False) -> None:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {url!r} has a bad port: {exc}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{name}: {url!r} is not a {' or '.join(schemes)} URL with a host")
+    if bare and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ConfigError(f"{name}: {url!r} must be scheme://host[:port], without a path")
+
+
+def _check_stages(stages: tuple[str, ...]) -> None:
+    if "store" not in stages:
+        raise ConfigError(f"stages must include 'store', or nothing is ever saved; got {','.join(stages)!r}")
+    for name in stages:
+        if name in BUILTIN_STAGE_NAMES:
+            continue
+        module, sep, attribute = name.partition(":")
+        if not sep or not module or not attribute:
+            raise ConfigError(
+                f"stages: unknown stage {name!r}: use one of {', '.join(BUILTIN_STAGE_NAMES)}"
+                " or module:callable"
+            )
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"stages: cannot find module {module!r} of stage {name!r}: {exc}") from None
+        if found is None:
+            raise ConfigError(f"stages: no module named {module!r} (stage {name!r})")
 
 
 def _check_client_limits(settings: Settings) -> None:

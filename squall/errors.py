@@ -17,6 +17,7 @@
     │   ├── Unavailable        the processor could not be reached in time (HTTP 503)
     │   └── Internal           a server fault, told without details (HTTP 500)
     ├── LineTooLong            a processor-link line went over ``max_line`` bytes
+    ├── HandshakeFailed        a processor-link peer that did not authenticate; carries a ``code``
     ├── FilterFileError        a keyword-filter file that cannot be used; names the line
     └── ConfigError            settings that cannot work; raised at start-up
 
@@ -48,6 +49,7 @@ __all__ = [
     "Unavailable",
     "Internal",
     "LineTooLong",
+    "HandshakeFailed",
     "FilterFileError",
     "ConfigError",
 ]
@@ -185,6 +187,19 @@ class LineTooLong(SquallError):
         self.limit = limit
 
 
+class HandshakeFailed(SquallError):
+    """A processor-link peer that did not prove the shared key (docs/protocol.md §6).
+
+    ``code`` is the wire code of the error line sent before closing
+    (``hello_expected``, ``bad_version``, ``bad_hello``, ``bad_proof``, ``hello_timeout``).
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class FilterFileError(SquallError):
     """A keyword-filter file that cannot be read or parsed.
 
@@ -202,3 +217,5 @@ class FilterFileError(SquallError):
 
 class ConfigError(SquallError):
     """A setting that cannot work, found at start-up."""
+
+    exit_status = 2  # what `squall` exits with; `squall run` does not retry a child that did

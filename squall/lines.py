@@ -19,9 +19,7 @@ import orjson
 
 from .errors import LineTooLong
 
-__all__ = ["Line", "LineReader", "encode_line", "PROTOCOL_VERSION"]
-
-PROTOCOL_VERSION = 1
+__all__ = ["Line", "LineReader", "encode_line"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -21,3 +21,14 @@ async def explode(message: Draft) -> Draft:
     if "BOOM" in message.body.upper():
         raise RuntimeError("the explode test stage went boom")
     return message
+
+
+def unstorable(message: Draft) -> Draft:
+    """Gives bodies that say "unstorable" a ts of 2**63, which SQLite's INTEGER cannot hold.
+
+    Such a message passes every check before the store and fails only inside
+    the transaction of its batch (``test_processor_boundary.py``).
+    """
+    if "unstorable" in message.body:
+        return dataclasses.replace(message, ts=2**63)
+    return message

@@ -94,10 +94,13 @@ class SquallProcess:
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
         preexec_fn: Callable[[], None] | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.python = python  # the interpreter whose installed squall runs
         self.command = command
-        self.processor_port = processor_port or free_port()
+        # `squall run` picks a private port for its processor unless given one.
+        self.processor_port = processor_port or (0 if command == "run" else free_port())
         self.env = dict(env or {})
         self.args = args
         self.preexec_fn = preexec_fn  # run in the child before exec, e.g. to set resource limits
@@ -109,15 +112,20 @@ class SquallProcess:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        """Spawn the command and return once it serves (see :meth:`wait_ready`)."""
-        argv = [sys.executable, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
+    def start(self, *, connected: bool = True) -> None:
+        """Spawn the command and return once it serves (see :meth:`wait_ready`).
+
+        ``connected=False`` does not wait for a web node's processor link.
+        """
+        argv = [self.python, "-m", "squall", self.command, "--data-dir", str(self.data_dir)]
         if self.command == "processor":
             argv += ["--listen", f"127.0.0.1:{self.processor_port}"]
         elif self.command == "web":
             argv += ["--port", "0", "--processor", f"127.0.0.1:{self.processor_port}"]
         else:
-            argv += ["--port", "0", "--processor-port", str(self.processor_port)]
+            argv += ["--port", "0"]
+            if self.processor_port:
+                argv += ["--processor-port", str(self.processor_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
         env.update({"PYTHONUNBUFFERED": "1", "SQUALL_LOG_LEVEL": "warning", **LOOSE_ADDRESS_LIMITS, **self.env})
         self.process = subprocess.Popen(
@@ -127,19 +135,20 @@ class SquallProcess:
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         try:
-            self.wait_ready()
+            self.wait_ready(connected=connected)
         except BaseException:
             self.stop()
             raise
 
-    def wait_ready(self, timeout: float = TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = TIMEOUT, *, connected: bool = True) -> None:
         if self.command == "processor":
             self.wait_for_line(PROCESSOR_LINE, timeout=timeout)
             return
         match = READY_LINE.search(self.wait_for_line(READY_LINE.pattern, timeout=timeout, regex=True))
         assert match is not None
         self.port = int(match.group(2))
-        self.wait_connected(timeout=timeout)
+        if connected:
+            self.wait_connected(timeout=timeout)
 
     def wait_connected(self, timeout: float = TIMEOUT) -> None:
         """Poll ``/api/health`` until the web node has its processor link."""
@@ -186,6 +195,13 @@ class SquallProcess:
                 self._reader.join(STOP_TIMEOUT)
             if process.stdout is not None:
                 process.stdout.close()
+
+    def link_key(self) -> bytes:
+        """The processor-link key of this instance (its ``secret``, else its data folder's)."""
+        from squall.handshake import link_key
+
+        secret = self.env.get("SQUALL_SECRET") or (self.data_dir / "secret").read_text().strip()
+        return link_key(secret)
 
     # -- the processor child of `squall run` ----------------------------------
 
@@ -552,6 +568,17 @@ class LineClient:
             asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024), TIMEOUT
         )
         return cls(reader, writer)
+
+    async def authenticate(self, key: bytes) -> dict[str, Any]:
+        """Answer the processor's hello with a proof of ``key``; returns its checked welcome."""
+        from squall.handshake import check_welcome, new_nonce, web_hello
+
+        our_nonce = new_nonce()
+        hello, their_nonce = web_hello(await self.recv(), key=key, our_nonce=our_nonce)
+        self.send(hello)
+        answer = await self.recv()
+        check_welcome(answer, key=key, their_nonce=their_nonce, our_nonce=our_nonce)
+        return answer
 
     def send(self, *values: Any) -> None:
         self.writer.write(b"".join(json.dumps(v).encode() + b"\n" for v in values))

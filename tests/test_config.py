@@ -82,14 +82,73 @@ def test_boolean_spellings(raw: str, value: bool) -> None:
     ({"SQUALL_SEND_BURST": "-1"}, ["send_burst"]),
     ({"SQUALL_MAX_FRAME_BYTES": "0"}, ["max_frame_bytes"]),
     ({"SQUALL_LOOP": "trio"}, ["loop"]),
-    ({"SQUALL_PROCESSOR": "localhost"}, ["localhost"]),
-    ({"SQUALL_LISTEN": "127.0.0.1:70000"}, ["70000"]),
+    ({"SQUALL_PROCESSOR": "localhost"}, ["processor", "localhost"]),
+    ({"SQUALL_LISTEN": "127.0.0.1:70000"}, ["listen", "70000"]),
+    ({"SQUALL_PORT": "70000"}, ["port", "70000"]),
+    ({"SQUALL_PORT": "-5"}, ["port", "-5"]),
+    ({"SQUALL_HOST": ""}, ["host"]),
+    ({"SQUALL_DATA_DIR": " "}, ["data_dir"]),
+    ({"SQUALL_HISTORY_ON_JOIN": "-1"}, ["history_on_join"]),
+    ({"SQUALL_BACKLOG_PAGE": "0"}, ["backlog_page"]),
+    ({"SQUALL_POLL_WAIT_DEFAULT": "90"}, ["poll_wait_default", "poll_wait_max"]),
+    ({"SQUALL_POLL_LIMIT_DEFAULT": "0"}, ["poll_limit_default"]),
+    ({"SQUALL_POLL_GRACE": "-1"}, ["poll_grace"]),
+    ({"SQUALL_SSE_HEARTBEAT": "0"}, ["sse_heartbeat"]),
+    ({"SQUALL_RECENT_PER_ROOM": "0"}, ["recent_per_room"]),
+    ({"SQUALL_SEND_RATE": "nan"}, ["send_rate"]),
+    ({"SQUALL_SEND_TIMEOUT": "inf"}, ["send_timeout"]),
+    ({"SQUALL_CLOSE_TIMEOUT": "0"}, ["close_timeout"]),
+    ({"SQUALL_SOCKET_SEND_BUFFER": "-1"}, ["socket_send_buffer"]),
+    ({"SQUALL_MAX_ROOMS_PER_CONNECTION": "0"}, ["max_rooms_per_connection"]),
+    ({"SQUALL_TOKEN_MAX_AGE_DAYS": "0"}, ["token_max_age_days"]),
+    ({"SQUALL_RECONNECT_MIN": "9"}, ["reconnect_min", "reconnect_max"]),
+    ({"SQUALL_SHUTDOWN_TIMEOUT": "-1"}, ["shutdown_timeout"]),
+    ({"SQUALL_PREVIEW_TIMEOUT": "0"}, ["preview_timeout"]),
+    ({"SQUALL_PREVIEW_MAX_BYTES": "0"}, ["preview_max_bytes"]),
+    ({"SQUALL_PREVIEW_CONCURRENCY": "0"}, ["preview_concurrency"]),
+    ({"SQUALL_NOTIFY_DELAY": "-1"}, ["notify_delay"]),
+    ({"SQUALL_MAIL_RETRY_MIN": "0"}, ["mail_retry_min"]),
+    ({"SQUALL_LOG_LEVEL": "loud"}, ["log_level", "loud"]),
+    ({"SQUALL_DATABASE": "mysql://x"}, ["database", "mysql://x"]),
+    ({"SQUALL_BUS": "redis://x"}, ["bus"]),
+    ({"SQUALL_PUBLIC_URL": "chat.example.org"}, ["public_url"]),
+    ({"SQUALL_PUBLIC_URL": "https://chat.example.org:99999"}, ["public_url"]),
+    ({"SQUALL_ALLOWED_ORIGINS": "https://a.example/path"}, ["allowed_origins"]),
+    ({"SQUALL_ALLOWED_ORIGINS": "a.example"}, ["allowed_origins"]),
+    ({"SQUALL_SMTP": "http://mail.example"}, ["smtp"]),
+    ({"SQUALL_MAIL_FROM": "nobody"}, ["mail_from"]),
+    ({"SQUALL_FILTER_FILE": "/nonexistent/filter.txt"}, ["filter_file", "/nonexistent/filter.txt"]),
+    ({"SQUALL_STAGES": "validate,render"}, ["stages", "store"]),
+    ({"SQUALL_STAGES": "validate,bogus,store"}, ["stages", "bogus"]),
+    ({"SQUALL_STAGES": "store,no_such_module_here:Stage"}, ["stages", "no_such_module_here"]),
+    ({"SQUALL_STAGES": "store,:x"}, ["stages"]),
 ])
 def test_bad_environment_values_name_the_setting(environ: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ=environ)
     for name in names:
         assert name in str(caught.value)
+
+
+def test_good_values_at_the_edges_are_accepted(tmp_path: Path) -> None:
+    filters = tmp_path / "filter.txt"
+    filters.write_text("", encoding="utf-8")
+    settings = load_settings(environ={
+        "SQUALL_PORT": "65535", "SQUALL_HISTORY_ON_JOIN": "0", "SQUALL_NOTIFY_DELAY": "0",
+        "SQUALL_SOCKET_SEND_BUFFER": "0", "SQUALL_PUBLIC_URL": "https://chat.example.org/",
+        "SQUALL_ALLOWED_ORIGINS": "https://a.example:8443", "SQUALL_SMTP": "smtps://u:p@mail.example",
+        "SQUALL_FILTER_FILE": str(filters), "SQUALL_STAGES": "validate,store,stages_for_test:shout",
+        "SQUALL_LOG_LEVEL": "WARNING",
+    })
+    assert settings.port == 65535 and settings.stages[-1] == "stages_for_test:shout"
+    assert load_settings({"port": "0"}, environ={}).port == 0
+
+
+def test_builtin_stage_names_are_the_pipelines() -> None:
+    from squall.config import BUILTIN_STAGE_NAMES
+    from squall.processor.pipeline import BUILTIN_STAGES
+
+    assert tuple(BUILTIN_STAGES) == BUILTIN_STAGE_NAMES == Settings().stages
 
 
 def test_bad_override_names_the_flag() -> None:
@@ -154,23 +213,44 @@ def test_database_url_defaults_to_sqlite_in_the_data_dir() -> None:
     assert load_settings({"database": "sqlite:///x.db"}, environ={}).database_url == "sqlite:///x.db"
 
 
-def test_every_setting_is_documented() -> None:
-    """docs/configuration.md is the reference: it must name every setting."""
-    import dataclasses
-    from pathlib import Path
-
-    from squall.config import Settings
-
+def _documented_defaults() -> dict[str, str]:
+    """``setting → default`` from the table in docs/configuration.md."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    missing = [f.name for f in dataclasses.fields(Settings) if f"`{f.name}`" not in doc]
+    defaults = {}
+    for line in doc.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].startswith("`") and cells[1].startswith("`--"):
+            defaults[cells[0].strip("`")] = cells[3].removeprefix("`").removesuffix("`")
+    return defaults
+
+
+def _shown(value: object) -> str:
+    """A default as the table writes it: tuples comma-joined, the rest as str()."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """docs/configuration.md is the reference: it must name every setting and its true default."""
+    import dataclasses
+
+    documented = _documented_defaults()
+    missing = [f.name for f in dataclasses.fields(Settings) if f.name not in documented]
     assert not missing, f"docs/configuration.md does not document {missing}"
+    defaults = Settings()
+    wrong = {
+        name: (shown, _shown(getattr(defaults, name)))
+        for name, shown in documented.items()
+        if hasattr(defaults, name) and shown != _shown(getattr(defaults, name))
+    }
+    assert not wrong, f"docs/configuration.md gives wrong defaults (documented, real): {wrong}"
 
 
 def test_run_mode_uses_one_processor_address() -> None:
     from squall.config import Settings
     from squall.supervisor import _one_processor_address
 
-    assert _one_processor_address(Settings()).processor == "127.0.0.1:8889"
+    private = _one_processor_address(Settings())  # neither given: a port the OS picks
+    assert private.listen == private.processor == "127.0.0.1:0"
     given_processor = _one_processor_address(Settings(processor="127.0.0.1:7000"))
     assert given_processor.listen == given_processor.processor == "127.0.0.1:7000"
     given_listen = _one_processor_address(Settings(listen="127.0.0.1:7001"))

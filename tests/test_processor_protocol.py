@@ -1,8 +1,10 @@
 """The processor's line protocol, spoken on a raw socket to ``squall processor``.
 
-One JSON object per line each way. The processor greets first; a web node
-must answer with its own hello before sending ``process``. Requests are
-pipelined and answered by ``ref`` in whatever order they finish. A bad line is
+One JSON object per line each way. The processor greets first with a nonce; a
+web node must answer with its own hello carrying a proof of the link key
+(docs/protocol.md §6) before anything else is acted on, and the processor
+proves itself in its ``welcome``. Requests are pipelined and answered by
+``ref`` in whatever order they finish. A bad line from an authenticated peer is
 answered with an error and the connection stays usable, except a line over
 ``max_line_bytes`` (64 KiB), after which the processor closes the connection.
 """
@@ -17,7 +19,6 @@ import pytest
 
 from support import LineClient, SquallProcess, run_async, squall_server
 
-HELLO = {"op": "hello", "role": "web", "version": 1}
 _counter = itertools.count(1)
 
 
@@ -35,10 +36,9 @@ def process(room: str, ref: Any, *, nick: str = "alice", cid: str | None = None,
 
 
 async def greeted(processor: SquallProcess) -> LineClient:
-    """A connection past the hello exchange."""
+    """A connection past the authenticated hello exchange."""
     client = await LineClient.connect(processor.processor_port)
-    assert await client.recv() == {"op": "hello", "role": "processor", "version": 1}
-    client.send(HELLO)
+    await client.authenticate(processor.link_key())
     return client
 
 
@@ -52,50 +52,6 @@ def test_hello_exchange_then_ping(processor: SquallProcess) -> None:
         client = await greeted(processor)
         try:
             await still_usable(client)
-        finally:
-            await client.close()
-
-    run_async(scenario())
-
-
-def test_ping_needs_no_hello(processor: SquallProcess) -> None:
-    async def scenario() -> None:
-        client = await LineClient.connect(processor.processor_port)
-        try:
-            await client.recv()  # its hello
-            await still_usable(client)
-        finally:
-            await client.close()
-
-    run_async(scenario())
-
-
-def test_process_before_hello_is_refused_and_the_connection_stays(processor: SquallProcess) -> None:
-    async def scenario() -> None:
-        client = await LineClient.connect(processor.processor_port)
-        try:
-            await client.recv()
-            client.send(process("early", 1))
-            answer = await client.recv()
-            assert answer["op"] == "error" and answer["code"] == "hello_expected", answer
-            client.send(HELLO, process("early", 2))
-            answer = await client.recv()
-            assert (answer["op"], answer["ref"], answer["message"]["seq"]) == ("processed", 2, 1)
-        finally:
-            await client.close()
-
-    run_async(scenario())
-
-
-def test_wrong_version_is_refused_and_closed(processor: SquallProcess) -> None:
-    async def scenario() -> None:
-        client = await LineClient.connect(processor.processor_port)
-        try:
-            await client.recv()
-            client.send({"op": "hello", "role": "web", "version": 99})
-            answer = await client.recv()
-            assert answer["op"] == "error" and answer["code"] == "bad_version", answer
-            assert await client.read_to_eof() == b""
         finally:
             await client.close()
 

@@ -22,9 +22,14 @@ connection of the user's choosing, so every step has a bound:
   new URL goes through every check again.
 * **How long:** ``timeout`` (5 s) for the whole fetch, redirects included; each
   hop gets what is left.
-* **How much:** the client's ``max_body_size`` stops the body at ``max_bytes``
-  (1 MiB); a larger response fails the fetch. Bodies that are not ``text/html`` or
-  ``application/xhtml+xml`` are not kept.
+* **How much:** at most ``max_bytes`` (1 MiB) of body, counted *after*
+  decompression: the body is taken chunk by chunk as the client decompresses it
+  (:class:`_BoundedBody`), and the fetch fails at the first byte past the limit, so
+  a gzip bomb (300 KiB that inflate to gigabytes) costs one chunk past 1 MiB, not
+  the gigabytes. The client's own ``max_body_size`` bounds the compressed bytes, and
+  since Tornado 6.5.6 the decompressed ones too (CVE-2026-49855; earlier releases
+  inflated without limit, hence ``tornado>=6.5.6`` in the requirements). Bodies that
+  are not ``text/html`` or ``application/xhtml+xml`` are not kept.
 * **How many:** at most ``max_concurrent`` (4) fetches at once; the rest wait.
 * **How often:** results, failures included, are cached per URL in a bounded LRU
   (``cache_size`` entries; ``cache_ttl`` seconds for previews, ``failure_ttl`` for
@@ -77,6 +82,33 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class PreviewRefused(Exception):
     """A URL or address the fetcher will not touch; never leaves this module."""
+
+
+class BodyTooLarge(Exception):
+    """A response body past ``max_bytes`` once decompressed; never leaves this module."""
+
+
+class _BoundedBody:
+    """Collects a response body as the client hands it over, decompressed, up to
+    ``limit`` bytes; one more byte raises :class:`BodyTooLarge`, which makes the
+    client fail the fetch and close the connection."""
+
+    __slots__ = ("limit", "size", "chunks")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    def receive(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.chunks.clear()
+            raise BodyTooLarge(f"response body exceeds limit of {self.limit} bytes once decompressed")
+        self.chunks.append(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -374,8 +406,9 @@ class PreviewFetcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("preview deadline passed")
+            body = _BoundedBody(self.max_bytes)
             response = await self._http().fetch(
-                self._request(current, remaining), raise_error=False
+                self._request(current, remaining, body), raise_error=False
             )
             if response.code in _REDIRECTS:
                 location = response.headers.get("Location")
@@ -383,22 +416,23 @@ class PreviewFetcher:
                     return None
                 current = urljoin(current, location.strip())
                 continue
-            return self._preview(url, response)
+            return self._preview(url, response, body.value())
         self.logger.debug("no preview for %s: more than %d redirects", url, self.max_redirects)
         return None
 
-    def _request(self, url: str, timeout: float) -> HTTPRequest:
+    def _request(self, url: str, timeout: float, body: _BoundedBody) -> HTTPRequest:
         return HTTPRequest(
             url,
             follow_redirects=False,
             connect_timeout=timeout,
             request_timeout=timeout,
             decompress_response=True,
+            streaming_callback=body.receive,
             user_agent=self.user_agent,
             headers=HTTPHeaders({"Accept": "text/html,application/xhtml+xml;q=0.9"}),
         )
 
-    def _preview(self, url: str, response: HTTPResponse) -> LinkPreview | None:
+    def _preview(self, url: str, response: HTTPResponse, body: bytes) -> LinkPreview | None:
         if response.error is not None and response.code >= 599:
             raise response.error
         if response.code != 200:
@@ -408,7 +442,7 @@ class PreviewFetcher:
         if ctype not in _HTML_TYPES:
             self.logger.debug("no preview for %s: content type %r", url, ctype)
             return None
-        preview = parse_preview(response.effective_url, response.body, charset=params)
+        preview = parse_preview(response.effective_url, body, charset=params)
         return dataclasses.replace(preview, url=url) if preview else None
 
 

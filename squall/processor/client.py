@@ -5,7 +5,9 @@ table of unanswered requests (``max_pending``) and waits for its answer for at
 most ``send_timeout`` seconds. One connection task keeps a TCP stream to the
 processor open (TCP_NODELAY, reconnecting with capped exponential back-off),
 writes every request not yet written on the current stream, and matches
-answers to requests by ``ref``.
+answers to requests by ``ref``. A new stream is used only once both ends have
+proved the link key (:mod:`squall.handshake`): a peer that is not our own
+processor never sees a request.
 
 When the stream breaks, every unanswered request is written again on the next
 one. That is safe because the processor's store is idempotent on
@@ -36,8 +38,9 @@ from tornado.tcpclient import TCPClient
 
 from ..backoff import backoff_delay
 from ..config import Address
-from ..errors import Internal, Rejected, Unavailable
-from ..lines import PROTOCOL_VERSION, Line, LineReader, encode_line
+from ..errors import HandshakeFailed, Internal, Rejected, Unavailable
+from ..handshake import HELLO_TIMEOUT_SECONDS, check_welcome, new_nonce, web_hello
+from ..lines import Line, LineReader, encode_line
 from ..protocol import nick_key
 
 __all__ = ["ProcessorLink"]
@@ -65,6 +68,7 @@ class ProcessorLink:
         self,
         address: Address,
         *,
+        key: bytes,
         on_processed: Callable[[list[dict[str, Any]]], None],
         on_updated: Callable[[dict[str, Any]], None] | None = None,
         max_pending: int = 10_000,
@@ -74,6 +78,7 @@ class ProcessorLink:
         max_line: int = 1024 * 1024,
     ) -> None:
         self.address = address
+        self.key = key
         self.on_processed = on_processed
         self.on_updated = on_updated
         self.max_pending = max_pending
@@ -89,6 +94,7 @@ class ProcessorLink:
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._refused: str | None = None  # why the last handshake failed, logged once
         self.connected = asyncio.Event()
 
     @property
@@ -196,7 +202,6 @@ class ProcessorLink:
                 continue
             if warned:
                 log.warning("processor at %s:%d reachable again", *self.address)
-            attempt = 0
             warned = False
             try:
                 await self._serve(stream)
@@ -205,29 +210,66 @@ class ProcessorLink:
             finally:
                 stream.close()
                 self._stream = None
-                self.connected.clear()
             unreachable_since = loop.time()
-            if not self._closing:
-                log.warning("lost the processor link; %d requests will be resent", len(self._pending))
+            if self.connected.is_set():
+                self.connected.clear()
+                attempt = 0
+                if not self._closing:
+                    log.warning("lost the processor link; %d requests will be resent", len(self._pending))
+            elif not self._closing:  # refused or silent: not our processor, or not yet
+                await asyncio.sleep(backoff_delay(
+                    attempt, low=self.reconnect_min, high=self.reconnect_max, rand=random.random()
+                ))
+                attempt += 1
+
+    async def _read_lines(self, stream: IOStream, reader: LineReader, timeout: float) -> list[Line]:
+        """The next complete lines; raises HandshakeFailed after ``timeout`` s or an overlong line."""
+        lines: list[Line] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not lines:
+            if reader.overflow is not None:
+                raise HandshakeFailed("line_too_long", str(reader.overflow))
+            try:
+                data = await asyncio.wait_for(
+                    stream.read_bytes(_READ_CHUNK, partial=True), max(deadline - loop.time(), 0.0)
+                )
+            except asyncio.TimeoutError:
+                raise HandshakeFailed("hello_timeout", f"no answer within {timeout:g} s") from None
+            lines = reader.receive_data(data)
+        return lines
+
+    async def _handshake(self, stream: IOStream, reader: LineReader) -> list[Line]:
+        """Prove our key and check the processor's proof; the lines that came after."""
+        lines = await self._read_lines(stream, reader, HELLO_TIMEOUT_SECONDS)
+        our_nonce = new_nonce()
+        hello, their_nonce = web_hello(lines[0].value, key=self.key, our_nonce=our_nonce)
+        stream.write(encode_line(hello))
+        lines = lines[1:] or await self._read_lines(stream, reader, HELLO_TIMEOUT_SECONDS)
+        check_welcome(lines[0].value, key=self.key, their_nonce=their_nonce, our_nonce=our_nonce)
+        return lines[1:]
 
     async def _serve(self, stream: IOStream) -> None:
         stream.set_nodelay(True)
         reader = LineReader(max_line=self.max_line)
-        stream.write(encode_line({"op": "hello", "role": "web", "version": PROTOCOL_VERSION}))
-        # Wait for the processor's hello before resending anything: a peer that
-        # is not a Squall processor must not receive our queue.
-        lines: list[Line] = []
-        while not lines and reader.overflow is None:
-            try:
-                lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
-            except StreamClosedError:
-                return  # the processor went away again; _run reconnects
-        hello = lines[0].value if lines else None
-        if hello is None or hello.get("op") != "hello" or hello.get("version") != PROTOCOL_VERSION:
-            log.error("peer at %s:%d is not a Squall processor v%d: %r",
-                      *self.address, PROTOCOL_VERSION, lines[0] if lines else reader.overflow)
+        # Nothing of our queue is written before the processor has proved
+        # that it holds our key: a peer that is not our own processor must
+        # not receive it.
+        try:
+            leftover = await self._handshake(stream, reader)
+        except StreamClosedError:
+            return  # the processor went away again; _run reconnects
+        except HandshakeFailed as exc:
+            reason = f"{exc.code}: {exc.reason}"
+            if reason != self._refused:  # once per kind of failure, not per retry
+                if exc.code == "hello_timeout":  # e.g. a processor child still starting
+                    log.warning("processor at %s:%d did not greet (%s); retrying", *self.address, reason)
+                else:
+                    log.error("processor link to %s:%d not authenticated (%s); is it another"
+                              " instance's processor, or does its secret differ?", *self.address, reason)
+                self._refused = reason
             return
-        leftover = lines[1:]
+        self._refused = None
         self._generation += 1
         self._stream = stream
         for request in list(self._pending.values()):

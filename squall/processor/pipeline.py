@@ -80,13 +80,17 @@ def load_stage(name: str, ctx: StageContext) -> Stage:
     module_name, sep, attribute = name.partition(":")
     if not sep or not module_name or not attribute:
         known = ", ".join(BUILTIN_STAGES)
-        raise ConfigError(f"unknown stage {name!r}: use one of {known} or module:callable")
+        raise ConfigError(f"stages: unknown stage {name!r}: use one of {known} or module:callable")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load stage {name!r}: {exc}") from None
+        raise ConfigError(f"stages: cannot load stage {name!r}: {exc}") from None
+    except Exception as exc:  # the module itself failed while being imported
+        raise ConfigError(
+            f"stages: cannot load stage {name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     if inspect.isclass(target):
         make_stage: Callable[[StageContext], Any] = target
         target = make_stage(ctx)  # a stage with set-up: built once from the context
@@ -105,8 +109,19 @@ class Pipeline:
     def from_settings(cls, ctx: StageContext) -> Pipeline:
         names = list(ctx.settings.stages)
         if "store" not in names:
-            raise ConfigError("the stage list must include 'store', or nothing is ever saved")
-        return cls([(name, load_stage(name, ctx)) for name in names])
+            raise ConfigError("stages must include 'store', or nothing is ever saved")
+        built: list[tuple[str, Stage]] = []
+        for name in names:
+            try:
+                built.append((name, load_stage(name, ctx)))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                log.debug("setting up stage %s failed", name, exc_info=True)
+                raise ConfigError(
+                    f"stages: setting up stage {name!r} failed: {type(exc).__name__}: {exc}"
+                ) from None
+        return cls(built)
 
     def reload(self) -> None:
         """Ask every stage that can (``reload()``) to re-read its files: SIGHUP."""

@@ -1,5 +1,16 @@
 """The processor's TCP server: newline-delimited JSON in, processed messages out.
 
+A connection is served only once its peer has authenticated
+(:mod:`squall.handshake`): the first line must be a web node's ``hello`` with a
+valid proof, within ``hello_timeout`` seconds. Anything else is answered with
+one error line and closed, and logged at most once a minute
+(:class:`~squall.throttled_log.ThrottledLog`), so that neither an HTTP request
+sent to this port nor a flood of them gets anything done.
+
+Every ``process`` request is checked field by field at this boundary with the
+web node's own checks (:mod:`squall.protocol`), so that a request the web node
+would never send is refused alone, before it can fail a group commit.
+
 Each connection reads in large chunks, splits them into lines
 (:class:`~squall.lines.LineReader`) and starts one task per ``process``
 request, so requests are pipelined and answered in whatever order they finish,
@@ -11,41 +22,66 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
-from ..errors import Rejected
-from ..lines import PROTOCOL_VERSION, LineReader, encode_line
+from ..errors import BadRequest, HandshakeFailed, Rejected
+from ..handshake import HELLO_TIMEOUT_SECONDS, check_web_hello, new_nonce, processor_hello, welcome
+from ..lines import Line, LineReader, encode_line
 from ..message import Draft
+from ..protocol import check_client_id, check_nick, check_room
+from ..throttled_log import ThrottledLog
 from .pipeline import Pipeline
 
-__all__ = ["ProcessorServer"]
+__all__ = ["ProcessorServer", "MIN_TS", "MAX_TS"]
 
 log = logging.getLogger("squall.processor")
 
 _READ_CHUNK = 256 * 1024
 _PROCESS_FIELDS = {"room": str, "nick": str, "id": str, "body": str, "ts": int}
+# A `ts` is milliseconds since the epoch, stamped by a web node: anything before
+# 1970 or after the year 9999 is no clock's reading, and would not even fit the
+# store's integer column near 2**63.
+MIN_TS = 0
+MAX_TS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Refused connections are logged at most once per this many seconds.
+REFUSAL_LOG_SECONDS = 60.0
 
 
 class ProcessorServer(TCPServer):
+    """Serves web nodes that prove ``key`` (:func:`squall.handshake.link_key`).
+
+    :param max_line: longest line accepted, in bytes; default 64 KiB.
+    :param max_body_chars: longest body after trimming; default 4000.
+    :param hello_timeout: seconds a new connection has to authenticate; default 5.
+    """
+
     def __init__(
         self,
         pipeline: Pipeline | None = None,
         *,
+        key: bytes,
         on_seen: Callable[[str, str, int], None] | None = None,
         max_line: int = 64 * 1024,
+        max_body_chars: int = 4000,
         max_in_flight: int = 4096,
         max_write_buffer: int = 64 * 1024 * 1024,
+        hello_timeout: float = HELLO_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(max_buffer_size=max(4 * max_line, 2 * _READ_CHUNK))
         self.pipeline = pipeline
+        self.key = key
         self.on_seen = on_seen
         self.max_line = max_line
+        self.max_body_chars = max_body_chars
         self.max_in_flight = max_in_flight
         self.max_write_buffer = max_write_buffer
+        self.hello_timeout = hello_timeout
+        self.refusals = ThrottledLog(log, interval=REFUSAL_LOG_SECONDS)
         self.connections: set[_Connection] = set()
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -66,27 +102,44 @@ class ProcessorServer(TCPServer):
         except OSError:
             pass
         connection = _Connection(self, stream)
+        try:
+            leftover = await connection.authenticate()
+        except HandshakeFailed as exc:
+            connection.send({"op": "error", "code": exc.code, "reason": exc.reason})
+            stream.close()
+            self.refusals.note(
+                f"refused a processor-link connection from {_peer(address)}: {exc.code}: {exc.reason}",
+                now=time.monotonic(),
+            )
+            return
+        except StreamClosedError:
+            return
         self.connections.add(connection)
         try:
-            await connection.run()
+            await connection.run(leftover)
         finally:
             self.connections.discard(connection)
 
     def send_to_all(self, value: dict[str, Any]) -> None:
-        """Send an unasked line (``updated``) to every connected web node."""
+        """Send an unasked line (``updated``) to every authenticated web node."""
         line = encode_line(value)
         for connection in self.connections:
             connection.write(line)
 
 
+def _peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address or "a local socket")
+
+
 class _Connection:
-    __slots__ = ("server", "stream", "reader", "greeted", "in_flight", "_resume")
+    __slots__ = ("server", "stream", "reader", "in_flight", "_resume")
 
     def __init__(self, server: ProcessorServer, stream: IOStream) -> None:
         self.server = server
         self.stream = stream
         self.reader = LineReader(max_line=server.max_line)
-        self.greeted = False
         self.in_flight = 0
         self._resume: asyncio.Event | None = None
 
@@ -100,19 +153,43 @@ class _Connection:
     def send(self, value: dict[str, Any]) -> None:
         self.write(encode_line(value))
 
-    async def run(self) -> None:
-        self.send({"op": "hello", "role": "processor", "version": PROTOCOL_VERSION})
+    async def authenticate(self) -> list[Line]:
+        """Greet, check the peer's hello, welcome it; returns the lines that followed the hello.
+
+        Raises :class:`HandshakeFailed` (answer it and close) or ``StreamClosedError``.
+        """
+        nonce = new_nonce()
+        self.send(processor_hello(nonce))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.hello_timeout
+        lines: list[Line] = []
+        while not lines:
+            if self.reader.overflow is not None:
+                raise HandshakeFailed("line_too_long", f"hello expected: {self.reader.overflow}")
+            remaining = deadline - loop.time()
+            try:
+                data = await asyncio.wait_for(
+                    self.stream.read_bytes(_READ_CHUNK, partial=True), max(remaining, 0.0)
+                )
+            except asyncio.TimeoutError:
+                raise HandshakeFailed(
+                    "hello_timeout", f"no hello within {self.server.hello_timeout:g} s"
+                ) from None
+            lines = self.reader.receive_data(data)
+        their_nonce = check_web_hello(lines[0].value, key=self.server.key, our_nonce=nonce)
+        self.send(welcome(key=self.server.key, their_nonce=their_nonce, our_nonce=nonce))
+        return lines[1:]
+
+    async def run(self, leftover: list[Line]) -> None:
+        """Serve an authenticated peer, starting with what came after its hello."""
         try:
+            self._handle_lines(leftover)
             while True:
                 if self.in_flight >= self.server.max_in_flight:
                     self._resume = asyncio.Event()
                     await self._resume.wait()
                 data = await self.stream.read_bytes(_READ_CHUNK, partial=True)
-                for line in self.reader.receive_data(data):
-                    if line.value is None:
-                        self.send({"op": "error", "code": "bad_json", "reason": line.error})
-                    else:
-                        self.handle(line.value)
+                self._handle_lines(self.reader.receive_data(data))
                 if self.reader.overflow is not None:
                     reason = str(self.reader.overflow)
                     self.send({"op": "error", "code": "line_too_long", "reason": reason})
@@ -121,33 +198,21 @@ class _Connection:
         except StreamClosedError:
             pass
 
+    def _handle_lines(self, lines: list[Line]) -> None:
+        for line in lines:
+            if line.value is None:
+                self.send({"op": "error", "code": "bad_json", "reason": line.error})
+            else:
+                self.handle(line.value)
+
     def handle(self, request: dict[str, Any]) -> None:
         op = request.get("op")
-        if op == "hello":
-            version = request.get("version")
-            if version != PROTOCOL_VERSION:
-                self.send({
-                    "op": "error", "code": "bad_version",
-                    "reason": f"this processor speaks version {PROTOCOL_VERSION}, not {version!r}",
-                })
-                self.stream.close()
-                return
-            self.greeted = True
-        elif op == "ping":
+        if op == "ping":
             self.send({"op": "pong"})
-        elif not self.greeted:
-            self.send({
-                "op": "error", "code": "hello_expected",
-                "reason": f'send {{"op":"hello","version":{PROTOCOL_VERSION}}} first',
-            })
+        elif op == "hello":
+            self.send({"op": "error", "code": "bad_hello", "reason": "hello was already exchanged"})
         elif op == "seen":
-            nick, room, seq = request.get("nick"), request.get("room"), request.get("seq")
-            if isinstance(nick, str) and isinstance(room, str) and isinstance(seq, int):
-                if self.server.on_seen is not None:
-                    self.server.on_seen(nick, room, seq)
-            else:
-                self.send({"op": "error", "code": "bad_field",
-                           "reason": "seen needs 'nick' and 'room' strings and an integer 'seq'"})
+            self._seen(request)
         elif op == "process":
             draft = self._parse_process(request)
             if draft is not None:
@@ -161,6 +226,25 @@ class _Connection:
                 "reason": f"unknown op {op!r}; known ops are hello, ping, process, seen",
                 **({"ref": request["ref"]} if "ref" in request else {}),
             })
+
+    def _seen(self, request: dict[str, Any]) -> None:
+        nick, room, seq = request.get("nick"), request.get("room"), request.get("seq")
+        if not (isinstance(nick, str) and isinstance(room, str)
+                and isinstance(seq, int) and not isinstance(seq, bool)):
+            self.send({"op": "error", "code": "bad_field",
+                       "reason": "seen needs 'nick' and 'room' strings and an integer 'seq'"})
+            return
+        try:
+            check_nick(nick)
+            check_room(room)
+        except BadRequest as exc:
+            self.send({"op": "error", "code": exc.code, "reason": exc.reason})
+            return
+        if not 1 <= seq < 2**63:
+            self.send({"op": "error", "code": "bad_field",
+                       "reason": f"seen's seq must be between 1 and 2**63-1, got {seq}"})
+        elif self.server.on_seen is not None:
+            self.server.on_seen(nick, room, seq)
 
     def _parse_process(self, request: dict[str, Any]) -> Draft | None:
         problems = []
@@ -176,10 +260,25 @@ class _Connection:
                 answer["ref"] = request["ref"]
             self.send(answer)
             return None
-        return Draft(
-            room=request["room"], nick=request["nick"], id=request["id"],
-            body=request["body"], ts=request["ts"],
-        )
+        ref, body, ts = request["ref"], request["body"], request["ts"]
+        try:
+            room = check_room(request["room"])
+            nick = check_nick(request["nick"])
+            cid = check_client_id(request["id"])
+        except BadRequest as exc:
+            self.send({"op": "rejected", "ref": ref, "code": exc.code, "reason": exc.reason})
+            return None
+        if not MIN_TS <= ts <= MAX_TS:
+            self.send({"op": "rejected", "ref": ref, "code": "bad_ts",
+                       "reason": f"ts {ts} is not milliseconds between {MIN_TS} and {MAX_TS}"})
+            return None
+        length = len(body.strip())
+        if length > self.server.max_body_chars:
+            self.send({"op": "rejected", "ref": ref, "code": "body_too_long",
+                       "reason": f"message body has {length} characters, more than the limit"
+                                 f" of {self.server.max_body_chars}"})
+            return None
+        return Draft(room=room, nick=nick, id=cid, body=body, ts=ts)
 
     async def _process(self, ref: Any, draft: Draft) -> None:
         pipeline = self.server.pipeline

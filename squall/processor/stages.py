@@ -200,7 +200,9 @@ def make_fetcher(*, allow: tuple[str, ...], timeout: float, max_bytes: int, conc
 class BatchWriter:
     """Stores messages in batches: everything that arrives while one transaction
     runs goes into the next one (group commit). Each caller gets its own message
-    back only after the transaction that holds it has committed."""
+    back only after the transaction that holds it has committed. A batch that
+    fails is stored again one message at a time, so that only a message that
+    fails alone is refused (its caller gets the exception)."""
 
     def __init__(
         self, store: Store, *, max_batch: int = 512, notify_delay_ms: int | None = None,
@@ -231,15 +233,38 @@ class BatchWriter:
                         [message for message, _ in batch], notify_delay_ms=self.notify_delay_ms
                     )
                 except Exception as exc:
-                    log.exception("storing %d messages failed", len(batch))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    if len(batch) == 1:
+                        self._fail(batch[0], exc)
+                        continue
+                    # One bad message must not cost the others: store each
+                    # alone, so that only the one that fails is refused.
+                    log.warning("storing %d messages failed (%s: %s); storing them one by one",
+                                len(batch), type(exc).__name__, exc)
+                    await self._save_one_by_one(batch)
                     continue
-                for (_, future), message in zip(batch, saved):
-                    if not future.done():
-                        future.set_result(message)
-                if self.on_commit is not None:
-                    self.on_commit(saved)
+                self._committed(batch, saved)
         finally:
             self._running = False
+
+    async def _save_one_by_one(self, batch: list[tuple[Draft, asyncio.Future[Draft]]]) -> None:
+        for item in batch:
+            try:
+                saved = await self.store.save_messages([item[0]], notify_delay_ms=self.notify_delay_ms)
+            except Exception as exc:
+                self._fail(item, exc)
+            else:
+                self._committed([item], saved)
+
+    def _committed(self, batch: list[tuple[Draft, asyncio.Future[Draft]]], saved: list[Draft]) -> None:
+        for (_, future), message in zip(batch, saved):
+            if not future.done():
+                future.set_result(message)
+        if self.on_commit is not None:
+            self.on_commit(saved)
+
+    @staticmethod
+    def _fail(item: tuple[Draft, asyncio.Future[Draft]], exc: Exception) -> None:
+        message, future = item
+        log.error("storing message %s/%s failed", message.room, message.id, exc_info=exc)
+        if not future.done():
+            future.set_exception(exc)

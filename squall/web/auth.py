@@ -8,6 +8,7 @@ Password accounts can add a second token kind beside this one later.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -77,8 +78,16 @@ def load_or_create_secret(configured: str, data_dir: str) -> str:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(value, encoding="ascii")
     temporary.chmod(0o600)
-    temporary.replace(path)
+    # A web node and a processor started together both create it: link() fails
+    # for the second, which then reads the first's, so both sign and prove the
+    # link with one secret (replace() would let each keep its own).
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    finally:
+        temporary.unlink()
     return value

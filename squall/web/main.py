@@ -7,6 +7,7 @@ import logging
 import signal
 
 from ..config import Settings
+from ..errors import ConfigError
 from .node import WebNode
 
 __all__ = ["serve_web"]
@@ -15,13 +16,23 @@ log = logging.getLogger("squall.web")
 
 
 async def serve_web(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
+    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down cleanly.
+
+    Raises :class:`ConfigError` when the port cannot be bound (in use, not ours).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     node = WebNode(settings)
-    await node.start()
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.stop()  # the store's thread and the link's task must not outlive us
+        raise ConfigError(
+            f"port = {settings.port}: cannot listen on {settings.host}:{settings.port}:"
+            f" {exc.strerror or exc}"
+        ) from None
     url = f"http://{settings.host}:{node.port}/"
     log.info("web node listening on %s (processor at %s)", url, settings.processor)
     print(f"Squall is running at {url}", flush=True)

@@ -29,6 +29,7 @@ from ..bus import Bus, open_bus
 from ..config import Settings
 from ..errors import Misdirected
 from ..frames import Broadcast
+from ..handshake import link_key
 from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
@@ -109,6 +110,7 @@ class WebNode:
         self.presence = PresenceTable(grace=settings.poll_grace)
         self.link = ProcessorLink(
             settings.processor_address,
+            key=link_key(self.secret),
             on_processed=self._on_processed,
             on_updated=self._on_updated,
             max_pending=settings.max_pending_sends,
