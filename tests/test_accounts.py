@@ -360,3 +360,34 @@ def test_guests_can_be_turned_off(tmp_path: Any) -> None:
         token = register(closed, "walker")
         assert post(closed, "/api/session", {"nick": "walker", "password": PASSWORD})[0] == 200
         assert me(closed, token)[0] == 200
+
+
+def test_pipelined_polls_with_unchecked_tokens_are_answered_in_order(server: SquallProcess, room: str) -> None:
+    """The first poll with a token the node has not seen waits for the store;
+    the polls behind it on the connection must wait their turn, not pass it."""
+    writer_token = server.session("pipe-writer")
+    for n in range(3):
+        assert post(server, f"/api/rooms/{room}/messages", {"id": f"p{n}", "body": f"m{n}"}, token=writer_token)[0] == 200
+    fresh = [server.session(f"pipe-{n}") for n in range(3)]  # tokens this node has never checked
+    ended = server.session("pipe-ended")
+    assert post(server, "/api/logout", {}, token=ended)[0] == 204
+    polls = [(fresh[0], 1), (fresh[1], 3), (ended, 2), (fresh[2], 2), (fresh[0], 1)]
+
+    async def scenario() -> None:
+        reader, writer = await asyncio.open_connection(*server.address)
+        try:
+            writer.write(b"".join(
+                f"GET /api/rooms/{room}/messages?limit={limit} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+                for token, limit in polls
+            ))
+            answers = []
+            for _ in polls:
+                status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
+                body = json.loads(await reader.readexactly(int(headers["content-length"])))
+                answers.append((status, len(body["messages"]) if status == 200 else body["code"]))
+            assert answers == [(200, 1), (200, 3), (401, "unauthorized"), (200, 2), (200, 1)]
+        finally:
+            await close_writer(writer)
+
+    run_async(scenario())
