@@ -11,7 +11,8 @@ from tornado.web import create_signed_value
 
 from support import run_async
 
-from squall.errors import BadRequest
+from squall.config import load_settings
+from squall.errors import BadRequest, ConfigError
 from squall.identity import check_password, nick_skeleton, nick_skeletons
 from squall.pipeline.richtext import Renderer
 from squall.protocol import BIDI_CONTROLS, check_nick, check_room
@@ -172,3 +173,9 @@ async def _token_cache(path: Path) -> None:
         assert (await cache.check(unknown, now=200)) is None
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("value", [0, 1025])
+def test_password_min_length_out_of_range_is_refused_naming_the_setting(value: int) -> None:
+    with pytest.raises(ConfigError, match="password_min_length must be between 1 and 1024"):
+        load_settings({"password_min_length": value}, environ={})
