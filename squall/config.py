@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .identity import MAX_PASSWORD_CHARS
 
 __all__ = [
     "Settings", "Address", "parse_address", "load_settings", "FIELD_HELP", "BUILTIN_STAGE_NAMES",
@@ -104,6 +105,10 @@ class Settings:
     max_rate_keys: int = 50_000  # users or addresses each rate table tracks; newcomers then share one bucket
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For / -Proto are believed
     allowed_hosts: tuple[str, ...] = ()  # Host names served; () → public_url's host, host, localhost
+
+    # Accounts and identity (docs/protocol.md, "Accounts and sessions").
+    guests: bool = True  # False: POST /api/session needs a password (403 guests_disabled)
+    password_min_length: int = 8  # shortest password an account may have
 
     # The link from web node to processor.
     max_pending_sends: int = 10_000  # queue of sends waiting for the processor
@@ -290,6 +295,11 @@ def _check(settings: Settings) -> None:
     if settings.loop not in {"asyncio", "uvloop"}:
         raise ConfigError(f"loop must be 'asyncio' or 'uvloop', got {settings.loop!r}")
     _check_client_limits(settings)
+    # Accounts and identity.
+    if not 1 <= settings.password_min_length <= MAX_PASSWORD_CHARS:
+        raise ConfigError(
+            f"password_min_length must be between 1 and {MAX_PASSWORD_CHARS}, got {settings.password_min_length}"
+        )
     if settings.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ConfigError("loop = 'uvloop' needs the uvloop package: pip install 'squall[uvloop]'")
     if settings.log_level.lower() not in LOG_LEVELS:

@@ -9,6 +9,7 @@
     │   ├── Forbidden          refused on principle: a foreign Origin, WebSocket off (HTTP 403)
     │   ├── NotFound           unknown route or resource (HTTP 404)
     │   ├── Misdirected        a ``Host`` this server does not answer to (HTTP 421)
+    │   ├── Conflict           a nick someone else holds or looks like (HTTP 409)
     │   ├── TooLarge           a request body over its limit (HTTP 413)
     │   ├── UpgradeRequired    a WebSocket version other than 13 (HTTP 426)
     │   ├── Rejected           the processor's pipeline refused a message (HTTP 422)
@@ -40,6 +41,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "Misdirected",
+    "Conflict",
     "TooLarge",
     "UpgradeRequired",
     "Rejected",
@@ -111,6 +113,11 @@ class Misdirected(ClientError):
 
     status = 421
     default_code = "bad_host"
+
+
+class Conflict(ClientError):
+    status = 409
+    default_code = "conflict"
 
 
 class TooLarge(ClientError):

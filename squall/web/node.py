@@ -37,9 +37,10 @@ from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
-from .auth import TokenCache, load_or_create_secret
+from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
+from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
@@ -53,6 +54,8 @@ _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 HOUSEKEEPING_SECONDS = 1.0
 # How often guests whose every token has expired are deleted from the users table.
 FORGET_GUESTS_SECONDS = 3600.0
+# How often session rows too old for any token to be valid are deleted.
+SESSION_PRUNE_SECONDS = 3600.0
 
 
 class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
@@ -98,8 +101,12 @@ class WebNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.secret = load_or_create_secret(settings.secret, settings.data_dir)
-        self.tokens = TokenCache(self.secret, max_age_days=settings.token_max_age_days)
         self.store: Store = open_store(settings.database_url)
+        self.tokens = TokenCache(
+            self.secret, session_active=self.store.session_active,
+            max_age_days=settings.token_max_age_days,
+        )
+        self.passwords = Passwords()
         self.bus: Bus = open_bus(settings.bus)
         self.hub = Hub(
             self.store,
@@ -134,6 +141,7 @@ class WebNode:
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
         self._forget_guests: PeriodicCallback | None = None
+        self._session_pruning: PeriodicCallback | None = None
         self.stopping = False
 
     # -- life cycle -----------------------------------------------------
@@ -183,6 +191,9 @@ class WebNode:
         self._heartbeat.start()
         self._forget_guests = PeriodicCallback(self._start_forgetting_guests, FORGET_GUESTS_SECONDS * 1000)
         self._forget_guests.start()
+        await self._prune_sessions()
+        self._session_pruning = PeriodicCallback(self._prune_sessions, SESSION_PRUNE_SECONDS * 1000)
+        self._session_pruning.start()
 
     @property
     def port(self) -> int:
@@ -201,7 +212,7 @@ class WebNode:
             self._listener.stop()
         if self._server is not None:
             self._server.stop()
-        for callback in (self._housekeeping, self._heartbeat, self._forget_guests):
+        for callback in (self._housekeeping, self._heartbeat, self._forget_guests, self._session_pruning):
             if callback is not None:
                 callback.stop()
         for handler in list(self.websockets):
@@ -224,6 +235,7 @@ class WebNode:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
         await self.bus.close()
         await self.store.close()
+        self.passwords.close()
 
     def serve_stream(self, stream: IOStream, address: Any) -> None:
         """Serve a connection handed back by a :class:`PollConnection` with Tornado."""
@@ -319,6 +331,13 @@ class WebNode:
         if forgotten:
             log.info("forgot %d guests whose sessions have all expired", forgotten)
         return forgotten
+
+    async def _prune_sessions(self) -> None:
+        oldest = time.time() - self.settings.token_max_age_days * 86400 - MAX_CLOCK_SKEW
+        try:
+            await self.store.forget_sessions(int(oldest))
+        except Exception:
+            log.exception("could not delete expired sessions")
 
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):

@@ -38,10 +38,13 @@ class EventsHandler(BaseHandler):
     closed = False
     _room: str = ""
     _key: str = ""  # the nick, casefolded
+    session_id: str = ""  # ends with that session: WebNode.end_sessions
     _done: asyncio.Future[None] | None = None
 
     async def get(self, room_name: str) -> None:
         nick = self.current_nick()
+        assert self.session is not None
+        self.session_id = self.session.id
         room_name = check_room(room_name)
         since_raw = query_argument(self.request, "since")
         if since_raw is None:  # present but empty is a bad since, not a missing one

@@ -59,7 +59,7 @@ from ..errors import (
 from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
-from .base import BaseHandler, token_from_request
+from .base import BaseHandler
 from .streams import receive, take_socket
 
 if TYPE_CHECKING:
@@ -99,8 +99,8 @@ class WebSocketEndpoint(BaseHandler):
         if node.stopping:
             raise Unavailable("the server is shutting down")
         key = self._check_upgrade()
-        token, _by_cookie = token_from_request(self.request)
-        nick = node.tokens.nick(token, now=time.monotonic())
+        session = self.session  # the token was checked in prepare(), the store asked if need be
+        nick = session.nick if session is not None else None
         address = self.address_key
         if nick is not None:
             node.limits.open_connection(address)  # refused before the upgrade; released in _release
@@ -123,6 +123,7 @@ class WebSocketEndpoint(BaseHandler):
             RefusedConnection(sock, node.settings).start(handshake, leftover)
             return
         connection = ChatConnection(node, sock, nick, address)
+        connection.session_id = session.id if session is not None else ""
         connection.write(handshake)
         connection.start(leftover)
 
@@ -237,7 +238,7 @@ class ChatConnection:
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "address", "rooms", "joins",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
-        "_fragments", "_drained", "_abort_handle",
+        "_fragments", "_drained", "_abort_handle", "session_id",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str, address: str) -> None:
@@ -267,6 +268,7 @@ class ChatConnection:
         self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
+        self.session_id = ""  # ends with that session: WebNode.end_sessions
 
     # -- socket I/O -----------------------------------------------------
 
