@@ -121,7 +121,10 @@ class App {
       this.sendTyping();
     });
     v.scroller.addEventListener("scroll", () => {
-      if (v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
+      // Only a move up is the reader asking for more: the page's own moves
+      // (sticking to the bottom as messages arrive, keeping the view in place
+      // after a prepend) end near the top too while the list barely overflows.
+      if (v.takeScrollUp() && v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
     }, { passive: true });
     v.loadOlder.addEventListener("click", () => this.loadOlder());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));

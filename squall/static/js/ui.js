@@ -64,6 +64,7 @@ export class ChatView {
     this.sendButton = byId("send-button");
     this.liveRegion = byId("live-region");
     this._status = null;
+    this._scrollTopSeen = 0; // see takeScrollUp()
     this._timeFormat = null;
     this._dateFormat = null;
   }
@@ -351,6 +352,7 @@ export class ChatView {
       this._insertBySeq(item, message.seq);
     }
     this.scroller.scrollTop = top + (this.scroller.scrollHeight - before);
+    this._scrollTopSeen = this.scroller.scrollTop;
   }
 
   _insertBySeq(item, seq) {
@@ -403,6 +405,20 @@ export class ChatView {
 
   scrollToBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
+    this._scrollTopSeen = this.scroller.scrollTop;
+  }
+
+  /**
+   * Whether the scroller moved up since the last call or the page's own last move.
+   * Call it from the scroll handler: the page's moves (scrollToBottom, the prepend
+   * in prependMessages) are recorded as they are made, so a scroll event they cause
+   * never reads as the reader scrolling up, whichever frame it is dispatched in.
+   */
+  takeScrollUp() {
+    const top = this.scroller.scrollTop;
+    const movedUp = top < this._scrollTopSeen;
+    this._scrollTopSeen = top;
+    return movedUp;
   }
 
   _formatTime(date) {
