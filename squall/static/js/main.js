@@ -1,7 +1,8 @@
 // The page: wires the session, the Connection, the store and the view together.
 
-import { ApiError, createSession, fetchMessages } from "./api.js";
+import { ApiError, createAccount, createSession, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
+import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
@@ -55,6 +56,13 @@ class App {
     this.lastTypingSent = 0;
     this.composing = false;
     this.typingTimer = null;
+    this.signingIn = false;
+    this.settings = new SettingsPanel(translator, {
+      session: () => this.session,
+      update: (changes) => this.updateSession(changes),
+      signOut: () => this.signOut(),
+      sessionEnded: () => this.sessionEnded(),
+    });
   }
 
   t(key, params) {
@@ -65,7 +73,11 @@ class App {
     const v = this.view;
     v.loginForm.addEventListener("submit", (event) => {
       event.preventDefault();
-      this.signIn(v.nickInput.value.trim());
+      this.signIn(v.loginMode, v.nickInput.value.trim(), v.passwordInput.value);
+    });
+    v.loginModeField.addEventListener("change", () => {
+      v.renderLoginMode();
+      v.showLoginErrors();
     });
     v.joinForm.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -128,14 +140,7 @@ class App {
     }, { passive: true });
     v.loadOlder.addEventListener("click", () => this.loadOlder());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
-    v.signout.addEventListener("click", () => this.signOut());
-    v.notifyButton.addEventListener("click", async () => {
-      try {
-        await Notification.requestPermission();
-      } finally {
-        this.renderNotifyButton();
-      }
-    });
+    this.settings.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     document.addEventListener("keydown", (event) => this.onShortcut(event));
     document.addEventListener("visibilitychange", () => {
@@ -145,6 +150,7 @@ class App {
   }
 
   onShortcut(event) {
+    if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
       this.view.roomsToggle.focus();
@@ -167,50 +173,127 @@ class App {
     else this.view.showLogin();
   }
 
-  async signIn(nick) {
-    this.view.showNickError("");
+  /** The sign-in screen's submit: `mode` is `guest`, `signin` or `create`. */
+  async signIn(mode, nick, password) {
+    const v = this.view;
+    v.showLoginErrors();
+    if (mode !== "guest" && !password) {
+      v.showLoginErrors({ password: this.t("login.error.password_required") });
+      v.passwordInput.focus();
+      return;
+    }
+    if (this.signingIn) return;
+    this.signingIn = true;
+    v.setLoginBusy(true);
     try {
-      const session = await createSession(nick);
-      writeJson(SESSION_KEY, { nick: session.nick, token: session.token });
+      const session = mode === "create"
+        ? await createAccount(nick, password)
+        : await createSession(nick, mode === "signin" ? password : undefined);
+      v.passwordInput.value = "";
       this.startChat(session);
     } catch (error) {
-      const key = error instanceof ApiError && error.status < 500 ? "login.error.bad_nick" : "login.error.network";
-      this.view.showNickError(this.t(key));
+      const errors = this.loginErrors(error, mode);
+      v.showLoginErrors(errors);
+      if (errors.nick) v.nickInput.focus();
+      else if (errors.password) v.passwordInput.focus();
+    } finally {
+      this.signingIn = false;
+      v.setLoginBusy(false);
     }
   }
 
-  signOut() {
+  /** What went wrong, in words, keyed by the field it belongs beside. */
+  loginErrors(error, mode) {
+    if (!(error instanceof ApiError)) return { form: this.t("login.error.network") };
+    switch (error.code) {
+      case "bad_nick":
+        return { nick: this.t("login.error.bad_nick") };
+      case "nick_taken":
+        return { nick: this.t(mode === "create" ? "login.error.nick_taken.create" : "login.error.nick_taken.guest") };
+      case "weak_password":
+        return { password: this.t("login.error.weak_password") };
+      case "bad_credentials":
+        return { password: this.t("login.error.bad_credentials") };
+      case "guests_disabled":
+        return { form: this.t("login.error.guests_disabled") };
+      case "rate_limited":
+        return { form: this.t("login.error.rate_limited", { seconds: Math.ceil(error.retryAfter ?? 1) }) };
+      default:
+        return { form: this.t("login.error.unknown", { reason: error.reason || error.code }) };
+    }
+  }
+
+  /**
+   * "Sign out": the live connection closes first (so that nothing renews the
+   * token behind our back), then the server forgets the token, then the page.
+   */
+  async signOut() {
+    const session = this.session;
+    this.stopChat();
+    if (session) {
+      try {
+        await logout(session.token);
+      } catch {
+        // Offline, or the token had already ended: either way it is gone from here.
+      }
+    }
+    this.view.showLogin(session?.registered ? { nick: session.nick, mode: "signin" } : {});
+  }
+
+  /** The server no longer knows our token (revoked, expired, password changed elsewhere). */
+  sessionEnded() {
+    const session = this.session;
+    this.stopChat();
+    this.view.showLogin({ nick: session?.nick ?? "", mode: "signin", error: this.t("login.error.session_ended") });
+  }
+
+  stopChat() {
+    this.settings.close();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
+    this.session = null;
     writeJson(SESSION_KEY, null);
     writeJson(ROOMS_KEY, null);
     this.view.setTitle(0);
-    this.view.showLogin();
+  }
+
+  updateSession(changes) {
+    if (!this.session) return;
+    this.session = { ...this.session, ...changes };
+    writeJson(SESSION_KEY, this.session);
   }
 
   async renewToken() {
+    // A password change here gave us a new token; the connection still had the old one.
+    if (this.session && this.connection && this.session.token !== this.connection.token) return this.session.token;
+    if (this.session?.registered) {
+      // An account's token is not renewed without its password.
+      this.sessionEnded();
+      throw new Error("session ended");
+    }
     // The guest session expired or the secret changed: the same nick again.
     try {
       const session = await createSession(this.session.nick);
-      this.session = { nick: session.nick, token: session.token };
-      writeJson(SESSION_KEY, this.session);
+      this.updateSession({ token: session.token });
       return session.token;
     } catch (error) {
       if (error instanceof ApiError && error.status < 500) {
-        this.signOut();
-        this.view.showNickError(this.t("login.error.bad_nick"));
+        const nick = this.session?.nick ?? "";
+        this.stopChat();
+        this.view.showLogin({ nick });
+        this.view.showLoginErrors(this.loginErrors(error, "guest"));
       }
       throw error;
     }
   }
 
   startChat(session) {
-    this.session = { nick: session.nick, token: session.token };
+    this.session = { nick: session.nick, token: session.token, registered: session.registered === true };
+    writeJson(SESSION_KEY, this.session);
     this.store = new ChatStore(session.nick);
     this.view.showApp();
     this.view.renderMe(session.nick);
-    this.renderNotifyButton();
     this.connection = new Connection({
       token: session.token,
       forced: forcedTransport(),
@@ -455,15 +538,12 @@ class App {
     }
   }
 
-  renderNotifyButton() {
-    this.view.renderNotifyButton("Notification" in window && Notification.permission === "default");
-  }
-
   async setLanguage(lang) {
     if (!LANGUAGES.includes(lang)) return;
     saveLanguage(lang);
     this.translator = await loadTranslator(lang);
     this.view.setTranslator(this.translator);
+    this.settings.setTranslator(this.translator);
     this.view.langSelect.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();
