@@ -41,6 +41,10 @@ function roomFromHash() {
   return name && normaliseRoom(name) === name ? name : null;
 }
 
+function trimStop(text) {
+  return String(text ?? "").trim().replace(/[.。]$/, "");
+}
+
 function forcedTransport() {
   const wanted = new URLSearchParams(location.search).get("transport");
   return Object.values(Kind).includes(wanted) ? wanted : null;
@@ -205,13 +209,16 @@ class App {
   /** What went wrong, in words, keyed by the field it belongs beside. */
   loginErrors(error, mode) {
     if (!(error instanceof ApiError)) return { form: this.t("login.error.network") };
+    // The server's reason says which rule applies (registered, online, a look-alike;
+    // the password's length); the words around it are the reader's language.
+    const reason = trimStop(error.reason) || error.code;
     switch (error.code) {
       case "bad_nick":
         return { nick: this.t("login.error.bad_nick") };
       case "nick_taken":
-        return { nick: this.t(mode === "create" ? "login.error.nick_taken.create" : "login.error.nick_taken.guest") };
+        return { nick: this.t(`login.error.nick_taken.${mode === "create" ? "create" : "guest"}`, { reason }) };
       case "weak_password":
-        return { password: this.t("login.error.weak_password") };
+        return { password: this.t("login.error.weak_password", { reason }) };
       case "bad_credentials":
         return { password: this.t("login.error.bad_credentials") };
       case "guests_disabled":
@@ -265,6 +272,10 @@ class App {
   }
 
   async renewToken() {
+    // A password change ends every session of the account, this one's too: its 4001
+    // can arrive before the answer that carries the new token. Wait for that answer.
+    await this.settings.passwordChange;
+    if (!this.session) throw new Error("signed out");
     // A password change here gave us a new token; the connection still had the old one.
     if (this.session && this.connection && this.session.token !== this.connection.token) return this.session.token;
     if (this.session?.registered) {

@@ -40,6 +40,8 @@ export class SettingsPanel {
     this.notifyButton = byId("notify-button");
     this.signOutButton = byId("signout-button");
     this._opened = 0; // counts openings, so that a late answer for an earlier one is dropped
+    // Settles (never rejects) when the password change in flight, if any, has its answer.
+    this.passwordChange = Promise.resolve();
   }
 
   bind() {
@@ -164,7 +166,12 @@ export class SettingsPanel {
     }
   }
 
-  async changePassword() {
+  changePassword() {
+    this.passwordChange = this._changePassword();
+    return this.passwordChange;
+  }
+
+  async _changePassword() {
     const current = this.currentPassword.value;
     const next = this.newPassword.value;
     showFieldError(this.currentPassword, this.currentPasswordError, "");
