@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .identity import MAX_PASSWORD_CHARS
 
 __all__ = ["Settings", "Address", "parse_address", "load_settings", "FIELD_HELP"]
 
@@ -73,6 +74,10 @@ class Settings:
     socket_send_buffer: int = 0  # SO_SNDBUF of WebSocket sockets; 0 keeps the kernel's autotuning
     max_rooms_per_connection: int = 100
     token_max_age_days: float = 30.0
+
+    # Accounts and identity (docs/protocol.md, "Accounts and sessions").
+    guests: bool = True  # False: POST /api/session needs a password (403 guests_disabled)
+    password_min_length: int = 8  # shortest password an account may have
 
     # The link from web node to processor.
     max_pending_sends: int = 10_000  # queue of sends waiting for the processor
@@ -219,5 +224,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"notify_delay must be 0 or more, got {settings.notify_delay}")
     if settings.loop not in {"asyncio", "uvloop"}:
         raise ConfigError(f"loop must be 'asyncio' or 'uvloop', got {settings.loop!r}")
+    # Accounts and identity.
+    if not 1 <= settings.password_min_length <= MAX_PASSWORD_CHARS:
+        raise ConfigError(
+            f"password_min_length must be between 1 and {MAX_PASSWORD_CHARS}, got {settings.password_min_length}"
+        )
     settings.processor_address  # noqa: B018 - validates the address
     settings.listen_address  # noqa: B018

@@ -8,6 +8,7 @@
     │   ├── Unauthorized       missing, forged or expired token (HTTP 401, close 4001)
     │   ├── Forbidden          refused on principle: a foreign Origin, WebSocket off (HTTP 403)
     │   ├── NotFound           unknown route or resource (HTTP 404)
+    │   ├── Conflict           a nick someone else holds or looks like (HTTP 409)
     │   ├── TooLarge           a request body over its limit (HTTP 413)
     │   ├── UpgradeRequired    a WebSocket version other than 13 (HTTP 426)
     │   ├── Rejected           the processor's pipeline refused a message (HTTP 422)
@@ -34,6 +35,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "Conflict",
     "TooLarge",
     "UpgradeRequired",
     "Rejected",
@@ -88,6 +90,11 @@ class Forbidden(ClientError):
 class NotFound(ClientError):
     status = 404
     default_code = "not_found"
+
+
+class Conflict(ClientError):
+    status = 409
+    default_code = "conflict"
 
 
 class TooLarge(ClientError):

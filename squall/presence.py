@@ -5,11 +5,19 @@ A nick is online in a room while it holds at least one open connection there
 ``grace`` seconds. Every call returns the transitions it caused, as
 ``(room, nick, "online" | "offline")``, for the caller to broadcast.
 Time is an argument, so expiry is tested without a clock.
+
+Across rooms, the table also answers who is online anywhere
+(:meth:`PresenceTable.online`) and who online looks like a given nick
+(:meth:`PresenceTable.lookalike`, by confusable skeleton): a guest may not take
+either. Both are kept up to date at each transition, so a question costs a
+dictionary look-up, not a walk over everyone online.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+from .identity import nick_skeletons
 
 __all__ = ["PresenceTable", "Transition"]
 
@@ -24,16 +32,56 @@ class PresenceTable:
         # room → nick_key → poll expiry time
         self._polls: defaultdict[str, dict[str, float]] = defaultdict(dict)
         self._spelling: dict[str, str] = {}  # nick_key → nick as the user wrote it
+        self._rooms_online: dict[str, int] = {}  # nick_key → rooms it is online in
+        self._skeletons: dict[str, frozenset[str]] = {}  # nick_key online → its skeletons
+        self._by_skeleton: defaultdict[str, set[str]] = defaultdict(set)  # skeleton → nick_keys
 
     def _online(self, room: str, key: str) -> bool:
         return key in self._connections.get(room, ()) or key in self._polls.get(room, ())
+
+    def _came(self, key: str, nick: str) -> None:
+        """``key`` went online in one more room."""
+        count = self._rooms_online.get(key, 0)
+        self._rooms_online[key] = count + 1
+        if count == 0:
+            skeletons = self._skeletons[key] = nick_skeletons(nick)
+            for skeleton in skeletons:
+                self._by_skeleton[skeleton].add(key)
+
+    def _went(self, key: str) -> None:
+        """``key`` went offline in one room."""
+        count = self._rooms_online.get(key, 0) - 1
+        if count > 0:
+            self._rooms_online[key] = count
+            return
+        self._rooms_online.pop(key, None)
+        for skeleton in self._skeletons.pop(key, ()):
+            keys = self._by_skeleton[skeleton]
+            keys.discard(key)
+            if not keys:
+                del self._by_skeleton[skeleton]
+
+    def online(self, key: str) -> str | None:
+        """The nick as spelled if ``key`` is online in any room, else None."""
+        return self._spelling.get(key, key) if key in self._rooms_online else None
+
+    def lookalike(self, nick: str, *, besides: str) -> str | None:
+        """An online nick (other than the user ``besides``) that looks like ``nick``."""
+        for skeleton in nick_skeletons(nick):
+            for key in self._by_skeleton.get(skeleton, ()):
+                if key != besides:
+                    return self._spelling.get(key, key)
+        return None
 
     def connect(self, room: str, nick: str, key: str) -> list[Transition]:
         was_online = self._online(room, key)
         counts = self._connections[room]
         counts[key] = counts.get(key, 0) + 1
         self._spelling[key] = nick
-        return [] if was_online else [(room, nick, "online")]
+        if was_online:
+            return []
+        self._came(key, nick)
+        return [(room, nick, "online")]
 
     def disconnect(self, room: str, key: str) -> list[Transition]:
         counts = self._connections.get(room)
@@ -47,6 +95,7 @@ class PresenceTable:
             del self._connections[room]
         if self._online(room, key):
             return []
+        self._went(key)
         return [(room, self._spelling.get(key, key), "offline")]
 
     def poll(self, room: str, nick: str, key: str, *, now: float, wait: float = 0.0) -> list[Transition]:
@@ -54,7 +103,10 @@ class PresenceTable:
         was_online = self._online(room, key)
         self._polls[room][key] = now + wait + self.grace
         self._spelling[key] = nick
-        return [] if was_online else [(room, nick, "online")]
+        if was_online:
+            return []
+        self._came(key, nick)
+        return [(room, nick, "online")]
 
     def expire(self, *, now: float) -> list[Transition]:
         """Drop pollers whose grace has run out."""
@@ -64,6 +116,7 @@ class PresenceTable:
             for key in [k for k, until in polls.items() if until <= now]:
                 del polls[key]
                 if not self._online(room, key):
+                    self._went(key)
                     changes.append((room, self._spelling.get(key, key), "offline"))
             if not polls:
                 del self._polls[room]

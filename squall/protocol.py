@@ -8,13 +8,16 @@ so the whole table of bad inputs is tested without a server.
 
 Names are checked here too: nicks (1–32 Unicode letters, digits, ``_ - .``,
 compared case-insensitively through :func:`nick_key`) and rooms
-(``[a-z0-9][a-z0-9_-]{0,63}``).
+(``[a-z0-9][a-z0-9_-]{0,63}``). Bidirectional controls (:data:`BIDI_CONTROLS`)
+are named in the refusal: they reorder the text around them on screen, the
+"Trojan Source" trick, so a name holding one could pose as another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,13 +28,19 @@ from .errors import BadRequest
 __all__ = [
     "Join", "Leave", "Send", "Typing", "Ping", "Command",
     "parse_command", "check_room", "check_nick", "nick_key", "check_client_id",
-    "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK",
+    "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK", "BIDI_CONTROLS",
 ]
 
 MAX_NICK = 32
 MAX_CLIENT_ID = 64
 _ROOM = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NICK_PUNCTUATION = frozenset("_-.")
+# Explicit bidirectional formatting characters (UAX #9 section 2): embeddings and
+# overrides U+202A-202E, isolates U+2066-2069, and the marks LRM, RLM and ALM.
+BIDI_CONTROLS = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)] + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200e", "\u200f", "\u061c"]
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,9 +74,20 @@ class Ping:
 Command = Join | Leave | Send | Typing | Ping
 
 
+def _refuse_bidi(text: str, what: str, code: str) -> None:
+    for char in text:
+        if char in BIDI_CONTROLS:
+            raise BadRequest(
+                f"{what} may not contain the bidirectional control character"
+                f" U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})",
+                code=code,
+            )
+
+
 def check_room(room: object) -> str:
     if not isinstance(room, str):
         raise BadRequest(f"room must be a string, got {_kind(room)}", code="bad_room")
+    _refuse_bidi(room, "room name", "bad_room")
     if not _ROOM.fullmatch(room):
         shown = room if len(room) <= 80 else room[:77] + "..."
         raise BadRequest(
@@ -85,6 +105,7 @@ def check_nick(nick: object) -> str:
         raise BadRequest(
             f"nick must be 1-{MAX_NICK} characters, got {len(nick)}", code="bad_nick"
         )
+    _refuse_bidi(nick, "nick", "bad_nick")
     for char in nick:
         if not (char.isalnum() or char in _NICK_PUNCTUATION):
             raise BadRequest(

@@ -266,9 +266,10 @@ class SquallProcess:
         finally:
             connection.close()
 
-    def session(self, nick: str) -> str:
-        """A session token for ``nick``."""
-        status, body = self.api("POST", "/api/session", {"nick": nick})
+    def session(self, nick: str, *, token: str | None = None) -> str:
+        """A guest session token for ``nick``; with the ``token`` of its holder
+        (a nick that is online is refused to anyone else)."""
+        status, body = self.api("POST", "/api/session", {"nick": nick}, token=token)
         assert status == 200, (status, body)
         return str(body["token"])
 

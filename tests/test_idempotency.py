@@ -105,7 +105,7 @@ def test_same_id_over_websocket_then_http(server: SquallProcess, room: str) -> N
 
 def test_same_id_from_another_nick_is_another_message(server: SquallProcess, room: str) -> None:
     alice, bob = server.session("Alice"), server.session("bob")
-    alice_again = server.session("ALICE")  # the same user, spelled otherwise
+    alice_again = server.session("ALICE", token=alice)  # the same user, spelled otherwise
     path = f"/api/rooms/{room}/messages"
     assert server.api("POST", path, {"id": "shared", "body": "from alice"}, token=alice)[1]["seq"] == 1
     assert server.api("POST", path, {"id": "shared", "body": "from bob"}, token=bob)[1]["seq"] == 2

@@ -20,7 +20,12 @@ This module walks the syntax tree and writes the HTML itself, which lets it
   (decided on the parser's decoded URL, so entities, mixed case, tabs and
   control characters in ``java&#x09;script:`` cannot sneak through); any other
   link is rendered as its text,
-* add ``rel="nofollow noopener noreferrer"`` and ``target="_blank"`` to links.
+* add ``rel="nofollow noopener noreferrer"`` and ``target="_blank"`` to links,
+* drop bidirectional control characters (:data:`~squall.protocol.BIDI_CONTROLS`):
+  an unterminated override reorders everything after it on the page, the
+  message's author, the next message, code that reads differently from what it
+  is ("Trojan Source", CVE-2021-42574). The HTML carries the text without them;
+  the stored ``body`` is left as it was typed.
 
 The result then goes through ``nh3`` (ammonia) with an allow-list of exactly the
 tags and attributes written above: a second wall, so a bug in the walk cannot
@@ -43,6 +48,8 @@ from urllib.parse import urlsplit
 
 import nh3
 from markdown_it_pyrs import MarkdownIt, Node
+
+from ..protocol import BIDI_CONTROLS
 
 if TYPE_CHECKING:
     from markdown_it_pyrs.markdown_it_pyrs import _PLUGIN_NAME
@@ -76,6 +83,7 @@ _PLAIN_LINE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]([^\x00-\x1f
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 LINK_REL = "nofollow noopener noreferrer"
 _PREVIEW_SCHEMES = frozenset({"http", "https"})
+_BIDI = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 # A fence's info string names a language; keep it as a class only if it is tame.
 _LANG = re.compile(r"[A-Za-z0-9_+\-.#]{1,32}")
@@ -215,8 +223,10 @@ class Renderer:
         """Return the sanitised HTML of ``body`` and the http(s) URLs it links.
 
         Never raises for any input: if the parser fails, the body is rendered as
-        escaped plain text with no links.
+        escaped plain text with no links. Bidirectional controls are dropped.
         """
+        if _BIDI.search(body):
+            body = _BIDI.sub("", body)
         if _PLAIN_LINE.fullmatch(body):
             # Most chat lines are one line of plain words: nothing in them can
             # start Markdown, a link or an entity, and the parse would give

@@ -9,19 +9,43 @@ source of truth: it assigns each room's ``seq`` and refuses to store the same
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..message import Draft
 
-__all__ = ["Store", "open_store", "Notification", "User"]
+__all__ = ["Store", "open_store", "Notification", "User", "GuestSession", "Registration"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class User:
     nick: str
     email: str | None
+    password_hash: str | None = None  # argon2id; None for a guest
+
+    @property
+    def registered(self) -> bool:
+        return self.password_hash is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    """What :meth:`Store.register` did: ``taken_by`` names the registered nick
+    that blocked it (nothing changed then); else ``revoked`` lists the guest
+    sessions of that nick that ended."""
+
+    taken_by: str | None
+    revoked: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuestSession:
+    """A guest session the store opened: the nick's canonical spelling, and the
+    sessions of earlier holders of that nick that it revoked."""
+
+    nick: str
+    revoked: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +99,56 @@ class Store(Protocol):
         """Map casefolded nicks to canonical nicks, for the ones that exist."""
 
     async def get_user(self, key: str) -> User | None: ...
+
+    # -- accounts and sessions (docs/protocol.md, "Accounts and sessions") --
+    #
+    # A session is a row (id, nick_key, created, revoked). A token names its
+    # session id; a token is good while its row exists and is not revoked.
+    # Times are seconds since the epoch.
+
+    async def registered_lookalike(self, skeletons: Collection[str]) -> str | None:
+        """The nick of a registered user whose confusable skeleton is one of ``skeletons``."""
+
+    async def register(
+        self, nick: str, *, password_hash: str, skeleton: str, lookalikes: Collection[str],
+        session_id: str, now: int,
+    ) -> Registration:
+        """Make ``nick`` an account and open its first session, in one transaction.
+
+        ``skeleton`` is stored with it (unique among registered users). Refused
+        (``taken_by``) if a registered user has the same nick or a skeleton in
+        ``lookalikes``. A guest user of that nick becomes the account: its
+        e-mail address is cleared and every guest session of it is revoked.
+        """
+
+    async def open_guest_session(
+        self, nick: str, session_id: str, *, now: int, takeover: bool
+    ) -> GuestSession | None:
+        """Remember a guest and open a session for it; None if ``nick`` is registered.
+
+        With ``takeover``, the nick changes hands: the other sessions of that
+        nick are revoked (and listed in the answer).
+        """
+
+    async def open_session(self, key: str, session_id: str, *, now: int) -> None:
+        """Open another session for the (registered) user ``key``."""
+
+    async def session_active(self, session_id: str, key: str) -> bool:
+        """Whether the session exists, belongs to ``key`` and is not revoked."""
+
+    async def revoke_session(self, session_id: str, *, now: int) -> None: ...
+
+    async def change_password(
+        self, key: str, *, password_hash: str, session_id: str, now: int
+    ) -> tuple[str, ...]:
+        """Set a new password hash, revoke every session of ``key`` and open
+        ``session_id``, in one transaction; returns the revoked session ids."""
+
+    async def update_password_hash(self, key: str, password_hash: str) -> None:
+        """Store a re-hash of the same password (stronger parameters); sessions stay."""
+
+    async def forget_sessions(self, created_before: int) -> None:
+        """Delete session rows older than any token could be (they are expired)."""
 
     async def set_email(self, key: str, email: str | None) -> None: ...
 

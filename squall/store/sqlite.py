@@ -23,7 +23,7 @@ import dataclasses
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ import orjson
 
 from ..message import Draft
 from ..protocol import nick_key
-from . import Notification, User
+from . import GuestSession, Notification, Registration, User
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "earlier_copies_sql"]
 
@@ -88,6 +88,20 @@ _MIGRATIONS: list[str] = [
         UNIQUE (nick_key, room, seq)
     );
     CREATE INDEX notifications_due ON notifications (state, due);
+    """,
+    # 3: accounts (password_hash is set for registered users, with their
+    # confusable skeleton, unique among them) and revocable sessions.
+    """
+    ALTER TABLE users ADD COLUMN skeleton TEXT;
+    CREATE UNIQUE INDEX users_by_skeleton ON users (skeleton);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        nick_key TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        revoked INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_user ON sessions (nick_key);
+    CREATE INDEX sessions_by_age ON sessions (created);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -329,10 +343,132 @@ class SQLiteStore:
 
     async def get_user(self, key: str) -> User | None:
         async with self.db.execute(
-            "SELECT nick, email FROM users WHERE nick_key = ?", (key,)
+            "SELECT nick, email, password_hash FROM users WHERE nick_key = ?", (key,)
         ) as cursor:
             row = await cursor.fetchone()
-        return User(nick=row[0], email=row[1]) if row else None
+        return User(nick=row[0], email=row[1], password_hash=row[2]) if row else None
+
+    # -- accounts and sessions ------------------------------------------
+
+    async def registered_lookalike(self, skeletons: Collection[str]) -> str | None:
+        wanted = list(skeletons)
+        if not wanted:
+            return None
+        async with self.db.execute(
+            f"SELECT nick FROM users WHERE skeleton IN ({','.join('?' * len(wanted))})"
+            " AND password_hash IS NOT NULL",
+            wanted,
+        ) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def register(
+        self, nick: str, *, password_hash: str, skeleton: str, lookalikes: Collection[str],
+        session_id: str, now: int,
+    ) -> Registration:
+        return await self._in_writer(
+            self._register, nick, password_hash, skeleton, list(lookalikes), session_id, now
+        )
+
+    def _register(
+        self, nick: str, password_hash: str, skeleton: str, lookalikes: list[str], session_id: str, now: int
+    ) -> Registration:
+        key = nick_key(nick)
+        wanted = [skeleton, *lookalikes]
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT nick FROM users WHERE password_hash IS NOT NULL"
+                f" AND (nick_key = ? OR skeleton IN ({','.join('?' * len(wanted))}))",
+                (key, *wanted),
+            ).fetchone()
+            if row is not None:
+                return Registration(taken_by=str(row[0]))
+            # A guest row of this nick becomes the account; the guest's e-mail
+            # address is not the registrant's.
+            db.execute(
+                "INSERT INTO users (nick_key, nick, email, password_hash, skeleton, created)"
+                " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (nick_key) DO UPDATE SET"
+                " nick = excluded.nick, email = NULL, password_hash = excluded.password_hash,"
+                " skeleton = excluded.skeleton",
+                (key, nick, password_hash, skeleton, now),
+            )
+            revoked = tuple(r[0] for r in db.execute(
+                "UPDATE sessions SET revoked = ? WHERE nick_key = ? AND revoked IS NULL RETURNING id",
+                (now, key),
+            ))
+            db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES (?, ?, ?)", (session_id, key, now)
+            )
+        return Registration(taken_by=None, revoked=revoked)
+
+    async def open_guest_session(
+        self, nick: str, session_id: str, *, now: int, takeover: bool
+    ) -> GuestSession | None:
+        return await self._in_writer(self._open_guest_session, nick, session_id, now, takeover)
+
+    def _open_guest_session(self, nick: str, session_id: str, now: int, takeover: bool) -> GuestSession | None:
+        key = nick_key(nick)
+        with self._transaction() as db:
+            row = db.execute(
+                "INSERT INTO users (nick_key, nick, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (nick_key) DO UPDATE SET nick_key = excluded.nick_key"
+                " RETURNING nick, password_hash",
+                (key, nick, now),
+            ).fetchone()
+            if row[1] is not None:
+                return None  # registered meanwhile; the upsert changed nothing
+            revoked: list[str] = []
+            if takeover:
+                revoked = [r[0] for r in db.execute(
+                    "UPDATE sessions SET revoked = ? WHERE nick_key = ? AND revoked IS NULL RETURNING id",
+                    (now, key),
+                )]
+            db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES (?, ?, ?)", (session_id, key, now)
+            )
+        return GuestSession(nick=str(row[0]), revoked=tuple(revoked))
+
+    async def open_session(self, key: str, session_id: str, *, now: int) -> None:
+        await self._write(
+            "INSERT INTO sessions (id, nick_key, created) VALUES (?, ?, ?)", [(session_id, key, now)]
+        )
+
+    async def session_active(self, session_id: str, key: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM sessions WHERE id = ? AND nick_key = ? AND revoked IS NULL", (session_id, key)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def revoke_session(self, session_id: str, *, now: int) -> None:
+        await self._write(
+            "UPDATE sessions SET revoked = ? WHERE id = ? AND revoked IS NULL", [(now, session_id)]
+        )
+
+    async def change_password(
+        self, key: str, *, password_hash: str, session_id: str, now: int
+    ) -> tuple[str, ...]:
+        return await self._in_writer(self._change_password, key, password_hash, session_id, now)
+
+    def _change_password(self, key: str, password_hash: str, session_id: str, now: int) -> tuple[str, ...]:
+        with self._transaction() as db:
+            db.execute("UPDATE users SET password_hash = ? WHERE nick_key = ?", (password_hash, key))
+            revoked = tuple(r[0] for r in db.execute(
+                "UPDATE sessions SET revoked = ? WHERE nick_key = ? AND revoked IS NULL RETURNING id",
+                (now, key),
+            ))
+            db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES (?, ?, ?)", (session_id, key, now)
+            )
+        return revoked
+
+    async def update_password_hash(self, key: str, password_hash: str) -> None:
+        await self._write(
+            "UPDATE users SET password_hash = ? WHERE nick_key = ? AND password_hash IS NOT NULL",
+            [(password_hash, key)],
+        )
+
+    async def forget_sessions(self, created_before: int) -> None:
+        await self._write("DELETE FROM sessions WHERE created < ?", [(created_before,)])
 
     async def room_posters(self, room: str, limit: int) -> list[str]:
         async with self.db.execute(

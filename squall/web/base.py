@@ -11,6 +11,7 @@ from tornado.httputil import HTTPServerRequest, parse_cookie
 from tornado.web import HTTPError, RequestHandler
 
 from ..errors import BadRequest, ClientError, TooLarge, Unauthorized
+from .auth import Session
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -25,7 +26,7 @@ COOKIE_NAME = "squall_token"
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "too_large", 429: "rate_limited",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 429: "rate_limited",
 }
 
 
@@ -64,8 +65,10 @@ class BaseHandler(RequestHandler):
 
     def initialize(self, node: WebNode) -> None:
         self.node = node
-        self._nick: str | None = None
+        self._token: str | None = None
         self._by_cookie = False
+        self.session: Session | None = None  # the caller's live session, if it sent one
+        self._xsrf_checked = False
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -73,26 +76,31 @@ class BaseHandler(RequestHandler):
 
     # -- authentication -------------------------------------------------
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
         limit = self.node.settings.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body has {length} bytes, more than the limit of {limit}")
+        # Whether the session is live may take a store read (the first time this
+        # node sees the token); handlers then ask current_nick() without waiting.
+        self._token, self._by_cookie = token_from_request(self.request)
+        if self._token:
+            self.session = await self.node.tokens.check(self._token, now=time.monotonic())
 
     def current_nick(self) -> str:
         """The caller's nick, or :class:`Unauthorized`."""
-        if self._nick is not None:
-            return self._nick
-        token, by_cookie = token_from_request(self.request)
-        if not token:
-            raise Unauthorized("no session token: send 'Authorization: Bearer <token>' from POST /api/session")
-        nick = self.node.tokens.nick(token, now=time.monotonic())
-        if nick is None:
-            raise Unauthorized("session token is invalid or expired; create a new one with POST /api/session")
-        self._nick, self._by_cookie = nick, by_cookie
-        if by_cookie and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+        if self.session is None:
+            if not self._token:
+                raise Unauthorized(
+                    "no session token: send 'Authorization: Bearer <token>' from POST /api/session"
+                )
+            raise Unauthorized(
+                "session token is invalid, expired or ended; create a new one with POST /api/session"
+            )
+        if self._by_cookie and not self._xsrf_checked and self.request.method not in ("GET", "HEAD", "OPTIONS"):
             super().check_xsrf_cookie()
-        return nick
+            self._xsrf_checked = True
+        return self.session.nick
 
     def check_xsrf_cookie(self) -> None:
         # Tornado would check every POST here; we check only cookie-authenticated
@@ -143,5 +151,5 @@ class BaseHandler(RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise HTTPError(404, f"no route for {self.request.method} {self.request.path}")

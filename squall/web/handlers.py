@@ -1,4 +1,7 @@
-"""Routes, and the small HTTP handlers: session, members, typing, the page."""
+"""Routes, and the small HTTP handlers: me, members, typing, the page.
+
+Sign-up, sign-in and sign-out live in :mod:`.accounts`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadRequest
 from ..pipeline.mail import validate_email
 from ..protocol import check_nick, check_room, nick_key
-from .auth import make_token
-from .base import COOKIE_NAME, BaseHandler
+from .base import BaseHandler
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -19,6 +21,7 @@ _ROOM = r"/api/rooms/([^/]+)"
 
 
 def routes(node: WebNode) -> list[Any]:
+    from .accounts import AccountHandler, LogoutHandler, PasswordHandler, SessionHandler
     from .longpoll import MessagesHandler
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
@@ -27,6 +30,9 @@ def routes(node: WebNode) -> list[Any]:
     return [
         (r"/", PageHandler, args),
         (r"/api/session", SessionHandler, args),
+        (r"/api/account", AccountHandler, args),
+        (r"/api/account/password", PasswordHandler, args),
+        (r"/api/logout", LogoutHandler, args),
         (r"/api/me", MeHandler, args),
         (r"/ws", WebSocketEndpoint, args),
         (_ROOM + r"/messages", MessagesHandler, args),
@@ -37,19 +43,6 @@ def routes(node: WebNode) -> list[Any]:
     ]
 
 
-class SessionHandler(BaseHandler):
-    async def post(self) -> None:
-        nick = check_nick(self.json_body().get("nick"))
-        nick = await self.node.store.save_user(nick)
-        token = make_token(self.node.secret, nick)
-        self.set_cookie(
-            COOKIE_NAME, token, httponly=True, samesite="Lax",
-            expires_days=self.node.settings.token_max_age_days,
-        )
-        self.xsrf_token  # sets the _xsrf cookie a cookie-authenticated page needs
-        self.write_json({"nick": nick, "token": token})
-
-
 class MeHandler(BaseHandler):
     """``GET /api/me`` and ``PATCH /api/me {"email": E}`` (``null`` removes it)."""
 
@@ -57,7 +50,8 @@ class MeHandler(BaseHandler):
         key = nick_key(self.current_nick())
         user = await self.node.store.get_user(key)
         self.write_json({"nick": user.nick if user else self.current_nick(),
-                         "email": user.email if user else None})
+                         "email": user.email if user else None,
+                         "registered": user.registered if user else False})
 
     async def patch(self) -> None:
         nick = self.current_nick()

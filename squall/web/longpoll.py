@@ -48,6 +48,7 @@ from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import check_client_id, check_room, float_param, int_param, nick_key
+from .auth import SessionUnchecked
 from .base import BaseHandler, find_token
 from .streams import give_socket, receive, take_socket
 
@@ -126,7 +127,7 @@ class Poll:
 
     __slots__ = ("target", "room", "nick", "nick_key", "since", "before", "limit", "wait")
 
-    def __init__(self, node: WebNode, head: RequestHead) -> None:
+    def __init__(self, node: WebNode, head: RequestHead, *, checked: str | None = None) -> None:
         settings = node.settings
         self.target = head.target
         path, _, query = head.target.partition("?")
@@ -134,8 +135,10 @@ class Poll:
         token, _by_cookie = find_token(
             head.headers.get("authorization", ""), params.get("token"), head.headers.get("cookie")
         )
-        nick = node.tokens.nick(token, now=time.monotonic())
-        if nick is None:
+        # From memory; SessionUnchecked if the store must be asked first (the
+        # answer then comes back as `checked`, the nick, or "" for refused).
+        nick = checked if checked is not None else node.tokens.nick(token, now=time.monotonic())
+        if not nick:
             raise Unauthorized(
                 "session token is missing, invalid or expired; create one with POST /api/session"
             )
@@ -192,7 +195,7 @@ class PollConnection:
 
     @property
     def idle(self) -> bool:
-        return self.poll is None and self.unsent is None and not self.closed
+        return self.poll is None and self.unsent is None and self.task is None and not self.closed
 
     def start(self, head: RequestHead, read_ahead: bytes) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -254,10 +257,13 @@ class PollConnection:
 
     # -- serving a poll -------------------------------------------------
 
-    def _serve(self, head: RequestHead) -> None:
+    def _serve(self, head: RequestHead, *, checked: str | None = None) -> None:
         self.keep_alive = head.keep_alive
         try:
-            poll = self.poll = Poll(self.node, head)
+            poll = self.poll = Poll(self.node, head, checked=checked)
+        except SessionUnchecked as unchecked:
+            self.task = asyncio.ensure_future(self._check_session(head, unchecked.token))
+            return
         except ClientError as exc:
             self._refuse(head.target, exc)
             return
@@ -270,6 +276,19 @@ class PollConnection:
             if room is not None and room.ready.done() and self._serve_from_memory(room, poll):
                 return
         self.task = asyncio.ensure_future(self._serve_from_store(poll))
+
+    async def _check_session(self, head: RequestHead, token: str) -> None:
+        """The first poll with a token this node has not seen lately: ask the store."""
+        try:
+            session = await self.node.tokens.check(token, now=time.monotonic())
+        except Exception:
+            log.exception("GET %s failed", head.target)
+            self.task = None
+            self._finish(500, _INTERNAL)
+        else:
+            self.task = None
+            self._serve(head, checked=session.nick if session is not None else "")
+        self._next()
 
     def _serve_from_memory(self, room: Room, poll: Poll) -> bool:
         """Park, or answer from the room's recent messages; False if they don't reach back."""

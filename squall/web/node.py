@@ -31,7 +31,8 @@ from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
-from .auth import TokenCache, load_or_create_secret
+from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
+from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 
 __all__ = ["WebNode"]
@@ -41,6 +42,8 @@ log = logging.getLogger("squall.web")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # How often the node sweeps expired long-poll presence, idle rooms and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
+# How often session rows too old for any token to be valid are deleted.
+SESSION_PRUNE_SECONDS = 3600.0
 # A keep-alive HTTP connection with no request in progress is closed after this long.
 IDLE_CONNECTION_SECONDS = 3600.0
 
@@ -67,8 +70,12 @@ class WebNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.secret = load_or_create_secret(settings.secret, settings.data_dir)
-        self.tokens = TokenCache(self.secret, max_age_days=settings.token_max_age_days)
         self.store: Store = open_store(settings.database_url)
+        self.tokens = TokenCache(
+            self.secret, session_active=self.store.session_active,
+            max_age_days=settings.token_max_age_days,
+        )
+        self.passwords = Passwords()
         self.bus: Bus = open_bus(settings.bus)
         self.hub = Hub(
             self.store,
@@ -94,6 +101,7 @@ class WebNode:
         self._server: HTTPServer | None = None
         self._housekeeping: PeriodicCallback | None = None
         self._heartbeat: PeriodicCallback | None = None
+        self._session_pruning: PeriodicCallback | None = None
         self.stopping = False
 
     # -- life cycle -----------------------------------------------------
@@ -131,6 +139,9 @@ class WebNode:
         self._housekeeping.start()
         self._heartbeat = PeriodicCallback(self._sse_heartbeat, self.settings.sse_heartbeat * 1000)
         self._heartbeat.start()
+        await self._prune_sessions()
+        self._session_pruning = PeriodicCallback(self._prune_sessions, SESSION_PRUNE_SECONDS * 1000)
+        self._session_pruning.start()
 
     @property
     def port(self) -> int:
@@ -144,7 +155,7 @@ class WebNode:
         self.stopping = True
         if self._server is not None:
             self._server.stop()
-        for callback in (self._housekeeping, self._heartbeat):
+        for callback in (self._housekeeping, self._heartbeat, self._session_pruning):
             if callback is not None:
                 callback.stop()
         for handler in list(self.websockets):
@@ -167,6 +178,7 @@ class WebNode:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
         await self.bus.close()
         await self.store.close()
+        self.passwords.close()
 
     def serve_stream(self, stream: IOStream, address: Any) -> None:
         """Serve a connection handed back by a :class:`PollConnection` with Tornado."""
@@ -238,6 +250,13 @@ class WebNode:
         horizon = self.settings.send_burst / self.settings.send_rate
         for key in [k for k, b in self._http_buckets.items() if now - b.stamp > horizon]:
             del self._http_buckets[key]
+
+    async def _prune_sessions(self) -> None:
+        oldest = time.time() - self.settings.token_max_age_days * 86400 - MAX_CLOCK_SKEW
+        try:
+            await self.store.forget_sessions(int(oldest))
+        except Exception:
+            log.exception("could not delete expired sessions")
 
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):

@@ -29,10 +29,13 @@ class EventsHandler(BaseHandler):
     closed = False
     _room: str = ""
     _key: str = ""  # the nick, casefolded
+    session_id: str = ""  # ends with that session: WebNode.end_sessions
     _done: asyncio.Future[None] | None = None
 
     async def get(self, room_name: str) -> None:
         nick = self.current_nick()
+        assert self.session is not None
+        self.session_id = self.session.id
         room_name = check_room(room_name)
         since_raw = self.get_query_argument("since", None) or self.request.headers.get("Last-Event-ID")
         since = int_param(since_raw, "since", default=None, low=0, high=MAX_SEQ)

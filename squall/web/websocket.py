@@ -52,7 +52,7 @@ from ..errors import (
 from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
-from .base import BaseHandler, token_from_request
+from .base import BaseHandler
 from .streams import receive, take_socket
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ class WebSocketEndpoint(BaseHandler):
         if node.stopping:
             raise Unavailable("the server is shutting down")
         key = self._check_upgrade()
-        token, _by_cookie = token_from_request(self.request)
-        nick = node.tokens.nick(token, now=time.monotonic())
+        session = self.session  # the token was checked in prepare(), the store asked if need be
+        nick = session.nick if session is not None else None
 
         # From here on this is no HTTP exchange: Tornado must not finish it.
         self._auto_finish = False
@@ -103,6 +103,7 @@ class WebSocketEndpoint(BaseHandler):
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
         ).encode("ascii")
         connection = ChatConnection(node, sock, nick)
+        connection.session_id = session.id if session is not None else ""
         connection.write(handshake)
         connection.start(leftover)
         if nick is None:
@@ -144,7 +145,7 @@ class ChatConnection:
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "rooms", "bucket",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_fragments",
-        "_drained", "_abort_handle",
+        "_drained", "_abort_handle", "session_id",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str | None) -> None:
@@ -170,6 +171,7 @@ class ChatConnection:
         self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
+        self.session_id = ""  # ends with that session: WebNode.end_sessions
 
     # -- socket I/O -----------------------------------------------------
 
