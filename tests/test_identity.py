@@ -11,10 +11,10 @@ from tornado.web import create_signed_value
 
 from support import run_async
 
-from squall.errors import BadRequest
+from squall.config import load_settings
+from squall.errors import BadRequest, ConfigError
 from squall.identity import check_password, nick_skeleton, nick_skeletons
 from squall.pipeline.richtext import Renderer
-from squall.presence import PresenceTable
 from squall.protocol import BIDI_CONTROLS, check_nick, check_room
 from squall.store.sqlite import SQLiteStore
 from squall.web.auth import (
@@ -44,29 +44,6 @@ def test_different_nicks_do_not(other: str) -> None:
 
 def test_one_user_has_one_skeleton_whatever_the_spelling() -> None:
     assert nick_skeleton("Alice") == nick_skeleton("ALICE") == nick_skeleton("alice") == "alice"
-
-
-def test_presence_finds_online_lookalikes_but_not_the_user_itself() -> None:
-    table = PresenceTable()
-    table.connect("r", "alice", "alice")
-    assert table.online("alice") == "alice"
-    assert table.lookalike(CYRILLIC_ALICE, besides=CYRILLIC_ALICE) == "alice"
-    assert table.lookalike(FULL_WIDTH_ALICE, besides=FULL_WIDTH_ALICE.casefold()) == "alice"
-    assert table.lookalike("Alice", besides="alice") is None
-    table.connect("s", "alice", "alice")
-    table.disconnect("r", "alice")
-    assert table.online("alice") == "alice"  # still in room s
-    table.disconnect("s", "alice")
-    assert table.online("alice") is None
-    assert table.lookalike(CYRILLIC_ALICE, besides=CYRILLIC_ALICE) is None
-
-
-def test_a_poller_is_online_until_its_grace_runs_out() -> None:
-    table = PresenceTable(grace=30)
-    table.poll("r", "bob", "bob", now=0, wait=10)
-    assert table.lookalike("b0b", besides="b0b") == "bob"
-    table.expire(now=41)
-    assert table.online("bob") is None and table.lookalike("b0b", besides="b0b") is None
 
 
 # -- bidirectional controls ------------------------------------------------------------
@@ -196,3 +173,9 @@ async def _token_cache(path: Path) -> None:
         assert (await cache.check(unknown, now=200)) is None
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("value", [0, 1025])
+def test_password_min_length_out_of_range_is_refused_naming_the_setting(value: int) -> None:
+    with pytest.raises(ConfigError, match="password_min_length must be between 1 and 1024"):
+        load_settings({"password_min_length": value}, environ={})

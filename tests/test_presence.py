@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from squall.presence import PresenceTable
 
+CYRILLIC_ALICE = "\u0430lice"  # а is U+0430 CYRILLIC SMALL LETTER A
+FULL_WIDTH_ALICE = "\uff41\uff4c\uff49\uff43\uff45"
+
 
 def test_first_connection_goes_online_and_last_goes_offline() -> None:
     table = PresenceTable()
@@ -86,3 +89,26 @@ def test_members_are_sorted_without_regard_to_case() -> None:
         table.connect("r", nick, nick.casefold())
     table.poll("r", "aaron", "aaron", now=0.0)
     assert table.members("r") == ["aaron", "Alice", "Bert", "bob", "carol"]
+
+
+def test_presence_finds_online_lookalikes_but_not_the_user_itself() -> None:
+    table = PresenceTable()
+    table.connect("r", "alice", "alice")
+    assert table.online("alice") == "alice"
+    assert table.lookalike(CYRILLIC_ALICE, besides=CYRILLIC_ALICE) == "alice"
+    assert table.lookalike(FULL_WIDTH_ALICE, besides=FULL_WIDTH_ALICE.casefold()) == "alice"
+    assert table.lookalike("Alice", besides="alice") is None
+    table.connect("s", "alice", "alice")
+    table.disconnect("r", "alice")
+    assert table.online("alice") == "alice"  # still in room s
+    table.disconnect("s", "alice")
+    assert table.online("alice") is None
+    assert table.lookalike(CYRILLIC_ALICE, besides=CYRILLIC_ALICE) is None
+
+
+def test_a_poller_is_online_until_its_grace_runs_out() -> None:
+    table = PresenceTable(grace=30)
+    table.poll("r", "bob", "bob", now=0, wait=10)
+    assert table.lookalike("b0b", besides="b0b") == "bob"
+    table.expire(now=41)
+    assert table.online("bob") is None and table.lookalike("b0b", besides="b0b") is None
