@@ -241,6 +241,8 @@ def test_settings_is_a_modal_dialog_for_the_keyboard(server: Any, open_chat: Any
 def test_changing_the_password_keeps_this_page_chatting(server: Any, open_page: Any) -> None:
     chat = open_page(server)
     page = chat.page
+    live_sockets: list[Any] = []
+    page.on("websocket", lambda socket: live_sockets.append(socket))
     submit_login(chat, "create", "kate", PASSWORD)
     signed_in(chat, "kate")
     chat.join("passwords")
@@ -259,18 +261,29 @@ def test_changing_the_password_keeps_this_page_chatting(server: Any, open_page: 
     page.click("#change-password-submit")
     expect(page.locator("#new-password-error")).to_contain_text("That password is too weak")
 
+    # The change ends this page's session too, and the server closes its socket (4001)
+    # before it answers. Hold the answer until the page has seen that close, so that
+    # the close surely comes first: the page must wait for the new token, not give up.
+    def answer_after_the_close(route: Any) -> None:
+        response = route.fetch()
+        for socket in live_sockets:
+            if not socket.is_closed():
+                socket.wait_for_event("close")
+        route.fulfill(response=response)
+
+    page.route("**/api/account/password", answer_after_the_close)
     page.fill("#current-password", PASSWORD)
     page.fill("#new-password", "a new secret")
     page.click("#change-password-submit")
     expect(page.locator("#change-password-status")).to_have_text(
         "Password changed. Your other sessions have been signed out."
     )
+    expect(page.locator("#settings")).to_be_visible()  # not sent back to the sign-in screen
     assert status_of(server, "/api/me", old_token) == 401
     page.keyboard.press("Escape")
     # The old token's socket was closed (4001); the page goes on with the new token.
     chat.send_confirmed("after the change")
     expect(chat.confirmed()).to_have_count(2)
-    expect(page.locator("#app")).to_be_visible()
     assert saved_token(chat) != old_token
 
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -296,4 +309,46 @@ def test_account_screens_in_chinese(server: Any, open_page: Any) -> None:
     page.click("#settings-button")
     expect(page.locator("#settings-heading")).to_have_text("设置")
     expect(page.locator("#signout-button")).to_have_text("退出登录")
+    chat.assert_no_errors()
+
+
+def test_a_session_ended_elsewhere_returns_to_sign_in(server: Any, open_page: Any) -> None:
+    """Another device changes the password: this page's socket is closed with 4001, and an
+    account's token is not renewed as a guest's would be; the page asks to sign in."""
+    here, elsewhere = open_page(server), open_page(server)
+    submit_login(here, "create", "liam", PASSWORD)
+    signed_in(here, "liam")
+    here.join("elsewhere")
+    here.wait_open()
+    submit_login(elsewhere, "signin", "liam", PASSWORD)
+    signed_in(elsewhere, "liam")
+
+    open_settings(elsewhere)
+    elsewhere.page.fill("#current-password", PASSWORD)
+    elsewhere.page.fill("#new-password", "changed elsewhere")
+    elsewhere.page.click("#change-password-submit")
+    expect(elsewhere.page.locator("#change-password-status")).to_contain_text("Password changed")
+
+    page = here.page
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#login-error")).to_have_text("Your session has ended. Sign in again.")
+    expect(page.locator("#mode-signin")).to_be_checked()
+    expect(page.locator("#nick-input")).to_have_value("liam")
+    page.fill("#password-input", "changed elsewhere")
+    page.press("#password-input", "Enter")
+    signed_in(here, "liam")
+    for chat in (here, elsewhere):
+        chat.assert_no_errors()
+
+
+def test_a_server_without_guests_says_so(start_server: Any, open_page: Any) -> None:
+    server = start_server(web_args=("--no-guests",))
+    chat = open_page(server)
+    page = chat.page
+    submit_login(chat, "guest", "mia")
+    expect(page.locator("#login-error")).to_have_text("This server does not allow guests: sign in or create an account.")
+    expect(page.locator("#app")).to_be_hidden()
+    submit_login(chat, "create", "mia", PASSWORD)
+    signed_in(chat, "mia")
+    expect(page.locator("#login-error")).to_be_hidden()
     chat.assert_no_errors()
