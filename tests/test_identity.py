@@ -3,6 +3,7 @@ bodies, password rules, and the token rules (format, age, session)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -179,3 +180,33 @@ async def _token_cache(path: Path) -> None:
 def test_password_min_length_out_of_range_is_refused_naming_the_setting(value: int) -> None:
     with pytest.raises(ConfigError, match="password_min_length must be between 1 and 1024"):
         load_settings({"password_min_length": value}, environ={})
+
+
+def test_a_revocation_during_a_store_read_wins(tmp_path: Path) -> None:
+    run_async(_revoked_while_checking(tmp_path / "squall.db"))
+
+
+async def _revoked_while_checking(path: Path) -> None:
+    store = SQLiteStore(str(path))
+    await store.open()
+    reading = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def slow_session_active(session_id: str, key: str) -> bool:
+        live = await store.session_active(session_id, key)  # read before the revocation
+        reading.set()
+        await answered.wait()
+        return live
+
+    try:
+        await store.open_guest_session("nora", "sid9", now=int(time.time()), takeover=True)
+        cache = TokenCache(SECRET, session_active=slow_session_active, max_age_days=30, ttl=60)
+        token = make_token(SECRET, "sid9", "nora")
+        check = asyncio.ensure_future(cache.check(token, now=0))
+        await reading.wait()
+        cache.revoked(["sid9"], now=1)  # POST /api/logout on this node, meanwhile
+        answered.set()
+        assert await check is None
+        assert cache.nick(token, now=2) is None
+    finally:
+        await store.close()
