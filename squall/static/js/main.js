@@ -277,8 +277,8 @@ class App {
     await this.settings.passwordChange;
     if (!this.session) throw new Error("signed out");
     // A password change here gave us a new token; the connection still had the old one.
-    if (this.session && this.connection && this.session.token !== this.connection.token) return this.session.token;
-    if (this.session?.registered) {
+    if (this.connection && this.session.token !== this.connection.token) return this.session.token;
+    if (this.session.registered) {
       // An account's token is not renewed without its password.
       this.sessionEnded();
       throw new Error("session ended");
@@ -289,8 +289,8 @@ class App {
       this.updateSession({ token: session.token });
       return session.token;
     } catch (error) {
-      if (error instanceof ApiError && error.status < 500) {
-        const nick = this.session?.nick ?? "";
+      if (error instanceof ApiError && error.status < 500 && this.session) {
+        const nick = this.session.nick;
         this.stopChat();
         this.view.showLogin({ nick });
         this.view.showLoginErrors(this.loginErrors(error, "guest"));
