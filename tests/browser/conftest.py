@@ -250,17 +250,16 @@ class ChatPage:
 
 
 @pytest.fixture
-def open_chat(browser: Any) -> Iterator[Callable[..., ChatPage]]:
-    """``open_chat(server, nick, transport=None)`` → a signed-in ChatPage."""
+def open_page(browser: Any) -> Iterator[Callable[..., ChatPage]]:
+    """``open_page(server, transport=None)`` → a ChatPage on the sign-in screen
+    (``nick`` empty), in a browser context of its own."""
     contexts: list[Any] = []
 
-    def open_chat(
-        server: SquallServer, nick: str, *, transport: str | None = None,
+    def open_page(
+        server: SquallServer, *, transport: str | None = None,
         viewport: dict[str, int] | None = None, locale: str = "en-US",
         color_scheme: str = "light",
     ) -> ChatPage:
-        from playwright.sync_api import expect
-
         context = browser.new_context(
             viewport=viewport or {"width": 1280, "height": 800}, locale=locale,
             color_scheme=color_scheme,
@@ -277,11 +276,25 @@ def open_chat(browser: Any) -> Iterator[Callable[..., ChatPage]]:
         )
         query = f"?transport={transport}" if transport else ""
         page.goto(server.url + "/" + query)
-        page.fill("#nick-input", nick)
-        page.press("#nick-input", "Enter")
-        expect(page.locator("#app")).to_be_visible()
-        return ChatPage(page=page, nick=nick, errors=errors)
+        return ChatPage(page=page, nick="", errors=errors)
 
-    yield open_chat
+    yield open_page
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def open_chat(open_page: Callable[..., ChatPage]) -> Callable[..., ChatPage]:
+    """``open_chat(server, nick, transport=None)`` → a ChatPage signed in as a guest."""
+
+    def open_chat(server: SquallServer, nick: str, **options: Any) -> ChatPage:
+        from playwright.sync_api import expect
+
+        chat = open_page(server, **options)
+        chat.page.fill("#nick-input", nick)
+        chat.page.press("#nick-input", "Enter")
+        expect(chat.page.locator("#app")).to_be_visible()
+        chat.nick = nick
+        return chat
+
+    return open_chat

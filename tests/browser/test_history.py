@@ -49,6 +49,61 @@ def test_scrolling_up_loads_older_messages_in_place(seeded_server: Any, open_cha
     reader.assert_no_errors()
 
 
+LOAD_OLDER_AT_PX = 60  # js/main.js: a scroll that ends this close to the top loads older messages
+# Resolves after the next rendering step; a scroll event queued by a change of scrollTop
+# is dispatched in that step, before the animation-frame callbacks run.
+NEXT_FRAME = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+def test_messages_arriving_at_the_bottom_never_load_older_ones_by_themselves(
+    seeded_server: Any, open_chat: Any,
+) -> None:
+    """The race behind the flaky scroll test, made certain.
+
+    While messages arrive at the bottom, the page keeps the view stuck to the bottom
+    (``scrollToBottom``). The first message that makes the list overflow its box moves
+    ``scrollTop`` from 0 to less than one message's height, which is under the
+    "near the top" threshold: the scroll event that this programmatic move fires was
+    taken for the reader scrolling up, and a page of history loaded by itself. On join
+    the same happens when the backlog arrives over more than one frame.
+    """
+    server = seeded_server
+    session = server.api("POST", "/api/session", {"nick": "seeder"})
+    token = session["token"]
+    for n in range(1, PAGE + 6):
+        server.api("POST", "/api/rooms/bottom/messages", {"body": f"old {n}", "id": f"old-{n}"}, token)
+    reader = open_chat(server, "watcher", viewport={"width": 1000, "height": 3000})
+    reader.join("bottom")
+    reader.wait_open()
+    confirmed = reader.confirmed()
+    expect(confirmed).to_have_count(PAGE)  # the newest 50 of 55: there is older history
+    scroller = reader.page.locator("#scroller")
+    assert scroller.evaluate("el => el.scrollHeight <= el.clientHeight"), "the room must start without overflow"
+
+    shown, overflowed_at = PAGE, None
+    for n in range(1, 80):
+        server.api("POST", "/api/rooms/bottom/messages", {"body": f"live {n}", "id": f"live-{n}"}, token)
+        shown += 1
+        expect(reader.page.locator(f"#messages li[data-seq]:has-text('live {n}')")).to_have_count(1)
+        reader.page.evaluate(NEXT_FRAME)
+        # Nothing asked for older messages: none loading, none loaded.
+        assert confirmed.count() == shown, f"older messages loaded by themselves after live message {n}"
+        assert reader.page.locator("#load-older").is_enabled(), f"older messages loading by themselves after {n}"
+        top = scroller.evaluate("el => el.scrollTop")
+        if overflowed_at is None and top > 0:
+            overflowed_at = n
+            assert top < LOAD_OLDER_AT_PX, f"first overflow scrolled to {top} px: this test needs it under the threshold"
+        if overflowed_at is not None and n >= overflowed_at + 3:
+            break
+    assert overflowed_at is not None, "the live messages never made the list overflow"
+
+    # Scrolling up to the top still loads them.
+    scroller.evaluate("el => { el.scrollTop = 0 }")
+    expect(confirmed).to_have_count(shown + 5)
+    expect(reader.page.locator("#history-start")).to_be_visible()
+    reader.assert_no_errors()
+
+
 def test_keyboard_button_loads_older_messages(seeded_server: Any, open_chat: Any) -> None:
     server = seeded_server
     session = server.api("POST", "/api/session", {"nick": "archivist2"})

@@ -1,14 +1,18 @@
-// The HTTP half of the protocol: sessions, history, long-poll, sends, typing,
-// members. Every call takes the bearer token, so no XSRF token is needed.
+// The HTTP half of the protocol: sessions and accounts, history, long-poll,
+// sends, typing, members, settings. Every call takes the bearer token, which a
+// cross-site page cannot send, so the server asks no XSRF token for it; writes
+// still carry the `_xsrf` cookie's value in X-XSRFToken when there is one, so
+// that they also pass where the server authenticates by the session cookie.
 
 /** A 4xx/5xx answer, carrying the server's `{code, reason}` when it sent one. */
 export class ApiError extends Error {
-  constructor(status, code, reason) {
+  constructor(status, code, reason, retryAfter = null) {
     super(`HTTP ${status}: ${code}: ${reason}`);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
     this.reason = reason;
+    this.retryAfter = retryAfter; // seconds, with `rate_limited`
   }
 
   get unauthorized() {
@@ -28,6 +32,8 @@ async function request(method, path, { token, body, query, signal } = {}) {
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  const xsrf = method === "GET" ? null : xsrfCookie();
+  if (xsrf) headers["X-XSRFToken"] = xsrf;
   const response = await fetch(url, {
     method,
     headers,
@@ -44,14 +50,59 @@ async function request(method, path, { token, body, query, signal } = {}) {
     // A proxy's HTML error page; the status says enough.
   }
   if (!response.ok) {
-    throw new ApiError(response.status, data?.code ?? `http_${response.status}`, data?.reason ?? "");
+    const retryAfter = Number(data?.retry_after ?? response.headers.get("Retry-After"));
+    throw new ApiError(
+      response.status, data?.code ?? `http_${response.status}`, data?.reason ?? "",
+      Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null,
+    );
   }
   return data;
 }
 
-/** POST /api/session → `{nick, token}`. Throws ApiError with code `bad_nick` on a bad nick. */
-export function createSession(nick) {
-  return request("POST", "/api/session", { body: { nick } });
+function xsrfCookie() {
+  for (const part of document.cookie.split(";")) {
+    const [name, ...value] = part.trim().split("=");
+    if (name === "_xsrf") return decodeURIComponent(value.join("="));
+  }
+  return null;
+}
+
+/**
+ * POST /api/session → `{nick, token, registered}`. Without `password` a guest
+ * session (ApiError `bad_nick`, `nick_taken`, `guests_disabled`, `rate_limited`);
+ * with it, signing in to an account (ApiError 401 `bad_credentials`).
+ */
+export function createSession(nick, password) {
+  const body = password === undefined ? { nick } : { nick, password };
+  return request("POST", "/api/session", { body });
+}
+
+/**
+ * POST /api/account → `{nick, token, registered: true}`. ApiError `nick_taken`,
+ * `weak_password`, `bad_nick` or `rate_limited` says why not.
+ */
+export function createAccount(nick, password) {
+  return request("POST", "/api/account", { body: { nick, password } });
+}
+
+/** POST /api/logout: the server forgets this token (and clears the cookie). */
+export function logout(token) {
+  return request("POST", "/api/logout", { token });
+}
+
+/** POST /api/account/password → `{nick, token}`; the account's other sessions end. */
+export function changePassword(token, password, newPassword) {
+  return request("POST", "/api/account/password", { token, body: { password, new_password: newPassword } });
+}
+
+/** GET /api/me → `{nick, email, registered}`. */
+export function fetchMe(token) {
+  return request("GET", "/api/me", { token });
+}
+
+/** PATCH /api/me → `{nick, email}`; `email` null removes the address. ApiError `bad_email`. */
+export function saveEmail(token, email) {
+  return request("PATCH", "/api/me", { token, body: { email } });
 }
 
 /**

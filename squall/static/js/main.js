@@ -1,7 +1,8 @@
 // The page: wires the session, the Connection, the store and the view together.
 
-import { ApiError, createSession, fetchMessages } from "./api.js";
+import { ApiError, createAccount, createSession, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
+import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
@@ -40,6 +41,10 @@ function roomFromHash() {
   return name && normaliseRoom(name) === name ? name : null;
 }
 
+function trimStop(text) {
+  return String(text ?? "").trim().replace(/[.。]$/, "");
+}
+
 function forcedTransport() {
   const wanted = new URLSearchParams(location.search).get("transport");
   return Object.values(Kind).includes(wanted) ? wanted : null;
@@ -55,6 +60,13 @@ class App {
     this.lastTypingSent = 0;
     this.composing = false;
     this.typingTimer = null;
+    this.signingIn = false;
+    this.settings = new SettingsPanel(translator, {
+      session: () => this.session,
+      update: (changes) => this.updateSession(changes),
+      signOut: () => this.signOut(),
+      sessionEnded: () => this.sessionEnded(),
+    });
   }
 
   t(key, params) {
@@ -65,7 +77,11 @@ class App {
     const v = this.view;
     v.loginForm.addEventListener("submit", (event) => {
       event.preventDefault();
-      this.signIn(v.nickInput.value.trim());
+      this.signIn(v.loginMode, v.nickInput.value.trim(), v.passwordInput.value);
+    });
+    v.loginModeField.addEventListener("change", () => {
+      v.renderLoginMode();
+      v.showLoginErrors();
     });
     v.joinForm.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -121,18 +137,14 @@ class App {
       this.sendTyping();
     });
     v.scroller.addEventListener("scroll", () => {
-      if (v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
+      // Only a move up is the reader asking for more: the page's own moves
+      // (sticking to the bottom as messages arrive, keeping the view in place
+      // after a prepend) end near the top too while the list barely overflows.
+      if (v.takeScrollUp() && v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
     }, { passive: true });
     v.loadOlder.addEventListener("click", () => this.loadOlder());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
-    v.signout.addEventListener("click", () => this.signOut());
-    v.notifyButton.addEventListener("click", async () => {
-      try {
-        await Notification.requestPermission();
-      } finally {
-        this.renderNotifyButton();
-      }
-    });
+    this.settings.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     document.addEventListener("keydown", (event) => this.onShortcut(event));
     document.addEventListener("visibilitychange", () => {
@@ -142,6 +154,7 @@ class App {
   }
 
   onShortcut(event) {
+    if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
       this.view.roomsToggle.focus();
@@ -164,50 +177,134 @@ class App {
     else this.view.showLogin();
   }
 
-  async signIn(nick) {
-    this.view.showNickError("");
+  /** The sign-in screen's submit: `mode` is `guest`, `signin` or `create`. */
+  async signIn(mode, nick, password) {
+    const v = this.view;
+    v.showLoginErrors();
+    if (mode !== "guest" && !password) {
+      v.showLoginErrors({ password: this.t("login.error.password_required") });
+      v.passwordInput.focus();
+      return;
+    }
+    if (this.signingIn) return;
+    this.signingIn = true;
+    v.setLoginBusy(true);
     try {
-      const session = await createSession(nick);
-      writeJson(SESSION_KEY, { nick: session.nick, token: session.token });
+      const session = mode === "create"
+        ? await createAccount(nick, password)
+        : await createSession(nick, mode === "signin" ? password : undefined);
+      v.passwordInput.value = "";
       this.startChat(session);
     } catch (error) {
-      const key = error instanceof ApiError && error.status < 500 ? "login.error.bad_nick" : "login.error.network";
-      this.view.showNickError(this.t(key));
+      const errors = this.loginErrors(error, mode);
+      v.showLoginErrors(errors);
+      if (errors.nick) v.nickInput.focus();
+      else if (errors.password) v.passwordInput.focus();
+    } finally {
+      this.signingIn = false;
+      v.setLoginBusy(false);
     }
   }
 
-  signOut() {
+  /** What went wrong, in words, keyed by the field it belongs beside. */
+  loginErrors(error, mode) {
+    if (!(error instanceof ApiError)) return { form: this.t("login.error.network") };
+    // The server's reason says which rule applies (registered, online, a look-alike;
+    // the password's length); the words around it are the reader's language.
+    const reason = trimStop(error.reason) || error.code;
+    switch (error.code) {
+      case "bad_nick":
+        return { nick: this.t("login.error.bad_nick") };
+      case "nick_taken":
+        return { nick: this.t(`login.error.nick_taken.${mode === "create" ? "create" : "guest"}`, { reason }) };
+      case "weak_password":
+        return { password: this.t("login.error.weak_password", { reason }) };
+      case "bad_credentials":
+        return { password: this.t("login.error.bad_credentials") };
+      case "guests_disabled":
+        return { form: this.t("login.error.guests_disabled") };
+      case "rate_limited":
+        return { form: this.t("login.error.rate_limited", { seconds: Math.ceil(error.retryAfter ?? 1) }) };
+      default:
+        return { form: this.t("login.error.unknown", { reason: error.reason || error.code }) };
+    }
+  }
+
+  /**
+   * "Sign out": the live connection closes first (so that nothing renews the
+   * token behind our back), then the server forgets the token, then the page.
+   */
+  async signOut() {
+    const session = this.session;
+    this.stopChat();
+    if (session) {
+      try {
+        await logout(session.token);
+      } catch {
+        // Offline, or the token had already ended: either way it is gone from here.
+      }
+    }
+    this.view.showLogin(session?.registered ? { nick: session.nick, mode: "signin" } : {});
+  }
+
+  /** The server no longer knows our token (revoked, expired, password changed elsewhere). */
+  sessionEnded() {
+    const session = this.session;
+    this.stopChat();
+    this.view.showLogin({ nick: session?.nick ?? "", mode: "signin", error: this.t("login.error.session_ended") });
+  }
+
+  stopChat() {
+    this.settings.close();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
+    this.session = null;
     writeJson(SESSION_KEY, null);
     writeJson(ROOMS_KEY, null);
     this.view.setTitle(0);
-    this.view.showLogin();
+  }
+
+  updateSession(changes) {
+    if (!this.session) return;
+    this.session = { ...this.session, ...changes };
+    writeJson(SESSION_KEY, this.session);
   }
 
   async renewToken() {
+    // A password change ends every session of the account, this one's too: its 4001
+    // can arrive before the answer that carries the new token. Wait for that answer.
+    await this.settings.passwordChange;
+    if (!this.session) throw new Error("signed out");
+    // A password change here gave us a new token; the connection still had the old one.
+    if (this.connection && this.session.token !== this.connection.token) return this.session.token;
+    if (this.session.registered) {
+      // An account's token is not renewed without its password.
+      this.sessionEnded();
+      throw new Error("session ended");
+    }
     // The guest session expired or the secret changed: the same nick again.
     try {
       const session = await createSession(this.session.nick);
-      this.session = { nick: session.nick, token: session.token };
-      writeJson(SESSION_KEY, this.session);
+      this.updateSession({ token: session.token });
       return session.token;
     } catch (error) {
-      if (error instanceof ApiError && error.status < 500) {
-        this.signOut();
-        this.view.showNickError(this.t("login.error.bad_nick"));
+      if (error instanceof ApiError && error.status < 500 && this.session) {
+        const nick = this.session.nick;
+        this.stopChat();
+        this.view.showLogin({ nick });
+        this.view.showLoginErrors(this.loginErrors(error, "guest"));
       }
       throw error;
     }
   }
 
   startChat(session) {
-    this.session = { nick: session.nick, token: session.token };
+    this.session = { nick: session.nick, token: session.token, registered: session.registered === true };
+    writeJson(SESSION_KEY, this.session);
     this.store = new ChatStore(session.nick);
     this.view.showApp();
     this.view.renderMe(session.nick);
-    this.renderNotifyButton();
     this.connection = new Connection({
       token: session.token,
       forced: forcedTransport(),
@@ -452,15 +549,12 @@ class App {
     }
   }
 
-  renderNotifyButton() {
-    this.view.renderNotifyButton("Notification" in window && Notification.permission === "default");
-  }
-
   async setLanguage(lang) {
     if (!LANGUAGES.includes(lang)) return;
     saveLanguage(lang);
     this.translator = await loadTranslator(lang);
     this.view.setTranslator(this.translator);
+    this.settings.setTranslator(this.translator);
     this.view.langSelect.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();

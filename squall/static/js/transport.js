@@ -430,6 +430,11 @@ export class Connection {
     return this._kind;
   }
 
+  /** The token new adapters use: the one given, or the last `renewToken()` gave. */
+  get token() {
+    return this._token;
+  }
+
   get state() {
     return this._state;
   }

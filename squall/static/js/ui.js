@@ -31,6 +31,13 @@ function nickColour(nick) {
   return `nick-colour-${hash % NICK_COLOURS}`;
 }
 
+/** Show `text` in the error line of `input` (empty hides it), and mark the input. */
+export function showFieldError(input, line, text) {
+  line.textContent = text;
+  line.hidden = !text;
+  input.setAttribute("aria-invalid", text ? "true" : "false");
+}
+
 export class ChatView {
   constructor(translator) {
     this.t = translator;
@@ -39,18 +46,25 @@ export class ChatView {
     this.loginForm = byId("login-form");
     this.nickInput = byId("nick-input");
     this.nickError = byId("nick-error");
+    this.loginModeField = byId("login-mode");
+    this.loginIntro = byId("login-intro");
+    this.passwordField = byId("password-field");
+    this.passwordInput = byId("password-input");
+    this.passwordHint = byId("password-hint");
+    this.passwordError = byId("password-error");
+    this.loginError = byId("login-error");
+    this.loginSubmit = byId("nick-submit");
+    this.settingsButton = byId("settings-button");
     this.app = byId("app");
     this.roomsToggle = byId("rooms-toggle");
     this.roomTitle = byId("room-title");
     this.transport = byId("transport-indicator");
     this.langSelect = byId("lang-select");
     this.me = byId("me");
-    this.signout = byId("signout-button");
     this.roomList = byId("room-list");
     this.joinForm = byId("join-form");
     this.joinInput = byId("join-input");
     this.joinError = byId("join-error");
-    this.notifyButton = byId("notify-button");
     this.members = byId("members");
     this.emptyState = byId("empty-state");
     this.scroller = byId("scroller");
@@ -64,6 +78,7 @@ export class ChatView {
     this.sendButton = byId("send-button");
     this.liveRegion = byId("live-region");
     this._status = null;
+    this._scrollTopSeen = 0; // see takeScrollUp()
     this._timeFormat = null;
     this._dateFormat = null;
   }
@@ -73,13 +88,50 @@ export class ChatView {
     this._timeFormat = null;
     this._dateFormat = null;
     translator.apply();
+    this.renderLoginMode();
   }
 
-  showLogin(nick = "") {
+  /** The sign-in screen in `mode` (`guest`, `signin` or `create`), errors cleared. */
+  showLogin({ nick = "", mode = "guest", error = "" } = {}) {
     this.app.hidden = true;
     this.login.hidden = false;
     this.nickInput.value = nick;
-    this.nickInput.focus();
+    this.passwordInput.value = "";
+    this.setLoginMode(mode);
+    this.showLoginErrors({ form: error });
+    (nick && mode !== "guest" ? this.passwordInput : this.nickInput).focus();
+  }
+
+  get loginMode() {
+    return this.loginModeField.querySelector("input[name=mode]:checked")?.value ?? "guest";
+  }
+
+  setLoginMode(mode) {
+    const radio = this.loginModeField.querySelector(`input[name=mode][value="${mode}"]`);
+    if (radio) radio.checked = true;
+    this.renderLoginMode();
+  }
+
+  renderLoginMode() {
+    const mode = this.loginMode;
+    this.loginIntro.textContent = this.t.t(`login.intro.${mode}`);
+    this.loginSubmit.textContent = this.t.t(`login.submit.${mode}`);
+    this.passwordField.hidden = mode === "guest";
+    this.passwordHint.hidden = mode !== "create"; // the rule matters only for a new password
+    this.passwordInput.autocomplete = mode === "create" ? "new-password" : "current-password";
+  }
+
+  /** Errors in words beside their field: `{nick, password, form}`, each a string or empty. */
+  showLoginErrors({ nick = "", password = "", form = "" } = {}) {
+    showFieldError(this.nickInput, this.nickError, nick);
+    showFieldError(this.passwordInput, this.passwordError, password);
+    this.loginError.textContent = form;
+    this.loginError.hidden = !form;
+  }
+
+  setLoginBusy(busy) {
+    this.loginSubmit.disabled = busy;
+    this.login.setAttribute("aria-busy", String(busy));
   }
 
   showApp() {
@@ -87,16 +139,8 @@ export class ChatView {
     this.app.hidden = false;
   }
 
-  showNickError(text) {
-    this.nickError.textContent = text;
-    this.nickError.hidden = !text;
-    this.nickInput.setAttribute("aria-invalid", text ? "true" : "false");
-  }
-
   showJoinError(text) {
-    this.joinError.textContent = text;
-    this.joinError.hidden = !text;
-    this.joinInput.setAttribute("aria-invalid", text ? "true" : "false");
+    showFieldError(this.joinInput, this.joinError, text);
   }
 
   setSidebarOpen(open) {
@@ -121,10 +165,6 @@ export class ChatView {
 
   renderMe(nick) {
     this.me.textContent = this.t.t("me.label", { nick });
-  }
-
-  renderNotifyButton(visible) {
-    this.notifyButton.hidden = !visible;
   }
 
   renderTransport(status = this._status) {
@@ -351,6 +391,7 @@ export class ChatView {
       this._insertBySeq(item, message.seq);
     }
     this.scroller.scrollTop = top + (this.scroller.scrollHeight - before);
+    this._scrollTopSeen = this.scroller.scrollTop;
   }
 
   _insertBySeq(item, seq) {
@@ -403,6 +444,20 @@ export class ChatView {
 
   scrollToBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
+    this._scrollTopSeen = this.scroller.scrollTop;
+  }
+
+  /**
+   * Whether the scroller moved up since the last call or the page's own last move.
+   * Call it from the scroll handler: the page's moves (scrollToBottom, the prepend
+   * in prependMessages) are recorded as they are made, so a scroll event they cause
+   * never reads as the reader scrolling up, whichever frame it is dispatched in.
+   */
+  takeScrollUp() {
+    const top = this.scroller.scrollTop;
+    const movedUp = top < this._scrollTopSeen;
+    this._scrollTopSeen = top;
+    return movedUp;
   }
 
   _formatTime(date) {
