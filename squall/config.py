@@ -90,18 +90,20 @@ class Settings:
     idle_timeout: float = 75.0  # seconds a kept-alive HTTP connection may wait for its next request
 
     # Limits per person and per address, and who the client is (issue 10: limits).
-    send_rate_per_ip: float = 50.0  # sends per second per client address, whoever sends
-    send_burst_per_ip: int = 100
+    # Per-address defaults leave room for many people behind one NAT (or a test
+    # suite on one machine) and still stop a flood from one address: docs/security.md.
+    send_rate_per_ip: float = 500.0  # sends per second per client address, whoever sends
+    send_burst_per_ip: int = 1000
     join_rate: float = 5.0  # joins per second per WebSocket connection (a re-join counts once)
     join_burst: int = 100  # as max_rooms_per_connection: a page may join all its rooms at once
     join_rate_per_user: float = 10.0  # joins per second per user over all connections, SSE streams included
     join_burst_per_user: int = 300
-    session_rate_per_ip: float = 1.0  # POST /api/session and POST /api/account per address per second
-    session_burst_per_ip: int = 20
-    max_connections_per_ip: int = 64  # open WebSocket, SSE and long-poll connections per address
-    max_connections: int = 10_000  # the same, in all
-    max_http_connections_per_ip: int = 256  # connections Tornado serves, per TCP peer (trusted proxies exempt)
-    max_http_connections: int = 10_000  # the same, in all
+    session_rate_per_ip: float = 5.0  # POST /api/session and POST /api/account per address per second
+    session_burst_per_ip: int = 100
+    max_connections_per_ip: int = 1000  # open WebSocket, SSE and long-poll connections per address
+    max_connections: int = 20_000  # the same, in all
+    max_http_connections_per_ip: int = 1000  # connections Tornado serves, per TCP peer (trusted proxies exempt)
+    max_http_connections: int = 20_000  # the same, in all
     max_rate_keys: int = 50_000  # users or addresses each rate table tracks; newcomers then share one bucket
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For / -Proto are believed
     allowed_hosts: tuple[str, ...] = ()  # Host names served; () → public_url's host, host, localhost

@@ -31,6 +31,22 @@ SQUALL_ENV = {
 }
 
 
+async def _until(ready: Any, what: str) -> Any:
+    """Poll ``ready()`` (a coroutine function) until it returns something true.
+
+    A closed connection frees its slot once the server has read the close, which
+    nothing tells the client about; so the test asks until it has, with a bound.
+    """
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    pause = 0.005
+    while not (result := await ready()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {TIMEOUT} s")
+        await asyncio.sleep(pause)  # between polls of an event we cannot subscribe to
+        pause = min(pause * 2, 0.1)
+    return result
+
+
 def health(server: SquallProcess) -> dict[str, Any]:
     status, body = server.api("GET", "/api/health")
     assert status == 200
@@ -278,8 +294,11 @@ def test_connections_per_address_are_refused_past_the_limit(tmp_path: Path, room
                 poll = await raw_request(node.address, poll_head)
                 await first.ping()  # those open are served as before
                 await first.close()
-                # The server has seen the close before it reads the next upgrade
-                # (the client's FIN precedes its next SYN); the slot is free again.
+
+                async def slot_freed() -> bool:
+                    return bool((await asyncio.to_thread(health, node))["limits"]["connections"] == 1)
+
+                await _until(slot_freed, "the closed WebSocket's slot freed")
                 again = await ChatClient.connect(node.address, token)
                 await again.ping()
                 await again.close()
@@ -413,11 +432,17 @@ def test_idle_http_connections_per_peer_are_refused_past_the_limit(tmp_path: Pat
             await close_writer(third_writer)
             served = await _get_health(*first, node.port)
             await close_writer(first[1])
-            # Its FIN came before the next SYN: the slot is free again.
-            again = await _idle_connection(node.address)
-            served_again = await _get_health(*again, node.port)
-            for _reader, writer in (second, again):
-                await close_writer(writer)
+
+            async def served_on_a_new_connection() -> int:
+                reader, writer = await _idle_connection(node.address)
+                try:
+                    status = await _get_health(reader, writer, node.port)
+                finally:
+                    await close_writer(writer)
+                return status if status == 200 else 0  # 429 until the server has read the close
+
+            served_again = await _until(served_on_a_new_connection, "the closed connection's slot freed")
+            await close_writer(second[1])
             return status, (headers, body), served, served_again
 
         status, (headers, body), served, served_again = run_async(scenario())
