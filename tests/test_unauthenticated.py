@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 from typing import Any
 
 import pytest
 
 from support import TIMEOUT, ChatClient, RawFrames, SquallProcess, client_frame, run_async, upgrade_request
 
-from squall.web.auth import make_token, nick_from_token
+from squall.web.auth import decode_token, make_token, new_session_id
 
 SQUALL_ENV = {"SQUALL_SEND_RATE": "1000", "SQUALL_SEND_BURST": "1000"}
 
@@ -109,9 +110,10 @@ def test_frames_after_the_upgrade_segment_are_not_acted_on(server: SquallProcess
 
 
 def test_a_validly_signed_token_for_an_empty_nick_is_no_session() -> None:
-    secret = "s" * 32
-    assert nick_from_token(secret, make_token(secret, ""), max_age_days=1) is None
-    assert nick_from_token(secret, make_token(secret, "ann"), max_age_days=1) == "ann"
+    secret, now = "s" * 32, time.time()
+    assert decode_token(secret, make_token(secret, new_session_id(), ""), max_age_days=1, now=now) is None
+    session = decode_token(secret, make_token(secret, new_session_id(), "ann"), max_age_days=1, now=now)
+    assert session is not None and session.nick == "ann"
 
 
 def test_pipelined_http_requests_are_each_authenticated(server: SquallProcess, token: str, room: str) -> None:
