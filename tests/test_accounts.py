@@ -238,7 +238,8 @@ def test_logout_ends_the_session_on_every_transport(server: SquallProcess, room:
         assert (await stream.next_of("joined")).json()["room"] == room
         # A kept-alive long-poll connection whose token the node has cached.
         reader, writer = await asyncio.open_connection(*address)
-        request = (f"GET {poll_path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+        request = (f"GET {poll_path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                   f"Authorization: Bearer {token}\r\n\r\n").encode()
         writer.write(request)
         status, headers = await read_head(reader)
         await reader.readexactly(int(headers["content-length"]))
@@ -377,7 +378,7 @@ def test_pipelined_polls_with_unchecked_tokens_are_answered_in_order(server: Squ
         reader, writer = await asyncio.open_connection(*server.address)
         try:
             writer.write(b"".join(
-                f"GET /api/rooms/{room}/messages?limit={limit} HTTP/1.1\r\nHost: x\r\n"
+                f"GET /api/rooms/{room}/messages?limit={limit} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
                 f"Authorization: Bearer {token}\r\n\r\n".encode()
                 for token, limit in polls
             ))
