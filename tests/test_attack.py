@@ -142,11 +142,13 @@ class HealthyPair:
     async def _exchange(self, speaker: str, listener: str, cid: str, *, seq: int, after: str) -> None:
         body = f"still chatting after {after}"
         await self.clients[speaker].send_json({"type": "send", "room": self.ROOM, "id": cid, "body": body})
-        own = [await self.clients[speaker].recv_json(), await self.clients[speaker].recv_json()]
-        [ack] = [f for f in own if f["type"] == "ack"] or [None]
-        [echo] = [f for f in own if f["type"] == "message"] or [None]
+        # Its ack and its own message, in either order, and nothing else.
+        own = sorted([await self.clients[speaker].recv_json(), await self.clients[speaker].recv_json()],
+                     key=lambda frame: frame["type"])
+        assert [frame["type"] for frame in own] == ["ack", "message"], f"after {after}, {speaker} got {own}"
+        ack, echo = own
         assert ack == {"type": "ack", "id": cid, "room": self.ROOM, "seq": seq}, f"after {after}, {speaker} got {own}"
-        assert echo is not None and (echo["id"], echo["seq"]) == (cid, seq), f"after {after}, {speaker} got {own}"
+        assert (echo["id"], echo["seq"]) == (cid, seq), f"after {after}, {speaker} got {own}"
         heard = await self.clients[listener].recv_json()
         assert heard["type"] == "message" and (heard["id"], heard["seq"], heard["nick"], heard["body"]) == (
             cid, seq, speaker, body
@@ -203,7 +205,9 @@ BAD_TOKENS = {
 }
 
 
-def _upgrade_with_frames(address: tuple[str, int], token: str | None, frames: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]], int | None]:
+def _upgrade_with_frames(
+    address: tuple[str, int], token: str | None, frames: list[dict[str, Any]]
+) -> tuple[bytes, list[dict[str, Any]], int | None]:
     """The upgrade request and ``frames`` in one ``sendall``; what the server answered up to its close."""
     with socket.create_connection(address, timeout=TIMEOUT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
