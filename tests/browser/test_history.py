@@ -15,8 +15,8 @@ PAGE = 50  # what the page shows on join and loads per step
 
 @pytest.fixture
 def seeded_server(start_server: Any) -> Any:
-    # Seeding writes faster than a person may: lift the per-sender rate limit.
-    return start_server(web_args=("--send-burst", "1000"))
+    # Seeding writes faster than a person may: lift the per-sender and per-address rate limits.
+    return start_server(web_args=("--send-burst", "1000", "--send-burst-per-ip", "1000"))
 
 
 def test_scrolling_up_loads_older_messages_in_place(seeded_server: Any, open_chat: Any) -> None:
