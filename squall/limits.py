@@ -130,14 +130,6 @@ class TokenBucket:
         """Whether the bucket would be full at ``now``: it then carries no information."""
         return self._tokens + max(0.0, now - self.stamp) * self.rate >= self.burst
 
-    def check_send(self, *, now: float) -> None:
-        """Spend a token for a message, or raise :class:`RateLimited` saying when to retry."""
-        if not self.take(now=now):
-            raise RateLimited(
-                f"more than {self.rate:g} messages per second; retry in {self.retry_after():.2f} s",
-                retry_after=self.retry_after(),
-            )
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rate:

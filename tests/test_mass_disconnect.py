@@ -18,7 +18,7 @@ import struct
 
 from websockets.frames import Frame, Opcode
 
-from support import TIMEOUT, ChatClient, SquallProcess, http, run_async
+from support import ChatClient, SquallProcess, http, run_async
 
 VANISHING = 300
 SQUALL_ENV = {"SQUALL_SEND_RATE": "1000", "SQUALL_SEND_BURST": "1000"}

@@ -6,23 +6,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from squall.errors import RateLimited
-from squall.limits import TokenBucket
+from squall.limits import Rate, RateTable
 from support import ChatClient, SquallProcess, http, run_async
 
 SQUALL_ENV = {"SQUALL_SEND_RATE": "0.5", "SQUALL_SEND_BURST": "2"}
 
 
 def test_bucket_refuses_past_its_burst_and_says_when_to_retry() -> None:
-    bucket = TokenBucket(rate=0.5, burst=2, now=0.0)
-    bucket.check_send(now=0.0)
-    bucket.check_send(now=0.0)
-    with pytest.raises(RateLimited) as refused:
-        bucket.check_send(now=0.0)
-    assert "retry in 2.00 s" in refused.value.reason
-    bucket.check_send(now=2.0)  # one token has come back
+    rate = Rate("send_per_user", 0.5, 2, "sends", "per user")
+    table = RateTable(rate, max_keys=10)
+    assert table.bucket("hasty", now=0.0).take(now=0.0)
+    assert table.bucket("hasty", now=0.0).take(now=0.0)
+    bucket = table.bucket("hasty", now=0.0)
+    assert not bucket.take(now=0.0)
+    refused = rate.refusal(bucket.retry_after())
+    assert isinstance(refused, RateLimited) and "retry in 2.00 s" in refused.reason
+    assert table.bucket("hasty", now=2.0).take(now=2.0)  # one token has come back
 
 
 def test_websocket_sends_past_the_burst_are_refused(server: SquallProcess, room: str) -> None:

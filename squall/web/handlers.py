@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest
 from ..pipeline.mail import validate_email
-from ..protocol import check_nick, check_room, nick_key
+from ..protocol import check_room, nick_key
 from .base import BaseHandler
 
 if TYPE_CHECKING:
