@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from support import (
     TIMEOUT, ChatClient, EventStream, SquallProcess, close_writer, http, read_head, run_async, squall_server,
+    upgrade_request,
 )
 
 NEVER = "0.001"  # a token per 1000 s: none comes back during a test
@@ -517,3 +518,38 @@ def test_a_flood_of_distinct_addresses_does_not_grow_the_tables_past_their_cap(t
         # single token the first of them spends.
         assert statuses == [200] * 21 + [429] * 39
         assert health(node)["limits"]["session_per_ip"] == 21
+
+
+def test_refused_websockets_count_against_the_address_until_they_close(tmp_path: Path) -> None:
+    """A socket refused with 4001 lives up to close_timeout: a flood of them must
+    not escape the per-address bound while they wait to be closed."""
+    with squall_server(tmp_path, env={"SQUALL_MAX_CONNECTIONS_PER_IP": "2"}) as node:
+        token = node.session("patient")
+
+        async def scenario() -> tuple[int, bool]:
+            intruders = []
+            for _ in range(2):  # no token; they never answer the close, so they stay
+                reader, writer = await asyncio.open_connection(*node.address)
+                writer.write(upgrade_request(node.address, None))
+                status, _headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
+                assert status == 101
+                intruders.append(writer)
+            try:
+                with pytest.raises(InvalidStatus) as refused:
+                    await ChatClient.connect(node.address, token)
+                held = refused.value.response.status_code
+            finally:
+                for writer in intruders:
+                    await close_writer(writer)
+
+            async def admitted() -> bool:
+                try:
+                    client = await ChatClient.connect(node.address, token)
+                except InvalidStatus:
+                    return False
+                await client.close()
+                return True
+
+            return held, await _until(admitted, "the refused sockets' slots freed")
+
+        assert run_async(scenario()) == (429, True)

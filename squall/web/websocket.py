@@ -40,6 +40,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -102,8 +103,9 @@ class WebSocketEndpoint(BaseHandler):
         session = self.session  # the token was checked in prepare(), the store asked if need be
         nick = session.nick if session is not None else None
         address = self.address_key
-        if nick is not None:
-            node.limits.open_connection(address)  # refused before the upgrade; released in _release
+        # Counted with or without a session: a refused socket lives up to
+        # close_timeout, and a flood of them must not escape the per-address bound.
+        node.limits.open_connection(address)  # refused before the upgrade; released when closed
 
         # From here on this is no HTTP exchange: Tornado must not finish it.
         self._auto_finish = False
@@ -120,7 +122,9 @@ class WebSocketEndpoint(BaseHandler):
         if nick is None:
             # No ChatConnection at all: whatever frames came with the request
             # (``leftover``) or come later, nothing can dispatch them.
-            RefusedConnection(sock, node.settings).start(handshake, leftover)
+            RefusedConnection(sock, node.settings, on_closed=lambda: node.limits.close_connection(address)).start(
+                handshake, leftover
+            )
             return
         connection = ChatConnection(node, sock, nick, address)
         connection.session_id = session.id if session is not None else ""
@@ -167,10 +171,11 @@ class RefusedConnection:
     ``close_timeout`` seconds, the socket is aborted.
     """
 
-    __slots__ = ("sock", "fd", "loop", "protocol", "_unsent", "_abort_handle")
+    __slots__ = ("sock", "fd", "loop", "protocol", "on_closed", "_unsent", "_abort_handle")
 
-    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+    def __init__(self, sock: socket.socket, settings: Settings, *, on_closed: Callable[[], None]) -> None:
         self.sock = sock
+        self.on_closed = on_closed  # gives back the connection slot
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
         self.protocol = Protocol(Side.SERVER, max_size=settings.max_frame_bytes, logger=_frames_log)
@@ -230,6 +235,7 @@ class RefusedConnection:
         self.loop.remove_writer(self.fd)
         self.sock.close()
         self._unsent = b""
+        self.on_closed()
 
 
 class ChatConnection:
