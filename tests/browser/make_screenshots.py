@@ -1,7 +1,10 @@
 """Regenerate docs/screenshots/{desktop,phone}.png from a real server and Chromium.
 
-Run from the repository root: ``.venv/bin/python -m tests.browser.make_screenshots``.
+Run from the repository root: ``.venv/bin/python tests/browser/make_screenshots.py``.
 Not a test (pytest does not collect it); it reuses the test fixtures' server class.
+Run it as a file, not with ``-m tests.…``: the ``confusables`` package installs a
+top-level ``tests`` package into site-packages, and a regular package there
+shadows this repository's ``tests`` folder (a namespace package).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, SKIP_REASON, SquallServer
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from conftest import CHROMIUM, CHROMIUM_ARGS, SKIP_REASON, SquallServer  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CONVERSATION = [
