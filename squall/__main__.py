@@ -2,7 +2,8 @@
 
 ``squall`` / ``squall run``: the processor as a child process (restarted if it
 dies) and the web node in this one. ``squall web`` and ``squall processor`` run
-the two parts apart. Ctrl-C or SIGTERM stops everything cleanly.
+the two parts apart; ``squall cluster`` runs several of each on this machine.
+Ctrl-C or SIGTERM stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run processor and web node together (the default)"),
         ("web", "run a web node"),
         ("processor", "run a processor"),
+        ("cluster", "run several web nodes and processors on this machine"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", help="TOML file of settings (also SQUALL_CONFIG)")
         _add_setting_flags(sub)
+        if name == "cluster":
+            sub.add_argument("--web", dest="web_nodes", type=int, default=2, metavar="N",
+                             help="web nodes, on port, port+1, … (default: 2)")
+            sub.add_argument("--processors", dest="processors", type=int, default=2, metavar="N",
+                             help="processors (default: 2)")
         if name == "processor":  # `squall run` hands its child the socket it bound
             sub.add_argument("--inherited-sockets", dest="inherited_sockets",
                              default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -61,7 +68,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in {"command", "config", "processor_port", "inherited_sockets"}
+        k: v for k, v in vars(args).items() if k not in {"command", "config", "processor_port", "inherited_sockets", "web_nodes", "processors"}
     }
     port = getattr(args, "processor_port", None)
     if port is not None:
@@ -114,6 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .web.main import serve_web
 
             _run(settings, serve_web(settings))
+        elif command == "cluster":
+            from .cluster import check_cluster, run_cluster
+            from .supervisor import ProcessorFailed
+
+            check_cluster(settings, web=args.web_nodes, processors=args.processors)
+            try:
+                _run(settings, run_cluster(settings, web=args.web_nodes, processors=args.processors))
+            except ProcessorFailed as exc:
+                print(f"squall {command}: {exc}", file=sys.stderr)
+                return 1
         else:
             from .supervisor import ProcessorFailed, run_all
 

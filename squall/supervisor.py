@@ -42,8 +42,8 @@ from .web.auth import load_or_create_secret
 from .web.main import serve_web
 
 __all__ = [
-    "run_all", "settings_environment", "ProcessorFailed", "MAX_FAILED_STARTS",
-    "PRIVATE_LISTEN",
+    "run_all", "settings_environment", "ChildSupervisor", "ProcessorFailed",
+    "MAX_FAILED_STARTS", "PRIVATE_LISTEN",
 ]
 
 log = logging.getLogger("squall.supervisor")
@@ -76,12 +76,26 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-class _Supervisor:
-    """Starts the processor child on ``sockets``, again whenever it dies."""
+class ChildSupervisor:
+    """Starts one ``squall <command>`` child, again whenever it dies.
 
-    def __init__(self, settings: Settings, sockets: list[socket.socket]) -> None:
+    The processor child of ``squall run`` gets ``sockets`` (bound by the parent);
+    ``squall cluster`` also supervises web nodes this way. A child has started
+    once a line of its output begins with ``ready_line``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sockets: list[socket.socket],
+        *,
+        command: str = "processor",
+        ready_line: str = LISTENING_LINE,
+    ) -> None:
         self.settings = settings
         self.sockets = sockets
+        self.command = command
+        self.ready_line = ready_line
         self.listening = asyncio.Event()  # the first child listens: the web node may start
         self.failed = asyncio.Event()  # given up; `failure` says why
         self.failure = ""
@@ -89,19 +103,19 @@ class _Supervisor:
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         fds = [sock.fileno() for sock in self.sockets]
+        inherit = ["--inherited-sockets", ",".join(map(str, fds))] if fds else []
         attempt = 0
         failed_starts = 0
         while not stopping.is_set():
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "squall", "processor",
-                "--inherited-sockets", ",".join(map(str, fds)),
+                sys.executable, "-m", "squall", self.command, *inherit,
                 env=settings_environment(self.settings), stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=fds,
             )
             started = loop.time()
-            log.info("processor started, pid %d", child.pid)
+            log.info("%s started, pid %d", self.command, child.pid)
             child_listens = asyncio.Event()
-            relay = asyncio.ensure_future(_relay_output(child, child_listens))
+            relay = asyncio.ensure_future(_relay_output(child, child_listens, self.ready_line))
             exited = asyncio.ensure_future(child.wait())
             listens = asyncio.ensure_future(child_listens.wait())
             stopper = asyncio.ensure_future(stopping.wait())
@@ -125,14 +139,14 @@ class _Supervisor:
                     why = "its settings cannot work" if status == ConfigError.exit_status else (
                         f"it failed to start {failed_starts} times in a row")
                     self.failure = (
-                        f"the processor could not start (exit status {status}; {why});"
+                        f"the {self.command} could not start (exit status {status}; {why});"
                         " see its message above"
                     )
                     self.failed.set()
                     return
             attempt = 0 if loop.time() - started > HEALTHY_SECONDS else attempt + 1
             delay = backoff_delay(attempt, low=0.1, high=5.0, rand=random.random()) if attempt else 0.0
-            log.error("processor exited with %s; restarting in %.2f s", status, delay)
+            log.error("%s exited with %s; restarting in %.2f s", self.command, status, delay)
             if delay:
                 try:
                     await asyncio.wait_for(stopping.wait(), delay)
@@ -149,14 +163,14 @@ class _Supervisor:
         await exited
 
 
-async def _relay_output(child: asyncio.subprocess.Process, listens: asyncio.Event) -> None:
+async def _relay_output(child: asyncio.subprocess.Process, listens: asyncio.Event, ready_line: str) -> None:
     """Copy the child's output to ours, and set ``listens`` when it says it listens."""
     assert child.stdout is not None
     while line := await child.stdout.readline():
         text = line.decode("utf-8", "replace")
         sys.stdout.write(text)
         sys.stdout.flush()
-        if text.startswith(LISTENING_LINE):
+        if text.startswith(ready_line):
             listens.set()
 
 
@@ -187,7 +201,7 @@ async def run_all(settings: Settings) -> None:
     settings = settings.replace(listen=f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
                                 processor=f"{dial}:{port}" if ":" not in dial else f"[{dial}]:{port}")
     load_or_create_secret(settings.secret, settings.data_dir)  # one file for both processes
-    supervisor = _Supervisor(settings, sockets)
+    supervisor = ChildSupervisor(settings, sockets)
     processor_stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):  # until the web node takes them over

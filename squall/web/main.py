@@ -10,7 +10,10 @@ from ..config import Settings
 from ..errors import ConfigError
 from .node import WebNode
 
-__all__ = ["serve_web"]
+__all__ = ["serve_web", "READY_LINE"]
+
+# The line a web node prints once it listens (`squall cluster` and the tests wait for it).
+READY_LINE = "Squall is running at"
 
 log = logging.getLogger("squall.web")
 
@@ -35,7 +38,7 @@ async def serve_web(settings: Settings, *, stop: asyncio.Event | None = None) ->
         ) from None
     url = f"http://{settings.host}:{node.port}/"
     log.info("web node listening on %s (processor at %s)", url, settings.processor)
-    print(f"Squall is running at {url}", flush=True)
+    print(f"{READY_LINE} {url}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await node.stop()
