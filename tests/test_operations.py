@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from squall.protocol import CANARY_ROOM
 from support import (
-    TIMEOUT, ChatClient, EventStream, HTTPResponse, SquallProcess, free_port, http, run_async, squall_server,
+    TIMEOUT, ChatClient, EventStream, HTTPResponse, SquallProcess, close_writer, free_port, http, run_async,
+    squall_server,
 )
 
 SQUALL_ENV = {"SQUALL_SEND_RATE": "0.001", "SQUALL_SEND_BURST": "5"}  # no token comes back during a test
@@ -65,6 +66,16 @@ async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
         await asyncio.sleep(pause)  # between polls of an event we cannot subscribe to
         pause = min(pause * 2, 0.1)
     return result
+
+
+async def status_for_host(address: tuple[str, int], path: str, host: str) -> int:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), TIMEOUT)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+        return int(status_line.split()[1])
+    finally:
+        await close_writer(writer)
 
 
 def canaries(data_dir: Path) -> int:
@@ -369,6 +380,9 @@ def test_processor_metrics_count_commits(pair: Pair) -> None:
         assert value(after, "squall_pipeline_in_flight") == 0
         healthz = await http(address, "GET", "/healthz")
         assert (healthz.status, healthz.json()) == (200, {"alive": True})
+        # A DNS-rebinding page in a browser on this machine is a loopback client: its Host gives it away.
+        assert await status_for_host(address, "/metrics", "evil.example") == 421
+        assert await status_for_host(address, "/metrics", "localhost") == 200
 
     run_async(scenario())
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from ..address import parse_networks
+from ..address import HostPolicy, default_allowed_hosts, parse_networks
 from ..config import Settings, parse_address
 from ..errors import ConfigError
 from ..handshake import link_key
@@ -155,6 +155,9 @@ async def serve_processor(
             processor_operations_app(
                 metrics, allow=parse_networks(settings.metrics_allow),
                 trusted=parse_networks(settings.trusted_proxies),
+                hosts=HostPolicy(settings.allowed_hosts or default_allowed_hosts(
+                    parse_address(settings.processor_metrics)[0], settings.public_url
+                )),
             ),
             idle_connection_timeout=settings.idle_timeout, body_timeout=settings.idle_timeout,
             max_body_size=settings.max_body_bytes,

@@ -20,8 +20,8 @@ from typing import Any
 
 import tornado.web
 
-from ..address import Network, metrics_refusal
-from ..errors import Forbidden, NotFound
+from ..address import HostPolicy, Network, metrics_refusal
+from ..errors import Forbidden, Misdirected, NotFound
 from ..metrics import CONTENT_TYPE, Metrics
 from .base import BaseHandler, JSONErrors
 from .readiness import Verdict
@@ -81,8 +81,24 @@ class MetricsHandler(BaseHandler):
 # -- the processor's port ------------------------------------------------------------
 
 
-class _ProcessorMetrics(JSONErrors):
-    def initialize(self, metrics: Metrics, allow: tuple[Network, ...], trusted: tuple[Network, ...]) -> None:
+class _ProcessorHandler(JSONErrors):
+    """The processor's port answers to its own host names only, as the web node
+    does (a DNS-rebinding page in a browser on this machine is a loopback client)."""
+
+    def initialize(self, hosts: HostPolicy) -> None:
+        self.hosts = hosts
+
+    def prepare(self) -> None:
+        host = self.request.headers.get("Host")
+        if not self.hosts.allows(host):
+            raise Misdirected(self.hosts.refusal_reason(host or ""))
+
+
+class _ProcessorMetrics(_ProcessorHandler):
+    def initialize(  # type: ignore[override]
+        self, hosts: HostPolicy, metrics: Metrics, allow: tuple[Network, ...], trusted: tuple[Network, ...]
+    ) -> None:
+        super().initialize(hosts)
         self.metrics = metrics
         self.allow = allow
         self.trusted = trusted
@@ -92,14 +108,15 @@ class _ProcessorMetrics(JSONErrors):
         _write_metrics(self, self.metrics)
 
 
-class _ProcessorHealthz(JSONErrors):
+class _ProcessorHealthz(_ProcessorHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(b'{"alive":true}')
 
 
-class _NoRoute(JSONErrors):
+class _NoRoute(_ProcessorHandler):
     def prepare(self) -> None:
+        super().prepare()
         raise NotFound(f"no route for {self.request.method} {self.request.path}; try /metrics or /healthz")
 
 
@@ -110,12 +127,13 @@ def _quiet_log(handler: tornado.web.RequestHandler) -> None:
 
 
 def processor_operations_app(
-    metrics: Metrics, *, allow: tuple[Network, ...], trusted: tuple[Network, ...]
+    metrics: Metrics, *, hosts: HostPolicy, allow: tuple[Network, ...], trusted: tuple[Network, ...]
 ) -> tornado.web.Application:
-    """The processor's ``/metrics`` (to ``allow`` only) and ``/healthz``."""
-    args: dict[str, Any] = {"metrics": metrics, "allow": allow, "trusted": trusted}
+    """The processor's ``/metrics`` (to ``allow`` only) and ``/healthz``, for ``Host`` names in ``hosts``."""
+    args: dict[str, Any] = {"hosts": hosts, "metrics": metrics, "allow": allow, "trusted": trusted}
     return tornado.web.Application(
-        [(r"/metrics", _ProcessorMetrics, args), (r"/healthz", _ProcessorHealthz)],
-        default_handler_class=_NoRoute, compress_response=False, log_function=_quiet_log,
+        [(r"/metrics", _ProcessorMetrics, args), (r"/healthz", _ProcessorHealthz, {"hosts": hosts})],
+        default_handler_class=_NoRoute, default_handler_args={"hosts": hosts},
+        compress_response=False, log_function=_quiet_log,
     )
 
