@@ -10,6 +10,13 @@ an address stops the walk at the proxy that passed it on. Every transport
 asks :func:`client_address`; rate limits key it with :func:`rate_key`, which
 treats an IPv6 /64 (what one subscriber usually gets) as one address.
 
+Metrics. ``/metrics`` is for the operator's scraper, never for strangers:
+:func:`metrics_refusal` admits a client whose address is in ``metrics_allow``
+(loopback by default), found as for everything else. A request that a proxy
+carried, by its headers, from a peer that is not a trusted proxy is refused
+whatever the peer's address: a proxy on this machine would otherwise hand
+every stranger's request to /metrics from 127.0.0.1.
+
 Hosts. A page on ``evil.example`` whose name is re-pointed at 127.0.0.1 (DNS
 rebinding) talks to Squall as a same-origin page: its ``Origin`` equals its
 ``Host``, so only the ``Host`` name gives it away. :class:`HostPolicy` allows
@@ -20,12 +27,12 @@ have as its own origin.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 __all__ = [
     "Network", "parse_networks", "parse_ip", "client_address", "forwarded_https", "rate_key",
-    "HostPolicy", "default_allowed_hosts", "host_name",
+    "HostPolicy", "default_allowed_hosts", "host_name", "metrics_refusal", "PROXY_HEADERS",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,6 +103,34 @@ def forwarded_https(peer: str, forwarded_proto: str | None, trusted: tuple[Netwo
     if hop is None or not _trusted(hop, trusted):
         return False
     return forwarded_proto.rsplit(",", 1)[-1].strip().lower() == "https"
+
+
+# Headers by which a proxy says whom it forwards for; their presence alone
+# shows that a request came through one.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+def metrics_refusal(
+    peer: str, headers: Mapping[str, str], *, allow: tuple[Network, ...], trusted: tuple[Network, ...]
+) -> str | None:
+    """Why the client behind TCP ``peer`` may not read ``/metrics``, or None if it may.
+
+    ``headers`` are the request's (any mapping with case-insensitive names).
+    """
+    hop = parse_ip(peer)
+    if hop is None:
+        return "metrics are served to IP clients only"
+    if not _trusted(hop, trusted):
+        for name in PROXY_HEADERS:
+            if headers.get(name) is not None:
+                return (
+                    f"this request came through a proxy ({name}) at {hop}, which is not in"
+                    " trusted_proxies: its client is unknown"
+                )
+    client = parse_ip(client_address(peer, headers.get("X-Forwarded-For"), trusted))
+    if client is None or not _trusted(client, allow):
+        return f"{client or peer} is not in metrics_allow"
+    return None
 
 
 def rate_key(address: str) -> str:

@@ -108,6 +108,12 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For / -Proto are believed
     allowed_hosts: tuple[str, ...] = ()  # Host names served; () → public_url's host, host, localhost
 
+    # Operations: /metrics, /healthz, /readyz (docs/deployment.md, "Health checks and metrics").
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")  # CIDRs whose clients may read /metrics
+    ready_timeout: float = 2.0  # seconds /readyz's canary has to come back through processor, store and bus
+    ready_cache: float = 1.0  # seconds a /readyz verdict is reused: at most one canary per this long
+    processor_metrics: str = ""  # HOST:PORT where the processor serves /metrics and /healthz; "" → nowhere
+
     # Accounts and identity (docs/protocol.md, "Accounts and sessions").
     guests: bool = True  # False: POST /api/session needs a password (403 guests_disabled)
     password_min_length: int = 8  # shortest password an account may have
@@ -172,6 +178,8 @@ FIELD_HELP: dict[str, str] = {
     "loop": "event loop: asyncio or uvloop",
     "trusted_proxies": "CIDRs of proxies whose X-Forwarded-For and X-Forwarded-Proto are believed",
     "allowed_hosts": "Host names this server answers to (default: public_url's host, host, localhost)",
+    "metrics_allow": "CIDRs whose clients may read /metrics (default: loopback)",
+    "processor_metrics": "HOST:PORT where the processor serves /metrics (default: not served)",
 }
 
 
@@ -267,6 +275,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("session_rate_per_ip", 0, False), ("session_burst_per_ip", 0, False),
     ("max_connections_per_ip", 0, False), ("max_connections", 0, False), ("max_rate_keys", 0, False),
     ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),
+    ("ready_timeout", 0, False), ("ready_cache", 0, False),
 )
 
 
@@ -287,7 +296,7 @@ def _check(settings: Settings) -> None:
     for name in ("host", "data_dir"):
         if not getattr(settings, name).strip():
             raise ConfigError(f"{name} must not be empty")
-    for name in ("processor", "listen"):
+    for name in ("processor", "listen") + (("processor_metrics",) if settings.processor_metrics else ()):
         try:
             parse_address(getattr(settings, name))
         except ConfigError as exc:
@@ -365,10 +374,11 @@ def _check_stages(stages: tuple[str, ...]) -> None:
 def _check_client_limits(settings: Settings) -> None:
     from .address import parse_networks
 
-    try:
-        parse_networks(settings.trusted_proxies)
-    except ValueError as exc:
-        raise ConfigError(f"trusted_proxies: {exc}") from None
+    for name in ("trusted_proxies", "metrics_allow"):
+        try:
+            parse_networks(getattr(settings, name))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     for name in settings.allowed_hosts:
         text = name.strip()
         if not text or any(c in text for c in "/@ ") or "*" in text[1:]:

@@ -181,6 +181,9 @@ class Hub:
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
         self.rooms: dict[str, Room] = {}
+        # Messages handed to live members and parked polls, one per member
+        # (squall_deliveries_total): counted per room advance, not per member.
+        self.deliveries = 0
 
     # -- opening rooms --------------------------------------------------
 
@@ -269,6 +272,7 @@ class Hub:
         if not unsent:
             return
         room.unsent = []
+        self.deliveries += len(unsent) * len(room.live)
         if len(unsent) == 1:
             for member in list(room.live):
                 member.deliver(unsent[0])
@@ -425,6 +429,7 @@ class Hub:
                     # same cursor: the next poll reads the store.
                     messages = []
                 answer = answers[(since, limit)] = PollAnswer(encode_poll_body(messages, since), messages)
+            self.deliveries += len(answer.messages)
             waiter.answered(answer)
 
     # -- housekeeping ---------------------------------------------------

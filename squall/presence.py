@@ -122,6 +122,14 @@ class PresenceTable:
                 del self._polls[room]
         return changes
 
+    def users_online(self) -> int:
+        """How many users are online in at least one room."""
+        return len(self._rooms_online)
+
+    def memberships(self) -> int:
+        """How many (user, room) pairs are online."""
+        return sum(self._rooms_online.values())
+
     def members(self, room: str) -> list[str]:
         keys = set(self._connections.get(room, ())) | set(self._polls.get(room, ()))
         return sorted((self._spelling.get(k, k) for k in keys), key=str.casefold)

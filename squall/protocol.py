@@ -36,12 +36,19 @@ from .errors import BadRequest, ClientError, Rejected
 __all__ = [
     "Join", "Leave", "Send", "Typing", "Ping", "Command",
     "parse_command", "parse_send_body", "check_room", "check_nick", "nick_key", "check_client_id",
-    "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK", "BIDI_CONTROLS",
+    "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK", "BIDI_CONTROLS", "CANARY_ROOM",
+    "check_link_room",
 ]
 
 MAX_NICK = 32
 MAX_CLIENT_ID = 64
 _ROOM = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# The room of the readiness canary (``/readyz``): a web node's own messages,
+# sent through processor, store and bus to prove they work. It breaks the room
+# rule on purpose (no room starts with "_"), so check_room refuses it on every
+# client path — no join, send, poll, stream or member list can name it — and
+# only the processor link accepts it (check_link_room).
+CANARY_ROOM = "_canary"
 _NICK_PUNCTUATION = frozenset("_-.")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -106,6 +113,11 @@ def check_room(room: object) -> str:
             code="bad_room",
         )
     return room
+
+
+def check_link_room(room: object) -> str:
+    """A room on the processor link: any client room, or :data:`CANARY_ROOM`."""
+    return CANARY_ROOM if room == CANARY_ROOM else check_room(room)
 
 
 def check_nick(nick: object) -> str:

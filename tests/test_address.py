@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from squall.address import (
@@ -10,6 +12,7 @@ from squall.address import (
     default_allowed_hosts,
     forwarded_https,
     host_name,
+    metrics_refusal,
     parse_networks,
     rate_key,
 )
@@ -98,3 +101,35 @@ def test_default_allowed_hosts() -> None:
     assert default_allowed_hosts("127.0.0.1", "") == ("localhost",)
     assert default_allowed_hosts("0.0.0.0", "https://chat.example.com/") == ("chat.example.com", "localhost")
     assert default_allowed_hosts("chat.internal", "") == ("chat.internal",)
+
+
+LOOPBACK = parse_networks(["127.0.0.0/8", "::1"])
+
+
+@pytest.mark.parametrize(("peer", "headers", "trusted", "allowed"), [
+    # The default: a scraper on this machine.
+    ("127.0.0.1", {}, (), True),
+    ("::1", {}, (), True),
+    ("::ffff:127.0.0.1", {}, (), True),
+    ("203.0.113.9", {}, (), False),
+    # A proxy on this machine that is not trusted: its client is unknown, refused.
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, (), False),
+    ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"}, (), False),
+    ("127.0.0.1", {"Forwarded": "for=203.0.113.9"}, (), False),
+    ("127.0.0.1", {"X-Real-IP": "203.0.113.9"}, (), False),
+    # A trusted proxy: the client it names decides.
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, PROXIES + LOOPBACK, False),
+    ("10.0.0.2", {"X-Forwarded-For": "127.0.0.1"}, PROXIES, True),
+    ("10.0.0.2", {}, PROXIES, False),  # the proxy itself, at 10.0.0.2, is not in the allow list
+    ("", {}, (), False),
+    ("not an address", {}, (), False),
+])
+def test_metrics_refusal(peer: str, headers: dict[str, str], trusted: tuple[Any, ...], allowed: bool) -> None:
+    refusal = metrics_refusal(peer, headers, allow=LOOPBACK, trusted=trusted)
+    assert (refusal is None) is allowed, refusal
+
+
+def test_metrics_refusal_names_the_address_and_the_setting() -> None:
+    assert metrics_refusal("203.0.113.9", {}, allow=LOOPBACK, trusted=()) == "203.0.113.9 is not in metrics_allow"
+    reason = metrics_refusal("127.0.0.1", {"X-Forwarded-For": "1.2.3.4"}, allow=LOOPBACK, trusted=())
+    assert reason is not None and "trusted_proxies" in reason

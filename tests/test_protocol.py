@@ -8,8 +8,8 @@ import pytest
 
 from squall.errors import BadRequest, ClientError
 from squall.protocol import (
-    MAX_CLIENT_ID, MAX_NICK, Join, Leave, Ping, Send, Typing,
-    check_client_id, check_nick, check_room, float_param, int_param, nick_key, parse_command,
+    CANARY_ROOM, MAX_CLIENT_ID, MAX_NICK, Join, Leave, Ping, Send, Typing,
+    check_client_id, check_link_room, check_nick, check_room, float_param, int_param, nick_key, parse_command,
     parse_send_body,
 )
 
@@ -99,6 +99,19 @@ def test_check_room_refuses(room: object) -> None:
     with pytest.raises(BadRequest) as caught:
         check_room(room)
     assert caught.value.code == "bad_room"
+
+
+def test_the_canary_room_is_no_client_room_but_the_processor_link_takes_it() -> None:
+    with pytest.raises(BadRequest):
+        check_room(CANARY_ROOM)
+    for frame in (f'{{"type":"join","room":"{CANARY_ROOM}"}}', f'{{"type":"send","room":"{CANARY_ROOM}","body":"x","id":"1"}}'):
+        with pytest.raises(BadRequest):
+            parse_command(frame)
+    assert check_link_room(CANARY_ROOM) == CANARY_ROOM
+    assert check_link_room("lobby") == "lobby"
+    for other in ("_canary2", "_other", "_Canary", 5):  # only the one name, not the "_" prefix
+        with pytest.raises(BadRequest):
+            check_link_room(other)
 
 
 def test_check_room_shortens_a_huge_name_in_its_reason() -> None:

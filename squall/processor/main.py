@@ -16,25 +16,34 @@ import signal
 import socket
 from pathlib import Path
 
+from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from ..config import Settings
+from ..address import HostPolicy, default_allowed_hosts, parse_networks
+from ..config import Settings, parse_address
 from ..errors import ConfigError
 from ..handshake import link_key
+from ..metrics import ProcessorMetrics
 from ..pipeline.mail import Deliverer, OutboxDeliverer, SmtpDeliverer
 from ..store import open_store
 from ..web.auth import load_or_create_secret
+from ..web.operations import processor_operations_app
 from .notifier import Notifier
 from .pipeline import Pipeline, StageContext
 from .server import ProcessorServer
 from .stages import BatchWriter
 
-__all__ = ["serve_processor", "make_deliverer", "listening_sockets", "is_loopback", "LISTENING_LINE"]
+__all__ = [
+    "serve_processor", "make_deliverer", "listening_sockets", "metrics_sockets", "is_loopback", "LISTENING_LINE",
+    "METRICS_LINE",
+]
 
 log = logging.getLogger("squall.processor")
 
 # Printed once the processor listens: `squall run` (and the tests) wait for it.
 LISTENING_LINE = "squall processor listening on"
+# Printed once the processor serves /metrics (`processor_metrics`).
+METRICS_LINE = "squall processor metrics on"
 
 
 def make_deliverer(settings: Settings) -> Deliverer:
@@ -71,6 +80,24 @@ def listening_sockets(settings: Settings) -> list[socket.socket]:
         raise ConfigError(f"listen = {settings.listen!r}: cannot listen there: {exc.strerror or exc}") from None
 
 
+def metrics_sockets(settings: Settings) -> list[socket.socket]:
+    """Bind ``processor_metrics`` (none when it is empty); a :class:`ConfigError` names it."""
+    if not settings.processor_metrics:
+        return []
+    host, port = parse_address(settings.processor_metrics)
+    try:
+        return bind_sockets(port, host)
+    except OSError as exc:
+        raise ConfigError(
+            f"processor_metrics = {settings.processor_metrics!r}: cannot listen there: {exc.strerror or exc}"
+        ) from None
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
 async def serve_processor(
     settings: Settings,
     *,
@@ -85,37 +112,57 @@ async def serve_processor(
     """
     key = link_key(load_or_create_secret(settings.secret, settings.data_dir))
     sockets = sockets if sockets is not None else listening_sockets(settings)
+    try:
+        operations = metrics_sockets(settings)
+    except ConfigError:
+        _close(sockets)
+        raise
     store = open_store(settings.database_url)
+    metrics = ProcessorMetrics()
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
         mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
     )
     writer = BatchWriter(
         store, max_batch=settings.store_batch,
-        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored,
+        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored, metrics=metrics,
     )
     server = ProcessorServer(
         key=key, max_line=settings.max_line_bytes, max_body_chars=settings.max_body_chars,
         on_seen=notifier.seen,
     )
+    metrics.in_flight.set_function(lambda: server.in_flight)
+    metrics.links.set_function(lambda: len(server.connections))
     try:
         pipeline = server.pipeline = Pipeline.from_settings(StageContext(
             settings=settings, store=store, writer=writer, send_update=server.send_to_all,
         ))
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        _close(sockets + operations)
         raise
     try:
         await store.open()
     except BaseException as exc:
         await pipeline.close()
-        for sock in sockets:
-            sock.close()
+        _close(sockets + operations)
         if isinstance(exc, Exception):
             raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
         raise
     server.add_sockets(sockets)
+    operations_server: HTTPServer | None = None
+    if operations:
+        operations_server = HTTPServer(
+            processor_operations_app(
+                metrics, allow=parse_networks(settings.metrics_allow),
+                trusted=parse_networks(settings.trusted_proxies),
+                hosts=HostPolicy(settings.allowed_hosts or default_allowed_hosts(
+                    parse_address(settings.processor_metrics)[0], settings.public_url
+                )),
+            ),
+            idle_connection_timeout=settings.idle_timeout, body_timeout=settings.idle_timeout,
+            max_body_size=settings.max_body_bytes,
+        )
+        operations_server.add_sockets(operations)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,9 +173,14 @@ async def serve_processor(
 
     host, port = sockets[0].getsockname()[:2]
     log.info("processor listening on %s:%d (stages: %s)", host, port, ", ".join(settings.stages))
+    if operations:
+        metrics_host, metrics_port = operations[0].getsockname()[:2]
+        print(f"{METRICS_LINE} http://{metrics_host}:{metrics_port}/metrics", flush=True)
     print(f"{LISTENING_LINE} {host}:{port}", flush=True)
     await stop.wait()
     server.stop()
+    if operations_server is not None:
+        operations_server.stop()
     if not await server.wait_idle(settings.shutdown_timeout):
         log.warning("stopping with %d messages still in flight", server.in_flight)
     await pipeline.close()

@@ -33,7 +33,7 @@ from ..errors import BadRequest, HandshakeFailed, Rejected
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_web_hello, new_nonce, processor_hello, welcome
 from ..lines import Line, LineReader, encode_line
 from ..message import Draft
-from ..protocol import check_client_id, check_nick, check_room
+from ..protocol import check_client_id, check_link_room, check_nick, check_room
 from ..throttled_log import ThrottledLog
 from .pipeline import Pipeline
 
@@ -262,7 +262,7 @@ class _Connection:
             return None
         ref, body, ts = request["ref"], request["body"], request["ts"]
         try:
-            room = check_room(request["room"])
+            room = check_link_room(request["room"])  # a client's room, or a web node's canary
             nick = check_nick(request["nick"])
             cid = check_client_id(request["id"])
         except BadRequest as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, FilterFileError, Rejected
 from ..message import Draft
+from ..metrics import ProcessorMetrics
 from ..pipeline.filter import Action, FilterFile
 from ..pipeline.mentions import find_mentions, mark_mentions
 from ..pipeline.preview import AllowList, PreviewFetcher
@@ -202,16 +203,18 @@ class BatchWriter:
     runs goes into the next one (group commit). Each caller gets its own message
     back only after the transaction that holds it has committed. A batch that
     fails is stored again one message at a time, so that only a message that
-    fails alone is refused (its caller gets the exception)."""
+    fails alone is refused (its caller gets the exception). Each transaction is
+    timed into ``metrics`` (``squall_store_commit_seconds``), if given."""
 
     def __init__(
         self, store: Store, *, max_batch: int = 512, notify_delay_ms: int | None = None,
-        on_commit: Callable[[list[Draft]], None] | None = None,
+        on_commit: Callable[[list[Draft]], None] | None = None, metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.notify_delay_ms = notify_delay_ms
         self.on_commit = on_commit
+        self.metrics = metrics
         self._queue: list[tuple[Draft, asyncio.Future[Draft]]] = []
         self._running = False
 
@@ -229,9 +232,7 @@ class BatchWriter:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 try:
-                    saved = await self.store.save_messages(
-                        [message for message, _ in batch], notify_delay_ms=self.notify_delay_ms
-                    )
+                    saved = await self._commit([message for message, _ in batch])
                 except Exception as exc:
                     if len(batch) == 1:
                         self._fail(batch[0], exc)
@@ -249,11 +250,25 @@ class BatchWriter:
     async def _save_one_by_one(self, batch: list[tuple[Draft, asyncio.Future[Draft]]]) -> None:
         for item in batch:
             try:
-                saved = await self.store.save_messages([item[0]], notify_delay_ms=self.notify_delay_ms)
+                saved = await self._commit([item[0]])
             except Exception as exc:
                 self._fail(item, exc)
             else:
                 self._committed([item], saved)
+
+    async def _commit(self, drafts: list[Draft]) -> list[Draft]:
+        """One transaction: ``drafts`` as stored."""
+        started = time.perf_counter()
+        try:
+            saved = await self.store.save_messages(drafts, notify_delay_ms=self.notify_delay_ms)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.failed_commits.inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.stored_messages.inc(sum(not message.duplicate for message in saved))
+        return saved
 
     def _committed(self, batch: list[tuple[Draft, asyncio.Future[Draft]]], saved: list[Draft]) -> None:
         for (_, future), message in zip(batch, saved):

@@ -1,6 +1,7 @@
 """Routes, and the small HTTP handlers: me, members, typing, the page.
 
-Sign-up, sign-in and sign-out live in :mod:`.accounts`.
+Sign-up, sign-in and sign-out live in :mod:`.accounts`; ``/healthz``,
+``/readyz`` and ``/metrics`` in :mod:`.operations`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _ROOM = r"/api/rooms/([^/]+)"
 def routes(node: WebNode) -> list[Any]:
     from .accounts import AccountHandler, LogoutHandler, PasswordHandler, SessionHandler
     from .longpoll import MessagesHandler
+    from .operations import HealthzHandler, MetricsHandler, ReadyzHandler
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
 
@@ -41,6 +43,9 @@ def routes(node: WebNode) -> list[Any]:
         (_ROOM + r"/members", MembersHandler, args),
         (_ROOM + r"/typing", TypingHandler, args),
         (r"/api/health", HealthHandler, args),
+        (r"/healthz", HealthzHandler, args),
+        (r"/readyz", ReadyzHandler, args),
+        (r"/metrics", MetricsHandler, args),
     ]
 
 

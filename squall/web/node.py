@@ -3,7 +3,8 @@ processor link together, and owns the Tornado application.
 
 Every chat send, whatever its transport, goes through :meth:`WebNode.send`;
 every processed message comes back through :meth:`WebNode._on_processed` and
-leaves for the bus, encoded once.
+leaves for the bus, encoded once. Every bus delivery comes in through
+:meth:`WebNode._from_bus`, which times the hub's fan-out of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ from tornado.netutil import bind_sockets
 from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
 from ..config import Settings
-from ..errors import Misdirected
+from ..errors import ClientError, Misdirected, Unavailable
 from ..frames import Broadcast
 from ..handshake import link_key
 from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
+from ..metrics import NodeMetrics
 from ..presence import PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
@@ -42,6 +44,7 @@ from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
+from .readiness import Canary, Readiness
 
 __all__ = ["WebNode"]
 
@@ -89,7 +92,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     so successful requests are logged at DEBUG and only failures above it."""
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    if status in (421, 429):
+    if status in (421, 429) or getattr(handler, "counted_elsewhere", False):
         level = logging.DEBUG  # refusals by a limit: counted in /api/health; a flood must not flood the log
     if access_log.isEnabledFor(level):
         request = handler.request
@@ -132,6 +135,11 @@ class WebNode:
         self.counters = Counters()  # every refusal, by code and limit (/api/health)
         self.limits = _limits(settings, self.counters)
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.metrics = NodeMetrics(self.counters)
+        self.metrics_allow = parse_networks(settings.metrics_allow)
+        self.canary = Canary(self.link, self.store, deadline=settings.ready_timeout)
+        self.readiness = Readiness(self.canary.run, cache=settings.ready_cache)
+        self._watch()
         self.hosts = HostPolicy(
             settings.allowed_hosts or default_allowed_hosts(settings.host, settings.public_url)
         )
@@ -143,6 +151,17 @@ class WebNode:
         self._forget_guests: PeriodicCallback | None = None
         self._session_pruning: PeriodicCallback | None = None
         self.stopping = False
+
+    def _watch(self) -> None:
+        """Bind the metrics read at scrape to this node's state."""
+        metrics = self.metrics
+        metrics.connections.labels("websocket").set_function(lambda: len(self.websockets))
+        metrics.connections.labels("sse").set_function(lambda: len(self.event_streams))
+        metrics.connections.labels("longpoll").set_function(lambda: len(self.poll_connections))
+        metrics.deliveries.set_function(lambda: self.hub.deliveries)
+        metrics.presence_users.set_function(self.presence.users_online)
+        metrics.presence_memberships.set_function(self.presence.memberships)
+        metrics.watch_link(self.link)
 
     # -- life cycle -----------------------------------------------------
 
@@ -166,7 +185,7 @@ class WebNode:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.bus.start(self.hub.receive_all)
+        await self.bus.start(self._from_bus)
         self.link.start()
         app = self.make_app()
         settings = self.settings
@@ -270,10 +289,21 @@ class WebNode:
     # -- sends ----------------------------------------------------------
 
     async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
-        """Hand a message to the processor; returns it once stored (with ``seq``)."""
-        return await self.link.process(
-            room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
-        )
+        """Hand a message to the processor; returns it once stored (with ``seq``).
+
+        Counts it, and its ack or refusal (refusals in :attr:`counters`, by code
+        and ``pipeline`` or ``processor``: the rate limits counted theirs already).
+        """
+        self.metrics.sends.inc()
+        try:
+            message = await self.link.process(
+                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
+            )
+        except ClientError as exc:
+            self.counters.count(exc.code, "processor" if isinstance(exc, Unavailable) else "pipeline")
+            raise
+        self.metrics.acks.inc()
+        return message
 
     def _on_processed(self, messages: list[dict[str, Any]]) -> None:
         self.bus.publish_all([
@@ -289,6 +319,14 @@ class WebNode:
         for broadcast in messages:
             if broadcast.seq is not None and key in broadcast.mentions:
                 self.link.report_seen(key, broadcast.room, broadcast.seq)
+
+    def _from_bus(self, broadcasts: Sequence[Broadcast]) -> None:
+        """What the bus delivers, to the hub (and to the readiness canary while one is out)."""
+        if self.canary.waiting:
+            self.canary.seen(broadcasts)
+        started = time.perf_counter()
+        self.hub.receive_all(broadcasts)
+        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
     def _on_updated(self, value: dict[str, Any]) -> None:
         event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}
