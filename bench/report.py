@@ -57,18 +57,20 @@ def _one_in_flight_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | N
 
 
 def _throughput_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    # Both figures: a server that is not saturated (IDLE: it waits on the store's
+    # fsync or on the load generator) shows deliveries/s that are not its limit,
+    # and then only CPU per delivery says which server does less work.
     squall, ceiling, peer = _goal_rows(rows, COALESCING_CEILING)
     value, ref, other = (_num(squall, "deliveries_per_s"), _num(ceiling, "deliveries_per_s"),
                          _num(peer, "deliveries_per_s"))
-    if value is None or not ref:
-        return None
-    evidence = f"{value / ref:.2f}x the coalescing ceiling's deliveries/s"
     cpu, ref_cpu = _num(squall, "cpu_us_per_delivery"), _num(ceiling, "cpu_us_per_delivery")
-    if cpu is not None and ref_cpu:
-        evidence += f", {cpu / ref_cpu:.2f}x its CPU/delivery ({cpu:.2f} vs {ref_cpu:.2f} us)"
+    if value is None or not ref or cpu is None or not ref_cpu:
+        return None
+    evidence = (f"{value / ref:.2f}x the coalescing ceiling's deliveries/s, "
+                f"{cpu / ref_cpu:.2f}x its CPU/delivery ({cpu:.2f} vs {ref_cpu:.2f} us)")
     if other:
-        evidence += f"; {value / other:.2f}x websockets"
-    return value >= ref and (other is None or value > other), evidence
+        evidence += f"; {value / other:.2f}x websockets' deliveries/s"
+    return value >= ref and cpu <= ref_cpu and (other is None or value > other), evidence
 
 
 def _latency_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
@@ -114,8 +116,10 @@ GOALS: dict[str, Goal] = {
                               _one_in_flight_goal),
     "one-in-flight-2000": Goal("web node + processor CPU/delivery <= the ceiling's, processor <= 500 us/msg",
                                _one_in_flight_goal),
-    "fanout-500": Goal(">= 1.0x the coalescing ceiling's deliveries/s, ahead of websockets", _throughput_goal),
-    "fanout-2000": Goal(">= 1.0x the coalescing ceiling's deliveries/s, ahead of websockets", _throughput_goal),
+    "fanout-500": Goal(">= 1.0x the coalescing ceiling's deliveries/s at <= its CPU/delivery, ahead of websockets",
+                       _throughput_goal),
+    "fanout-2000": Goal(">= 1.0x the coalescing ceiling's deliveries/s at <= its CPU/delivery, ahead of websockets",
+                        _throughput_goal),
     "latency": Goal("p99 <= the ceiling's + 2 ms", _latency_goal),
     "rooms": Goal("report"),
     "slow-client": Goal(">= 0.9x alone, RSS growth <= 8 MiB", _slow_client_goal),
