@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m bench                                  # everything, about 15 minutes
+    python -m bench                                  # everything, about 11 minutes
     python -m bench --quick                          # shorter runs, 1000 idle connections
     python -m bench --scenario fanout-2000 --targets ceiling-coalescing,websockets
     python -m bench --scenario fanout-500 --clients 5 --duration 1 --output /tmp/r
