@@ -2,14 +2,16 @@
 
 Examples::
 
-    python -m bench                                  # everything, about 10 minutes
+    python -m bench                                  # everything, about 11 minutes
     python -m bench --quick                          # shorter runs, 1000 idle connections
-    python -m bench --scenario fanout-2000 --targets ceiling,websockets
+    python -m bench --scenario fanout-2000 --targets ceiling-coalescing,websockets
     python -m bench --scenario fanout-500 --clients 5 --duration 1 --output /tmp/r
 
 The process pins itself off the server core, raises its open-file limit to the
 hard limit, and runs every scenario against each target in turn, starting a
-fresh server for each. It exits 1 if any run failed its counts or crashed.
+fresh server for each. A target that is only a reference (the coalescing
+ceiling) runs only in the scenarios it is the reference of. It exits 1 if any
+run failed its counts or crashed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from .report import command_line, machine, table, write_results
 from .scenarios import FANOUT_WINDOW, SCENARIOS, Options, Scenario, machine_busy_seconds
 from .serving import loop_factory
-from .targets import TARGETS, Target, pin_self
+from .targets import COALESCING_CEILING, TARGETS, Target, pin_self
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOCAL_TARGETS = {"ceiling", "squall"}  # the in-process filter scenario has no websockets row
@@ -51,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
-    parser.add_argument("--targets", default="ceiling,websockets,squall",
+    parser.add_argument("--targets", default=f"ceiling,{COALESCING_CEILING},websockets,squall",
                         help="comma-separated targets (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="3-second runs, 1000 idle connections, a smaller filter corpus")
@@ -133,6 +135,8 @@ async def _run(
         for round_ in range(repeat):
             runnable = []
             for target in targets:
+                if target.reference_only and scenario.reference != target.name:
+                    continue
                 if scenario.kind == "local":
                     if target.name not in LOCAL_TARGETS:
                         continue

@@ -11,25 +11,30 @@ is JSON-encoded once when posted and kept as bytes, so a body is a join.
 Expiry of ``wait`` is swept once a second instead of arming a timer per
 request, so it is at most a second late; long-poll clients do not notice.
 
-Same subset and shortcuts as :mod:`bench.ceiling_ws`: the bearer token is the
-nick, there is no storage, and the backlog is the last
-:data:`MAX_BACKLOG` messages in memory.
+A ``POST`` is stored before it is posted: it goes to the processor ceiling,
+started as a child process (:mod:`bench.ceiling_processor`), and the poster
+is answered, and the pollers woken, once the processed message comes back.
+While its ``POST`` is at the processor a connection reads no further request.
+As in :mod:`bench.ceiling_ws`, ``--coalesce`` wakes a room's pollers once per
+processor read instead of once per message.
 
-Run it alone with ``python -m bench.ceiling_longpoll --port 8003``.
+Same subset and shortcuts as :mod:`bench.ceiling_ws`: the bearer token is the
+nick, and the backlog is the last :data:`MAX_BACKLOG` messages in memory.
+
+Run it alone with ``python -m bench.ceiling_longpoll --port 8003 [--coalesce]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import time
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
-
-from typing import cast
 
 import orjson
 
+from .link import ChildProcessor, ProcessorClient, process_request
 from .serving import BACKLOG, announce, serve_main, set_nodelay
 
 __all__ = ["start"]
@@ -69,22 +74,19 @@ class _Room:
         self.waiters.setdefault(cursor, {})[conn] = time.monotonic() + min(wait, MAX_WAIT)
         conn.parked = (self, cursor)
 
-    def post(self, nick: str, cid: str, body: str) -> int:
-        self.seq += 1
-        message = {
-            "type": "message", "room": self.name, "seq": self.seq, "id": cid, "nick": nick,
-            "body": body, "html": html.escape(body), "mentions": [], "links": [],
-            "ts": int(time.time() * 1000),
-        }
+    def append(self, message: dict[str, Any]) -> None:
+        """Keep a processed message; call :meth:`wake` to answer the parked polls."""
+        self.seq = message["seq"]
         self.log.append(orjson.dumps(message))
         if len(self.log) > MAX_BACKLOG:
             del self.log[: len(self.log) - MAX_BACKLOG]
+
+    def wake(self) -> None:
         groups, self.waiters = self.waiters, {}
         for cursor, conns in groups.items():
             response = _response(b"200 OK", self.since(cursor))
             for conn in conns:
                 conn.unpark(response)
-        return self.seq
 
     def expire(self, now: float) -> None:
         for cursor, conns in list(self.waiters.items()):
@@ -100,8 +102,43 @@ class _Room:
 
 
 class _Server:
-    def __init__(self) -> None:
+    def __init__(self, *, coalesce: bool) -> None:
+        self.coalesce = coalesce
         self.rooms: dict[str, _Room] = {}
+        self._link: ProcessorClient | None = None
+        self._next_ref = 0
+        self._posters: dict[int, _Connection] = {}  # ref -> whose POST, until answered
+
+    def attach(self, link: ProcessorClient) -> None:
+        self._link = link
+
+    def store(self, conn: _Connection, room: str, nick: str, cid: str, body: str) -> None:
+        """Hand a POST to the processor; the poster is answered when it comes back."""
+        assert self._link is not None, "_Server.attach() was not called"
+        self._next_ref += 1
+        self._posters[self._next_ref] = conn
+        conn.storing = True
+        self._link.write(process_request(self._next_ref, room, nick, cid, body, int(time.time() * 1000)))
+
+    def on_answers(self, answers: list[dict[str, Any]], now: float) -> None:
+        woken: dict[str, _Room] = {}
+        for answer in answers:
+            poster = self._posters.pop(answer.get("ref", 0), None)
+            if answer.get("op") != "processed":
+                if poster is not None:
+                    poster.resume(_response(b"422 Unprocessable Entity", orjson.dumps(answer)))
+                continue
+            message = answer["message"]
+            room = self.room(message["room"])
+            room.append(message)
+            if self.coalesce:
+                woken[room.name] = room
+            else:
+                room.wake()
+            if poster is not None:
+                poster.resume(_response(b"200 OK", orjson.dumps({"id": message["id"], "seq": message["seq"]})))
+        for room in woken.values():
+            room.wake()
 
     def room(self, name: str) -> _Room:
         room = self.rooms.get(name)
@@ -122,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._buffer = b""
         self.parked: tuple[_Room, int] | None = None
+        self.storing = False  # its POST is at the processor
         self.transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,13 +180,20 @@ class _Connection(asyncio.Protocol):
     def unpark(self, response: bytes) -> None:
         """Answer the parked poll, then serve any request that came in behind it."""
         self.parked = None
+        self.resume(response)
+
+    def resume(self, response: bytes) -> None:
+        """Answer the request that was waiting, then serve any that came in behind it."""
+        self.storing = False
+        if self.transport.is_closing():
+            return
         self.transport.write(response)
         if self._buffer:
             self.data_received(b"")
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
-        while self.parked is None:
+        while self.parked is None and not self.storing:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > MAX_HEAD:
@@ -191,8 +236,7 @@ class _Connection(asyncio.Protocol):
                 room.poll(self, since, wait)
             elif method == "POST":
                 msg = orjson.loads(body)
-                seq = room.post(token, msg["id"], msg["body"])
-                self.respond(_response(b"200 OK", orjson.dumps({"id": msg["id"], "seq": seq})))
+                self._server.store(self, room.name, token, msg["id"], msg["body"])
             else:
                 self.respond(_response(b"405 Method Not Allowed", b'{"error":"method"}'))
         else:
@@ -200,23 +244,34 @@ class _Connection(asyncio.Protocol):
 
 
 class _Listener:
-    def __init__(self, server: asyncio.Server, sweeper: asyncio.Task[None]) -> None:
+    def __init__(self, server: asyncio.Server, sweeper: asyncio.Task[None], processor: ChildProcessor) -> None:
         self._server = server
         self._sweeper = sweeper
+        self._processor = processor
 
     def close(self) -> None:
         self._sweeper.cancel()
         self._server.close()
+        self._processor.close()
 
 
 async def start(args: argparse.Namespace) -> _Listener:
-    """Listen on ``args.host``:``args.port`` and announce the port."""
-    state = _Server()
+    """Start the processor child, connect to it, listen on ``args.host``:``args.port`` and announce the port."""
+    state = _Server(coalesce=args.coalesce)
+    processor = await ChildProcessor.start("ceiling_longpoll", args.loop, args.data_dir, state.on_answers)
+    state.attach(processor.link)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(state), args.host, args.port, backlog=BACKLOG)
     announce(server.sockets[0].getsockname()[1])
-    return _Listener(server, asyncio.create_task(state.sweep()))
+    return _Listener(server, asyncio.create_task(state.sweep()), processor)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coalesce", action="store_true",
+                        help="wake a room's pollers once per processor read, not once per message")
+    parser.add_argument("--data-dir", default=None,
+                        help="directory for the processor's SQLite file (default: a new temp dir)")
 
 
 if __name__ == "__main__":
-    serve_main("Raw asyncio HTTP long-poll ceiling.", start)
+    serve_main("Raw asyncio HTTP long-poll ceiling, with its processor.", start, add_arguments=_add_arguments)

@@ -36,17 +36,13 @@ from typing import Any, cast
 
 import orjson
 
-from squall.errors import HandshakeFailed
-from squall.handshake import check_welcome, link_key, new_nonce, web_hello
-
-from .serving import BENCH_SECRET, set_nodelay
+from .serving import set_nodelay
 from .frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, accept_key, client_frame, client_handshake, new_key
 
 __all__ = [
     "HTTPClient",
     "HTTPError",
     "Poller",
-    "ProcessorClient",
     "Tally",
     "WSClient",
     "connect_many",
@@ -530,72 +526,3 @@ class Poller(asyncio.Protocol):
             self.next_seq = answer["seq"] + 1
         if not self._stopping:
             self._poll()
-
-
-class ProcessorClient(asyncio.Protocol):
-    """A pipelined client of the processor's newline-delimited JSON protocol.
-
-    Await :attr:`ready` (the authenticated ``hello`` exchange, with the key of
-    :data:`BENCH_SECRET`), then call :meth:`process`; each answer is passed to
-    ``on_answer(answer, arrival time)``.
-    """
-
-    def __init__(self, on_answer: Callable[[dict[str, Any], float], None]) -> None:
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_answer = on_answer
-        self.transport: asyncio.Transport | None = None
-        self._buffer = b""
-        self._key = link_key(BENCH_SECRET)
-        self._nonces: tuple[str, str] | None = None  # (ours, theirs) once we said hello
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        set_nodelay(transport)
-
-    def _handshake(self, line: dict[str, Any]) -> None:
-        assert self.transport is not None
-        try:
-            if self._nonces is None:
-                ours = new_nonce()
-                hello, theirs = web_hello(line, key=self._key, our_nonce=ours)
-                self._nonces = (ours, theirs)
-                self.transport.write(orjson.dumps(hello) + b"\n")
-            else:
-                ours, theirs = self._nonces
-                check_welcome(line, key=self._key, their_nonce=theirs, our_nonce=ours)
-                self.ready.set_result(None)
-        except HandshakeFailed as exc:
-            self.ready.set_exception(ConnectionError(f"processor handshake failed: {exc}"))
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("processor closed before hello"))
-            self.ready.exception()
-
-    def process(self, ref: int, room: str, nick: str, cid: str, body: str) -> None:
-        assert self.transport is not None
-        op = {"op": "process", "ref": ref, "room": room, "nick": nick, "id": cid, "body": body,
-              "ts": int(time.time() * 1000)}
-        self.transport.write(orjson.dumps(op) + b"\n")
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
-        buf = self._buffer + data if self._buffer else data
-        lines = buf.split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if not line:
-                continue
-            answer = orjson.loads(line)
-            if not self.ready.done():
-                self._handshake(answer)
-                continue
-            self.on_answer(answer, now)
-        if len(self._buffer) > MAX_BODY:
-            self.close()

@@ -8,14 +8,26 @@ such a dict per target. Each result carries ``ok`` and the counts behind it: a
 run that lost, duplicated or reordered a message is reported as failed,
 whatever its speed.
 
-CPU figures are in *cores*: CPU seconds divided by wall seconds over the
-measured interval, so 1.0 is one core saturated. ``loadgen_cpu`` near 1.0
-means the load generator, not the server, set the pace; the table flags it.
-``server_wait`` and ``loadgen_wait`` are the same kind of figure for the time
-each was runnable but had no CPU (another program held its core): a server
-whose ``server_cpu + server_wait`` is near 1.0 always had work, and one whose
-sum is well below 1.0 sat idle waiting for a round trip. ``other_cpu`` is what
-the rest of the machine used meanwhile, in cores.
+CPU is process CPU time (user + system, from the kernel), never wall time: a
+server that shares its core with other programs is charged only for what it
+ran. CPU *rates* are in *cores*: CPU seconds divided by wall seconds over the
+measured interval, so 1.0 is one core saturated. A server's CPU is its whole
+process tree: the web node and its processor (``web_cpu_s`` and
+``processor_cpu_s`` apart); ``cpu_us_per_delivery`` divides the sum by the
+deliveries, ``processor_cpu_us_per_message`` the processor's part by the
+messages. ``loadgen_cpu`` near 1.0 means the load generator, not the server,
+set the pace; the table flags it. ``server_wait`` and ``loadgen_wait`` are
+the same kind of figure for the time each was runnable but had no CPU (another
+program held its core): a server whose ``server_cpu + server_wait`` is near 1.0
+always had work, and one whose sum is well below 1.0 sat idle waiting for a
+round trip. ``other_cpu`` is what the rest of the machine used meanwhile, in
+cores. The kernel counts CPU time in 10 ms steps: a figure over a short or
+idle interval carries that much error.
+
+Set-up is reported for every scenario, apart from the measured interval:
+``setup_s`` is the wall time to connect every client and have every one joined
+(``connect_s`` + ``join_s``); ``tokens_s``, getting a session token per client
+(Squall only: the other targets take the nick as token), is not part of it.
 """
 
 from __future__ import annotations
@@ -32,23 +44,22 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from .link import connect_processor
 from .loadgen import (
     HTTPClient,
     Poller,
-    ProcessorClient,
     Tally,
     WSClient,
     connect_many,
     run_delay_seconds,
     self_cpu_seconds,
 )
-from .targets import Running, Target
+from .targets import COALESCING_CEILING, Running, Target
 
 __all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
 
 STALL_TIMEOUT = 10.0  # seconds without a completed message before a run is declared stalled
 SETUP_TIMEOUT = 120.0  # seconds for all clients to connect and join
-START_TIMEOUT_S = 10.0  # seconds for the processor to answer hello
 # A fan-out sender waits for its oldest message to reach every subscriber, so
 # the window must cover the round trip sender -> server -> slowest subscriber
 # -> load generator's tally -> sender, or the server idles between bursts. 64
@@ -94,7 +105,14 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """A named measurement: the server kind it needs, and which figure is the headline."""
+    """A named measurement: the server kind it needs, and which figure is the headline.
+
+    ``figure`` says in words what the headline is, for the printed table.
+    ``reference`` is the target whose headline the others are divided by:
+    the plain ceiling where one message is in flight at a time, the coalescing
+    ceiling where several are (Squall then writes several per ``send``, and so
+    does that ceiling; the plain one writes each alone).
+    """
 
     name: str
     kind: str  # "ws", "longpoll", "processor" or "local"
@@ -106,6 +124,8 @@ class Scenario:
     description: str
     details: tuple[tuple[str, str], ...] = ()  # (result key, label) shown beside the headline
     together: Callable[[list[Target], Options], Awaitable[dict[str, dict[str, Any]]]] | None = None
+    figure: str = ""
+    reference: str = "ceiling"
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -132,12 +152,13 @@ def machine_busy_seconds() -> float | None:
 
 
 class _Meter:
-    """Wall time, server and load-generator CPU and run-queue wait over one measured interval."""
+    """Wall time, server (web node, processor) and load-generator CPU and run-queue wait
+    over one measured interval."""
 
     def __init__(self, server: Running) -> None:
         self._server = server
         self.start = time.perf_counter()
-        self._server_cpu = server.cpu_seconds()
+        self._server_cpu = server.cpu_split()
         self._self_cpu = self_cpu_seconds()
         self._server_wait = server.run_delay_seconds()
         self._self_wait = run_delay_seconds()
@@ -146,14 +167,19 @@ class _Meter:
     def figures(self, end: float | None = None) -> dict[str, float]:
         end = time.perf_counter() if end is None else end
         wall = max(time.perf_counter() - self.start, 1e-9)
-        server_cpu_s = self._server.cpu_seconds() - self._server_cpu
+        web_now, processor_now = self._server.cpu_split()
+        web_cpu_s, processor_cpu_s = web_now - self._server_cpu[0], processor_now - self._server_cpu[1]
+        server_cpu_s = web_cpu_s + processor_cpu_s
         self_cpu_s = self_cpu_seconds() - self._self_cpu
         figures = {
             "elapsed_s": round(max(end - self.start, 1e-9), 3),
-            "server_cpu_s": round(server_cpu_s, 3),
+            "server_cpu_s": round(server_cpu_s, 4),
+            "web_cpu_s": round(web_cpu_s, 4),
             "server_cpu": round(server_cpu_s / wall, 3),
             "loadgen_cpu": round(self_cpu_s / wall, 3),
         }
+        if self._server.processor is not None:
+            figures["processor_cpu_s"] = round(processor_cpu_s, 4)
         server_wait, self_wait = self._server.run_delay_seconds(), run_delay_seconds()
         if server_wait is not None and self._server_wait is not None:
             figures["server_wait"] = round((server_wait - self._server_wait) / wall, 3)
@@ -172,16 +198,36 @@ async def _ws_clients(
     nicks: list[str],
     rooms: list[str],
     make: Callable[[int, str], WSClient],
+    timings: dict[str, float] | None = None,
 ) -> list[WSClient]:
-    """Connect a client per nick, join client ``i`` to ``rooms[i]``, wait for every ``joined``."""
+    """Connect a client per nick, join client ``i`` to ``rooms[i]``, wait for every ``joined``.
+
+    With ``timings``, record in it ``tokens_s``, ``connect_s``, ``join_s`` and
+    ``setup_s`` (connect + join) in seconds.
+    """
+    started = time.perf_counter()
     tokens = await target.tokens(server, nicks)
+    tokens_done = time.perf_counter()
     clients: list[WSClient] = await connect_many(
         lambda i: make(i, target.ws_path(tokens[i])), server.host, server.port, len(nicks)
     )
+    connected = time.perf_counter()
     for client, room in zip(clients, rooms):
         client.join(room)
     await asyncio.wait_for(asyncio.gather(*(c.joined for c in clients)), SETUP_TIMEOUT)
+    if timings is not None:
+        timings |= _setup_timings(started, tokens_done, connected, time.perf_counter())
     return clients
+
+
+def _setup_timings(started: float, tokens_done: float, connected: float, joined: float) -> dict[str, float]:
+    """Set-up figures from the moments it began, had its tokens, had connected and had joined."""
+    return {
+        "tokens_s": round(tokens_done - started, 3),
+        "connect_s": round(connected - tokens_done, 3),
+        "join_s": round(joined - connected, 3),
+        "setup_s": round(joined - tokens_done, 3),
+    }
 
 
 def _close_all(clients: list[Any]) -> None:
@@ -207,18 +253,23 @@ def _counts(clients: list[Any], expected_each: list[int]) -> dict[str, Any]:
     }
 
 
-def _per_delivery(figures: dict[str, float], deliveries: int) -> dict[str, float]:
-    """Server and load-generator CPU microseconds per delivery.
+def _per_delivery(figures: dict[str, float], deliveries: int, messages: int) -> dict[str, float]:
+    """Server (web node + processor) and load-generator CPU microseconds per delivery,
+    and the processor's per message.
 
     Fairer than deliveries/s when two servers were not equally saturated: it
     does not care how long a server waited, only what each delivery cost it.
     """
     deliveries = max(deliveries, 1)
     wall = figures["elapsed_s"]
-    return {
-        "cpu_us_per_delivery": round(figures["server_cpu_s"] / deliveries * 1e6, 2),
+    result = {
+        "cpu_us_per_delivery": round(figures["server_cpu_s"] / deliveries * 1e6, 3),
+        "web_cpu_us_per_delivery": round(figures["web_cpu_s"] / deliveries * 1e6, 3),
         "loadgen_cpu_us_per_delivery": round(figures["loadgen_cpu"] * wall / deliveries * 1e6, 2),
     }
+    if "processor_cpu_s" in figures:
+        result["processor_cpu_us_per_message"] = round(figures["processor_cpu_s"] / max(messages, 1) * 1e6, 1)
+    return result
 
 
 # Fan-out: one room, N subscribers, one sender as fast as delivery allows.
@@ -231,12 +282,11 @@ async def _fanout(target: Target, options: Options, n: int) -> dict[str, Any]:
     try:
         tally = Tally(n)
         nicks = [f"sub{i}" for i in range(n)] + ["sender"]
-        setup = time.perf_counter()
+        timings: dict[str, float] = {}
         clients = await _ws_clients(
             target, server, nicks, ["fanout"] * (n + 1),
-            lambda i, path: WSClient(server.host, path, tally=tally if i < n else None),
+            lambda i, path: WSClient(server.host, path, tally=tally if i < n else None), timings,
         )
-        setup_s = time.perf_counter() - setup
         subscribers, sender = clients[:n], clients[n]
         batching = options.window >= READ_BATCH_MIN_WINDOW
         if batching:
@@ -260,12 +310,12 @@ async def _fanout(target: Target, options: Options, n: int) -> dict[str, Any]:
                 subscriber.batch_reads(1)
         drained = not stalled and await tally.wait_completed(sent, STALL_TIMEOUT)
         figures = meter.figures(tally.completed_at if drained else None)
-        result = {"clients": n, "messages": sent, "setup_s": round(setup_s, 3), **figures}
+        result = {"clients": n, "messages": sent, **timings, **figures}
         result |= _counts(subscribers, [sent] * n)
         result["ok"] = result["ok"] and drained and not sender.errors
         result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
         result["messages_per_s"] = round(sent / figures["elapsed_s"], 1)
-        result |= _per_delivery(figures, int(result["deliveries"]))
+        result |= _per_delivery(figures, int(result["deliveries"]), sent)
         result["window"] = options.window
         result["read_batch_bytes"] = READ_BATCH_BYTES if batching else 1
         return result
@@ -307,10 +357,36 @@ class _SendClock:
         sent = self._seq_sent_at
         return [t - sent[seq] for seq, t in self.arrivals[first_arrival:] if seq in sent]
 
+    def arrival_spread(self) -> dict[str, float]:
+        """Per message, the first and the last subscriber's send -> arrival; their medians, in ms.
+
+        The first arrival is the server's hops before its fan-out (the processor
+        round trip, for a server that stores); last minus first is the fan-out
+        loop itself.
+        """
+        sent = self._seq_sent_at
+        first: dict[int, float] = {}
+        last: dict[int, float] = {}
+        for seq, at in self.arrivals:
+            if seq not in sent:
+                continue
+            if seq not in first or at < first[seq]:
+                first[seq] = at
+            if at > last.get(seq, 0.0):
+                last[seq] = at
+        if not first:
+            return {}
+        firsts = sorted(first[seq] - sent[seq] for seq in first)
+        lasts = sorted(last[seq] - sent[seq] for seq in last)
+        return {
+            "first_arrival_p50_ms": round(firsts[len(firsts) // 2] * 1000, 3),
+            "last_arrival_p50_ms": round(lasts[len(lasts) // 2] * 1000, 3),
+        }
+
 
 def _timed_clients(
     target: Target, server: Running, n: int, room: str, tally: Tally, clock: _SendClock,
-    on_ack: Callable[[WSClient, str, int], None],
+    on_ack: Callable[[WSClient, str, int], None], timings: dict[str, float] | None = None,
 ) -> Awaitable[list[WSClient]]:
     """``n`` subscribers that stamp arrivals on ``clock``, then a sender whose acks go to ``on_ack``."""
     return _ws_clients(
@@ -319,7 +395,74 @@ def _timed_clients(
             WSClient(server.host, path, tally=tally, latencies=clock.arrivals) if i < n
             else WSClient(server.host, path, on_ack=on_ack)
         ),
+        timings,
     )
+
+
+# One in flight: one room, N subscribers, and the sender sends its next message
+# only once every subscriber has the last one and its ack is back. Nothing can
+# be coalesced, so this is the per-message cost of a server: CPU per delivery,
+# and send -> arrival latencies back to back. The targets run one after the
+# other (the `latency` scenario is the side-by-side one): CPU per delivery does
+# not mind, the latencies carry the machine's drift.
+
+
+async def _one_in_flight(target: Target, options: Options, n: int) -> dict[str, Any]:
+    n = options.clients or n
+    server = await target.start("ws")
+    clients: list[WSClient] = []
+    try:
+        loop = asyncio.get_running_loop()
+        tally = Tally(n)
+        clock = _SendClock()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def on_ack(client: WSClient, cid: str, seq: int) -> None:
+            clock.on_ack(client, cid, seq)
+            if not acked.done():
+                acked.set_result(None)
+
+        timings: dict[str, float] = {}
+        clients = await _timed_clients(target, server, n, "solo", tally, clock, on_ack, timings)
+        sender = clients[n]
+        sent = 0
+        stalled = False
+        with _collector_paused():
+            meter = _Meter(server)
+            end = meter.start + options.duration
+            while time.perf_counter() < end:
+                acked = loop.create_future()
+                clock.send(sender, "solo", f"m{sent}", BODY + str(sent))
+                sent += 1
+                if not await tally.wait_completed(sent, STALL_TIMEOUT):
+                    stalled = True
+                    break
+                try:
+                    await asyncio.wait_for(acked, STALL_TIMEOUT)
+                except TimeoutError:
+                    stalled = True
+                    break
+            figures = meter.figures()
+        latencies = clock.latencies()
+        result = {"clients": n, "messages": sent, **timings, **figures}
+        result |= _counts(clients[:n], [sent] * n)
+        result["ok"] = result["ok"] and not stalled and not sender.errors and len(latencies) == len(clock.arrivals)
+        result["messages_per_s"] = round(sent / figures["elapsed_s"], 1)
+        result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
+        result |= _per_delivery(figures, int(result["deliveries"]), sent)
+        result |= _percentiles(latencies) | clock.arrival_spread()
+        return result
+    finally:
+        _close_all(clients)
+        await server.stop()
+
+
+async def one_in_flight_500(target: Target, options: Options) -> dict[str, Any]:
+    return await _one_in_flight(target, options, 500)
+
+
+async def one_in_flight_2000(target: Target, options: Options) -> dict[str, Any]:
+    return await _one_in_flight(target, options, 2000)
 
 
 # Latency: 2 messages a second to 2000 subscribers, send -> arrival at each.
@@ -346,6 +489,7 @@ class _LatencySide:
         self.clients: list[WSClient] = []
         self.all_acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.meter: _Meter | None = None
+        self.timings: dict[str, float] = {}
 
     def _on_ack(self, client: WSClient, cid: str, seq: int) -> None:
         self.clock.on_ack(client, cid, seq)
@@ -354,7 +498,7 @@ class _LatencySide:
 
     async def connect(self) -> None:
         self.clients = await _timed_clients(
-            self.target, self.server, self.n, "latency", self.tally, self.clock, self._on_ack
+            self.target, self.server, self.n, "latency", self.tally, self.clock, self._on_ack, self.timings
         )
 
     def send(self, k: int) -> None:
@@ -374,9 +518,10 @@ class _LatencySide:
         assert self.meter is not None
         figures = self.meter.figures()
         latencies = self.clock.latencies()
-        result = {"clients": self.n, "messages": self.count, **figures, **_percentiles(latencies)}
+        result = {"clients": self.n, "messages": self.count, **self.timings, **figures, **_percentiles(latencies)}
         result |= _counts(self.clients[: self.n], [self.count] * self.n)
         result["ok"] = result["ok"] and drained and len(latencies) == len(self.clock.arrivals)
+        result |= _per_delivery(figures, int(result["deliveries"]), self.count)
         return result
 
 
@@ -456,9 +601,10 @@ async def rooms(target: Target, options: Options, *, room_size: int = 10) -> dic
                 send_next(client, int(cid[1:].partition("-")[0]))
 
         names = [f"room{i % room_count}" for i in range(n)]
+        timings: dict[str, float] = {}
         clients = await _ws_clients(
             target, server, [f"user{i}" for i in range(n)], names,
-            lambda i, path: WSClient(server.host, path, tally=tallies[i % room_count], on_ack=on_ack),
+            lambda i, path: WSClient(server.host, path, tally=tallies[i % room_count], on_ack=on_ack), timings,
         )
         meter = _Meter(server)
         for i, client in enumerate(clients):
@@ -468,12 +614,13 @@ async def rooms(target: Target, options: Options, *, room_size: int = 10) -> dic
         drained = all(await asyncio.gather(*(t.wait_completed(s, STALL_TIMEOUT) for t, s in zip(tallies, sent))))
         figures = meter.figures(max(t.completed_at for t in tallies) if drained else None)
         messages = sum(sent)
-        result = {"clients": n, "rooms": room_count, "room_size": room_size, "messages": messages, **figures}
+        result = {"clients": n, "rooms": room_count, "room_size": room_size, "messages": messages,
+                  **timings, **figures}
         result |= _counts(clients, [sent[i % room_count] for i in range(n)])
         result["ok"] = result["ok"] and drained
         result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
         result["messages_per_s"] = round(messages / figures["elapsed_s"], 1)
-        result |= _per_delivery(figures, int(result["deliveries"]))
+        result |= _per_delivery(figures, int(result["deliveries"]), messages)
         return result
     finally:
         _close_all(clients)
@@ -533,7 +680,8 @@ async def slow_client(target: Target, options: Options) -> dict[str, Any]:
     try:
         tally = Tally(n)
         clock = _SendClock()
-        clients = await _timed_clients(target, server, n, "slow", tally, clock, clock.on_ack)
+        timings: dict[str, float] = {}
+        clients = await _timed_clients(target, server, n, "slow", tally, clock, clock.on_ack, timings)
         [sloth_token] = await target.tokens(server, ["sloth"])
         sender = clients[n]
         phase = options.duration / 3
@@ -564,7 +712,8 @@ async def slow_client(target: Target, options: Options) -> dict[str, Any]:
                 except TimeoutError:
                     sloth_closed = False
                 sloth.close()
-        result: dict[str, Any] = {"clients": n, "messages": sent, **phases, "slow_client_closed": sloth_closed}
+        result: dict[str, Any] = {"clients": n, "messages": sent, **timings, **phases,
+                                  "slow_client_closed": sloth_closed}
         result |= _counts(clients[:n], [sent] * n)
         result["ok"] = result["ok"] and not stalled
         if len(phases) == 3:
@@ -579,6 +728,7 @@ async def slow_client(target: Target, options: Options) -> dict[str, Any]:
             for key in ("server_cpu", "loadgen_cpu", "server_wait", "loadgen_wait", "other_cpu"):
                 if key in with_slow:
                     result[key] = with_slow[key]
+            result |= _per_delivery(with_slow, int(with_slow["messages"] * n), int(with_slow["messages"]))
         return result
     finally:
         _close_all(clients)
@@ -595,14 +745,18 @@ async def idle_memory(target: Target, options: Options) -> dict[str, Any]:
     try:
         nicks = [f"idle{i}" for i in range(n)]
         rss_start = server.rss()
+        started = time.perf_counter()
         tokens = await target.tokens(server, nicks)
+        tokens_done = time.perf_counter()
         rss_before = server.rss()
         clients = await connect_many(
             lambda i: WSClient(server.host, target.ws_path(tokens[i])), server.host, server.port, n
         )
+        connected = time.perf_counter()
         for i, client in enumerate(clients):
             client.join(f"idle{i // options.idle_room_size}")
         await asyncio.wait_for(asyncio.gather(*(c.joined for c in clients)), SETUP_TIMEOUT)
+        timings = _setup_timings(started, tokens_done, connected, time.perf_counter())
         # Let joins, presence and any lazy allocation settle before reading RSS.
         await asyncio.sleep(1.0)
         rss_after = server.rss()
@@ -610,6 +764,7 @@ async def idle_memory(target: Target, options: Options) -> dict[str, Any]:
         return {
             "clients": n,
             "room_size": options.idle_room_size,
+            **timings,
             "rss_start": rss_start,
             "rss_before": rss_before,
             "rss_after": rss_after,
@@ -634,7 +789,9 @@ async def longpoll(target: Target, options: Options) -> dict[str, Any]:
     pollers: list[Poller] = []
     sender: HTTPClient | None = None
     try:
+        started = time.perf_counter()
         tokens = await target.tokens(server, [f"poll{i}" for i in range(n)] + ["sender"])
+        tokens_done = time.perf_counter()
         sender = await HTTPClient.connect(server.host, server.port)
         status, answer = await sender.request("GET", "/api/rooms/lp/messages?since=0&wait=0", token=tokens[n])
         if status != 200:
@@ -642,9 +799,14 @@ async def longpoll(target: Target, options: Options) -> dict[str, Any]:
         since = answer["seq"]
         tally = Tally(n)
         host = f"{server.host}:{server.port}"
+        connecting = time.perf_counter()
         pollers = await connect_many(
             lambda i: Poller(host, "lp", tokens[i], since, tally), server.host, server.port, n
         )
+        # A poller has nothing to join: it is set up once connected, its first poll sent.
+        connected = time.perf_counter()
+        timings = {"tokens_s": round(tokens_done - started, 3), "connect_s": round(connected - connecting, 3),
+                   "join_s": 0.0, "setup_s": round(connected - connecting, 3)}
         meter = _Meter(server)
         end = meter.start + options.duration
         sent = 0
@@ -663,12 +825,12 @@ async def longpoll(target: Target, options: Options) -> dict[str, Any]:
             sent += 1
         drained = not stalled and await tally.wait_completed(sent, STALL_TIMEOUT)
         figures = meter.figures(tally.completed_at if drained else None)
-        result = {"clients": n, "messages": sent, **figures}
+        result = {"clients": n, "messages": sent, **timings, **figures}
         result |= _counts(pollers, [sent] * n)
         result["ok"] = result["ok"] and drained
         result["responses"] = sum(p.responses for p in pollers)
         result["deliveries_per_s"] = round(result["deliveries"] / figures["elapsed_s"])
-        result["cpu_us_per_delivery"] = round(figures["server_cpu_s"] / max(result["deliveries"], 1) * 1e6, 3)
+        result |= _per_delivery(figures, int(result["deliveries"]), sent)
         return result
     finally:
         _close_all(pollers)
@@ -682,7 +844,7 @@ async def longpoll(target: Target, options: Options) -> dict[str, Any]:
 
 async def processor(target: Target, options: Options, *, window: int = 256, rate: float = 100.0) -> dict[str, Any]:
     server = await target.start("processor")
-    client: ProcessorClient | None = None
+    client = None
     try:
         sent_at: dict[int, float] = {}
         latencies: list[float] = []
@@ -690,21 +852,23 @@ async def processor(target: Target, options: Options, *, window: int = 256, rate
         reasons: list[Any] = []
         progress: asyncio.Future[None] | None = None
 
-        def on_answer(answer: dict[str, Any], now: float) -> None:
+        def on_answers(answers: list[dict[str, Any]], now: float) -> None:
             nonlocal progress
-            op = answer.get("op")
-            answered["processed" if op == "processed" else "rejected"] += 1
-            if op != "processed" and len(reasons) < 5:
-                reasons.append(answer)
-            started = sent_at.pop(answer.get("ref", -1), None)
-            if started is not None:
-                latencies.append(now - started)
+            for answer in answers:
+                op = answer.get("op")
+                answered["processed" if op == "processed" else "rejected"] += 1
+                if op != "processed" and len(reasons) < 5:
+                    reasons.append(answer)
+                started = sent_at.pop(answer.get("ref", -1), None)
+                if started is not None:
+                    latencies.append(now - started)
             if progress is not None and not progress.done():
                 progress.set_result(None)
 
         loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(lambda: ProcessorClient(on_answer), server.host, server.port)
-        await asyncio.wait_for(client.ready, START_TIMEOUT_S)
+        connecting = time.perf_counter()
+        client = await connect_processor(server.host, server.port, on_answers)
+        setup_s = round(time.perf_counter() - connecting, 3)
 
         def send(ref: int, track: bool) -> None:
             assert client is not None
@@ -728,8 +892,9 @@ async def processor(target: Target, options: Options, *, window: int = 256, rate
         throughput = meter.figures()
         total = ref
         processed = answered["processed"]
-        # Latency: a steady `rate` per second, one at a time.
+        # Latency and CPU per message: a steady `rate` per second, one at a time.
         count = max(1, int(min(options.duration, 5.0) * rate))
+        one_at_a_time = _Meter(server)
         start = time.perf_counter()
         for k in range(count):
             await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
@@ -738,14 +903,18 @@ async def processor(target: Target, options: Options, *, window: int = 256, rate
         while sum(answered.values()) < ref:
             progress = loop.create_future()
             await asyncio.wait_for(progress, STALL_TIMEOUT)
+        paced = one_at_a_time.figures()
         return {
             "messages": total,
             "processed": processed,
             "rejected": answered["rejected"],
             "msgs_per_s": round(processed / throughput["elapsed_s"]),
+            "setup_s": setup_s,
             **throughput,
+            "processor_cpu_us_per_message": round(throughput["server_cpu_s"] / max(total, 1) * 1e6, 1),
             "latency_rate": rate,
             "latency_messages": count,
+            "cpu_us_per_message_at_rate": round(paced["server_cpu_s"] / count * 1e6, 1),
             **_percentiles(latencies),
             "reasons": [repr(r) for r in reasons],
             "ok": answered["rejected"] == 0 and answered["processed"] == ref,
@@ -792,13 +961,16 @@ async def keyword_filter(target: Target, options: Options) -> dict[str, Any]:
     result: dict[str, Any] = {"terms": len(terms), "messages": len(messages), "bytes": size}
     result["lower_mb_per_s"] = round(_mb_per_s(str.lower, messages, size), 1)
     find: Callable[[str], object]
+    building = time.perf_counter()  # the filter's set-up: building its automaton from the terms
     match target.name:
         case "ceiling":
             find = _reference_filter(terms)
+            result["setup_s"] = round(time.perf_counter() - building, 3)
             result["implementation"] = "pyahocorasick over str.lower()"
             hits = sum(1 for m in messages if find(m))
         case "squall":
             find = _squall_filter(terms)
+            result["setup_s"] = round(time.perf_counter() - building, 3)
             result["implementation"] = "squall.pipeline.filter.KeywordFilter.apply"
             hits = sum(1 for m in messages if find(m) != m)
         case _:
@@ -833,36 +1005,65 @@ def _squall_filter(terms: list[str]) -> Callable[[str], object]:
     return KeywordFilter.from_words(terms).apply
 
 
+# Per delivery: the server's whole tree (web node + processor), process CPU time.
+_CPU_PER_DELIVERY = "CPU us per delivery: web node + processor CPU time / deliveries"
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
+        Scenario("one-in-flight-500", "ws", one_in_flight_500, "cpu_us_per_delivery", "CPU us/delivery", False,
+                 "one room, 500 subscribers, ONE message in flight: the next is sent once every "
+                 "subscriber has the last and its ack is back",
+                 (("web_cpu_us_per_delivery", "web node us/deliv"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                  ("first_arrival_p50_ms", "first arrival p50 ms"), ("messages_per_s", "msgs/s")),
+                 figure=_CPU_PER_DELIVERY + "; p50/p99: send -> arrival over every (message, subscriber)"),
+        Scenario("one-in-flight-2000", "ws", one_in_flight_2000, "cpu_us_per_delivery", "CPU us/delivery", False,
+                 "one room, 2000 subscribers, ONE message in flight: the next is sent once every "
+                 "subscriber has the last and its ack is back",
+                 (("web_cpu_us_per_delivery", "web node us/deliv"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                  ("first_arrival_p50_ms", "first arrival p50 ms"), ("messages_per_s", "msgs/s")),
+                 figure=_CPU_PER_DELIVERY + "; p50/p99: send -> arrival over every (message, subscriber)"),
         Scenario("fanout-500", "ws", fanout_500, "deliveries_per_s", "deliveries/s", True,
-                 "one room, 500 subscribers, one sender as fast as every subscriber keeps up",
-                 (("cpu_us_per_delivery", "CPU us/delivery"), ("messages_per_s", "msgs/s"))),
+                 "one room, 500 subscribers, one sender keeping up to --window (64) messages in flight",
+                 (("messages_per_s", "msgs/s"),),
+                 figure="deliveries/s: subscribers x messages / time from first send to last delivery",
+                 reference=COALESCING_CEILING),
         Scenario("fanout-2000", "ws", fanout_2000, "deliveries_per_s", "deliveries/s", True,
-                 "one room, 2000 subscribers, one sender as fast as every subscriber keeps up",
-                 (("cpu_us_per_delivery", "CPU us/delivery"), ("messages_per_s", "msgs/s"))),
+                 "one room, 2000 subscribers, one sender keeping up to --window (64) messages in flight",
+                 (("messages_per_s", "msgs/s"),),
+                 figure="deliveries/s: subscribers x messages / time from first send to last delivery",
+                 reference=COALESCING_CEILING),
         Scenario("latency", "ws", None, "p99_ms", "ms p99", False,
-                 "2 msg/s to 2000 subscribers, send -> arrival at every subscriber; targets side by side",
-                 (("p50_ms", "p50 ms"), ("max_ms", "max ms")), together=latency),
+                 "2 msg/s to 2000 subscribers, one message at a time; targets side by side, taking turns",
+                 (("p50_ms", "p50 ms"), ("max_ms", "max ms")), together=latency,
+                 figure="p99 of send -> arrival over every (message, subscriber)"),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
-                 "2000 clients in 200 rooms of 10, everyone talking, one message in flight each",
-                 (("cpu_us_per_delivery", "CPU us/delivery"),)),
+                 "2000 clients in 200 rooms of 10, everyone talking, one message in flight per client "
+                 "(up to 10 per room)",
+                 (("messages_per_s", "msgs/s"),),
+                 figure="deliveries/s over all rooms", reference=COALESCING_CEILING),
         Scenario("slow-client", "ws", slow_client, "vs_alone", "x alone", True,
-                 "200 subscribers at full speed beside 1 client that never reads, vs alone",
+                 "200 subscribers at full speed (window 64) beside 1 client that never reads, vs alone",
                  (("p99_ms", "p99 ms"), ("p99_ms_alone", "alone p99 ms"),
-                  ("rss_growth_mib", "RSS growth MiB"), ("slow_client_closed", "slow client closed"))),
+                  ("rss_growth_mib", "RSS growth MiB"), ("slow_client_closed", "slow client closed")),
+                 figure="healthy deliveries/s beside the slow client / alone (its own ratio: x ref is not a goal)",
+                 reference=COALESCING_CEILING),
         Scenario("idle-memory", "ws", idle_memory, "kib_per_conn", "KiB/conn", False,
-                 "server RSS growth per idle WebSocket joined to a room (5000 connections)",
-                 (("clients", "connections"), ("processes", "processes"))),
+                 "server RSS growth per idle WebSocket joined to a room (5000 connections, rooms of 50)",
+                 (("clients", "connections"), ("processes", "processes")),
+                 figure="KiB of RSS (web node + processor) per joined connection"),
         Scenario("longpoll", "longpoll", longpoll, "cpu_us_per_delivery", "CPU us/delivery", False,
-                 "500 long-pollers on one room, server CPU per message delivered",
-                 (("deliveries_per_s", "deliveries/s"),)),
+                 "500 long-pollers on one room, one poster keeping up to 8 messages in flight",
+                 (("deliveries_per_s", "deliveries/s"),),
+                 figure=_CPU_PER_DELIVERY, reference=COALESCING_CEILING),
         Scenario("processor", "processor", processor, "msgs_per_s", "msgs/s", True,
-                 "one processor process, pipelined process requests stored and answered",
-                 (("p50_ms", "p50 ms at 100/s"), ("p99_ms", "p99 ms at 100/s"))),
+                 "one processor process: 256 pipelined requests stored and answered, then one at a time at 100/s",
+                 (("p50_ms", "p50 ms at 100/s"), ("p99_ms", "p99 ms at 100/s"),
+                  ("cpu_us_per_message_at_rate", "CPU us/msg at 100/s")),
+                 figure="messages stored (SQLite, fsync'd) and answered per second, pipelined"),
         Scenario("filter", "local", keyword_filter, "mb_per_s", "MB/s", True,
-                 "keyword filter with 10,000 terms over chat-sized messages",
-                 (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s"))),
+                 "keyword filter with 10,000 terms over chat-sized messages, in the bench's own process",
+                 (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s")),
+                 figure="MB/s of messages through the filter (set-up: building it)"),
     ]
 }

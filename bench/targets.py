@@ -3,10 +3,17 @@
 A :class:`Target` knows how to start one kind of server (``ws``, ``longpoll``
 or ``processor``) and how to get a token for a nick. It returns a
 :class:`Running` server, which measures its own process tree (CPU seconds and
-RSS through psutil) and stops it. Three targets exist:
+RSS through psutil) and stops it. Four targets exist:
 
-- ``ceiling``: the raw asyncio servers in this package;
-- ``websockets``: :mod:`bench.peer_websockets` (WebSocket only);
+- ``ceiling``: the raw asyncio servers in this package, each message its own
+  write; the WebSocket and long-poll ones with the processor ceiling as a
+  child process, as ``squall run`` has its processor;
+- ``ceiling-coalescing``: the same servers with ``--coalesce`` (the messages of
+  one processor read go to each member in one write, as Squall's do). It is
+  the reference of the scenarios that keep several messages in flight, and
+  runs only in those (:attr:`Target.reference_only`);
+- ``websockets``: :mod:`bench.peer_websockets` (WebSocket only; it stores
+  nothing and has no processor);
 - ``squall``: ``squall run`` (WebSocket and long-poll) and ``squall processor``.
 
 Pinning: where ``taskset`` exists, a server runs on :data:`SERVER_CORE` and
@@ -33,9 +40,10 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 from .loadgen import HTTPClient, HTTPError, run_delay_seconds
 from .serving import BENCH_SECRET
 
-__all__ = ["TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
+__all__ = ["COALESCING_CEILING", "TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
 
 SERVER_CORE = 0
+COALESCING_CEILING = "ceiling-coalescing"
 START_TIMEOUT = 30.0  # seconds for a server to start listening
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 
@@ -80,7 +88,12 @@ def free_port() -> int:
 
 @dataclasses.dataclass
 class Running:
-    """A started server: where it listens, and its process tree for measurements."""
+    """A started server: where it listens, and its process tree for measurements.
+
+    ``processor`` says where the server's processor runs, so that its CPU can
+    be told apart: ``"child"`` (every descendant of the web node),
+    ``"self"`` (the server *is* a processor) or None (there is none).
+    """
 
     name: str
     host: str
@@ -88,6 +101,7 @@ class Running:
     process: asyncio.subprocess.Process
     workdir: tempfile.TemporaryDirectory[str]
     log_path: Path | None = None
+    processor: str | None = "child"
 
     def _tree(self) -> list[psutil.Process]:
         try:
@@ -98,14 +112,24 @@ class Running:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by the server and its children."""
-        total = 0.0
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User + system CPU seconds used so far by the web node and by the processor."""
+        per_process = []
         for proc in self._tree():
             try:
                 times = proc.cpu_times()
             except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
+                times = None
+            per_process.append(0.0 if times is None else times.user + times.system)
+        if not per_process:
+            return 0.0, 0.0
+        if self.processor == "self":
+            return 0.0, sum(per_process)
+        if self.processor is None:
+            return sum(per_process), 0.0
+        return per_process[0], sum(per_process[1:])
 
     def run_delay_seconds(self) -> float | None:
         """Seconds the server's threads spent runnable but waiting for a CPU (None if unknown)."""
@@ -159,7 +183,9 @@ def _pinned(argv: list[str], pin: bool) -> list[str]:
     return argv
 
 
-async def _spawn_announcing(name: str, module: str, *, pin: bool, loop: str, extra: tuple[str, ...] = ()) -> Running:
+async def _spawn_announcing(
+    name: str, module: str, *, pin: bool, loop: str, extra: tuple[str, ...] = (), processor: str | None
+) -> Running:
     """Start ``python -m module`` and wait for its ``listening <port>`` line."""
     workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     argv = _pinned([sys.executable, "-m", module, "--port", "0", "--loop", loop, *extra], pin)
@@ -177,7 +203,7 @@ async def _spawn_announcing(name: str, module: str, *, pin: bool, loop: str, ext
         await process.wait()
         workdir.cleanup()
         raise RuntimeError(f"{module} did not start (said {line!r})")
-    return Running(name, "127.0.0.1", int(line.split()[1]), process, workdir)
+    return Running(name, "127.0.0.1", int(line.split()[1]), process, workdir, processor=processor)
 
 
 class Target:
@@ -185,6 +211,8 @@ class Target:
 
     name = ""
     kinds: frozenset[str] = frozenset()
+    # Runs only in the scenarios whose reference it is (Scenario.reference).
+    reference_only = False
 
     def __init__(self, *, pin: bool, loop: str) -> None:
         self.pin = pin
@@ -208,12 +236,23 @@ class Target:
 class CeilingTarget(Target):
     name = "ceiling"
     kinds = frozenset({"ws", "longpoll", "processor"})
+    coalesce = False
 
     async def start(self, kind: str) -> Running:
         module = {"ws": "bench.ceiling_ws", "longpoll": "bench.ceiling_longpoll",
                   "processor": "bench.ceiling_processor"}[kind]
-        extra = ("--data-dir", "{workdir}") if kind == "processor" else ()
-        return await _spawn_announcing(self.name, module, pin=self.pin, loop=self.loop, extra=extra)
+        extra: tuple[str, ...] = ("--data-dir", "{workdir}")
+        if self.coalesce:
+            extra += ("--coalesce",)
+        return await _spawn_announcing(self.name, module, pin=self.pin, loop=self.loop, extra=extra,
+                                       processor="self" if kind == "processor" else "child")
+
+
+class CoalescingCeilingTarget(CeilingTarget):
+    name = COALESCING_CEILING
+    kinds = frozenset({"ws", "longpoll"})
+    coalesce = True
+    reference_only = True
 
 
 class WebsocketsTarget(Target):
@@ -221,7 +260,8 @@ class WebsocketsTarget(Target):
     kinds = frozenset({"ws"})
 
     async def start(self, kind: str) -> Running:
-        return await _spawn_announcing(self.name, "bench.peer_websockets", pin=self.pin, loop=self.loop)
+        return await _spawn_announcing(self.name, "bench.peer_websockets", pin=self.pin, loop=self.loop,
+                                       processor=None)
 
 
 class SquallTarget(Target):
@@ -266,7 +306,8 @@ class SquallTarget(Target):
             process = await asyncio.create_subprocess_exec(
                 *_pinned(argv, self.pin), stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        running = Running(self.name, "127.0.0.1", port, process, workdir, log_path)
+        running = Running(self.name, "127.0.0.1", port, process, workdir, log_path,
+                          processor="self" if kind == "processor" else "child")
         # `squall run` prints no machine-readable ready line, so watch the port,
         # and give up at once if the process dies.
         deadline = time.monotonic() + START_TIMEOUT
@@ -309,6 +350,7 @@ class SquallTarget(Target):
 
 TARGETS: dict[str, type[Target]] = {
     "ceiling": CeilingTarget,
+    COALESCING_CEILING: CoalescingCeilingTarget,
     "websockets": WebsocketsTarget,
     "squall": SquallTarget,
 }
