@@ -26,6 +26,21 @@ pages. It becomes *live* in the same loop step in which its cursor reaches the
 room's ``last_seq`` — no ``await`` between that check and joining the live set —
 so it sees every message exactly once at the seam between backlog and live.
 
+Across web nodes (a shared bus), a room is open on a node exactly while the
+node is subscribed to it: :meth:`Hub.room` subscribes first and reads the
+room's ``last_seq`` only once the bus has confirmed, so nothing published
+after that read can be missed. When the bus may have lost broadcasts (its
+connection dropped, a publisher's queue overflowed) it calls
+:meth:`Hub.resync`: each room's ``last_seq`` is read from the store again and
+becomes the room's ``known_seq``, and the hub fills up to it exactly as it
+fills a gap: the newest message is repaired even when no later one would have
+revealed that it was missing. Gaps are read a page (``backlog_page``) at a
+time.
+
+Link-preview updates come once per web node that heard of them from a
+processor: the hub passes on the first for each message and drops the rest,
+and holds one that arrives before its message until the message is delivered.
+
 Long-pollers wait on a room by cursor; every poller waiting on the same cursor
 is answered with the same encoded body. An answer's ``seq`` is the cursor to
 poll from next: the seq of the last message in it, or the poller's own cursor
@@ -44,7 +59,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import orjson
@@ -54,13 +69,36 @@ from .message import Draft
 from .protocol import nick_key
 from .store import Store
 
-__all__ = ["Hub", "Room", "Member", "Waiter", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
+__all__ = [
+    "Hub", "Room", "Member", "Waiter", "PollAnswer", "Subscriptions", "broadcast_from_draft", "encode_poll_body",
+]
 
 log = logging.getLogger("squall.hub")
 
 # A room with nobody in it stays open this long, so that long-pollers who come
 # back between polls find its recent buffer instead of going to the store.
 ROOM_IDLE_SECONDS = 120.0
+# Link-preview updates that came before their message, held per room; past
+# this the oldest goes (its previews are in the store for later readers).
+MAX_EARLY_UPDATES = 64
+
+
+class Subscriptions(Protocol):
+    """The bus as the hub sees it: which rooms this node receives (:class:`~squall.bus.Bus`)."""
+
+    async def subscribe(self, room: str) -> None: ...
+
+    def unsubscribe(self, room: str) -> None: ...
+
+
+class _NoSubscriptions:
+    """One node alone: it hears every broadcast anyway."""
+
+    async def subscribe(self, room: str) -> None:
+        pass
+
+    def unsubscribe(self, room: str) -> None:
+        pass
 
 
 class Member(Protocol):
@@ -127,7 +165,7 @@ class Waiter(Protocol):
 class Room:
     __slots__ = (
         "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
-        "filling", "idle_since", "catching_up",
+        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
@@ -142,6 +180,9 @@ class Room:
         self.filling = False
         self.idle_since: float | None = None
         self.catching_up = 0  # members between join and live; the room stays open for them
+        self.known_seq = 0  # the store has reached this seq (as of a resync): fill up to it
+        self.updated: dict[int, None] = {}  # seqs whose preview update went out (newest last)
+        self.early_updates: dict[int, Broadcast] = {}  # updates waiting for their message
 
     def recent_after(self, since: int, limit: int) -> list[Broadcast] | None:
         """Messages with seq > ``since`` from memory, or None if memory doesn't reach back."""
@@ -172,11 +213,13 @@ class Hub:
         self,
         store: Store,
         *,
+        bus: Subscriptions | None = None,
         recent_per_room: int = 256,
         backlog_page: int = 200,
         history_on_join: int = 50,
     ) -> None:
         self.store = store
+        self.bus: Subscriptions = bus if bus is not None else _NoSubscriptions()
         self.recent_per_room = recent_per_room
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
@@ -190,9 +233,12 @@ class Hub:
         if room is None:
             room = self.rooms[name] = Room(name, recent=self.recent_per_room)
             try:
+                # Subscribed first: whatever is published after the read below reaches us.
+                await self.bus.subscribe(name)
                 room.last_seq = await self.store.last_seq(name)
             except BaseException as exc:
                 del self.rooms[name]
+                self.bus.unsubscribe(name)
                 room.ready.set_exception(exc)
                 room.ready.exception()  # retrieved: the caller below re-raises it
                 raise
@@ -221,8 +267,8 @@ class Hub:
                 continue  # nobody here listens; the store has it for whoever comes
             if broadcast.seq is None:
                 self._deliver_unsent(room)  # what came before it goes first
-                if broadcast.kind == "update":
-                    self._apply_update(room, broadcast)
+                if broadcast.kind == "update" and not self._take_update(room, broadcast):
+                    continue
                 for member in list(room.live):
                     member.deliver(broadcast)
                 continue
@@ -238,6 +284,37 @@ class Hub:
             advanced[room] = None
         for room in advanced:
             self._deliver_unsent(room)
+
+    def _take_update(self, room: Room, update: Broadcast) -> bool:
+        """Whether to pass ``update`` on to the room's members now: not if the
+        update of that message went out already (each web node publishes the
+        one it heard of), nor before the message itself (held until then)."""
+        try:
+            seq = orjson.loads(update.payload).get("seq")
+        except (orjson.JSONDecodeError, AttributeError):
+            return True
+        if not isinstance(seq, int) or seq in room.updated:
+            return not isinstance(seq, int)
+        if seq > room.last_seq:
+            if seq not in room.early_updates:
+                if len(room.early_updates) >= MAX_EARLY_UPDATES:
+                    del room.early_updates[next(iter(room.early_updates))]
+                room.early_updates[seq] = update
+            return False
+        room.updated[seq] = None
+        if len(room.updated) > self.recent_per_room:
+            del room.updated[next(iter(room.updated))]
+        self._apply_update(room, update)
+        return True
+
+    def _release_early_updates(self, room: Room) -> None:
+        """Updates that came before their message, now that it has gone out."""
+        due = [seq for seq in room.early_updates if seq <= room.last_seq]
+        for seq in sorted(due):
+            update = room.early_updates.pop(seq)
+            if self._take_update(room, update):
+                for member in list(room.live):
+                    member.deliver(update)
 
     def _apply_update(self, room: Room, update: Broadcast) -> None:
         """Link previews arrived for a message: the copy in memory gets them too,
@@ -278,6 +355,8 @@ class Hub:
                 member.deliver_batch(batch)
         if room.waiters:
             self._answer_waiters(room, unsent)
+        if room.early_updates:
+            self._release_early_updates(room)
 
     def _release_held(self, room: Room) -> None:
         held = room.held
@@ -297,22 +376,26 @@ class Hub:
             asyncio.ensure_future(self._fill_gap_from_store(room))
 
     async def _fill_gap_from_store(self, room: Room) -> None:
+        """Read what the room is missing, a page at a time: up to the first held
+        message, or up to ``known_seq`` (a resync) when nothing is held."""
         try:
-            while room.held and self.rooms.get(room.name) is room:
-                first_held = min(room.held)
-                if first_held <= room.last_seq + 1:
-                    self._release_held(room)
-                    self._deliver_unsent(room)
-                    continue
-                missing = first_held - room.last_seq - 1
-                drafts = await self.store.messages_after(room.name, room.last_seq, missing)
-                progressed = False
+            while self.rooms.get(room.name) is room:
+                self._release_held(room)
+                self._deliver_unsent(room)
+                upto = min(room.held) - 1 if room.held else room.known_seq
+                if upto <= room.last_seq:
+                    break
+                before = room.last_seq
+                drafts = await self.store.messages_after(
+                    room.name, before, min(upto - before, self.backlog_page)
+                )
                 for draft in drafts:
                     if draft.seq == room.last_seq + 1:
                         self._advance(room, broadcast_from_draft(draft))
-                        progressed = True
                 self._deliver_unsent(room)
-                if not progressed and room.held and min(room.held) > room.last_seq + 1:
+                if room.last_seq > before:
+                    continue
+                if room.held and min(room.held) > room.last_seq + 1:
                     # The store should always have what was published after it;
                     # if it doesn't, stalling the room forever is worse than a gap.
                     log.error(
@@ -323,12 +406,45 @@ class Hub:
                     # The recent buffer is read by index from its first seq, so
                     # it must stay consecutive: start it afresh.
                     room.recent.clear()
-                self._release_held(room)
-                self._deliver_unsent(room)
+                elif not room.held and room.known_seq > room.last_seq:
+                    log.error(
+                        "room %s: the store's last seq is %d but it has nothing after %d",
+                        room.name, room.known_seq, room.last_seq,
+                    )
+                    room.known_seq = room.last_seq
         except Exception:
             log.exception("room %s: filling a gap from the store failed", room.name)
         finally:
             room.filling = False
+
+    # -- repairing what the bus lost ---------------------------------------
+
+    def resync(self, rooms: Collection[str]) -> None:
+        """Broadcasts of ``rooms`` may have been lost: read each open one's
+        ``last_seq`` from the store and deliver whatever this node missed.
+        Returns at once; the rooms are read one after another in the background."""
+        names = [name for name in rooms if name in self.rooms]
+        if names:
+            asyncio.ensure_future(self._resync(names))
+
+    async def _resync(self, names: list[str]) -> None:
+        for name in names:
+            room = self.rooms.get(name)
+            if room is None:
+                continue
+            try:
+                if not room.ready.done():
+                    await asyncio.shield(room.ready)
+                last_seq = await self.store.last_seq(name)
+            except Exception:
+                if room.ready.done() and room.ready.exception() is None:
+                    log.exception("room %s: reading its last seq to resync failed", name)
+                continue
+            if self.rooms.get(name) is not room:
+                continue
+            room.known_seq = max(room.known_seq, last_seq)
+            if last_seq > room.last_seq:
+                self._fill_gap(room)
 
     # -- members --------------------------------------------------------
 
@@ -439,6 +555,7 @@ class Hub:
         ]
         for name in closed:
             del self.rooms[name]
+            self.bus.unsubscribe(name)
         return closed
 
     def waiting_polls(self) -> int:
