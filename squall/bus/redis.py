@@ -137,6 +137,7 @@ class RedisBus:
         self._wanted: set[str] = set()  # rooms the hub has open
         self._connection: AbstractConnection | None = None
         self._live = False
+        self.live = asyncio.Event()  # set while subscribed to every wanted channel (for /api/health and tests)
         self._requested: set[bytes] = set()  # channels asked for on this session
         self._subscribed: set[bytes] = set()  # channels Redis confirmed on this session
         self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
@@ -285,7 +286,7 @@ class RedisBus:
     async def _subscribe_loop(self) -> None:
         attempt = 0
         while not self._closing:
-            connection = self._client.connection_pool.make_connection()
+            connection: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             connection.client_name = self._client_name("sub")
             try:
                 await connection.connect()
@@ -329,6 +330,7 @@ class RedisBus:
 
     def _end_session(self) -> None:
         self._live = False
+        self.live.clear()
         self._connection = None
         self._requested.clear()
         self._subscribed.clear()
@@ -398,6 +400,7 @@ class RedisBus:
             self._requested -= extra
             self._command("UNSUBSCRIBE", *extra)
         self._live = True
+        self.live.set()
         if self.counts["sessions"] > 1:
             log.info("bus: subscribed to %s again; reading %d open rooms from the store",
                      self._where(), len(self._wanted))
