@@ -37,6 +37,16 @@ fills a gap: the newest message is repaired even when no later one would have
 revealed that it was missing. Gaps are read a page (``backlog_page``) at a
 time.
 
+A client's cursor may be ahead of this node: it read a message on another node
+whose publish has not reached this one yet (a long-poller changing node every
+poll, a client reconnecting elsewhere). Such a cursor is not clamped to this
+node's ``last_seq`` — that would hand the client again what it has. It is
+checked against the store instead (:meth:`Hub.cursor`): only a cursor past the
+store's end (a reset store, a client's bug) is clamped, to that end, and a
+room found lagging the store is filled up to it. A live member whose cursor is
+still ahead of the room is kept in ``room.ahead`` and gets only what follows
+its cursor; parked pollers wait for a message after theirs anyway.
+
 Link-preview updates come once per web node that heard of them from a
 processor: the hub passes on the first for each message and drops the rest,
 and holds one that arrives before its message until the message is delivered.
@@ -165,7 +175,7 @@ class Waiter(Protocol):
 class Room:
     __slots__ = (
         "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
-        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates",
+        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates", "ahead",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
@@ -183,6 +193,7 @@ class Room:
         self.known_seq = 0  # the store has reached this seq (as of a resync): fill up to it
         self.updated: dict[int, None] = {}  # seqs whose preview update went out (newest last)
         self.early_updates: dict[int, Broadcast] = {}  # updates waiting for their message
+        self.ahead: dict[Member, int] = {}  # live members whose cursor is past last_seq → cursor
 
     def recent_after(self, since: int, limit: int) -> list[Broadcast] | None:
         """Messages with seq > ``since`` from memory, or None if memory doesn't reach back."""
@@ -346,17 +357,34 @@ class Hub:
         if not unsent:
             return
         room.unsent = []
+        members = list(room.live)
+        if room.ahead:
+            members = self._deliver_to_members_ahead(room, unsent, members)
         if len(unsent) == 1:
-            for member in list(room.live):
+            for member in members:
                 member.deliver(unsent[0])
         else:
             batch = Batch(unsent)
-            for member in list(room.live):
+            for member in members:
                 member.deliver_batch(batch)
         if room.waiters:
             self._answer_waiters(room, unsent)
         if room.early_updates:
             self._release_early_updates(room)
+
+    def _deliver_to_members_ahead(self, room: Room, unsent: list[Broadcast], members: list[Member]) -> list[Member]:
+        """Hand members whose cursor is ahead of the room only what follows it;
+        returns the other members."""
+        ahead, room.ahead = room.ahead, {}
+        for member, cursor in ahead.items():
+            newer = [b for b in unsent if b.seq is not None and b.seq > cursor]
+            if len(newer) == 1:
+                member.deliver(newer[0])
+            elif newer:
+                member.deliver_batch(Batch(newer))
+            if cursor > room.last_seq and member in room.live:
+                room.ahead[member] = cursor
+        return [m for m in members if m not in ahead]
 
     def _release_held(self, room: Room) -> None:
         held = room.held
@@ -453,15 +481,30 @@ class Hub:
 
         Send the ``joined`` frame next (with ``room.last_seq``), then call
         :meth:`catch_up`. Without ``since`` the member gets the last
-        ``history_on_join`` messages; a ``since`` past the end is clamped to it.
+        ``history_on_join`` messages; a ``since`` past the end is clamped to
+        it (see :meth:`cursor`).
         """
         room = await self.room(name)
         if since is None:
             cursor = max(0, room.last_seq - self.history_on_join)
         else:
-            cursor = min(since, room.last_seq)
+            cursor = await self.cursor(room, since)
         room.idle_since = None
         return room, cursor
+
+    async def cursor(self, room: Room, since: int) -> int:
+        """``since``, unless it is past the room's end in the store: then that end.
+
+        A ``since`` past this node's ``last_seq`` costs one store read; if the
+        store is ahead of the room (this node lags), the room is filled up to it.
+        """
+        if since <= room.last_seq:
+            return since
+        last_seq = await self.store.last_seq(room.name)
+        if last_seq > room.last_seq and self.rooms.get(room.name) is room:
+            room.known_seq = max(room.known_seq, last_seq)
+            self._fill_gap(room)
+        return min(since, last_seq)
 
     async def catch_up(self, member: Member, room: Room, cursor: int) -> None:
         """Send ``member`` everything after ``cursor``, then make it live."""
@@ -488,11 +531,14 @@ class Hub:
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None
+        if cursor > room.last_seq:
+            room.ahead[member] = cursor
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)
         if room is not None:
             room.live.pop(member, None)
+            room.ahead.pop(member, None)
             if not room.live and not room.waiters:
                 room.idle_since = now
 

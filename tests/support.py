@@ -44,7 +44,7 @@ __all__ = [
     "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
     "HTTPResponse", "http", "EventStream", "SSEEvent", "ChatClient", "LineClient",
     "upgrade_request", "client_frame", "RawFrames", "REDIS_URL", "REDIS_SKIP", "redis_reachable",
-    "RedisServer",
+    "RedisServer", "squall_cluster",
 ]
 
 # Every wait in the tests is bounded by this many seconds; a wait only takes
@@ -167,6 +167,20 @@ class SquallProcess:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"processor not connected after {timeout} s\n{self.output()}")
+            time.sleep(pause)  # between polls of an event we cannot subscribe to
+            pause = min(pause * 2, 0.1)
+
+    def wait_health(self, accept: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Poll ``/api/health`` until ``accept`` approves of its body; returns it."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            self._check_alive()
+            status, body = self.api("GET", "/api/health")
+            if status == 200 and accept(body):
+                return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/api/health never approved after {timeout} s: {body}\n{self.output()}")
             time.sleep(pause)  # between polls of an event we cannot subscribe to
             pause = min(pause * 2, 0.1)
 
@@ -320,6 +334,29 @@ def squall_server(data_dir: Path, command: str = "run", **kwargs: Any) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def squall_cluster(
+    data_dir: Path, *, web: int = 2, env: Mapping[str, str] | None = None,
+) -> Iterator[list[SquallProcess]]:
+    """One ``squall processor`` and ``web`` ``squall web`` nodes dialling it, all on
+    one data folder (one SQLite file, one secret). Yields the web nodes, each
+    started, linked to the processor and, with a Redis bus, subscribed."""
+    processor = SquallProcess(data_dir, "processor", env=env)
+    processor.start()
+    nodes: list[SquallProcess] = []
+    try:
+        for _ in range(web):
+            node = SquallProcess(data_dir, "web", processor_port=processor.processor_port, env=env)
+            nodes.append(node)
+            node.start()
+            node.wait_health(lambda body: body["bus"].get("subscribed", True))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        processor.stop()
 
 
 # -- HTTP over asyncio ---------------------------------------------------------------

@@ -179,7 +179,30 @@ class HubOnBusTest(AsyncTestCase):
                 return
         raise AssertionError("the hub's background work did not finish")
 
-    # -- link-preview updates --------------------------------------------
+    # -- cursors ahead of this node --------------------------------------
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_member_ahead_of_this_node_gets_nothing_twice(self) -> None:
+        await self.live_member("r")
+        one, two, three, four = map(broadcast_from_draft, await self.save("r", 4))
+        self.hub.receive(one)  # 2 and 3 are still on their way from the node that published them
+        member = RecordingMember("r")
+        room, cursor = await self.hub.join("r", 3)  # read 1-3 on the other node
+        self.assertEqual(cursor, 3)
+        await self.hub.catch_up(member, room, cursor)
+        self.hub.receive_all([two, three, four])
+        await asyncio.wait_for(member.received(1), TIMEOUT)
+        self.assertEqual(member.seqs, [4])
+        self.assertEqual(room.ahead, {})
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_cursor_past_the_stores_end_is_clamped_to_it(self) -> None:
+        room = await self.hub.room("r")
+        await self.save("r", 2)  # the node has not heard of them: it lags
+        self.assertEqual(await self.hub.cursor(room, 10**6), 2)
+        await self._resyncs_settle("r")
+        self.assertEqual(room.last_seq, 2)  # and the cursor check filled the room
+
 
     @gen_test(timeout=TIMEOUT)
     async def test_an_update_heard_from_several_nodes_goes_out_once(self) -> None:

@@ -176,7 +176,7 @@ class RedisBus:
 
     def status(self) -> dict[str, Any]:
         return {
-            "kind": "redis", "subscribed": self._live, "rooms": len(self._wanted),
+            "kind": "redis", "node": self.origin.decode(), "subscribed": self._live, "rooms": len(self._wanted),
             "queued": len(self._queue), **self.counts,
         }
 
@@ -289,7 +289,7 @@ class RedisBus:
             connection: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             connection.client_name = self._client_name("sub")
             try:
-                await connection.connect()
+                await connection.connect()  # type: ignore[no-untyped-call]
                 self.counts["sessions"] += 1
                 await self._session(connection)
             except (*_CONNECTION_ERRORS, _SessionLost) as exc:
