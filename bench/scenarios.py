@@ -42,6 +42,7 @@ from .loadgen import (
     run_delay_seconds,
     self_cpu_seconds,
 )
+from .cross_node import cross_node
 from .targets import Running, Target
 
 __all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
@@ -97,7 +98,7 @@ class Scenario:
     """A named measurement: the server kind it needs, and which figure is the headline."""
 
     name: str
-    kind: str  # "ws", "longpoll", "processor" or "local"
+    kind: str  # "ws", "longpoll", "processor", "cluster" (several Squall processes) or "local"
     # One target per run, or (``together``) every target in one run, results by target name.
     run: Callable[[Target, Options], Awaitable[dict[str, Any]]] | None
     metric: str
@@ -845,6 +846,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("latency", "ws", None, "p99_ms", "ms p99", False,
                  "2 msg/s to 2000 subscribers, send -> arrival at every subscriber; targets side by side",
                  (("p50_ms", "p50 ms"), ("max_ms", "max ms")), together=latency),
+        Scenario("cross-node", "cluster", cross_node, "extra_p50_ms", "ms extra p50", False,
+                 "2 msg/s to 2000 members on the sender's web node vs 2000 on another (Redis bus)",
+                 (("same_p50_ms", "same p50 ms"), ("other_p50_ms", "other p50 ms"),
+                  ("other_p99_ms", "other p99 ms"))),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
                  "2000 clients in 200 rooms of 10, everyone talking, one message in flight each",
                  (("cpu_us_per_delivery", "CPU us/delivery"),)),

@@ -16,7 +16,9 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll", "processor", "filter"]
+SCENARIOS = [
+    "fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll", "processor", "filter", "cross-node",
+]
 COUNTED = {"fanout-500", "latency", "rooms", "slow-client", "longpoll"}
 CLIENTS = 4
 
@@ -42,6 +44,9 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
                 continue
             if name in ("longpoll", "processor") and target == "websockets":
                 continue
+            if name == "cross-node" and target != "squall":
+                assert target not in results[name]  # two Squall web nodes: nothing to compare
+                continue
             result = results[name][target]
             assert result["ok"], (name, target, result)
             if name in COUNTED:
@@ -62,6 +67,8 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
                 assert result["hits"] > 0 and result["mb_per_s"] > 0, (name, target, result)
             if name == "idle-memory":
                 assert result["clients"] == CLIENTS
+            if name == "cross-node" and "skipped" not in result:  # skipped without Redis
+                assert result["same_deliveries"] == result["other_deliveries"] == result["messages"] // 2 * CLIENTS
 
 
 def test_bench_against_ceiling_and_websockets(tmp_path: Path) -> None:
