@@ -235,6 +235,8 @@ class Hub:
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
         self.rooms: dict[str, Room] = {}
+        self._to_resync: dict[str, None] = {}  # rooms a resync still has to read (ordered set)
+        self._resyncing: asyncio.Future[None] | None = None
 
     # -- opening rooms --------------------------------------------------
 
@@ -450,29 +452,41 @@ class Hub:
     def resync(self, rooms: Collection[str]) -> None:
         """Broadcasts of ``rooms`` may have been lost: read each open one's
         ``last_seq`` from the store and deliver whatever this node missed.
-        Returns at once; the rooms are read one after another in the background."""
+        Returns at once; the rooms are read one after another in the background,
+        by one task however often the bus asks (a flapping connection)."""
         names = [name for name in rooms if name in self.rooms]
-        if names:
-            asyncio.ensure_future(self._resync(names))
+        if not names:
+            return
+        self._to_resync.update(dict.fromkeys(names))
+        if self._resyncing is None:
+            self._resyncing = asyncio.ensure_future(self._resync())
 
-    async def _resync(self, names: list[str]) -> None:
-        for name in names:
-            room = self.rooms.get(name)
-            if room is None:
-                continue
-            try:
-                if not room.ready.done():
-                    await asyncio.shield(room.ready)
-                last_seq = await self.store.last_seq(name)
-            except Exception:
-                if room.ready.done() and room.ready.exception() is None:
-                    log.exception("room %s: reading its last seq to resync failed", name)
-                continue
-            if self.rooms.get(name) is not room:
-                continue
-            room.known_seq = max(room.known_seq, last_seq)
-            if last_seq > room.last_seq:
-                self._fill_gap(room)
+    async def _resync(self) -> None:
+        try:
+            while self._to_resync:
+                name = next(iter(self._to_resync))
+                del self._to_resync[name]
+                await self._resync_room(name)
+        finally:
+            self._resyncing = None
+
+    async def _resync_room(self, name: str) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        try:
+            if not room.ready.done():
+                await asyncio.shield(room.ready)
+            last_seq = await self.store.last_seq(name)
+        except Exception:
+            if room.ready.done() and room.ready.exception() is None:
+                log.exception("room %s: reading its last seq to resync failed", name)
+            return
+        if self.rooms.get(name) is not room:
+            return
+        room.known_seq = max(room.known_seq, last_seq)
+        if last_seq > room.last_seq:
+            self._fill_gap(room)
 
     # -- members --------------------------------------------------------
 
