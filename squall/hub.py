@@ -175,7 +175,7 @@ class Waiter(Protocol):
 class Room:
     __slots__ = (
         "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
-        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates", "ahead",
+        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates", "ahead", "fill",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
@@ -188,6 +188,7 @@ class Room:
         self.unsent: list[Broadcast] = []  # advanced past, not yet handed to members
         self.waiters: dict[Waiter, tuple[int, int]] = {}  # parked poll → (since, limit)
         self.filling = False
+        self.fill: asyncio.Future[None] | None = None  # the last gap-filling task
         self.idle_since: float | None = None
         self.catching_up = 0  # members between join and live; the room stays open for them
         self.known_seq = 0  # the store has reached this seq (as of a resync): fill up to it
@@ -403,7 +404,7 @@ class Hub:
     def _fill_gap(self, room: Room) -> None:
         if not room.filling:
             room.filling = True
-            asyncio.ensure_future(self._fill_gap_from_store(room))
+            room.fill = asyncio.ensure_future(self._fill_gap_from_store(room))
 
     async def _fill_gap_from_store(self, room: Room) -> None:
         """Read what the room is missing, a page at a time: up to the first held

@@ -140,7 +140,7 @@ class HubOnBusTest(AsyncTestCase):
         member = await self.live_member("r")
         self.hub.receive_all(list(map(broadcast_from_draft, await self.save("r", 2))))
         self.hub.resync(["r"])
-        await self._resyncs_settle("r")
+        await self._settled("r")
         self.assertEqual(member.seqs, [1, 2])
 
     @gen_test(timeout=TIMEOUT)
@@ -154,7 +154,7 @@ class HubOnBusTest(AsyncTestCase):
         self.hub.resync(["r"])
         self.bus.hold.set_result(None)
         room = await opening
-        await self._resyncs_settle("r")
+        await self._settled("r")
         self.assertEqual(room.known_seq, 1)  # read by the resync, not skipped
 
     @gen_test(timeout=TIMEOUT)
@@ -164,20 +164,19 @@ class HubOnBusTest(AsyncTestCase):
         room.known_seq = 5  # as if a resync had read 5 and the rows then vanished
         with ExpectLog("squall.hub", r"room r: the store's last seq is 5 but it has nothing after 0"):
             self.hub._fill_gap(room)
-            await self._resyncs_settle("r")
+            await self._settled("r")
         self.assertEqual(room.known_seq, 0)
         self.hub.receive_all(list(map(broadcast_from_draft, await self.save("r", 1))))
         self.assertEqual(member.seqs, [1])
 
-    async def _resyncs_settle(self, name: str) -> None:
-        """Wait until the room has no resync or fill in progress (the hub's tasks are
-        in the loop; each store read is a hop to its thread and back)."""
-        room = self.hub.rooms[name]
-        for _ in range(1000):
-            await asyncio.sleep(0)
-            if not room.filling and len(asyncio.all_tasks()) <= 1:
-                return
-        raise AssertionError("the hub's background work did not finish")
+    async def _settled(self, name: str) -> None:
+        """Wait for the hub's background work on the room: the resync task, then
+        the gap-filling task it may have started."""
+        if self.hub._resyncing is not None:
+            await asyncio.wait_for(asyncio.shield(self.hub._resyncing), TIMEOUT)
+        fill = self.hub.rooms[name].fill
+        if fill is not None:
+            await asyncio.wait_for(asyncio.shield(fill), TIMEOUT)
 
     # -- cursors ahead of this node --------------------------------------
 
@@ -200,7 +199,7 @@ class HubOnBusTest(AsyncTestCase):
         room = await self.hub.room("r")
         await self.save("r", 2)  # the node has not heard of them: it lags
         self.assertEqual(await self.hub.cursor(room, 10**6), 2)
-        await self._resyncs_settle("r")
+        await self._settled("r")
         self.assertEqual(room.last_seq, 2)  # and the cursor check filled the room
 
 
