@@ -102,7 +102,19 @@ def test_broadcasts_reach_other_nodes_in_order_and_never_come_back_to_their_own(
             await a.subscribe("r")
             await b.subscribe("r")
             typing = Broadcast("r", None, b'{"type":"presence","state":"typing"}', kind="presence")
+            delivered_locally_with_queued: list[tuple[int, bool]] = []
+            a_receive = a_inbox.receive_all
+
+            def receive_all(broadcasts: Any) -> None:
+                delivered_locally_with_queued.append((a.status()["queued"], a._idle.is_set()))
+                a_receive(broadcasts)
+
+            a_inbox.receive_all = receive_all  # type: ignore[method-assign]
             a.publish_all([message(1), message(2), typing])
+            await a_inbox.until(lambda: len(a_inbox.broadcasts) == 3)
+            # The publisher took them from the queue (and wrote its PUBLISH)
+            # before a's own fan-out: members elsewhere do not wait for a's.
+            assert delivered_locally_with_queued == [(0, False)]  # taken, and in flight
             a.publish(message(3, room="elsewhere"))  # b has no member there
             await b_inbox.until(lambda: len(b_inbox.broadcasts) >= 3)
             assert [(x.seq, x.kind, x.payload, x.mentions) for x in b_inbox.broadcasts] == [

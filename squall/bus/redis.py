@@ -4,7 +4,11 @@ Theory of operation. Each room has a channel (:mod:`.wire`); a node is
 subscribed to a room's channel while its hub has the room open, and always to
 the control channel. A node delivers its own broadcasts at once, without
 Redis, and publishes them for the others; it skips its own when they come
-back. Two connections per node:
+back. The publish goes out before
+the node's own fan-out: the broadcast is queued and the publisher woken, and
+the local delivery runs one loop step later, after the publisher has written
+the ``PUBLISH`` — so members on other nodes do not wait for this node's
+members to be served first. Two connections per node:
 
 *Publishing* goes through a bounded queue (``max_queue`` broadcasts) drained
 by one task: everything queued while the previous round trip was out goes in
@@ -118,7 +122,10 @@ class RedisBus:
         # failure. RESP2, so that pub/sub arrives as replies on the subscription
         # connection (RESP3, redis-py 8's default, turns it into push callbacks).
         self._client = redis.asyncio.Redis.from_url(
-            url, protocol=2, retry=Retry(NoBackoff(), 0), socket_timeout=2 * ping_interval,
+            # No socket_timeout: redis-py would put every write in a task of its
+            # own (asyncio.wait_for), after the local fan-out. Round trips are
+            # bounded here (asyncio.timeout), dead subscriptions by PING.
+            url, protocol=2, retry=Retry(NoBackoff(), 0), socket_timeout=None,
             socket_connect_timeout=2 * ping_interval, health_check_interval=0,
             client_name=self._client_name("pub"),
         )
@@ -188,12 +195,15 @@ class RedisBus:
     def publish_all(self, broadcasts: Sequence[Broadcast]) -> None:
         if not broadcasts:
             return
-        if self._receiver is not None:
-            self._receiver.receive_all(broadcasts)
         self._queue.extend(broadcasts)
         self._trim_queue()
         self._idle.clear()
-        self._queued.set()
+        self._queued.set()  # the publisher's step comes before the local delivery's
+        asyncio.get_running_loop().call_soon(self._deliver_locally, tuple(broadcasts))
+
+    def _deliver_locally(self, broadcasts: Sequence[Broadcast]) -> None:
+        if self._receiver is not None:
+            self._receiver.receive_all(broadcasts)
 
     def publish_sessions_ended(self, session_ids: Collection[str]) -> None:
         if session_ids:
@@ -253,7 +263,8 @@ class RedisBus:
         owed_resync = self._dropped_messages
         if owed_resync:
             pipe.publish(self._control, encode_control(self.origin, "resync"))
-        await pipe.execute()
+        async with asyncio.timeout(2 * self.ping_interval):
+            await pipe.execute()
         if owed_resync:
             self._dropped_messages = False
             log.warning("bus: told every node to read its rooms from the store after dropped publishes")
