@@ -558,8 +558,10 @@ class Hub:
                 room.idle_since = now
 
     async def read_after(self, room: Room, since: int, limit: int) -> list[Broadcast]:
+        """Up to ``limit`` messages after ``since``, from memory if it reaches back
+        and the room is not known to lag the store past ``since``."""
         in_memory = room.recent_after(since, limit)
-        if in_memory is not None:
+        if in_memory is not None and (in_memory or room.known_seq <= since):
             return in_memory
         drafts = await self.store.messages_after(room.name, since, limit)
         return [broadcast_from_draft(d) for d in drafts]

@@ -394,6 +394,8 @@ class PollConnection:
             self.node.hub.park(room, since, poll.limit, self)
             self.timer = self.loop.call_later(poll.wait, self._time_out)
             return True
+        if since > room.last_seq:
+            return False  # this node lags the store: the answer comes from the store
         messages = room.recent_after(since, poll.limit)
         if messages is None:
             return False
