@@ -849,7 +849,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("cross-node", "cluster", cross_node, "extra_p50_ms", "ms extra p50", False,
                  "2 msg/s to 2000 members on the sender's web node vs 2000 on another (Redis bus)",
                  (("same_p50_ms", "same p50 ms"), ("other_p50_ms", "other p50 ms"),
-                  ("other_p99_ms", "other p99 ms"))),
+                  ("other_p99_ms", "other p99 ms"), ("hop_p50_ms", "bus hop alone p50 ms"))),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
                  "2000 clients in 200 rooms of 10, everyone talking, one message in flight each",
                  (("cpu_us_per_delivery", "CPU us/delivery"),)),
