@@ -65,6 +65,13 @@ class Sender:
         return int(ack["seq"])
 
 
+async def nothing_more(client: ChatClient) -> None:
+    """Round-trip a ping: no message (a duplicate) may be queued before its pong."""
+    await client.send_json({"type": "ping"})
+    frame = await client.recv_until(lambda f: f.get("type") in ("message", "pong"))
+    assert frame["type"] == "pong", frame
+
+
 async def watch_websocket(node: SquallProcess, token: str, room: str, count: int) -> list[int]:
     client = await ChatClient.connect(node.address, token)
     try:
@@ -73,7 +80,7 @@ async def watch_websocket(node: SquallProcess, token: str, room: str, count: int
         while len(seqs) < count:
             frame = await client.recv_type("message")
             seqs.append(frame["seq"])
-        await client.ping()  # nothing more queued behind the last one (a duplicate would be)
+        await nothing_more(client)
         return seqs
     finally:
         await client.close()
@@ -254,3 +261,50 @@ def test_a_session_ended_on_one_node_ends_on_the_other_at_once(cluster: list[Squ
             await on_b.close()
 
     run_async(scenario())
+
+
+def test_a_client_resumes_on_the_other_node_with_since(cluster: list[SquallProcess], room: str) -> None:
+    """WebSocket on A, then on B with ``since`` (as after A went away); SSE the same
+    way with ``Last-Event-ID``: each message exactly once, in order."""
+    a, b = cluster
+    alice, carol = tokens(a, "alice", "carol")
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        sender = await Sender.open(b, alice, room)
+        reader = await ChatClient.connect(a.address, carol)
+        assert (await reader.join(room, since=0))["type"] == "joined"
+        stream = await EventStream.open(a.address, room, carol, since=0)
+        seen_ws: list[int] = []
+        seen_sse: list[int] = []
+        try:
+            for n in range(5):
+                await sender.send(f"first {n}")
+            while len(seen_ws) < 5:
+                seen_ws.append((await reader.recv_type("message"))["seq"])
+            while len(seen_sse) < 5:
+                seen_sse.append(int((await stream.next_of("message")).json()["seq"]))
+        finally:
+            await reader.close()
+            await stream.close()
+        for n in range(5):
+            await sender.send(f"meanwhile {n}")  # stored while the reader is away
+        reader = await ChatClient.connect(b.address, carol)
+        stream = await EventStream.open(b.address, room, carol, last_event_id=seen_sse[-1])
+        try:
+            assert (await reader.join(room, since=seen_ws[-1]))["type"] == "joined"
+            for n in range(5):
+                await sender.send(f"after {n}")
+            while len(seen_ws) < 15:
+                seen_ws.append((await reader.recv_type("message"))["seq"])
+            while len(seen_sse) < 15:
+                seen_sse.append(int((await stream.next_of("message")).json()["seq"]))
+            await nothing_more(reader)
+        finally:
+            await reader.close()
+            await stream.close()
+            await sender.client.close()
+        return seen_ws, seen_sse
+
+    seen_ws, seen_sse = run_async(scenario())
+    assert seen_ws == list(range(1, 16))
+    assert seen_sse == list(range(1, 16))
