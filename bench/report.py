@@ -111,6 +111,17 @@ def _processor_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
             f"{rate:,.0f}/s, p99 {p99:.2f} ms, {cpu:,.0f} us CPU/msg at 100/s")
 
 
+def _cross_node_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    squall = _goal_rows(rows, "squall")[0]
+    extra, hop = _num(squall, "extra_p50_ms"), _num(squall, "hop_p50_ms")
+    if extra is None:
+        return None
+    evidence = f"{extra:+.2f} ms room vs room"
+    if hop is not None:
+        evidence += f", the Redis hop alone {hop:.2f} ms"
+    return extra <= 1.0, evidence
+
+
 GOALS: dict[str, Goal] = {
     "one-in-flight-500": Goal("web node + processor CPU/delivery <= the ceiling's, processor <= 500 us/msg",
                               _one_in_flight_goal),
@@ -128,6 +139,7 @@ GOALS: dict[str, Goal] = {
     "longpoll": Goal("<= 4x the coalescing ceiling's CPU/delivery", _longpoll_goal),
     "processor": Goal(">= 5000/s, p99 < 10 ms and <= 500 us CPU/msg at 100/s", _processor_goal),
     "filter": Goal("report MB/s vs str.lower()"),
+    "cross-node": Goal("extra hop <= 1 ms at p50", _cross_node_goal),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]

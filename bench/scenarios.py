@@ -54,6 +54,7 @@ from .loadgen import (
     run_delay_seconds,
     self_cpu_seconds,
 )
+from .cross_node import cross_node
 from .targets import COALESCING_CEILING, Running, Target
 
 __all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
@@ -115,7 +116,7 @@ class Scenario:
     """
 
     name: str
-    kind: str  # "ws", "longpoll", "processor" or "local"
+    kind: str  # "ws", "longpoll", "processor", "cluster" (several Squall processes) or "local"
     # One target per run, or (``together``) every target in one run, results by target name.
     run: Callable[[Target, Options], Awaitable[dict[str, Any]]] | None
     metric: str
@@ -1037,6 +1038,11 @@ SCENARIOS: dict[str, Scenario] = {
                  "2 msg/s to 2000 subscribers, one message at a time; targets side by side, taking turns",
                  (("p50_ms", "p50 ms"), ("max_ms", "max ms")), together=latency,
                  figure="p99 of send -> arrival over every (message, subscriber)"),
+        Scenario("cross-node", "cluster", cross_node, "extra_p50_ms", "ms extra p50", False,
+                 "2 msg/s to 2000 members on the sender's web node vs 2000 on another (Redis bus)",
+                 (("same_p50_ms", "same p50 ms"), ("other_p50_ms", "other p50 ms"),
+                  ("other_p99_ms", "other p99 ms"), ("hop_p50_ms", "bus hop alone p50 ms")),
+                 figure="p50 send -> arrival on the other node minus on the sender's node"),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
                  "2000 clients in 200 rooms of 10, everyone talking, one message in flight per client "
                  "(up to 10 per room)",

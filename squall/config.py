@@ -55,7 +55,8 @@ class Settings:
     processor: str = "127.0.0.1:8889"  # the processor's address, as the web node dials it
     data_dir: str = "./var"
     database: str = ""  # "" → sqlite at <data_dir>/squall.db; or sqlite:///path, postgresql://…
-    bus: str = "local"  # "local" (in-process) or redis://host:port/db
+    bus: str = "local"  # "local" (in-process) or redis://host:port/db (rediss:// for TLS)
+    bus_prefix: str = "squall:"  # starts every Redis channel name: Squalls sharing a Redis keep apart
     secret: str = ""  # token signing key; "" → generated once into <data_dir>/secret
     public_url: str = ""  # base URL used in e-mails; "" → http://host:port
     loop: str = "asyncio"  # or "uvloop"
@@ -125,6 +126,10 @@ class Settings:
     reconnect_max: float = 5.0
     shutdown_timeout: float = 5.0  # how long shutdown waits for in-flight sends
 
+    # The bus between web nodes (Redis); it reconnects with reconnect_min … reconnect_max too.
+    bus_max_queue: int = 10_000  # broadcasts waiting to be published; past it the oldest go (and nodes resync)
+    bus_ping_interval: float = 5.0  # seconds between pings on the subscription; twice this silent = dead
+
     # The processor.
     listen: str = "127.0.0.1:8889"
     max_line_bytes: int = 64 * 1024  # a longer line on the processor link closes it
@@ -172,7 +177,8 @@ FIELD_HELP: dict[str, str] = {
     "listen": "HOST:PORT the processor listens on",
     "data_dir": "folder for the SQLite database, the secret and the outbox",
     "database": "sqlite:///PATH or postgresql://… (default: SQLite in the data folder)",
-    "bus": "'local' or redis://HOST:PORT/DB",
+    "bus": "'local' or redis://HOST:PORT/DB (rediss:// for TLS)",
+    "bus_prefix": "prefix of every Redis channel name (default 'squall:')",
     "secret": "key that signs session tokens (default: generated into the data folder)",
     "websocket": "accept WebSocket upgrades (--no-websocket refuses them)",
     "loop": "event loop: asyncio or uvloop",
@@ -276,6 +282,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("max_connections_per_ip", 0, False), ("max_connections", 0, False), ("max_rate_keys", 0, False),
     ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),
     ("ready_timeout", 0, False), ("ready_cache", 0, False),
+    ("bus_max_queue", 0, False), ("bus_ping_interval", 0, False),
 )
 
 
@@ -318,7 +325,11 @@ def _check(settings: Settings) -> None:
     if settings.database and not settings.database.startswith("sqlite:///"):
         raise ConfigError(f"database must be sqlite:///PATH (or empty), got {settings.database!r}")
     if settings.bus != "local":
-        raise ConfigError(f"bus must be 'local', got {settings.bus!r}")
+        if not settings.bus.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"bus must be 'local' or redis://HOST:PORT/DB, got {settings.bus!r}")
+        _check_url("bus", settings.bus, ("redis", "rediss"))
+    if len(settings.bus_prefix) > 64 or any(c.isspace() for c in settings.bus_prefix):
+        raise ConfigError(f"bus_prefix must be at most 64 characters without spaces, got {settings.bus_prefix!r}")
     if settings.public_url:
         _check_url("public_url", settings.public_url, ("http", "https"))
     for origin in settings.allowed_origins:

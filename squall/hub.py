@@ -26,6 +26,31 @@ pages. It becomes *live* in the same loop step in which its cursor reaches the
 room's ``last_seq`` — no ``await`` between that check and joining the live set —
 so it sees every message exactly once at the seam between backlog and live.
 
+Across web nodes (a shared bus), a room is open on a node exactly while the
+node is subscribed to it: :meth:`Hub.room` subscribes first and reads the
+room's ``last_seq`` only once the bus has confirmed, so nothing published
+after that read can be missed. When the bus may have lost broadcasts (its
+connection dropped, a publisher's queue overflowed) it calls
+:meth:`Hub.resync`: each room's ``last_seq`` is read from the store again and
+becomes the room's ``known_seq``, and the hub fills up to it exactly as it
+fills a gap: the newest message is repaired even when no later one would have
+revealed that it was missing. Gaps are read a page (``backlog_page``) at a
+time.
+
+A client's cursor may be ahead of this node: it read a message on another node
+whose publish has not reached this one yet (a long-poller changing node every
+poll, a client reconnecting elsewhere). Such a cursor is not clamped to this
+node's ``last_seq`` — that would hand the client again what it has. It is
+checked against the store instead (:meth:`Hub.cursor`): only a cursor past the
+store's end (a reset store, a client's bug) is clamped, to that end, and a
+room found lagging the store is filled up to it. A live member whose cursor is
+still ahead of the room is kept in ``room.ahead`` and gets only what follows
+its cursor; parked pollers wait for a message after theirs anyway.
+
+Link-preview updates come once per web node that heard of them from a
+processor: the hub passes on the first for each message and drops the rest,
+and holds one that arrives before its message until the message is delivered.
+
 Long-pollers wait on a room by cursor; every poller waiting on the same cursor
 is answered with the same encoded body. An answer's ``seq`` is the cursor to
 poll from next: the seq of the last message in it, or the poller's own cursor
@@ -44,7 +69,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import orjson
@@ -54,13 +79,36 @@ from .message import Draft
 from .protocol import nick_key
 from .store import Store
 
-__all__ = ["Hub", "Room", "Member", "Waiter", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
+__all__ = [
+    "Hub", "Room", "Member", "Waiter", "PollAnswer", "Subscriptions", "broadcast_from_draft", "encode_poll_body",
+]
 
 log = logging.getLogger("squall.hub")
 
 # A room with nobody in it stays open this long, so that long-pollers who come
 # back between polls find its recent buffer instead of going to the store.
 ROOM_IDLE_SECONDS = 120.0
+# Link-preview updates that came before their message, held per room; past
+# this the oldest goes (its previews are in the store for later readers).
+MAX_EARLY_UPDATES = 64
+
+
+class Subscriptions(Protocol):
+    """The bus as the hub sees it: which rooms this node receives (:class:`~squall.bus.Bus`)."""
+
+    async def subscribe(self, room: str) -> None: ...
+
+    def unsubscribe(self, room: str) -> None: ...
+
+
+class _NoSubscriptions:
+    """One node alone: it hears every broadcast anyway."""
+
+    async def subscribe(self, room: str) -> None:
+        pass
+
+    def unsubscribe(self, room: str) -> None:
+        pass
 
 
 class Member(Protocol):
@@ -127,7 +175,7 @@ class Waiter(Protocol):
 class Room:
     __slots__ = (
         "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
-        "filling", "idle_since", "catching_up",
+        "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates", "ahead", "fill",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
@@ -140,8 +188,13 @@ class Room:
         self.unsent: list[Broadcast] = []  # advanced past, not yet handed to members
         self.waiters: dict[Waiter, tuple[int, int]] = {}  # parked poll → (since, limit)
         self.filling = False
+        self.fill: asyncio.Future[None] | None = None  # the last gap-filling task
         self.idle_since: float | None = None
         self.catching_up = 0  # members between join and live; the room stays open for them
+        self.known_seq = 0  # the store has reached this seq (as of a resync): fill up to it
+        self.updated: dict[int, None] = {}  # seqs whose preview update went out (newest last)
+        self.early_updates: dict[int, Broadcast] = {}  # updates waiting for their message
+        self.ahead: dict[Member, int] = {}  # live members whose cursor is past last_seq → cursor
 
     def recent_after(self, since: int, limit: int) -> list[Broadcast] | None:
         """Messages with seq > ``since`` from memory, or None if memory doesn't reach back."""
@@ -172,11 +225,13 @@ class Hub:
         self,
         store: Store,
         *,
+        bus: Subscriptions | None = None,
         recent_per_room: int = 256,
         backlog_page: int = 200,
         history_on_join: int = 50,
     ) -> None:
         self.store = store
+        self.bus: Subscriptions = bus if bus is not None else _NoSubscriptions()
         self.recent_per_room = recent_per_room
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
@@ -184,6 +239,8 @@ class Hub:
         # Messages handed to live members and parked polls, one per member
         # (squall_deliveries_total): counted per room advance, not per member.
         self.deliveries = 0
+        self._to_resync: dict[str, None] = {}  # rooms a resync still has to read (ordered set)
+        self._resyncing: asyncio.Future[None] | None = None
 
     # -- opening rooms --------------------------------------------------
 
@@ -193,9 +250,12 @@ class Hub:
         if room is None:
             room = self.rooms[name] = Room(name, recent=self.recent_per_room)
             try:
+                # Subscribed first: whatever is published after the read below reaches us.
+                await self.bus.subscribe(name)
                 room.last_seq = await self.store.last_seq(name)
             except BaseException as exc:
                 del self.rooms[name]
+                self.bus.unsubscribe(name)
                 room.ready.set_exception(exc)
                 room.ready.exception()  # retrieved: the caller below re-raises it
                 raise
@@ -224,8 +284,8 @@ class Hub:
                 continue  # nobody here listens; the store has it for whoever comes
             if broadcast.seq is None:
                 self._deliver_unsent(room)  # what came before it goes first
-                if broadcast.kind == "update":
-                    self._apply_update(room, broadcast)
+                if broadcast.kind == "update" and not self._take_update(room, broadcast):
+                    continue
                 for member in list(room.live):
                     member.deliver(broadcast)
                 continue
@@ -241,6 +301,37 @@ class Hub:
             advanced[room] = None
         for room in advanced:
             self._deliver_unsent(room)
+
+    def _take_update(self, room: Room, update: Broadcast) -> bool:
+        """Whether to pass ``update`` on to the room's members now: not if the
+        update of that message went out already (each web node publishes the
+        one it heard of), nor before the message itself (held until then)."""
+        try:
+            seq = orjson.loads(update.payload).get("seq")
+        except (orjson.JSONDecodeError, AttributeError):
+            return True
+        if not isinstance(seq, int) or seq in room.updated:
+            return not isinstance(seq, int)
+        if seq > room.last_seq:
+            if seq not in room.early_updates:
+                if len(room.early_updates) >= MAX_EARLY_UPDATES:
+                    del room.early_updates[next(iter(room.early_updates))]
+                room.early_updates[seq] = update
+            return False
+        room.updated[seq] = None
+        if len(room.updated) > self.recent_per_room:
+            del room.updated[next(iter(room.updated))]
+        self._apply_update(room, update)
+        return True
+
+    def _release_early_updates(self, room: Room) -> None:
+        """Updates that came before their message, now that it has gone out."""
+        due = [seq for seq in room.early_updates if seq <= room.last_seq]
+        for seq in sorted(due):
+            update = room.early_updates.pop(seq)
+            if self._take_update(room, update):
+                for member in list(room.live):
+                    member.deliver(update)
 
     def _apply_update(self, room: Room, update: Broadcast) -> None:
         """Link previews arrived for a message: the copy in memory gets them too,
@@ -273,15 +364,34 @@ class Hub:
             return
         room.unsent = []
         self.deliveries += len(unsent) * len(room.live)
+        members = list(room.live)
+        if room.ahead:
+            members = self._deliver_to_members_ahead(room, unsent, members)
         if len(unsent) == 1:
-            for member in list(room.live):
+            for member in members:
                 member.deliver(unsent[0])
         else:
             batch = Batch(unsent)
-            for member in list(room.live):
+            for member in members:
                 member.deliver_batch(batch)
         if room.waiters:
             self._answer_waiters(room, unsent)
+        if room.early_updates:
+            self._release_early_updates(room)
+
+    def _deliver_to_members_ahead(self, room: Room, unsent: list[Broadcast], members: list[Member]) -> list[Member]:
+        """Hand members whose cursor is ahead of the room only what follows it;
+        returns the other members."""
+        ahead, room.ahead = room.ahead, {}
+        for member, cursor in ahead.items():
+            newer = [b for b in unsent if b.seq is not None and b.seq > cursor]
+            if len(newer) == 1:
+                member.deliver(newer[0])
+            elif newer:
+                member.deliver_batch(Batch(newer))
+            if cursor > room.last_seq and member in room.live:
+                room.ahead[member] = cursor
+        return [m for m in members if m not in ahead]
 
     def _release_held(self, room: Room) -> None:
         held = room.held
@@ -298,25 +408,29 @@ class Hub:
     def _fill_gap(self, room: Room) -> None:
         if not room.filling:
             room.filling = True
-            asyncio.ensure_future(self._fill_gap_from_store(room))
+            room.fill = asyncio.ensure_future(self._fill_gap_from_store(room))
 
     async def _fill_gap_from_store(self, room: Room) -> None:
+        """Read what the room is missing, a page at a time: up to the first held
+        message, or up to ``known_seq`` (a resync) when nothing is held."""
         try:
-            while room.held and self.rooms.get(room.name) is room:
-                first_held = min(room.held)
-                if first_held <= room.last_seq + 1:
-                    self._release_held(room)
-                    self._deliver_unsent(room)
-                    continue
-                missing = first_held - room.last_seq - 1
-                drafts = await self.store.messages_after(room.name, room.last_seq, missing)
-                progressed = False
+            while self.rooms.get(room.name) is room:
+                self._release_held(room)
+                self._deliver_unsent(room)
+                upto = min(room.held) - 1 if room.held else room.known_seq
+                if upto <= room.last_seq:
+                    break
+                before = room.last_seq
+                drafts = await self.store.messages_after(
+                    room.name, before, min(upto - before, self.backlog_page)
+                )
                 for draft in drafts:
                     if draft.seq == room.last_seq + 1:
                         self._advance(room, broadcast_from_draft(draft))
-                        progressed = True
                 self._deliver_unsent(room)
-                if not progressed and room.held and min(room.held) > room.last_seq + 1:
+                if room.last_seq > before:
+                    continue
+                if room.held and min(room.held) > room.last_seq + 1:
                     # The store should always have what was published after it;
                     # if it doesn't, stalling the room forever is worse than a gap.
                     log.error(
@@ -327,12 +441,57 @@ class Hub:
                     # The recent buffer is read by index from its first seq, so
                     # it must stay consecutive: start it afresh.
                     room.recent.clear()
-                self._release_held(room)
-                self._deliver_unsent(room)
+                elif not room.held and room.known_seq > room.last_seq:
+                    log.error(
+                        "room %s: the store's last seq is %d but it has nothing after %d",
+                        room.name, room.known_seq, room.last_seq,
+                    )
+                    room.known_seq = room.last_seq
         except Exception:
             log.exception("room %s: filling a gap from the store failed", room.name)
         finally:
             room.filling = False
+
+    # -- repairing what the bus lost ---------------------------------------
+
+    def resync(self, rooms: Collection[str]) -> None:
+        """Broadcasts of ``rooms`` may have been lost: read each open one's
+        ``last_seq`` from the store and deliver whatever this node missed.
+        Returns at once; the rooms are read one after another in the background,
+        by one task however often the bus asks (a flapping connection)."""
+        names = [name for name in rooms if name in self.rooms]
+        if not names:
+            return
+        self._to_resync.update(dict.fromkeys(names))
+        if self._resyncing is None:
+            self._resyncing = asyncio.ensure_future(self._resync())
+
+    async def _resync(self) -> None:
+        try:
+            while self._to_resync:
+                name = next(iter(self._to_resync))
+                del self._to_resync[name]
+                await self._resync_room(name)
+        finally:
+            self._resyncing = None
+
+    async def _resync_room(self, name: str) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        try:
+            if not room.ready.done():
+                await asyncio.shield(room.ready)
+            last_seq = await self.store.last_seq(name)
+        except Exception:
+            if room.ready.done() and room.ready.exception() is None:
+                log.exception("room %s: reading its last seq to resync failed", name)
+            return
+        if self.rooms.get(name) is not room:
+            return
+        room.known_seq = max(room.known_seq, last_seq)
+        if last_seq > room.last_seq:
+            self._fill_gap(room)
 
     # -- members --------------------------------------------------------
 
@@ -341,15 +500,30 @@ class Hub:
 
         Send the ``joined`` frame next (with ``room.last_seq``), then call
         :meth:`catch_up`. Without ``since`` the member gets the last
-        ``history_on_join`` messages; a ``since`` past the end is clamped to it.
+        ``history_on_join`` messages; a ``since`` past the end is clamped to
+        it (see :meth:`cursor`).
         """
         room = await self.room(name)
         if since is None:
             cursor = max(0, room.last_seq - self.history_on_join)
         else:
-            cursor = min(since, room.last_seq)
+            cursor = await self.cursor(room, since)
         room.idle_since = None
         return room, cursor
+
+    async def cursor(self, room: Room, since: int) -> int:
+        """``since``, unless it is past the room's end in the store: then that end.
+
+        A ``since`` past this node's ``last_seq`` costs one store read; if the
+        store is ahead of the room (this node lags), the room is filled up to it.
+        """
+        if since <= room.last_seq:
+            return since
+        last_seq = await self.store.last_seq(room.name)
+        if last_seq > room.last_seq and self.rooms.get(room.name) is room:
+            room.known_seq = max(room.known_seq, last_seq)
+            self._fill_gap(room)
+        return min(since, last_seq)
 
     async def catch_up(self, member: Member, room: Room, cursor: int) -> None:
         """Send ``member`` everything after ``cursor``, then make it live."""
@@ -376,17 +550,22 @@ class Hub:
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None
+        if cursor > room.last_seq:
+            room.ahead[member] = cursor
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)
         if room is not None:
             room.live.pop(member, None)
+            room.ahead.pop(member, None)
             if not room.live and not room.waiters:
                 room.idle_since = now
 
     async def read_after(self, room: Room, since: int, limit: int) -> list[Broadcast]:
+        """Up to ``limit`` messages after ``since``, from memory if it reaches back
+        and the room is not known to lag the store past ``since``."""
         in_memory = room.recent_after(since, limit)
-        if in_memory is not None:
+        if in_memory is not None and (in_memory or room.known_seq <= since):
             return in_memory
         drafts = await self.store.messages_after(room.name, since, limit)
         return [broadcast_from_draft(d) for d in drafts]
@@ -444,6 +623,7 @@ class Hub:
         ]
         for name in closed:
             del self.rooms[name]
+            self.bus.unsubscribe(name)
         return closed
 
     def waiting_polls(self) -> int:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Generator, Iterator
 
 import pytest
 from hypothesis import settings
 
-from support import SquallProcess, squall_server
+from support import REDIS_SERVER_SKIP, REDIS_SKIP, REDIS_URL, RedisServer, SquallProcess, redis_reachable, squall_server
 
 # Hypothesis fails an example that takes over 200 ms by default: a speed test in
 # disguise, which a loaded two-core machine fails at random. Correctness only here.
@@ -48,3 +49,30 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def room() -> str:
     """A room name no other test in this session uses."""
     return f"room-{next(_names)}"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's shared Redis; the test is skipped (with how to get it) if it is absent."""
+    if not redis_reachable(REDIS_URL):
+        pytest.skip(REDIS_SKIP)
+    return REDIS_URL
+
+
+@pytest.fixture
+def bus_prefix() -> str:
+    """A channel prefix no other test (or test run) uses."""
+    return f"test-{os.getpid()}-{next(_names)}:"
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and start again."""
+    if shutil.which("redis-server") is None:
+        pytest.skip(REDIS_SERVER_SKIP)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -12,6 +12,8 @@ scales for slow machines.
 * :class:`EventStream` — an SSE response read event by event.
 * :class:`ChatClient` — a WebSocket chat connection (``websockets`` asyncio client).
 * :class:`LineClient` — the processor's newline-delimited JSON protocol on a raw socket.
+* :class:`RedisServer` — a ``redis-server`` of the test's own on a free port, for
+  tests that stop and restart it (never the machine's shared one on 6379).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from websockets.asyncio.client import ClientConnection, connect
 __all__ = [
     "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
     "HTTPResponse", "http", "EventStream", "SSEEvent", "ChatClient", "LineClient",
-    "upgrade_request", "client_frame", "RawFrames",
+    "upgrade_request", "client_frame", "RawFrames", "REDIS_URL", "REDIS_SKIP", "redis_reachable",
+    "RedisServer", "squall_cluster",
 ]
 
 # Every wait in the tests is bounded by this many seconds; a wait only takes
@@ -164,6 +167,20 @@ class SquallProcess:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"processor not connected after {timeout} s\n{self.output()}")
+            time.sleep(pause)  # between polls of an event we cannot subscribe to
+            pause = min(pause * 2, 0.1)
+
+    def wait_health(self, accept: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Poll ``/api/health`` until ``accept`` approves of its body; returns it."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            self._check_alive()
+            status, body = self.api("GET", "/api/health")
+            if status == 200 and accept(body):
+                return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/api/health never approved after {timeout} s: {body}\n{self.output()}")
             time.sleep(pause)  # between polls of an event we cannot subscribe to
             pause = min(pause * 2, 0.1)
 
@@ -317,6 +334,29 @@ def squall_server(data_dir: Path, command: str = "run", **kwargs: Any) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def squall_cluster(
+    data_dir: Path, *, web: int = 2, env: Mapping[str, str] | None = None,
+) -> Iterator[list[SquallProcess]]:
+    """One ``squall processor`` and ``web`` ``squall web`` nodes dialling it, all on
+    one data folder (one SQLite file, one secret). Yields the web nodes, each
+    started, linked to the processor and, with a Redis bus, subscribed."""
+    processor = SquallProcess(data_dir, "processor", env=env)
+    processor.start()
+    nodes: list[SquallProcess] = []
+    try:
+        for _ in range(web):
+            node = SquallProcess(data_dir, "web", processor_port=processor.processor_port, env=env)
+            nodes.append(node)
+            node.start()
+            node.wait_health(lambda body: body["bus"].get("subscribed", True))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        processor.stop()
 
 
 # -- HTTP over asyncio ---------------------------------------------------------------
@@ -684,3 +724,81 @@ class RawFrames:
             elif opcode == 0x8:
                 return frames, struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else None
         return frames, None
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+# The machine's shared Redis, for tests that only need one running. Tests keep
+# apart by channel prefix (the ``bus_prefix`` fixture), never by flushing it.
+REDIS_URL = os.environ.get("SQUALL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_SKIP = (
+    f"Redis is not reachable at {REDIS_URL}: install and start it (Debian: `apt-get install"
+    " redis-server`, then `redis-server --daemonize yes`) to run the Redis tests"
+)
+REDIS_SERVER_SKIP = (
+    "redis-server is not on the PATH: install it (Debian: `apt-get install redis-server`)"
+    " to run the tests that restart a Redis of their own"
+)
+
+
+def redis_reachable(url: str = REDIS_URL) -> bool:
+    """Whether a Redis answers PING at ``url`` (host and port only)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own, on a free port, without persistence.
+
+    :meth:`stop` kills it (as a crash would); :meth:`start` brings it back on the
+    same port, empty.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = TIMEOUT) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.data_dir), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.starts += 1
+        # redis-server must never block on its log; the thread ends at its exit.
+        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while not redis_reachable(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"redis-server on port {self.port} did not start within {timeout} s")
+            time.sleep(pause)  # between polls of an event we cannot subscribe to
+            pause = min(pause * 2, 0.1)
+
+    @staticmethod
+    def _drain(process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for _ in process.stdout:
+                pass
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)

@@ -110,7 +110,12 @@ def test_boolean_spellings(raw: str, value: bool) -> None:
     ({"SQUALL_MAIL_RETRY_MIN": "0"}, ["mail_retry_min"]),
     ({"SQUALL_LOG_LEVEL": "loud"}, ["log_level", "loud"]),
     ({"SQUALL_DATABASE": "mysql://x"}, ["database", "mysql://x"]),
-    ({"SQUALL_BUS": "redis://x"}, ["bus"]),
+    ({"SQUALL_BUS": "kafka://x"}, ["bus", "kafka://x"]),
+    ({"SQUALL_BUS": "redis://x:99999"}, ["bus"]),
+    ({"SQUALL_BUS": "redis:///0"}, ["bus"]),
+    ({"SQUALL_BUS_PREFIX": "a b"}, ["bus_prefix"]),
+    ({"SQUALL_BUS_MAX_QUEUE": "0"}, ["bus_max_queue"]),
+    ({"SQUALL_BUS_PING_INTERVAL": "0"}, ["bus_ping_interval"]),
     ({"SQUALL_PUBLIC_URL": "chat.example.org"}, ["public_url"]),
     ({"SQUALL_PUBLIC_URL": "https://chat.example.org:99999"}, ["public_url"]),
     ({"SQUALL_ALLOWED_ORIGINS": "https://a.example/path"}, ["allowed_origins"]),
@@ -138,7 +143,8 @@ def test_good_values_at_the_edges_are_accepted(tmp_path: Path) -> None:
         "SQUALL_SOCKET_SEND_BUFFER": "0", "SQUALL_PUBLIC_URL": "https://chat.example.org/",
         "SQUALL_ALLOWED_ORIGINS": "https://a.example:8443", "SQUALL_SMTP": "smtps://u:p@mail.example",
         "SQUALL_FILTER_FILE": str(filters), "SQUALL_STAGES": "validate,store,stages_for_test:shout",
-        "SQUALL_LOG_LEVEL": "WARNING",
+        "SQUALL_LOG_LEVEL": "WARNING", "SQUALL_BUS": "rediss://:pw@redis.example:6380/2",
+        "SQUALL_BUS_PREFIX": "", "SQUALL_BUS_MAX_QUEUE": "1",
     })
     assert settings.port == 65535 and settings.stages[-1] == "stages_for_test:shout"
     assert load_settings({"port": "0"}, environ={}).port == 0

@@ -15,9 +15,10 @@
   ends every session of the account and opens a new one (200).
 
 Every successful sign-in answers ``{"nick", "token", "registered"}`` and sets
-the session cookie and the ``_xsrf`` cookie. Ending sessions also closes this
-node's WebSocket (4001) and SSE connections that run on them; other nodes
-refuse their tokens within the token cache's TTL (see :mod:`.auth`).
+the session cookie and the ``_xsrf`` cookie. Ending sessions also closes the
+WebSocket (4001) and SSE connections that run on them, on this node at once and
+on the others as soon as the bus brings the news; a node that missed it (the
+bus was down) refuses their tokens within the token cache's TTL (see :mod:`.auth`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from ..identity import MAX_PASSWORD_CHARS, check_password, nick_skeleton, nick_s
 from ..protocol import check_nick, nick_key
 from .auth import make_token, new_session_id
 from .base import COOKIE_NAME, BaseHandler
-from .websocket import CLOSE_UNAUTHORIZED
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -40,18 +40,9 @@ __all__ = ["AccountHandler", "SessionHandler", "LogoutHandler", "PasswordHandler
 
 
 def end_sessions(node: WebNode, session_ids: Iterable[str]) -> None:
-    """Refuse these sessions' tokens on this node from now on, and close its
-    WebSocket and SSE connections that run on them."""
-    ended = set(session_ids)
-    if not ended:
-        return
-    node.tokens.revoked(ended, now=time.monotonic())
-    for connection in list(node.websockets):
-        if connection.session_id in ended:
-            connection.close(CLOSE_UNAUTHORIZED, "session ended: sign in again")
-    for stream in list(node.event_streams):
-        if stream.session_id in ended:
-            stream.end()
+    """Refuse these sessions' tokens from now on and close the connections that
+    run on them, on every node (:meth:`WebNode.end_sessions`)."""
+    node.end_sessions(session_ids)
 
 
 def _nick_taken(reason: str) -> Conflict:

@@ -105,6 +105,7 @@ class HealthHandler(BaseHandler):
                 "long_poll": len(self.node.poll_connections),
             },
             "waiting_polls": self.node.hub.waiting_polls(),
+            "bus": self.node.bus.status(),
             "rejections": self.node.counters.snapshot(),
             "limits": self.node.limits.tracked(),
         })

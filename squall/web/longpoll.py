@@ -365,7 +365,7 @@ class PollConnection:
                 poll.room, poll.nick, poll.nick_key, now=time.monotonic(), wait=poll.wait
             ))
             room = node.hub.rooms.get(poll.room)
-            if room is not None and room.ready.done() and self._serve_from_memory(room, poll):
+            if room is not None and room.ready.done() and self._serve_from_memory(room, poll, poll.since):
                 return
         self.task = asyncio.ensure_future(self._serve_from_store(poll))
 
@@ -382,17 +382,20 @@ class PollConnection:
             self._serve(head, checked=session.nick if session is not None else "")
         self._next()
 
-    def _serve_from_memory(self, room: Room, poll: Poll) -> bool:
-        """Park, or answer from the room's recent messages; False if they don't reach back."""
-        assert poll.since is not None
-        # A cursor past the end (the store was reset, or a client's bug) means
-        # "everything from now on", as a WebSocket join treats it.
-        since = min(poll.since, room.last_seq)
-        if since == room.last_seq and poll.wait > 0 and not self.node.stopping:
+    def _serve_from_memory(self, room: Room, poll: Poll, since: int, *, checked: bool = False) -> bool:
+        """Park, or answer from the room's recent messages; False if they don't
+        reach back, or if ``since`` is past this node's end and not yet
+        ``checked`` against the store (:meth:`~squall.hub.Hub.cursor`): the
+        client may have read on another node what this one has not heard yet."""
+        if since > room.last_seq and not checked:
+            return False
+        if since >= room.last_seq and poll.wait > 0 and not self.node.stopping:
             self.room = room
             self.node.hub.park(room, since, poll.limit, self)
             self.timer = self.loop.call_later(poll.wait, self._time_out)
             return True
+        if since > room.last_seq:
+            return False  # this node lags the store: the answer comes from the store
         messages = room.recent_after(since, poll.limit)
         if messages is None:
             return False
@@ -411,9 +414,12 @@ class PollConnection:
                 # comes with the next poll instead of being skipped.
                 since = room.last_seq if poll.before is None else min(poll.before - 1, room.last_seq)
                 messages = await hub.read_before(poll.room, since + 1, poll.limit)
-            elif not self._serve_from_memory(room, poll):
-                since = min(poll.since, room.last_seq)
-                messages = await hub.read_after(room, since, poll.limit)
+            else:
+                # A cursor past the store's end (a reset store, a client's bug)
+                # means "everything from now on", as a WebSocket join treats it.
+                since = await hub.cursor(room, poll.since)
+                if not self._serve_from_memory(room, poll, since, checked=True):
+                    messages = await hub.read_after(room, since, poll.limit)
         except ClientError as exc:
             self._refuse(poll.target, exc)
         except Exception:

@@ -3,8 +3,9 @@ processor link together, and owns the Tornado application.
 
 Every chat send, whatever its transport, goes through :meth:`WebNode.send`;
 every processed message comes back through :meth:`WebNode._on_processed` and
-leaves for the bus, encoded once. Every bus delivery comes in through
-:meth:`WebNode._from_bus`, which times the hub's fan-out of it.
+leaves for the bus, encoded once. The node is the bus's
+:class:`~squall.bus.Receiver`: what the bus brings goes to the hub (its fan-out
+timed for /metrics), and sessions another node ended are ended here too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from .connections import CountingHTTPServer
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 from .readiness import Canary, Readiness
+from .websocket import CLOSE_UNAUTHORIZED
 
 __all__ = ["WebNode"]
 
@@ -110,9 +112,14 @@ class WebNode:
             max_age_days=settings.token_max_age_days,
         )
         self.passwords = Passwords()
-        self.bus: Bus = open_bus(settings.bus)
+        self.bus: Bus = open_bus(
+            settings.bus, prefix=settings.bus_prefix, max_queue=settings.bus_max_queue,
+            reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
+            ping_interval=settings.bus_ping_interval,
+        )
         self.hub = Hub(
             self.store,
+            bus=self.bus,
             recent_per_room=settings.recent_per_room,
             backlog_page=settings.backlog_page,
             history_on_join=settings.history_on_join,
@@ -185,7 +192,7 @@ class WebNode:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.bus.start(self._from_bus)
+        await self.bus.start(self)
         self.link.start()
         app = self.make_app()
         settings = self.settings
@@ -320,7 +327,13 @@ class WebNode:
             if broadcast.seq is not None and key in broadcast.mentions:
                 self.link.report_seen(key, broadcast.room, broadcast.seq)
 
-    def _from_bus(self, broadcasts: Sequence[Broadcast]) -> None:
+    def _on_updated(self, value: dict[str, Any]) -> None:
+        event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}
+        self.bus.publish(Broadcast(value["room"], None, orjson.dumps(event), kind="update"))
+
+    # -- from the bus (squall.bus.Receiver) ------------------------------
+
+    def receive_all(self, broadcasts: Sequence[Broadcast]) -> None:
         """What the bus delivers, to the hub (and to the readiness canary while one is out)."""
         if self.canary.waiting:
             self.canary.seen(broadcasts)
@@ -328,9 +341,30 @@ class WebNode:
         self.hub.receive_all(broadcasts)
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
-    def _on_updated(self, value: dict[str, Any]) -> None:
-        event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}
-        self.bus.publish(Broadcast(value["room"], None, orjson.dumps(event), kind="update"))
+    def resync(self, rooms: Collection[str]) -> None:
+        self.hub.resync(rooms)
+
+    def sessions_ended(self, session_ids: Collection[str]) -> None:
+        self.end_sessions(session_ids, tell_others=False)
+
+    # -- sessions -------------------------------------------------------
+
+    def end_sessions(self, session_ids: Iterable[str], *, tell_others: bool = True) -> None:
+        """Refuse these sessions' tokens from now on, close this node's WebSocket
+        and SSE connections that run on them and, unless the news came from
+        the bus, tell the other nodes to do the same."""
+        ended = set(session_ids)
+        if not ended:
+            return
+        self.tokens.revoked(ended, now=time.monotonic())
+        for connection in list(self.websockets):
+            if connection.session_id in ended:
+                connection.close(CLOSE_UNAUTHORIZED, "session ended: sign in again")
+        for stream in list(self.event_streams):
+            if stream.session_id in ended:
+                stream.end()
+        if tell_others:
+            self.bus.publish_sessions_ended(ended)
 
     # -- presence -------------------------------------------------------
 
