@@ -102,8 +102,8 @@ class SquallProcess:
         self.data_dir = Path(data_dir)
         self.python = python  # the interpreter whose installed squall runs
         self.command = command
-        # `squall run` picks a private port for its processor unless given one.
-        self.processor_port = processor_port or (0 if command == "run" else free_port())
+        # `squall run` and `squall cluster` pick private ports for their processors.
+        self.processor_port = processor_port or (0 if command in ("run", "cluster") else free_port())
         self.env = dict(env or {})
         self.args = args
         self.preexec_fn = preexec_fn  # run in the child before exec, e.g. to set resource limits
@@ -125,6 +125,8 @@ class SquallProcess:
             argv += ["--listen", f"127.0.0.1:{self.processor_port}"]
         elif self.command == "web":
             argv += ["--port", "0", "--processor", f"127.0.0.1:{self.processor_port}"]
+        elif self.command == "cluster":
+            pass  # `args` give --web, --processors and --port; self.port is the first node's
         else:
             argv += ["--port", "0"]
             if self.processor_port:
