@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -42,3 +43,34 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def room() -> str:
     """A room name no other test in this session uses."""
     return f"room-{next(_names)}"
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_MISSING = (
+    "Redis is not running on 127.0.0.1:6379: install it (apt-get install redis-server)"
+    " and start it (redis-server --daemonize yes)"
+)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own on the shared server; its keys are deleted after.
+
+    Skips (fails under ``SQUALL_REQUIRE_ALL_TESTS``) when Redis is not running.
+    """
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        client.close()
+        pytest.skip(REDIS_MISSING)
+    prefix = f"squall-test-{secrets.token_hex(4)}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
