@@ -32,6 +32,7 @@ GOALS: dict[str, tuple[str, Any]] = {
     "longpoll": ("<= 4x ceiling", lambda s, c, w: s <= 4 * c),
     "processor": (">= 5000/s, p99 < 10 ms at 100/s", None),
     "filter": ("report MB/s vs str.lower()", None),
+    "queue": (">= 5000/s through Redis Streams with 1 processor; report the 2-processor factor", None),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]
@@ -78,6 +79,9 @@ def _verdict(name: str, results: dict[str, dict[str, Any]]) -> str:
     value = _headline(name, squall)
     if name == "processor":
         ok = squall.get("msgs_per_s", 0) >= 5000 and squall.get("p99_ms", 1e9) < 10
+        return f"{text}: {'MET' if ok else 'NOT MET'}"
+    if name == "queue":
+        ok = squall.get("queue_1_msgs_per_s", 0) >= 5000
         return f"{text}: {'MET' if ok else 'NOT MET'}"
     if name == "slow-client":
         ok = squall.get("vs_alone", 0) >= 0.9 and squall.get("rss_growth_mib", 1e9) <= 8

@@ -42,6 +42,7 @@ from .loadgen import (
     run_delay_seconds,
     self_cpu_seconds,
 )
+from . import queue as _queue
 from .targets import Running, Target
 
 __all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
@@ -97,7 +98,7 @@ class Scenario:
     """A named measurement: the server kind it needs, and which figure is the headline."""
 
     name: str
-    kind: str  # "ws", "longpoll", "processor" or "local"
+    kind: str  # "ws", "longpoll", "processor", "processors" or "local"
     # One target per run, or (``together``) every target in one run, results by target name.
     run: Callable[[Target, Options], Awaitable[dict[str, Any]]] | None
     metric: str
@@ -861,6 +862,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("processor", "processor", processor, "msgs_per_s", "msgs/s", True,
                  "one processor process, pipelined process requests stored and answered",
                  (("p50_ms", "p50 ms at 100/s"), ("p99_ms", "p99 ms at 100/s"))),
+        Scenario("queue", "processors", _queue.processors, "msgs_per_s", "msgs/s", True,
+                 "squall processor x1 and x2 through Redis Streams, and over TCP links beside it",
+                 (("queue_2_msgs_per_s", "queue x2 msgs/s"), ("queue_factor", "queue x2/x1"),
+                  ("tcp_1_msgs_per_s", "TCP x1 msgs/s"), ("tcp_2_msgs_per_s", "TCP x2 msgs/s"),
+                  ("tcp_factor", "TCP x2/x1"), ("queue_1_p99_ms", "queue p99 ms at 100/s"),
+                  ("tcp_1_p99_ms", "TCP p99 ms at 100/s"))),
         Scenario("filter", "local", keyword_filter, "mb_per_s", "MB/s", True,
                  "keyword filter with 10,000 terms over chat-sized messages",
                  (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s"))),

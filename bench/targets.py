@@ -226,7 +226,7 @@ class WebsocketsTarget(Target):
 
 class SquallTarget(Target):
     name = "squall"
-    kinds = frozenset({"ws", "longpoll", "processor"})
+    kinds = frozenset({"ws", "longpoll", "processor", "processors"})
 
     def _command(self) -> str | None:
         sibling = Path(sys.executable).with_name("squall")

@@ -10,7 +10,8 @@ so a client's pipelined sends are stored in the order it sent them, the
 answers come back in seq order (the hub has nothing to hold back or to read
 from the store), and one group commit holds many of a busy room's messages.
 Every web node that lists the same processors sends a room to the same one
-(the hash is CRC-32, not Python's per-process ``hash``). The price: one room
+(the hash is BLAKE2b, not Python's per-process ``hash``; CRC-32 was tried
+and is too linear: similar room names piled onto one processor). The price: one room
 never uses more than one processor; the rooms, not the messages, are spread.
 Rendezvous hashing moves only the rooms of a processor that goes down or comes
 back, and spreads them over the others.
@@ -28,8 +29,8 @@ answered (its message may be stored, and is then published).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +46,8 @@ log = logging.getLogger("squall.link")
 
 def link_weight(address: Address, room: str) -> int:
     """Rendezvous weight of ``address`` for ``room``: the same in every process."""
-    return zlib.crc32(f"{address[0]}:{address[1]}\n{room}".encode("utf-8"))
+    text = f"{address[0]}:{address[1]}\n{room}".encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
 def choose(addresses: Sequence[Address], room: str) -> int:
