@@ -36,7 +36,7 @@ from ..errors import Unavailable
 from ..processor.sends import PendingSends, Send, answer_of, unavailable_answer
 from . import REPLY_ROLE, SEND_ROLE, QueueKeys, decode_entry, redacted_url, sign
 
-__all__ = ["QueueClient", "WRITE_BATCH", "READ_BATCH"]
+__all__ = ["QueueClient", "WRITE_BATCH", "READ_BATCH", "stop_tasks"]
 
 log = logging.getLogger("squall.queue")
 
@@ -176,10 +176,10 @@ class QueueClient:
         assert self._redis is not None
         add = self._redis.register_script(_ADD_SCRIPT)
         attempt = 0
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            while self._unwritten or self._unsent_seen:
+            while (self._unwritten or self._unsent_seen) and not self._closing:
                 batch, payloads = self._next_batch()
                 if not payloads:
                     break
@@ -220,8 +220,12 @@ class QueueClient:
         assert self._redis is not None
         stream = self.keys.replies(self.node)
         attempt = 0
-        while True:
+        while not self._closing:
             try:
+                if not self.connected.is_set():
+                    await self._redis.ping()
+                    log.info("reading replies from the queue at %s as node %s", redacted_url(self.url), self.node)
+                    self.connected.set()
                 answer = cast(list[tuple[bytes, list[Entry]]], await self._redis.xread(
                     {stream: self._last_reply}, count=READ_BATCH, block=READ_BLOCK_MS
                 ))
@@ -235,9 +239,6 @@ class QueueClient:
                 ))
                 attempt += 1
                 continue
-            if not self.connected.is_set():
-                log.info("reading replies from the queue at %s as node %s", redacted_url(self.url), self.node)
-                self.connected.set()
             attempt = 0
             for _name, entries in answer or ():
                 if entries:
@@ -248,7 +249,7 @@ class QueueClient:
     async def _trim(self, stream: str) -> None:
         assert self._redis is not None
         try:
-            await self._redis.xtrim(stream, minid=self._last_reply, approximate=False)
+            await self._redis.xtrim(stream, minid=_next_id(self._last_reply), approximate=False)
         except (RedisError, OSError):
             pass  # read replies are skipped by id anyway; the next trim takes them
 
@@ -286,13 +287,11 @@ class QueueClient:
         waiting = [send.future for send in self.sends if send.written]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        # Not cancelled: redis-py can hang on a blocking command cancelled
+        # mid-read. Both loops end by themselves within one READ_BLOCK_MS.
+        self._wake.set()
+        if self._tasks:
+            await stop_tasks(self._tasks, grace=2 * READ_BLOCK_MS / 1000)
         if self._redis is not None:
             try:
                 await self._redis.delete(self.keys.replies(self.node))
@@ -300,3 +299,21 @@ class QueueClient:
                 pass  # it expires by itself (REPLY_TTL_SECONDS)
             await self._redis.aclose()
 
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
+    """Wait up to ``grace`` s for ``tasks`` to end by themselves, then cancel the rest."""
+    _, running = await asyncio.wait(tasks, timeout=grace)
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running, timeout=grace)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("queue task failed", exc_info=task.exception())
+
+
+def _next_id(entry_id: bytes) -> bytes:
+    """The smallest stream id after ``entry_id`` (``XTRIM MINID`` keeps its threshold)."""
+    ms, _, seq = entry_id.partition(b"-")
+    return ms + b"-" + str(int(seq or b"0") + 1).encode()

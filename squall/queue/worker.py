@@ -42,6 +42,7 @@ from ..message import Draft
 from ..processor.pipeline import Pipeline
 from ..processor.server import parse_process, parse_seen
 from ..throttled_log import ThrottledLog
+from .client import stop_tasks
 from . import (
     GROUP, NODE_ID, REPLY_MAX_LEN, REPLY_ROLE, REPLY_TTL_SECONDS, SEND_ROLE, QueueKeys,
     decode_entry, encode_entry, redacted_url,
@@ -112,6 +113,7 @@ class QueueWorker:
         self._idle.set()
         self._outbox: list[tuple[str | None, dict[bytes, bytes] | None, bytes | None]] = []
         self._flush = asyncio.Event()
+        self._stop = asyncio.Event()  # run()'s, once it runs
         self.processed = 0  # entries answered, for logs and tests
         self.claimed = 0  # entries taken over from other consumers
 
@@ -145,19 +147,21 @@ class QueueWorker:
     async def run(self, stop: asyncio.Event, *, shutdown_timeout: float) -> None:
         """Serve until ``stop`` is set, then finish the entries in work (up to ``shutdown_timeout`` s)."""
         assert self._redis is not None, "call open() first"
+        self._stop = stop
         flusher = asyncio.ensure_future(self._flush_loop())
         takers = [asyncio.ensure_future(self._read_loop()), asyncio.ensure_future(self._claim_loop())]
         await stop.wait()
-        for task in takers:
-            task.cancel()
-        await asyncio.gather(*takers, return_exceptions=True)
+        # Not cancelled: redis-py can hang on a blocking command cancelled
+        # mid-read. The takers end by themselves within one READ_BLOCK_MS.
+        self._room.set()
+        await stop_tasks(takers, grace=2 * READ_BLOCK_MS / 1000)
         try:
             await asyncio.wait_for(self._idle.wait(), shutdown_timeout)
         except asyncio.TimeoutError:
             log.warning("stopping with %d entries in work; another processor will take them over",
                         len(self._working))
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
+        self._flush.set()
+        await stop_tasks([flusher], grace=shutdown_timeout)
         await self._redis.aclose()
 
     # -- taking entries ------------------------------------------------------
@@ -171,8 +175,10 @@ class QueueWorker:
     async def _read_loop(self) -> None:
         assert self._redis is not None
         attempt = 0
-        while True:
+        while not self._stop.is_set():
             await self._room.wait()
+            if self._stop.is_set():
+                return
             count = min(self.read_batch, self.max_in_flight - len(self._working))
             try:
                 answer = cast(list[tuple[bytes, list[Entry]]], await self._redis.xreadgroup(
@@ -206,11 +212,15 @@ class QueueWorker:
         pause = max(self.claim_idle / 2, 0.01)
         min_idle_ms = int(self.claim_idle * 1000)
         attempt = 0
-        while True:
-            await asyncio.sleep(pause)
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), pause)
+                return
+            except asyncio.TimeoutError:
+                pass
             cursor: bytes | str = "0-0"
             try:
-                while True:
+                while not self._stop.is_set():
                     await self._room.wait()
                     cursor, claimed, deleted = await self._redis.xautoclaim(
                         self.keys.sends, GROUP, self.consumer, min_idle_ms, start_id=cursor,
@@ -318,6 +328,8 @@ class QueueWorker:
         while True:
             await self._flush.wait()
             self._flush.clear()
+            if self._stop.is_set() and not self._outbox:
+                return
             while self._outbox:
                 batch = self._outbox
                 self._outbox = []
