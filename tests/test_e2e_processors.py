@@ -248,3 +248,45 @@ def test_kill_one_of_two_processors_through_the_queue(tmp_path: Path, redis_pref
         client.close()
         for processor in processors:
             processor.stop()
+
+
+def test_with_no_processor_up_sends_get_unavailable(tmp_path: Path) -> None:
+    ports = (free_port(), free_port())
+    web = SquallProcess(tmp_path, "web", env={**ENV, "SQUALL_SEND_TIMEOUT": "1"},
+                        args=("--processor", ",".join(f"127.0.0.1:{port}" for port in ports)))
+    web.start(connected=False)
+    try:
+        token = web.session("alice")
+        status, body = web.api("POST", "/api/rooms/lobby/messages", {"body": "hi", "id": "1"}, token=token)
+        assert (status, body["code"]) == (503, "unavailable"), body
+        assert "the processor did not answer within 1 s" in body["reason"]
+        health = web.api("GET", "/api/health")[1]
+        assert health["processor"] == "unreachable" and health["pending_sends"] == 0, health
+        assert [p["state"] for p in health["processors"]] == ["unreachable", "unreachable"]
+    finally:
+        web.stop()
+
+
+@pytest.mark.redis
+def test_a_send_accepted_while_no_processor_runs_is_processed_later(tmp_path: Path, redis_prefix: str) -> None:
+    """The queue keeps what it accepted: the client got ``unavailable``, yet the
+    message is stored once a processor comes, and the retry gets its seq."""
+    env = {**ENV, "SQUALL_QUEUE": REDIS_URL, "SQUALL_QUEUE_PREFIX": redis_prefix, "SQUALL_SEND_TIMEOUT": "1"}
+    client = redis.Redis.from_url(REDIS_URL)
+    web = SquallProcess(tmp_path, "web", env=env)
+    web.start()
+    processor = SquallProcess(tmp_path, "processor", env=env)
+    try:
+        token = web.session("alice")
+        status, body = web.api("POST", "/api/rooms/lobby/messages", {"body": "hi", "id": "1"}, token=token)
+        assert (status, body["code"]) == (503, "unavailable"), body
+        assert "a processor did not answer within 1 s" in body["reason"]
+        assert client.xlen(QueueKeys(redis_prefix).sends) == 1
+        processor.start()
+        status, body = web.api("POST", "/api/rooms/lobby/messages", {"body": "hi", "id": "1"}, token=token)
+        assert (status, body) == (200, {"id": "1", "seq": 1})
+        assert [(m["id"], m["seq"]) for m in web.history("lobby", token)] == [("1", 1)]
+    finally:
+        client.close()
+        processor.stop()
+        web.stop()
