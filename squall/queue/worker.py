@@ -60,6 +60,10 @@ READ_BLOCK_MS = 1000
 CLAIM_BATCH = 100
 # Bad entries are logged at most once per this many seconds (with a count).
 BAD_ENTRY_LOG_SECONDS = 60.0
+# Every processor start adds a consumer to the group; one with nothing pending
+# and idle this long is deleted (a live one that was merely idle is created
+# again by its next read), so the group does not grow with every restart.
+FORGET_CONSUMER_SECONDS = 3600.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -114,6 +118,7 @@ class QueueWorker:
         self._outbox: list[tuple[str | None, dict[bytes, bytes] | None, bytes | None]] = []
         self._flush = asyncio.Event()
         self._stop = asyncio.Event()  # run()'s, once it runs
+        self._next_forget = 0.0  # monotonic time of the next sweep of old consumers
         self.processed = 0  # entries answered, for logs and tests
         self.claimed = 0  # entries taken over from other consumers
 
@@ -245,6 +250,20 @@ class QueueWorker:
                 attempt += 1
                 continue
             attempt = 0
+            now = time.monotonic()
+            if now >= self._next_forget:
+                self._next_forget = now + FORGET_CONSUMER_SECONDS / 10
+                await self._forget_consumers()
+
+    async def _forget_consumers(self) -> None:
+        assert self._redis is not None
+        try:
+            consumers = await self._redis.xinfo_consumers(self.keys.sends, GROUP)
+            for consumer in consumers:
+                if consumer["pending"] == 0 and consumer["idle"] > FORGET_CONSUMER_SECONDS * 1000:
+                    await self._redis.xgroup_delconsumer(self.keys.sends, GROUP, consumer["name"])
+        except (RedisError, OSError):
+            pass  # tried again next time
 
     def _take(self, entry: Entry) -> None:
         entry_id, fields = entry
