@@ -155,10 +155,12 @@ async def _drive(link: Link, duration: float, published: list[int]) -> dict[str,
 
     async def worker(end: float) -> None:
         while time.perf_counter() < end:
-            await asyncio.wait_for(send(next(numbers)), STALL_TIMEOUT)
+            await send(next(numbers))  # no wait_for per send: it would delay each by a loop turn
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker(start + duration) for _ in range(WINDOW)))
+    await asyncio.wait_for(
+        asyncio.gather(*(worker(start + duration) for _ in range(WINDOW))), duration + STALL_TIMEOUT
+    )
     elapsed = time.perf_counter() - start
     throughput = answered
     latencies: list[float] = []

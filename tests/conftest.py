@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from support import SquallProcess, squall_server
+from support import REDIS_MISSING, REDIS_URL, SquallProcess, squall_server
 
 _names = itertools.count(1)
 
@@ -43,13 +43,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def room() -> str:
     """A room name no other test in this session uses."""
     return f"room-{next(_names)}"
-
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_MISSING = (
-    "Redis is not running on 127.0.0.1:6379: install it (apt-get install redis-server)"
-    " and start it (redis-server --daemonize yes)"
-)
 
 
 @pytest.fixture

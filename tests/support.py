@@ -40,6 +40,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 __all__ = [
     "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
+    "REDIS_URL", "REDIS_MISSING",
     "HTTPResponse", "http", "EventStream", "SSEEvent", "ChatClient", "LineClient",
     "upgrade_request", "client_frame", "RawFrames",
 ]
@@ -57,6 +58,12 @@ LOOSE_ADDRESS_LIMITS = {
     "SQUALL_MAX_CONNECTIONS_PER_IP": "100000", "SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "100000",
 }
 
+# The machine's Redis (tests use key prefixes of their own: the `redis_prefix` fixture).
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_MISSING = (
+    "Redis is not running on 127.0.0.1:6379: install it (apt-get install redis-server)"
+    " and start it (redis-server --daemonize yes)"
+)
 READY_LINE = re.compile(r"Squall is running at http://([\d.]+):(\d+)/")
 PROCESSOR_LINE = "squall processor listening on"
 

@@ -28,10 +28,9 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import REDIS_URL
 from squall.processor.pool import choose
 from squall.queue import GROUP, QueueKeys
-from support import ChatClient, SquallProcess, free_port, run_async
+from support import REDIS_URL, ChatClient, SquallProcess, free_port, run_async
 
 TESTS = Path(__file__).resolve().parent
 ROOMS = 4

@@ -18,7 +18,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import REDIS_URL
 from squall.errors import Rejected, Unavailable
 from squall.handshake import link_key
 from squall.processor.pipeline import Pipeline
@@ -27,7 +26,7 @@ from squall.queue import GROUP, REPLY_ROLE, SEND_ROLE, QueueKeys, encode_entry
 from squall.queue.client import QueueClient
 from squall.queue.worker import QueueWorker
 from squall.store.sqlite import SQLiteStore
-from support import TIMEOUT, run_async
+from support import REDIS_URL, TIMEOUT, run_async
 
 pytestmark = pytest.mark.redis
 

@@ -140,6 +140,10 @@ class QueueClient:
                 "op": "process", "ref": ref, "node": node, "room": room, "nick": nick, "id": id,
                 "body": body, "ts": ts,
             }))
+            if len(self._unwritten) >= self.sends.max_pending:
+                # Sends that timed out while Redis was away stay here until the
+                # writer passes them; drop them now, or an outage grows this.
+                self._unwritten = deque(s for s in self._unwritten if self.sends.get(s.ref) is s)
             self._unwritten.append(send)
             self._wake.set()
         return await answer_of(
