@@ -35,6 +35,7 @@ from squall.handshake import link_key
 from squall.processor.pool import ProcessorPool
 from squall.queue.client import QueueClient
 
+from .loadgen import run_delay_seconds
 from .serving import BENCH_SECRET
 from .targets import SQUALL_BENCH_ENV, Target, free_port
 
@@ -67,6 +68,11 @@ def _cpu(processes: list[psutil.Process]) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def _waited(processes: list[psutil.Process]) -> float:
+    """Seconds the processes were runnable but had no CPU (another program had it)."""
+    return sum(run_delay_seconds(process.pid) or 0.0 for process in processes)
 
 
 def _redis_server() -> list[psutil.Process]:
@@ -137,8 +143,14 @@ async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
             await process.wait()
 
 
-async def _drive(link: Link, duration: float, published: list[int]) -> dict[str, Any]:
-    """Throughput with WINDOW in flight for ``duration`` s, then latency at RATE per second."""
+async def _drive(
+    link: Link, duration: float, published: list[int], measured: Callable[[float, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """Throughput with WINDOW in flight for ``duration`` s, then latency at RATE per second.
+
+    ``measured(elapsed, messages)`` is called at the end of the throughput phase
+    and returns the CPU figures of that phase.
+    """
     numbers = itertools.count()
     failures: list[str] = []
     answered = 0
@@ -163,6 +175,7 @@ async def _drive(link: Link, duration: float, published: list[int]) -> dict[str,
     )
     elapsed = time.perf_counter() - start
     throughput = answered
+    cpu = measured(elapsed, throughput)
     latencies: list[float] = []
     count = max(1, int(min(duration, 5.0) * RATE))
     begin = time.perf_counter()
@@ -174,7 +187,7 @@ async def _drive(link: Link, duration: float, published: list[int]) -> dict[str,
     return {
         "messages": throughput, "elapsed_s": round(elapsed, 3),
         "msgs_per_s": round(throughput / elapsed), "latency_messages": count,
-        **_percentiles(latencies), "failures": failures,
+        **cpu, **_percentiles(latencies), "failures": failures,
         "ok": not failures and sum(published) == answered,
     }
 
@@ -207,17 +220,25 @@ async def _run_mode(target: Target, mode: str, count: int, duration: float) -> d
         if isinstance(link, ProcessorPool):
             while not all(state["state"] == "connected" for state in link.states()):
                 await asyncio.sleep(0.01)
-        parts = [psutil.Process(p.pid) for p in processes]
-        redis_server = _redis_server() if mode == "queue" else []
-        me = psutil.Process()
-        before = (_cpu(parts), _cpu(redis_server), _cpu([me]), time.perf_counter())
-        result = await _drive(link, duration, published)
-        wall = time.perf_counter() - before[3]
-        result["processor_cpu"] = round((_cpu(parts) - before[0]) / wall, 3)
-        if redis_server:
-            result["redis_cpu"] = round((_cpu(redis_server) - before[1]) / wall, 3)
-        result["loadgen_cpu"] = round((_cpu([me]) - before[2]) / wall, 3)
-        return result
+        # "web": this process, Squall's web-node side of the link plus the driver.
+        parts = {"processor": [psutil.Process(p.pid) for p in processes], "web": [psutil.Process()]}
+        if mode == "queue":
+            parts["redis"] = _redis_server()
+        before = {name: _cpu(group) for name, group in parts.items()}
+        waited = {name: _waited(group) for name, group in parts.items()}
+
+        def measured(elapsed: float, messages: int) -> dict[str, Any]:
+            # Cores busy, and CPU microseconds per message: the second holds on
+            # a machine whose other load slows everything down, the first not.
+            figures: dict[str, Any] = {}
+            for name, group in parts.items():
+                used = _cpu(group) - before[name]
+                figures[f"{name}_cpu"] = round(used / elapsed, 3)
+                figures[f"{name}_us_per_msg"] = round(used / max(messages, 1) * 1e6, 1)
+                figures[f"{name}_wait"] = round((_waited(group) - waited[name]) / elapsed, 3)
+            return figures
+
+        return await _drive(link, duration, published, measured)
     finally:
         await link.close(timeout=5)
         await _stop(processes)
@@ -246,7 +267,7 @@ async def processors(target: Target, options: Any) -> dict[str, Any]:
         if one and two:
             result[f"{mode}_factor"] = round(two / one, 2)
     for name in ("tcp_1", "queue_1"):
-        for figure in ("p50_ms", "p99_ms"):
+        for figure in ("p50_ms", "p99_ms", "processor_us_per_msg", "web_us_per_msg", "redis_us_per_msg"):
             if figure in runs[name]:
                 result[f"{name}_{figure}"] = runs[name][figure]
     result["msgs_per_s"] = runs["queue_1"].get("msgs_per_s", runs["tcp_1"].get("msgs_per_s"))

@@ -106,6 +106,7 @@ class QueueClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._last_reply = b"0-0"
+        self._trimming: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()  # set while the reply stream is being read
 
     @property
@@ -248,7 +249,8 @@ class QueueClient:
                 if entries:
                     self._answer_all(entries)
                     self._last_reply = entries[-1][0]
-                    await self._trim(stream)
+                    if self._trimming is None or self._trimming.done():  # beside the next read
+                        self._trimming = asyncio.ensure_future(self._trim(stream))
 
     async def _trim(self, stream: str) -> None:
         assert self._redis is not None
