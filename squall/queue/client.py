@@ -253,11 +253,15 @@ class QueueClient:
                         self._trimming = asyncio.ensure_future(self._trim(stream))
 
     async def _trim(self, stream: str) -> None:
+        """Delete the replies read so far, again while more were read meanwhile."""
         assert self._redis is not None
-        try:
-            await self._redis.xtrim(stream, minid=_next_id(self._last_reply), approximate=False)
-        except (RedisError, OSError):
-            pass  # read replies are skipped by id anyway; the next trim takes them
+        trimmed = None
+        while trimmed != self._last_reply:
+            trimmed = self._last_reply
+            try:
+                await self._redis.xtrim(stream, minid=_next_id(trimmed), approximate=False)
+            except (RedisError, OSError):
+                return  # read replies are skipped by id anyway; the next read trims them
 
     def _answer_all(self, entries: list[Entry]) -> None:
         """Answer what one read brought; its processed messages are published together."""
