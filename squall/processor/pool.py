@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import Address
+from ..errors import Unavailable
 from ..lines import encode_line
 from .client import ProcessorLink
 from .sends import PendingSends, Send, answer_of
@@ -125,8 +126,6 @@ class ProcessorPool:
         send = self.sends.joined(room, nick, id)
         if send is None:
             if self._closing:
-                from ..errors import Unavailable
-
                 raise Unavailable("the server is shutting down; retry with the same id")
             send = self.sends.start(room, nick, id, lambda ref: encode_line({
                 "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
