@@ -5,8 +5,8 @@ own web-node side (:class:`squall.processor.pool.ProcessorPool` for TCP,
 :class:`squall.queue.client.QueueClient` for the queue) against one or two real
 ``squall processor`` processes sharing one SQLite file, so every figure includes
 the real pipeline, the real store and, for the queue, the real Redis round
-trips (``XADD`` script, ``XREADGROUP``, ``MULTI`` with the reply ``XADD``,
-``XACK`` and ``XDEL``, reply ``XREAD``). Sends go to 10 rooms from 50 users,
+trips (the ``XADD`` script, ``XREADGROUP``, the script with the reply ``XADD``,
+``XACK`` and ``XDEL``, the reply ``XREAD``). Sends go to 10 rooms from 50 users,
 ``WINDOW`` in flight; then one at a time at ``RATE`` per second for the
 per-message latency (send to answer), which carries no batching.
 

@@ -5,10 +5,11 @@ processors: it adds each send to one stream, ``<prefix>:sends`` (``XADD``), and
 every processor reads that stream as a member of one consumer group,
 ``processors`` (``XREADGROUP``), so each entry goes to one of them. A processor
 runs an entry through the same pipeline as a TCP request, and only once the
-result is stored does it, in one ``MULTI``, add the answer to the asking node's
-reply stream ``<prefix>:replies:<node id>`` and acknowledge and delete the entry
-(``XACK``, ``XDEL``). The node reads its reply stream (``XREAD``) and answers
-its clients as over TCP.
+result is stored does it, in one Lua script (atomic, as ``MULTI`` is), add the
+answer to the asking node's reply stream ``<prefix>:replies:<node id>`` and
+acknowledge and delete the entry (``XACK``, ``XDEL``); a node's answers of one
+round travel in one reply entry. The node reads its reply stream (``XREAD``)
+and answers its clients as over TCP.
 
 An entry stays in the group's pending list from delivery to ``XACK``. If its
 processor dies, the entry is not lost: every processor periodically takes over
@@ -41,7 +42,6 @@ This module holds the pure parts: key names and the entry codec. The I/O is in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import re
 from typing import Any
@@ -85,7 +85,7 @@ class QueueKeys:
 
 def sign(key: bytes, role: bytes, payload: bytes) -> bytes:
     """Hex HMAC-SHA256 of ``payload`` under ``key`` for ``role``."""
-    return hmac.new(key, role + b"\n" + payload, hashlib.sha256).hexdigest().encode("ascii")
+    return hmac.digest(key, role + b"\n" + payload, "sha256").hex().encode("ascii")
 
 
 def encode_entry(key: bytes, role: bytes, value: dict[str, Any]) -> dict[bytes, bytes]:

@@ -51,15 +51,17 @@ READ_BLOCK_MS = 1000
 # Longest reply accepted from the queue, in bytes (a processed message and its html).
 MAX_REPLY_BYTES = 1024 * 1024
 
-# KEYS[1]: the send stream. ARGV[1]: queue_max_len; then payload, signature
-# pairs. Adds as many entries as fit under the bound, in order, and returns
-# {added, length before}. Never trims: see squall.queue, "Bounds".
+# KEYS[1]: the send stream. ARGV[1]: queue_max_len; then one argument per
+# entry, its signature (64 hex digits) followed by its payload: fewer
+# arguments to pack than separate fields. Adds as many entries as fit under
+# the bound, in order, and returns {added, length before}. Never trims: see
+# squall.queue, "Bounds".
 _ADD_SCRIPT = """
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
-local wanted = (#ARGV - 1) / 2
-local added = math.max(0, math.min(room, wanted))
-for i = 0, added - 1 do
-    redis.call('XADD', KEYS[1], '*', 'm', ARGV[2 + 2 * i], 's', ARGV[3 + 2 * i])
+local added = math.max(0, math.min(room, #ARGV - 1))
+for i = 2, added + 1 do
+    local entry = ARGV[i]
+    redis.call('XADD', KEYS[1], '*', 'm', string.sub(entry, 65), 's', string.sub(entry, 1, 64))
 end
 return {added, tonumber(ARGV[1]) - room}
 """
@@ -189,8 +191,7 @@ class QueueClient:
                 if not payloads:
                     break
                 arguments: list[bytes | int] = [self.max_len]
-                for payload in payloads:
-                    arguments += [payload, sign(self.key, SEND_ROLE, payload)]
+                arguments += [sign(self.key, SEND_ROLE, payload) + payload for payload in payloads]
                 try:
                     added, length = await add(keys=[self.keys.sends], args=arguments)
                 except (RedisError, OSError) as exc:
@@ -267,29 +268,36 @@ class QueueClient:
         """Answer what one read brought; its processed messages are published together."""
         processed: list[dict[str, Any]] = []
         for _entry_id, fields in entries:
-            value = decode_entry(self.key, REPLY_ROLE, fields, max_bytes=MAX_REPLY_BYTES)
-            if isinstance(value, str):
-                log.error("ignored a reply in %s: %s", self.keys.replies(self.node), value)
+            entry = decode_entry(self.key, REPLY_ROLE, fields, max_bytes=MAX_REPLY_BYTES)
+            if isinstance(entry, str):
+                log.error("ignored a reply in %s: %s", self.keys.replies(self.node), entry)
                 continue
-            op = value.get("op")
-            if op in ("processed", "rejected"):
-                if op == "processed" and isinstance(value.get("message"), dict):
-                    processed.append(value["message"])
-                self.sends.settle(value.get("ref"), value)
-            elif op == "updated":
-                if processed:  # keep the order: messages first, then what updates them
-                    self.on_processed(processed[:])
-                    processed.clear()
-                if self.on_updated is not None:
-                    self.on_updated(value)
-            elif op == "error":
-                log.error("a processor refused a request: %s", value)
-                self.sends.settle(value.get("ref"), {
-                    "op": "rejected", "code": "internal",
-                    "reason": "the server could not process this message",
-                })
+            answers = entry.get("answers") if entry.get("op") == "answers" else [entry]
+            for value in answers if isinstance(answers, list) else ():
+                if isinstance(value, dict):
+                    self._answer(value, processed)
         if processed:
             self.on_processed(processed)
+
+    def _answer(self, value: dict[str, Any], processed: list[dict[str, Any]]) -> None:
+        """One answer: settle its send; a processed message joins ``processed``."""
+        op = value.get("op")
+        if op in ("processed", "rejected"):
+            if op == "processed" and isinstance(value.get("message"), dict):
+                processed.append(value["message"])
+            self.sends.settle(value.get("ref"), value)
+        elif op == "updated":
+            if processed:  # keep the order: messages first, then what updates them
+                self.on_processed(processed[:])
+                processed.clear()
+            if self.on_updated is not None:
+                self.on_updated(value)
+        elif op == "error":
+            log.error("a processor refused a request: %s", value)
+            self.sends.settle(value.get("ref"), {
+                "op": "rejected", "code": "internal",
+                "reason": "the server could not process this message",
+            })
 
     async def close(self, *, timeout: float) -> None:
         """Stop taking sends, wait up to ``timeout`` s for replies to those added, then disconnect."""

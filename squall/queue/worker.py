@@ -7,9 +7,10 @@ fewer than ``max_in_flight`` are in work; one claimer task, every half
 a live one that stalled) left unacknowledged for ``claim_idle`` seconds
 (``XAUTOCLAIM``). Every entry runs in a task of its own, through the same
 checks (:func:`~squall.processor.server.parse_process`) and pipeline as a TCP
-request. Its answer joins the outbox; one flusher task writes the outbox in one
-``MULTI`` per round — each answer to its node's reply stream, then ``XACK`` and
-``XDEL`` of the entries — so an entry is acknowledged only after its result is
+request. Its answer joins the outbox; one flusher task writes the outbox with
+one atomic Lua script per round (:data:`_FLUSH_SCRIPT`) — the answers to their
+nodes' reply streams, then ``XACK`` and ``XDEL`` of the entries — so an entry is
+acknowledged only after its result is
 stored *and* its answer is on the way. Whatever completes during a round goes
 into the next one. If Redis is unreachable, the round is retried with back-off;
 the entries stay pending meanwhile and, should this processor die, are taken
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -45,7 +47,7 @@ from ..throttled_log import ThrottledLog
 from .client import stop_tasks
 from . import (
     GROUP, NODE_ID, REPLY_MAX_LEN, REPLY_ROLE, REPLY_TTL_SECONDS, SEND_ROLE, QueueKeys,
-    decode_entry, encode_entry, redacted_url,
+    decode_entry, redacted_url, sign,
 )
 
 __all__ = ["QueueWorker", "ORIGIN"]
@@ -66,6 +68,30 @@ BAD_ENTRY_LOG_SECONDS = 60.0
 FORGET_CONSUMER_SECONDS = 3600.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+# An answer (JSON) for a node, and/or the id of an entry to acknowledge.
+Outgoing = tuple[str | None, bytes | None, bytes | None]
+# A node's answers of one round go in reply entries of about this size at most.
+REPLY_CHUNK_BYTES = 256 * 1024
+# Acknowledging and deleting entries, and answering: one script per round, as
+# atomic as MULTI, with one argument per entry and per reply entry instead of
+# a command each. KEYS[1]: the send stream; KEYS[2..]: reply streams. ARGV: the
+# group, the reply streams' MAXLEN and TTL, the number of entry ids, the ids,
+# then (reply stream index, signature and payload) pairs. Answers go first: an
+# entry is never acknowledged without its answer.
+_FLUSH_SCRIPT = """
+local ids = tonumber(ARGV[4])
+for i = 5 + ids, #ARGV, 2 do
+    local key, entry = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', 'm', string.sub(entry, 65), 's', string.sub(entry, 1, 64))
+    redis.call('EXPIRE', key, ARGV[3])
+end
+for first = 5, 4 + ids, 1000 do
+    local last = math.min(first + 999, 4 + ids)
+    redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
+    redis.call('XDEL', KEYS[1], unpack(ARGV, first, last))
+end
+return ids
+"""
 
 
 class QueueWorker:
@@ -115,7 +141,7 @@ class QueueWorker:
         self._room.set()
         self._idle = asyncio.Event()  # set while nothing is in work or in the outbox
         self._idle.set()
-        self._outbox: list[tuple[str | None, dict[bytes, bytes] | None, bytes | None]] = []
+        self._outbox: list[Outgoing] = []
         self._flush = asyncio.Event()
         self._stop = asyncio.Event()  # run()'s, once it runs
         self._next_forget = 0.0  # monotonic time of the next sweep of old consumers
@@ -336,13 +362,14 @@ class QueueWorker:
 
     def _post(self, node: str | None, value: dict[str, Any] | None, entry_id: bytes | None) -> None:
         """Queue an answer for ``node`` and/or the acknowledgement of ``entry_id``."""
-        fields = encode_entry(self.key, REPLY_ROLE, value) if value is not None else None
-        self._outbox.append((node, fields, entry_id))
+        answer = orjson.dumps(value) if value is not None else None
+        self._outbox.append((node, answer, entry_id))
         self._idle.clear()
         self._flush.set()
 
     async def _flush_loop(self) -> None:
         assert self._redis is not None
+        flush = self._redis.register_script(_FLUSH_SCRIPT)
         attempt = 0
         while True:
             await self._flush.wait()
@@ -352,32 +379,52 @@ class QueueWorker:
             while self._outbox:
                 batch = self._outbox
                 self._outbox = []
+                keys, arguments = self._flush_arguments(batch)
                 try:
-                    await self._write(batch)
+                    await flush(keys=keys, args=arguments)
                 except (RedisError, OSError) as exc:
                     self._outbox[:0] = batch
                     await self._retry_pause(attempt, "answering", exc)
                     attempt += 1
                     continue
                 attempt = 0
-                self.processed += sum(1 for _, fields, _ in batch if fields is not None)
+                self.processed += sum(1 for _, answer, _ in batch if answer is not None)
             if not self._working and not self._outbox:
                 self._idle.set()
 
-    async def _write(self, batch: list[tuple[str | None, dict[bytes, bytes] | None, bytes | None]]) -> None:
-        assert self._redis is not None
-        # Answers first, acknowledgements after, in one transaction: an entry is
-        # never acknowledged without its answer, nor answered twice by us.
-        pipe = self._redis.pipeline(transaction=True)
-        nodes: set[str] = set()
-        for node, fields, _ in batch:
-            if node is not None and fields is not None:
-                pipe.xadd(self.keys.replies(node), fields, maxlen=REPLY_MAX_LEN, approximate=True)  # type: ignore[arg-type]
-                nodes.add(node)
-        for node in nodes:
-            pipe.expire(self.keys.replies(node), REPLY_TTL_SECONDS)
-        done = [entry_id for _, _, entry_id in batch if entry_id is not None]
-        if done:
-            pipe.xack(self.keys.sends, GROUP, *done)
-            pipe.xdel(self.keys.sends, *done)
-        await pipe.execute()
+    def _flush_arguments(self, batch: list[Outgoing]) -> tuple[list[str], list[bytes | str | int]]:
+        """KEYS and ARGV of one round of :data:`_FLUSH_SCRIPT`.
+
+        A node's answers of the round go in as few reply entries as fit
+        :data:`REPLY_CHUNK_BYTES` each, ``{"op":"answers","answers":[...]}``,
+        each signed: one ``XADD`` and one signature for many answers.
+        """
+        by_node: dict[str, list[bytes]] = {}
+        done: list[bytes] = []
+        for node, answer, entry_id in batch:
+            if node is not None and answer is not None:
+                by_node.setdefault(node, []).append(answer)
+            if entry_id is not None:
+                done.append(entry_id)
+        keys = [self.keys.sends]
+        replies: list[bytes | str | int] = []
+        for node, answers in by_node.items():
+            keys.append(self.keys.replies(node))
+            for chunk in _chunks(answers, REPLY_CHUNK_BYTES):
+                payload = b'{"op":"answers","answers":[' + b",".join(chunk) + b"]}"
+                replies += [len(keys), sign(self.key, REPLY_ROLE, payload) + payload]
+        arguments: list[bytes | str | int] = [GROUP, REPLY_MAX_LEN, REPLY_TTL_SECONDS, len(done), *done]
+        return keys, arguments + replies
+
+
+def _chunks(parts: list[bytes], limit: int) -> list[list[bytes]]:
+    """``parts`` in order, in groups whose sizes add up to at most ``limit`` (one part may exceed it)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for part in parts:
+        if chunks[-1] and size + len(part) > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(part)
+        size += len(part) + 1
+    return chunks
