@@ -116,3 +116,13 @@ def test_signed_garbage_is_refused_after_the_signature() -> None:
 def test_queue_urls_are_logged_without_their_password() -> None:
     assert redacted_url("redis://user:hunter2@redis.example:6380/1") == "redis://user:***@redis.example:6380/1"
     assert redacted_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_answers_for_one_node_are_chunked_in_order_within_the_limit() -> None:
+    from squall.queue.worker import _chunks
+
+    parts = [b"x" * size for size in (10, 10, 10, 25, 3)]
+    chunks = _chunks(parts, 24)
+    assert [b for chunk in chunks for b in chunk] == parts  # nothing lost, nothing reordered
+    assert [len(chunk) for chunk in chunks] == [2, 1, 1, 1]  # 10+10 (+1 comma each) fit; 25 alone
+    assert _chunks([], 24) == [[]]
