@@ -122,6 +122,17 @@ def _cross_node_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None
     return extra <= 1.0, evidence
 
 
+def _queue_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    squall = _goal_rows(rows, "squall")[0]
+    one, factor = _num(squall, "queue_1_msgs_per_s"), _num(squall, "queue_factor")
+    if one is None:
+        return None
+    evidence = f"{one:,.0f}/s with 1 processor"
+    if factor is not None:
+        evidence += f", x{factor:.2f} with 2"
+    return one >= 5000, evidence
+
+
 GOALS: dict[str, Goal] = {
     "one-in-flight-500": Goal("web node + processor CPU/delivery <= the ceiling's, processor <= 500 us/msg",
                               _one_in_flight_goal),
@@ -140,6 +151,7 @@ GOALS: dict[str, Goal] = {
     "processor": Goal(">= 5000/s, p99 < 10 ms and <= 500 us CPU/msg at 100/s", _processor_goal),
     "filter": Goal("report MB/s vs str.lower()"),
     "cross-node": Goal("extra hop <= 1 ms at p50", _cross_node_goal),
+    "queue": Goal(">= 5000/s through Redis Streams with 1 processor; report the 2-processor factor", _queue_goal),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]

@@ -54,6 +54,7 @@ from .loadgen import (
     run_delay_seconds,
     self_cpu_seconds,
 )
+from . import queue as _queue
 from .cross_node import cross_node
 from .targets import COALESCING_CEILING, Running, Target
 
@@ -116,7 +117,7 @@ class Scenario:
     """
 
     name: str
-    kind: str  # "ws", "longpoll", "processor", "cluster" (several Squall processes) or "local"
+    kind: str  # "ws", "longpoll", "processor", "processors", "cluster" (several Squall processes) or "local"
     # One target per run, or (``together``) every target in one run, results by target name.
     run: Callable[[Target, Options], Awaitable[dict[str, Any]]] | None
     metric: str
@@ -1067,6 +1068,16 @@ SCENARIOS: dict[str, Scenario] = {
                  (("p50_ms", "p50 ms at 100/s"), ("p99_ms", "p99 ms at 100/s"),
                   ("cpu_us_per_message_at_rate", "CPU us/msg at 100/s")),
                  figure="messages stored (SQLite, fsync'd) and answered per second, pipelined"),
+        Scenario("queue", "processors", _queue.processors, "msgs_per_s", "msgs/s", True,
+                 "squall processor x1 and x2 through Redis Streams, and over TCP links beside it",
+                 (("queue_2_msgs_per_s", "queue x2 msgs/s"), ("queue_factor", "queue x2/x1"),
+                  ("tcp_1_msgs_per_s", "TCP x1 msgs/s"), ("tcp_2_msgs_per_s", "TCP x2 msgs/s"),
+                  ("tcp_factor", "TCP x2/x1"), ("queue_1_p99_ms", "queue p99 ms at 100/s"),
+                  ("tcp_1_p99_ms", "TCP p99 ms at 100/s"),
+                  ("queue_1_processor_us_per_msg", "queue processor CPU us/msg"),
+                  ("queue_1_redis_us_per_msg", "Redis CPU us/msg"),
+                  ("tcp_1_processor_us_per_msg", "TCP processor CPU us/msg")),
+                 figure="messages stored and answered per second through the queue with one processor"),
         Scenario("filter", "local", keyword_filter, "mb_per_s", "MB/s", True,
                  "keyword filter with 10,000 terms over chat-sized messages, in the bench's own process",
                  (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s")),

@@ -266,7 +266,7 @@ class WebsocketsTarget(Target):
 
 class SquallTarget(Target):
     name = "squall"
-    kinds = frozenset({"ws", "longpoll", "processor", "cluster"})
+    kinds = frozenset({"ws", "longpoll", "processor", "processors", "cluster"})
 
     def _command(self) -> str | None:
         sibling = Path(sys.executable).with_name("squall")

@@ -12,6 +12,7 @@ import email.utils
 import importlib.util
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +53,7 @@ class Settings:
     # Where things listen and live.
     host: str = "127.0.0.1"
     port: int = 8888
-    processor: str = "127.0.0.1:8889"  # the processor's address, as the web node dials it
+    processor: str = "127.0.0.1:8889"  # the processors' addresses (comma-separated), as the web node dials them
     data_dir: str = "./var"
     database: str = ""  # "" → sqlite at <data_dir>/squall.db; or sqlite:///path, postgresql://…
     bus: str = "local"  # "local" (in-process) or redis://host:port/db (rediss:// for TLS)
@@ -129,6 +130,11 @@ class Settings:
     # The bus between web nodes (Redis); it reconnects with reconnect_min … reconnect_max too.
     bus_max_queue: int = 10_000  # broadcasts waiting to be published; past it the oldest go (and nodes resync)
     bus_ping_interval: float = 5.0  # seconds between pings on the subscription; twice this silent = dead
+    # The queue: processors reached through Redis Streams instead of TCP links.
+    queue: str = ""  # "" → TCP links to `processor`; redis://… or rediss://… → the queue
+    queue_prefix: str = "squall"  # Redis key prefix of the queue's streams
+    queue_claim_idle: float = 5.0  # an entry a processor took and left unacknowledged this long is taken over
+    queue_max_len: int = 100_000  # entries the send stream may hold (not yet done); more get `unavailable`
 
     # The processor.
     listen: str = "127.0.0.1:8889"
@@ -152,7 +158,12 @@ class Settings:
 
     @property
     def processor_address(self) -> Address:
-        return parse_address(self.processor)
+        """The first of :attr:`processor_addresses` (``squall run`` has one processor)."""
+        return self.processor_addresses[0]
+
+    @property
+    def processor_addresses(self) -> list[Address]:
+        return [parse_address(part.strip()) for part in self.processor.split(",") if part.strip()]
 
     @property
     def base_url(self) -> str:
@@ -173,7 +184,8 @@ class Settings:
 FIELD_HELP: dict[str, str] = {
     "host": "interface the web node listens on",
     "port": "port of the web node",
-    "processor": "HOST:PORT of the processor, as the web node dials it",
+    "processor": "HOST:PORT of the processor, as the web node dials it; several, comma-separated",
+    "queue": "redis://HOST:PORT/DB: reach processors through Redis Streams instead of TCP",
     "listen": "HOST:PORT the processor listens on",
     "data_dir": "folder for the SQLite database, the secret and the outbox",
     "database": "sqlite:///PATH or postgresql://… (default: SQLite in the data folder)",
@@ -259,6 +271,8 @@ def load_settings(
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# A Redis key prefix: printable, no spaces, short (it is in every key of the queue).
+_QUEUE_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # Every number setting and the smallest value that can work: (name, low,
 # whether low itself is allowed). Sizes, counts and rates must be positive;
@@ -276,6 +290,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("preview_timeout", 0, False), ("preview_max_bytes", 0, False),
     ("preview_concurrency", 0, False), ("notify_delay", 0, True), ("mail_retry_min", 0, False),
     ("header_timeout", 0, False), ("idle_timeout", 0, False),
+    ("queue_claim_idle", 0, False), ("queue_max_len", 0, False),
     ("send_rate_per_ip", 0, False), ("send_burst_per_ip", 0, False), ("join_rate", 0, False),
     ("join_burst", 0, False), ("join_rate_per_user", 0, False), ("join_burst_per_user", 0, False),
     ("session_rate_per_ip", 0, False), ("session_burst_per_ip", 0, False),
@@ -303,11 +318,25 @@ def _check(settings: Settings) -> None:
     for name in ("host", "data_dir"):
         if not getattr(settings, name).strip():
             raise ConfigError(f"{name} must not be empty")
-    for name in ("processor", "listen") + (("processor_metrics",) if settings.processor_metrics else ()):
+    for name in ("listen",) + (("processor_metrics",) if settings.processor_metrics else ()):
         try:
             parse_address(getattr(settings, name))
         except ConfigError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+    try:
+        addresses = settings.processor_addresses
+    except ConfigError as exc:
+        raise ConfigError(f"processor: {exc}") from None
+    if not addresses:
+        raise ConfigError("processor needs at least one HOST:PORT")
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"processor lists an address twice: {settings.processor!r}")
+    if settings.queue:
+        _check_url("queue", settings.queue, ("redis", "rediss"))
+    if not _QUEUE_PREFIX.fullmatch(settings.queue_prefix):
+        raise ConfigError(
+            f"queue_prefix must be 1-64 letters, digits or '-_.:', got {settings.queue_prefix!r}"
+        )
     if settings.filter_action not in {"mask", "reject"}:
         raise ConfigError(f"filter_action must be 'mask' or 'reject', got {settings.filter_action!r}")
     if settings.loop not in {"asyncio", "uvloop"}:

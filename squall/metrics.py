@@ -59,7 +59,7 @@ class LinkState(Protocol):
     connected: asyncio.Event  # set while the link is up and authenticated
 
     @property
-    def pending(self) -> int: ...
+    def in_flight(self) -> int: ...
 
 
 class ReadCounter:
@@ -190,7 +190,7 @@ class NodeMetrics(Metrics):
         """Read a processor link's state and unanswered requests at scrape, labelled ``HOST:PORT``."""
         label = f"{link.address[0]}:{link.address[1]}"
         self.processor_up.labels(label).set_function(lambda: 1.0 if link.connected.is_set() else 0.0)
-        self.processor_in_flight.labels(label).set_function(lambda: float(link.pending))
+        self.processor_in_flight.labels(label).set_function(lambda: float(link.in_flight))
 
 
 class ProcessorMetrics(Metrics):

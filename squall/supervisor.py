@@ -194,6 +194,11 @@ async def run_all(settings: Settings) -> None:
     Raises :class:`~squall.errors.ConfigError` when the settings cannot work and
     :class:`ProcessorFailed` when the child cannot start.
     """
+    if len(settings.processor_addresses) > 1:
+        raise ConfigError(
+            f"processor = {settings.processor!r}: squall run starts one processor; run several"
+            " with squall processor and list them in squall web --processor"
+        )
     settings = _one_processor_address(settings)
     sockets = listening_sockets(settings)
     host, port = sockets[0].getsockname()[:2]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 from collections.abc import Generator, Iterator
 
@@ -76,3 +77,27 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own on the shared server; its keys are deleted after.
+
+    Skips (fails under ``SQUALL_REQUIRE_ALL_TESTS``) when Redis is not running.
+    """
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        client.close()
+        pytest.skip(REDIS_SKIP)
+    prefix = f"squall-test-{secrets.token_hex(4)}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

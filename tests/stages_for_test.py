@@ -6,6 +6,7 @@ so the test puts this folder on its ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from squall.message import Draft
@@ -32,3 +33,23 @@ def unstorable(message: Draft) -> Draft:
     if "unstorable" in message.body:
         return dataclasses.replace(message, ts=2**63)
     return message
+
+
+
+async def _hold_if(marker: str, message: Draft) -> Draft:
+    if marker in message.body:
+        print(f"held {message.id}", flush=True)
+        await asyncio.get_running_loop().create_future()  # never resolved: the processor dies first
+    return message
+
+
+async def hold(message: Draft) -> Draft:
+    """Holds for ever a message whose body says ``[hold]``, and prints ``held <id>``:
+    put before ``store``, a processor killed then has unstored work in flight
+    (``test_e2e_processors.py``)."""
+    return await _hold_if("[hold]", message)
+
+
+async def hold_stored(message: Draft) -> Draft:
+    """The same for ``[hold-stored]``, put after ``store``: work stored but not answered."""
+    return await _hold_if("[hold-stored]", message)

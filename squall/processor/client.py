@@ -1,33 +1,29 @@
-"""The web node's side of the processor link.
+"""The web node's side of the link to one processor.
 
-Theory of operation. :meth:`ProcessorLink.process` puts a request in a bounded
-table of unanswered requests (``max_pending``) and waits for its answer for at
-most ``send_timeout`` seconds. One connection task keeps a TCP stream to the
-processor open (TCP_NODELAY, reconnecting with capped exponential back-off),
-writes every request not yet written on the current stream, and matches
-answers to requests by ``ref``. A new stream is used only once both ends have
+Theory of operation. One connection task keeps a TCP stream to the processor
+open (TCP_NODELAY, reconnecting with capped exponential back-off), writes every
+send assigned to it that is not yet written on the current stream, and matches
+answers to sends by ``ref``. A new stream is used only once both ends have
 proved the link key (:mod:`squall.handshake`): a peer that is not our own
 processor never sees a request.
 
-When the stream breaks, every unanswered request is written again on the next
-one. That is safe because the processor's store is idempotent on
-``(room, nick, id)``: a request it had already stored is answered with the
-original seq. A request that times out before it was ever written is dropped
-(its sender got ``unavailable`` and may retry with the same id); one that was
-written stays until it is answered, so that a message stored just before a
-crash is still published.
+The sends themselves live in a :class:`~squall.processor.sends.PendingSends`
+table that the :class:`~squall.processor.pool.ProcessorPool` owns; a link
+carries the ones assigned to it. When its stream breaks it tells the pool
+(``on_state``), which moves them to a link that is up; with none up they stay
+and are written again on the next stream. That is safe because the processor's
+store is idempotent on ``(room, nick, id)``: a request it had already stored is
+answered with the original seq.
 
 Every ``processed`` answer goes to ``on_processed`` — whether or not its sender
 still waits — so a stored message is always published. The messages of one
 read go together, in order, so that the hub can hand them to each member in
-one write. Identical requests
-(same room, nick and id) in flight at once share one entry.
+one write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -38,10 +34,10 @@ from tornado.tcpclient import TCPClient
 
 from ..backoff import backoff_delay
 from ..config import Address
-from ..errors import HandshakeFailed, Internal, Rejected, Unavailable
+from ..errors import HandshakeFailed
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_welcome, new_nonce, web_hello
 from ..lines import Line, LineReader, encode_line
-from ..protocol import nick_key
+from .sends import PendingSends, Send
 
 __all__ = ["ProcessorLink"]
 
@@ -52,104 +48,78 @@ _READ_CHUNK = 256 * 1024
 UNREACHABLE_WARNING_SECONDS = 3.0
 
 
-class _Request:
-    __slots__ = ("ref", "key", "line", "future", "written_on")
-
-    def __init__(self, ref: int, key: tuple[str, str, str], line: bytes) -> None:
-        self.ref = ref
-        self.key = key
-        self.line = line
-        self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.written_on: int | None = None  # the stream generation it was written on
-
-
 class ProcessorLink:
+    """The link to the processor at ``address``, carrying the sends assigned to it.
+
+    :param sends: the table its sends belong to; an answer settles them there.
+    :param on_state: called with this link whenever it comes up or goes down.
+    :param max_unsent_seen: read markers kept while the link is down; default 10,000.
+    """
+
     def __init__(
         self,
         address: Address,
         *,
         key: bytes,
+        sends: PendingSends,
         on_processed: Callable[[list[dict[str, Any]]], None],
         on_updated: Callable[[dict[str, Any]], None] | None = None,
-        max_pending: int = 10_000,
-        send_timeout: float = 10.0,
+        on_state: Callable[[ProcessorLink], None] | None = None,
+        max_unsent_seen: int = 10_000,
         reconnect_min: float = 0.05,
         reconnect_max: float = 5.0,
         max_line: int = 1024 * 1024,
     ) -> None:
         self.address = address
         self.key = key
+        self.sends = sends
         self.on_processed = on_processed
         self.on_updated = on_updated
-        self.max_pending = max_pending
-        self.send_timeout = send_timeout
+        self.on_state = on_state
+        self.max_unsent_seen = max_unsent_seen
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.max_line = max_line
-        self._refs = itertools.count(1)
-        self._pending: dict[int, _Request] = {}  # ref → request, in ref order
-        self._by_key: dict[tuple[str, str, str], _Request] = {}
+        self._carried: dict[int, Send] = {}  # ref → send assigned to this link, in ref order
         self._unsent_seen: dict[tuple[str, str], int] = {}
         self._stream: IOStream | None = None
-        self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._refused: str | None = None  # why the last handshake failed, logged once
         self.connected = asyncio.Event()
 
     @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def in_flight(self) -> int:
+        """Sends assigned to this link and not yet answered."""
+        return len(self._carried)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
-    async def process(self, *, room: str, nick: str, id: str, body: str, ts: int) -> dict[str, Any]:
-        """The processed message as the processor returned it.
+    def carry(self, send: Send) -> None:
+        """Take ``send`` on: write it now if the link is up, else on the next stream."""
+        send.owner = self
+        self._carried[send.ref] = send
+        self._write(send)
 
-        Raises :class:`Rejected` when the pipeline refuses it and
-        :class:`Unavailable` when the queue is full or no answer came in time.
-        """
-        key = (room, nick_key(nick), id)
-        request = self._by_key.get(key)
-        if request is None:
-            if self._closing:
-                raise Unavailable("the server is shutting down; retry with the same id")
-            if len(self._pending) >= self.max_pending:
-                raise Unavailable(
-                    f"{len(self._pending)} messages are already waiting for the processor"
-                    f" (limit {self.max_pending}); retry with the same id"
-                )
-            ref = next(self._refs)
-            line = encode_line({
-                "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts,
-            })
-            request = _Request(ref, key, line)
-            self._pending[ref] = request
-            self._by_key[key] = request
-            self._write(request)
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(request.future), self.send_timeout)
-        except asyncio.TimeoutError:
-            if request.written_on is None:
-                self._forget(request)
-            raise Unavailable(
-                f"the processor did not answer within {self.send_timeout:g} s;"
-                " retry with the same id"
-            ) from None
-        if answer["op"] == "rejected":
-            code = str(answer.get("code", "rejected"))
-            error = Internal if code == "internal" else Rejected
-            raise error(str(answer.get("reason", "")), code=code)
-        message: dict[str, Any] = answer["message"]
-        return message
+    def release(self) -> list[Send]:
+        """Give up every send this link carries, oldest first (to move them elsewhere)."""
+        released = list(self._carried.values())
+        self._carried.clear()
+        for send in released:
+            send.owner = None
+        return released
+
+    def drop(self, send: Send) -> None:
+        """Stop carrying ``send`` (its sender gave up before it was ever written)."""
+        if self._carried.pop(send.ref, None) is not None:
+            send.owner = None
 
     def report_seen(self, key: str, room: str, seq: int) -> None:
         """Tell the processor that user ``key`` was handed message ``seq`` of ``room``.
 
         Best effort: while the link is down the newest marker per user and room
-        is kept (up to ``max_pending`` of them) and sent on reconnect.
+        is kept (up to ``max_unsent_seen`` of them) and sent on reconnect.
         """
         marker = (key, room)
         if seq <= self._unsent_seen.get(marker, 0):
@@ -161,24 +131,19 @@ class ProcessorLink:
                 return
             except StreamClosedError:
                 pass
-        if marker not in self._unsent_seen and len(self._unsent_seen) >= self.max_pending:
+        if marker not in self._unsent_seen and len(self._unsent_seen) >= self.max_unsent_seen:
             self._unsent_seen.pop(next(iter(self._unsent_seen)))
         self._unsent_seen[marker] = seq
 
-    def _forget(self, request: _Request) -> None:
-        self._pending.pop(request.ref, None)
-        if self._by_key.get(request.key) is request:
-            del self._by_key[request.key]
-
-    def _write(self, request: _Request) -> None:
+    def _write(self, send: Send) -> None:
         stream = self._stream
         if stream is None or stream.closed():
             return
         try:
-            stream.write(request.line)
+            stream.write(send.line)
         except StreamClosedError:
             return
-        request.written_on = self._generation
+        send.written = True
 
     async def _run(self) -> None:
         attempt = 0
@@ -215,7 +180,10 @@ class ProcessorLink:
                 self.connected.clear()
                 attempt = 0
                 if not self._closing:
-                    log.warning("lost the processor link; %d requests will be resent", len(self._pending))
+                    log.warning("lost the processor link to %s:%d with %d requests in flight",
+                                *self.address, len(self._carried))
+                    if self.on_state is not None:
+                        self.on_state(self)
             elif not self._closing:  # refused or silent: not our processor, or not yet
                 await asyncio.sleep(backoff_delay(
                     attempt, low=self.reconnect_min, high=self.reconnect_max, rand=random.random()
@@ -270,15 +238,16 @@ class ProcessorLink:
                 self._refused = reason
             return
         self._refused = None
-        self._generation += 1
         self._stream = stream
-        for request in list(self._pending.values()):
-            self._write(request)
+        for send in list(self._carried.values()):
+            self._write(send)
         unsent_seen, self._unsent_seen = self._unsent_seen, {}
         for (key, room), seq in unsent_seen.items():
             self.report_seen(key, room, seq)
         self.connected.set()
         log.info("connected to the processor at %s:%d", *self.address)
+        if self.on_state is not None:
+            self.on_state(self)
         self._answer_all(leftover)
         while reader.overflow is None:
             try:
@@ -300,13 +269,9 @@ class ProcessorLink:
     def _answer(self, value: dict[str, Any], processed: list[dict[str, Any]]) -> None:
         op = value.get("op")
         if op in ("processed", "rejected"):
-            request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
             if op == "processed":
                 processed.append(value["message"])
-            if request is not None:
-                self._forget(request)
-                if not request.future.done():
-                    request.future.set_result(value)
+            self._settle(value.get("ref"), value)
         elif op == "updated":
             if processed:  # keep the order: messages first, then what updates them
                 self.on_processed(processed[:])
@@ -315,23 +280,21 @@ class ProcessorLink:
                 self.on_updated(value)
         elif op == "error":
             log.error("processor refused a request: %s", value)
-            request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
-            if request is not None:
-                self._forget(request)
-                if not request.future.done():
-                    request.future.set_result({
-                        "op": "rejected", "code": "internal",
-                        "reason": "the server could not process this message",
-                    })
+            self._settle(value.get("ref"), {
+                "op": "rejected", "code": "internal",
+                "reason": "the server could not process this message",
+            })
         elif op != "pong":
             log.warning("unexpected line from the processor: %r", value)
 
-    async def close(self, *, timeout: float) -> None:
-        """Stop taking sends, wait up to ``timeout`` s for answers, then disconnect."""
+    def _settle(self, ref: Any, answer: dict[str, Any]) -> None:
+        # Only a send this link carries: after a move, the answer is the new link's to give.
+        if isinstance(ref, int) and self._carried.pop(ref, None) is not None:
+            self.sends.settle(ref, answer)
+
+    async def close(self) -> None:
+        """Disconnect and stop reconnecting (the pool waits for answers first)."""
         self._closing = True
-        waiting = [r.future for r in self._pending.values() if r.written_on is not None]
-        if waiting:
-            await asyncio.wait(waiting, timeout=timeout)
         if self._stream is not None:
             self._stream.close()
         if self._task is not None:

@@ -111,6 +111,11 @@ async def serve_processor(
     Raises :class:`ConfigError` if it cannot start.
     """
     key = link_key(load_or_create_secret(settings.secret, settings.data_dir))
+    if settings.queue:
+        for sock in sockets or ():
+            sock.close()  # a queue processor dials Redis; it listens nowhere
+        await _serve_queue(settings, key, stop=stop)
+        return
     sockets = sockets if sockets is not None else listening_sockets(settings)
     try:
         operations = metrics_sockets(settings)
@@ -183,6 +188,59 @@ async def serve_processor(
         operations_server.stop()
     if not await server.wait_idle(settings.shutdown_timeout):
         log.warning("stopping with %d messages still in flight", server.in_flight)
+    await pipeline.close()
+    await notifying
+    await store.close()
+
+
+async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | None) -> None:
+    """``serve_processor`` with ``queue`` set: the same pipeline, fed by Redis Streams."""
+    from ..queue import redacted_url
+    from ..queue.worker import QueueWorker
+
+    store = open_store(settings.database_url)
+    notifier = Notifier(
+        store, make_deliverer(settings), base_url=settings.base_url,
+        mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
+    )
+    writer = BatchWriter(
+        store, max_batch=settings.store_batch,
+        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored,
+    )
+    worker = QueueWorker(
+        settings.queue, key=key, prefix=settings.queue_prefix, on_seen=notifier.seen,
+        max_body_chars=settings.max_body_chars, claim_idle=settings.queue_claim_idle,
+        read_batch=settings.store_batch, max_bytes=settings.max_line_bytes,
+        reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
+    )
+    pipeline = worker.pipeline = Pipeline.from_settings(StageContext(
+        settings=settings, store=store, writer=writer, send_update=worker.send_update,
+    ))
+    try:
+        await store.open()
+    except BaseException as exc:
+        await pipeline.close()
+        if isinstance(exc, Exception):
+            raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
+        raise
+    try:
+        await worker.open()
+    except Exception as exc:
+        await pipeline.close()
+        await store.close()
+        raise ConfigError(f"queue = {redacted_url(settings.queue)!r}: cannot use it: {exc}") from None
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
+    notifying = asyncio.ensure_future(notifier.run(stop))
+    log.info("processor %s taking sends from %s (stages: %s)", worker.consumer,
+             worker.keys.sends, ", ".join(settings.stages))
+    print(f"{LISTENING_LINE} queue {redacted_url(settings.queue)} stream {worker.keys.sends}"
+          f" as {worker.consumer}", flush=True)
+    await worker.run(stop, shutdown_timeout=settings.shutdown_timeout)
     await pipeline.close()
     await notifying
     await store.close()

@@ -37,7 +37,7 @@ from ..protocol import check_client_id, check_link_room, check_nick, check_room
 from ..throttled_log import ThrottledLog
 from .pipeline import Pipeline
 
-__all__ = ["ProcessorServer", "MIN_TS", "MAX_TS"]
+__all__ = ["ProcessorServer", "MIN_TS", "MAX_TS", "parse_process", "parse_seen"]
 
 log = logging.getLogger("squall.processor")
 
@@ -131,6 +131,61 @@ def _peer(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address or "a local socket")
+
+
+def parse_process(request: dict[str, Any], *, max_body_chars: int) -> Draft | dict[str, Any]:
+    """The draft a ``process`` request asks for, or the line that refuses it.
+
+    The same checks as the web node's (:mod:`squall.protocol`), at this
+    boundary, so that a request the web node would never send is refused
+    alone (``rejected`` or ``error``), before it can fail a group commit.
+    """
+    problems = []
+    if "ref" not in request:
+        problems.append("'ref' is missing")
+    for name, kind in _PROCESS_FIELDS.items():
+        value = request.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"{name!r} must be {'a string' if kind is str else 'an integer'}")
+    if problems:
+        answer: dict[str, Any] = {"op": "error", "code": "bad_field", "reason": "; ".join(problems)}
+        if "ref" in request:
+            answer["ref"] = request["ref"]
+        return answer
+    ref, body, ts = request["ref"], request["body"], request["ts"]
+    try:
+        room = check_link_room(request["room"])  # a client's room, or a web node's canary
+        nick = check_nick(request["nick"])
+        cid = check_client_id(request["id"])
+    except BadRequest as exc:
+        return {"op": "rejected", "ref": ref, "code": exc.code, "reason": exc.reason}
+    if not MIN_TS <= ts <= MAX_TS:
+        return {"op": "rejected", "ref": ref, "code": "bad_ts",
+                "reason": f"ts {ts} is not milliseconds between {MIN_TS} and {MAX_TS}"}
+    length = len(body.strip())
+    if length > max_body_chars:
+        return {"op": "rejected", "ref": ref, "code": "body_too_long",
+                "reason": f"message body has {length} characters, more than the limit"
+                          f" of {max_body_chars}"}
+    return Draft(room=room, nick=nick, id=cid, body=body, ts=ts)
+
+
+def parse_seen(request: dict[str, Any]) -> tuple[str, str, int] | dict[str, Any]:
+    """``(nick key, room, seq)`` of a ``seen`` report, or the error line that refuses it."""
+    nick, room, seq = request.get("nick"), request.get("room"), request.get("seq")
+    if not (isinstance(nick, str) and isinstance(room, str)
+            and isinstance(seq, int) and not isinstance(seq, bool)):
+        return {"op": "error", "code": "bad_field",
+                "reason": "seen needs 'nick' and 'room' strings and an integer 'seq'"}
+    try:
+        check_nick(nick)
+        check_room(room)
+    except BadRequest as exc:
+        return {"op": "error", "code": exc.code, "reason": exc.reason}
+    if not 1 <= seq < 2**63:
+        return {"op": "error", "code": "bad_field",
+                "reason": f"seen's seq must be between 1 and 2**63-1, got {seq}"}
+    return nick, room, seq
 
 
 class _Connection:
@@ -228,57 +283,18 @@ class _Connection:
             })
 
     def _seen(self, request: dict[str, Any]) -> None:
-        nick, room, seq = request.get("nick"), request.get("room"), request.get("seq")
-        if not (isinstance(nick, str) and isinstance(room, str)
-                and isinstance(seq, int) and not isinstance(seq, bool)):
-            self.send({"op": "error", "code": "bad_field",
-                       "reason": "seen needs 'nick' and 'room' strings and an integer 'seq'"})
-            return
-        try:
-            check_nick(nick)
-            check_room(room)
-        except BadRequest as exc:
-            self.send({"op": "error", "code": exc.code, "reason": exc.reason})
-            return
-        if not 1 <= seq < 2**63:
-            self.send({"op": "error", "code": "bad_field",
-                       "reason": f"seen's seq must be between 1 and 2**63-1, got {seq}"})
+        marker = parse_seen(request)
+        if isinstance(marker, dict):
+            self.send(marker)
         elif self.server.on_seen is not None:
-            self.server.on_seen(nick, room, seq)
+            self.server.on_seen(*marker)
 
     def _parse_process(self, request: dict[str, Any]) -> Draft | None:
-        problems = []
-        if "ref" not in request:
-            problems.append("'ref' is missing")
-        for name, kind in _PROCESS_FIELDS.items():
-            value = request.get(name)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                problems.append(f"{name!r} must be {'a string' if kind is str else 'an integer'}")
-        if problems:
-            answer: dict[str, Any] = {"op": "error", "code": "bad_field", "reason": "; ".join(problems)}
-            if "ref" in request:
-                answer["ref"] = request["ref"]
-            self.send(answer)
+        draft = parse_process(request, max_body_chars=self.server.max_body_chars)
+        if isinstance(draft, dict):
+            self.send(draft)
             return None
-        ref, body, ts = request["ref"], request["body"], request["ts"]
-        try:
-            room = check_link_room(request["room"])  # a client's room, or a web node's canary
-            nick = check_nick(request["nick"])
-            cid = check_client_id(request["id"])
-        except BadRequest as exc:
-            self.send({"op": "rejected", "ref": ref, "code": exc.code, "reason": exc.reason})
-            return None
-        if not MIN_TS <= ts <= MAX_TS:
-            self.send({"op": "rejected", "ref": ref, "code": "bad_ts",
-                       "reason": f"ts {ts} is not milliseconds between {MIN_TS} and {MAX_TS}"})
-            return None
-        length = len(body.strip())
-        if length > self.server.max_body_chars:
-            self.send({"op": "rejected", "ref": ref, "code": "body_too_long",
-                       "reason": f"message body has {length} characters, more than the limit"
-                                 f" of {self.server.max_body_chars}"})
-            return None
-        return Draft(room=room, nick=nick, id=cid, body=body, ts=ts)
+        return draft
 
     async def _process(self, ref: Any, draft: Draft) -> None:
         pipeline = self.server.pipeline

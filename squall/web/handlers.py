@@ -97,6 +97,7 @@ class HealthHandler(BaseHandler):
         self.write_json({
             "ok": True,
             "processor": "connected" if self.node.link.connected.is_set() else "unreachable",
+            "processors": self.node.link.states(),
             "pending_sends": self.node.link.pending,
             "websocket": self.node.settings.websocket,
             "connections": {

@@ -8,6 +8,7 @@ import signal
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..queue import redacted_url
 from .node import WebNode
 
 __all__ = ["serve_web", "READY_LINE"]
@@ -37,7 +38,8 @@ async def serve_web(settings: Settings, *, stop: asyncio.Event | None = None) ->
             f" {exc.strerror or exc}"
         ) from None
     url = f"http://{settings.host}:{node.port}/"
-    log.info("web node listening on %s (processor at %s)", url, settings.processor)
+    via = f"queue {redacted_url(settings.queue)}" if settings.queue else f"processor at {settings.processor}"
+    log.info("web node listening on %s (%s)", url, via)
     print(f"{READY_LINE} {url}", flush=True)
     await stop.wait()
     log.info("shutting down")

@@ -15,7 +15,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..metrics import NodeMetrics
 from ..presence import PresenceTable, Transition
-from ..processor.client import ProcessorLink
+from ..processor.pool import ProcessorPool
 from ..protocol import nick_key
+from ..queue.client import QueueClient
 from ..store import Store, open_store
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
@@ -125,16 +126,7 @@ class WebNode:
             history_on_join=settings.history_on_join,
         )
         self.presence = PresenceTable(grace=settings.poll_grace)
-        self.link = ProcessorLink(
-            settings.processor_address,
-            key=link_key(self.secret),
-            on_processed=self._on_processed,
-            on_updated=self._on_updated,
-            max_pending=settings.max_pending_sends,
-            send_timeout=settings.send_timeout,
-            reconnect_min=settings.reconnect_min,
-            reconnect_max=settings.reconnect_max,
-        )
+        self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
@@ -168,7 +160,8 @@ class WebNode:
         metrics.deliveries.set_function(lambda: self.hub.deliveries)
         metrics.presence_users.set_function(self.presence.users_online)
         metrics.presence_memberships.set_function(self.presence.memberships)
-        metrics.watch_link(self.link)
+        for link in getattr(self.link, "links", ()):  # TCP links; the queue has none
+            metrics.watch_link(link)
 
     # -- life cycle -----------------------------------------------------
 
@@ -414,6 +407,25 @@ class WebNode:
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):
             stream.heartbeat()
+
+
+def _processors(
+    settings: Settings, key: bytes,
+    on_processed: Callable[[list[dict[str, Any]]], None], on_updated: Callable[[dict[str, Any]], None],
+) -> ProcessorPool | QueueClient:
+    """How sends reach processors: the queue when ``queue`` is set, else TCP links to ``processor``."""
+    if settings.queue:
+        return QueueClient(
+            settings.queue, key=key, prefix=settings.queue_prefix, on_processed=on_processed,
+            on_updated=on_updated, max_pending=settings.max_pending_sends,
+            send_timeout=settings.send_timeout, max_len=settings.queue_max_len,
+            reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
+        )
+    return ProcessorPool(
+        settings.processor_addresses, key=key, on_processed=on_processed, on_updated=on_updated,
+        max_pending=settings.max_pending_sends, send_timeout=settings.send_timeout,
+        reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
+    )
 
 
 def _limits(settings: Settings, counters: Counters) -> Limits:
