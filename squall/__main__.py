@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     try:
         settings = _settings(args)
+        if command == "cluster":
+            from .cluster import check_cluster
+
+            check_cluster(settings, web=args.web_nodes, processors=args.processors)
     except ConfigError as exc:
         print(f"squall {command}: {exc}", file=sys.stderr)
         return ConfigError.exit_status
@@ -122,10 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _run(settings, serve_web(settings))
         elif command == "cluster":
-            from .cluster import check_cluster, run_cluster
+            from .cluster import run_cluster
             from .supervisor import ProcessorFailed
 
-            check_cluster(settings, web=args.web_nodes, processors=args.processors)
             try:
                 _run(settings, run_cluster(settings, web=args.web_nodes, processors=args.processors))
             except ProcessorFailed as exc:
