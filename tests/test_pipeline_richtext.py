@@ -208,9 +208,9 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80))
 def test_plain_fast_path_agrees_with_the_parser(text: str) -> None:
-    from squall.pipeline.richtext import _PLAIN_LINE
+    from squall.pipeline.richtext import _BIDI, _PLAIN_LINE
 
-    body = text.strip()
+    body = _BIDI.sub("", text).strip()  # as render() drops them before either path
     if not body or not _PLAIN_LINE.fullmatch(body):
         return
     renderer = Renderer()
