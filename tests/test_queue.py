@@ -189,3 +189,33 @@ def test_a_forged_reply_settles_nothing(tmp_path: Path, redis_prefix: str) -> No
         await redis.aclose()
 
     run_async(scenario())
+
+
+def test_an_entry_delivered_too_often_is_answered_internal_not_tried_again(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """One that kills every processor that takes it must not go round for ever."""
+    from squall.errors import Internal
+    from squall.queue.worker import MAX_DELIVERIES
+
+    async def scenario() -> None:
+        redis = aioredis.Redis.from_url(REDIS_URL)
+        keys = QueueKeys(redis_prefix)
+        await redis.xgroup_create(keys.sends, GROUP, id="0", mkstream=True)
+        async with web_node(redis_prefix) as (client, published):
+            poison = asyncio.ensure_future(send(client, 1, body="poison"))
+            await until(lambda: _is(redis.xlen(keys.sends), 1), "the entry added")
+            taken = await redis.xreadgroup(GROUP, "crashed", {keys.sends: ">"}, count=1)
+            entry_id = taken[0][1][0][0]
+            # As if MAX_DELIVERIES processors had taken it and died, one after the other.
+            await redis.xclaim(keys.sends, GROUP, "crashed", 0, [entry_id], retrycount=MAX_DELIVERIES)
+            async with worker(tmp_path, redis_prefix, claim_idle=0.2) as queue:
+                with pytest.raises(Internal):
+                    await poison
+                assert (await send(client, 2))["seq"] == 1  # the next one is stored as usual
+                assert queue.claimed == 1
+            assert await redis.xlen(keys.sends) == 0
+        assert [m["id"] for m in published] == ["2"]
+        await redis.aclose()
+
+    run_async(scenario())

@@ -17,7 +17,9 @@ entries idle for longer than ``queue_claim_idle`` (``XAUTOCLAIM``) and
 processes them. A takeover of an entry the first processor had already stored
 (it died between commit and ``XACK``) is answered by the store as a duplicate,
 with the original seq; the node publishes it once (the hub drops the second
-copy) and the client gets one ack.
+copy) and the client gets one ack. An entry delivered ``MAX_DELIVERIES`` times
+without an acknowledgement (one that kills every processor that takes it) is
+answered ``internal`` and acknowledged instead of going round for ever.
 
 Bounds. The send stream is never trimmed with ``MAXLEN``: trimming drops the
 oldest entries whether or not they were processed. It holds only work not yet

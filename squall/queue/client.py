@@ -195,7 +195,9 @@ class QueueClient:
                 try:
                     added, length = await add(keys=[self.keys.sends], args=arguments)
                 except (RedisError, OSError) as exc:
-                    # Nothing of this batch was added: the script runs whole or not at all.
+                    # The script runs whole or not at all; if it ran and only its
+                    # answer was lost, the retry adds the batch again, which is
+                    # processed twice and stored once (idempotent by client id).
                     self._unwritten.extendleft(reversed(batch))
                     if attempt == 0:
                         log.warning("cannot add to the queue at %s (%s); retrying", redacted_url(self.url), exc)

@@ -62,6 +62,10 @@ READ_BLOCK_MS = 1000
 CLAIM_BATCH = 100
 # Bad entries are logged at most once per this many seconds (with a count).
 BAD_ENTRY_LOG_SECONDS = 60.0
+# An entry delivered this many times without being acknowledged is answered
+# `internal` and acknowledged instead of being tried again: one that kills
+# every processor that takes it must not go round for ever.
+MAX_DELIVERIES = 5
 # Every processor start adds a consumer to the group; one with nothing pending
 # and idle this long is deleted (a live one that was merely idle is created
 # again by its next read), so the group does not grow with every restart.
@@ -264,8 +268,9 @@ class QueueWorker:
                         self.claimed += len(fresh)
                         log.warning("took over %d entries another processor left unacknowledged"
                                     " for %g s", len(fresh), self.claim_idle)
+                    deliveries = await self._deliveries(fresh) if fresh else {}
                     for entry in fresh:
-                        self._take(entry)
+                        self._take(entry, deliveries=deliveries.get(entry[0], 1))
                     if cursor in (b"0-0", "0-0"):
                         break
             except ResponseError as exc:
@@ -281,6 +286,17 @@ class QueueWorker:
                 self._next_forget = now + FORGET_CONSUMER_SECONDS / 10
                 await self._forget_consumers()
 
+    async def _deliveries(self, entries: list[Entry]) -> dict[bytes, int]:
+        """How many times each of ``entries`` has been delivered (XAUTOCLAIM does not say)."""
+        assert self._redis is not None
+        ids = sorted(entries, key=lambda entry: _id_order(entry[0]))
+        # Ours now, so only our pending list: at most max_in_flight in work plus these.
+        pending = await self._redis.xpending_range(
+            self.keys.sends, GROUP, min=ids[0][0], max=ids[-1][0],
+            count=self.max_in_flight + len(entries), consumername=self.consumer,
+        )
+        return {cast(bytes, item["message_id"]): int(item["times_delivered"]) for item in pending}
+
     async def _forget_consumers(self) -> None:
         assert self._redis is not None
         try:
@@ -291,11 +307,14 @@ class QueueWorker:
         except (RedisError, OSError):
             pass  # tried again next time
 
-    def _take(self, entry: Entry) -> None:
+    def _take(self, entry: Entry, *, deliveries: int = 1) -> None:
         entry_id, fields = entry
         value = decode_entry(self.key, SEND_ROLE, fields, max_bytes=self.max_bytes)
         if isinstance(value, str):
             self._drop(entry_id, value)
+            return
+        if deliveries > MAX_DELIVERIES:
+            self._give_up(entry_id, value, deliveries)
             return
         op = value.get("op")
         if op == "seen":
@@ -326,6 +345,16 @@ class QueueWorker:
         )
         self._tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._tasks.discard)
+
+    def _give_up(self, entry_id: bytes, value: dict[str, Any], deliveries: int) -> None:
+        log.error("queue entry %s was delivered %d times and never acknowledged (limit %d);"
+                  " answering it internal", entry_id.decode(), deliveries, MAX_DELIVERIES)
+        node = value.get("node")
+        if value.get("op") == "process" and isinstance(node, str) and NODE_ID.fullmatch(node):
+            self._post(node, {"op": "rejected", "ref": value.get("ref"), "code": "internal",
+                              "reason": "the server could not process this message"}, entry_id)
+        else:
+            self._post(None, None, entry_id)
 
     def _drop(self, entry_id: bytes, why: str) -> None:
         self.bad_entries.note(f"dropped queue entry {entry_id.decode()}: {why}", now=time.monotonic())
@@ -415,6 +444,11 @@ class QueueWorker:
                 replies += [len(keys), sign(self.key, REPLY_ROLE, payload) + payload]
         arguments: list[bytes | str | int] = [GROUP, REPLY_MAX_LEN, REPLY_TTL_SECONDS, len(done), *done]
         return keys, arguments + replies
+
+
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or b"0")
 
 
 def _chunks(parts: list[bytes], limit: int) -> list[list[bytes]]:
