@@ -140,7 +140,7 @@ class ProcessorLink:
             ) from None
         if answer["op"] == "rejected":
             code = str(answer.get("code", "rejected"))
-            error = Internal if code == "internal" else Rejected
+            error = {"internal": Internal, "unavailable": Unavailable}.get(code, Rejected)
             raise error(str(answer.get("reason", "")), code=code)
         message: dict[str, Any] = answer["message"]
         return message

@@ -22,7 +22,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..handshake import link_key
 from ..pipeline.mail import Deliverer, OutboxDeliverer, SmtpDeliverer
-from ..store import open_store
+from ..store import open_store, redacted_url
 from ..web.auth import load_or_create_secret
 from .notifier import Notifier
 from .pipeline import Pipeline, StageContext
@@ -85,7 +85,9 @@ async def serve_processor(
     """
     key = link_key(load_or_create_secret(settings.secret, settings.data_dir))
     sockets = sockets if sockets is not None else listening_sockets(settings)
-    store = open_store(settings.database_url)
+    store = open_store(
+        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+    )
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
         mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
@@ -113,7 +115,9 @@ async def serve_processor(
         for sock in sockets:
             sock.close()
         if isinstance(exc, Exception):
-            raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
+            raise ConfigError(
+                f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
+            ) from None
         raise
     server.add_sockets(sockets)
 
