@@ -22,6 +22,7 @@ import pytest
 
 __all__ = [
     "ADMIN_URL", "SKIP_HINT", "unavailable", "temporary_database", "query", "sql", "terminate_backends",
+    "backends_waiting_for_a_lock",
 ]
 
 # The maintenance database of the server the tests use; its user must be allowed to create databases.
@@ -82,13 +83,27 @@ def temporary_database(prefix: str = "squall_test") -> Iterator[str]:
         sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def terminate_backends(url: str, application_name: str = "squall") -> int:
-    """End every server process connected to ``url``'s database by that application; how many."""
+async def terminate_backends(url: str, *, pids: list[int] | None = None, application_name: str = "squall") -> int:
+    """End the server processes of ``url``'s database that ``application_name`` opened
+    (only ``pids`` among them, if given); how many were ended."""
     database = urlsplit(url).path.lstrip("/")
-    rows = sql(
+    rows = await query(
         ADMIN_URL,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = $1 AND application_name = $2 AND pid <> pg_backend_pid()",
-        database, application_name,
+        " WHERE datname = $1 AND application_name = $2 AND pid <> pg_backend_pid()"
+        " AND ($3::int[] IS NULL OR pid = ANY($3::int[]))",
+        database, application_name, pids,
     )
     return sum(1 for row in rows if row[0])
+
+
+async def backends_waiting_for_a_lock(url: str, application_name: str = "squall") -> list[int]:
+    """Server processes of ``url``'s database, opened by ``application_name``, waiting for a lock."""
+    database = urlsplit(url).path.lstrip("/")
+    rows = await query(
+        ADMIN_URL,
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2"
+        " AND wait_event_type = 'Lock'",
+        database, application_name,
+    )
+    return [row[0] for row in rows]

@@ -228,6 +228,13 @@ def _row_to_draft(row: Any) -> Draft:
     )
 
 
+def _is_closed(db: asyncpg.Connection) -> bool:
+    try:
+        return db.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back when it closed
+        return True
+
+
 def _json(values: Iterable[Any]) -> str:
     return orjson.dumps(list(values)).decode()
 
@@ -320,12 +327,19 @@ class PostgresStore:
                     try:
                         if not transaction:
                             return await work(db)
-                        async with db.transaction():
+                        block = db.transaction()
+                        await block.start()
+                        try:
                             result = await work(db)
-                            committing = True
+                        except BaseException:
+                            if not _is_closed(db):
+                                await block.rollback()
+                            raise
+                        committing = True
+                        await block.commit()
                         return result
                     except Exception:
-                        closed = db.is_closed()
+                        closed = _is_closed(db)
                         raise
             except _CONFLICT as exc:
                 conflicts += 1
