@@ -31,6 +31,7 @@ GOALS: dict[str, tuple[str, Any]] = {
     "idle-memory": ("<= 10 KiB/conn", lambda s, c, w: s <= 10.0),
     "longpoll": ("<= 4x ceiling", lambda s, c, w: s <= 4 * c),
     "processor": (">= 5000/s, p99 < 10 ms at 100/s", None),
+    "processor-postgres": (">= 5000/s, p99 < 10 ms at 100/s", None),
     "filter": ("report MB/s vs str.lower()", None),
 }
 
@@ -76,7 +77,7 @@ def _verdict(name: str, results: dict[str, dict[str, Any]]) -> str:
     if not squall or "error" in squall or "skipped" in squall:
         return text
     value = _headline(name, squall)
-    if name == "processor":
+    if name in ("processor", "processor-postgres"):
         ok = squall.get("msgs_per_s", 0) >= 5000 and squall.get("p99_ms", 1e9) < 10
         return f"{text}: {'MET' if ok else 'NOT MET'}"
     if name == "slow-client":

@@ -757,6 +757,13 @@ async def processor(target: Target, options: Options, *, window: int = 256, rate
 
 
 
+async def processor_postgres(target: Target, options: Options) -> dict[str, Any]:
+    """``processor`` on the PostgreSQL store, SQLite beside it: bench/store_pg.py."""
+    from .store_pg import processor_postgres as run
+
+    return await run(target, options)
+
+
 # Keyword filter: MB/s through 10,000 terms, against str.lower() on the same text.
 
 
@@ -861,6 +868,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("processor", "processor", processor, "msgs_per_s", "msgs/s", True,
                  "one processor process, pipelined process requests stored and answered",
                  (("p50_ms", "p50 ms at 100/s"), ("p99_ms", "p99 ms at 100/s"))),
+        Scenario("processor-postgres", "processor", processor_postgres, "msgs_per_s", "msgs/s", True,
+                 "the processor scenario on the PostgreSQL store; the SQLite figures beside it",
+                 (("p99_ms", "p99 ms at 100/s"), ("sqlite_msgs_per_s", "SQLite msgs/s"),
+                  ("sqlite_p99_ms", "SQLite p99 ms"))),
         Scenario("filter", "local", keyword_filter, "mb_per_s", "MB/s", True,
                  "keyword filter with 10,000 terms over chat-sized messages",
                  (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s"))),

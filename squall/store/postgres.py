@@ -62,7 +62,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 import orjson
@@ -73,6 +73,11 @@ from ..protocol import nick_key
 from . import GuestSession, Notification, Registration, User, redacted_url
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION", "EARLIER_COPIES_SQL"]
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    _DB: TypeAlias = PoolConnectionProxy[asyncpg.Record]  # one operation's connection
 
 log = logging.getLogger("squall.store")
 
@@ -228,7 +233,7 @@ def _row_to_draft(row: Any) -> Draft:
     )
 
 
-def _is_closed(db: asyncpg.Connection) -> bool:
+def _is_closed(db: _DB) -> bool:
     try:
         return db.is_closed()
     except asyncpg.InterfaceError:  # the pool took it back when it closed
@@ -282,7 +287,7 @@ class PostgresStore:
             await self.close()
             raise
 
-    async def _migrate(self, db: asyncpg.Connection) -> None:
+    async def _migrate(self, db: _DB) -> None:
         await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = await db.fetchval("SELECT max(version) FROM schema_version") or 0
@@ -303,13 +308,13 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self.timeout)
-            except (asyncio.TimeoutError, *_CONNECTION_LOST):
+            except Exception:  # a pool that cannot close cleanly is cut
                 pool.terminate()
 
     async def _run(
         self,
         what: str,
-        work: Callable[[asyncpg.Connection], Awaitable[_T]],
+        work: Callable[[_DB], Awaitable[_T]],
         *,
         idempotent: bool = False,
         transaction: bool = True,
@@ -362,14 +367,14 @@ class PostgresStore:
 
     async def _fetch(self, what: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement's rows; run again on a fresh connection if the first broke."""
-        async def work(db: asyncpg.Connection) -> list[asyncpg.Record]:
+        async def work(db: _DB) -> list[asyncpg.Record]:
             return list(await db.fetch(sql, *args))
 
         return await self._run(what, work, idempotent=True, transaction=False)
 
     async def _execute(self, what: str, sql: str, *args: Any, idempotent: bool = True) -> None:
         """One statement, which commits as it runs."""
-        async def work(db: asyncpg.Connection) -> None:
+        async def work(db: _DB) -> None:
             await db.execute(sql, *args)
 
         await self._run(what, work, idempotent=idempotent, transaction=False)
@@ -385,7 +390,7 @@ class PostgresStore:
             _check_author(draft.nick, f"message {draft.room}/{draft.id}")
         batch = list(drafts)
 
-        async def work(db: asyncpg.Connection) -> list[Draft]:
+        async def work(db: _DB) -> list[Draft]:
             saved = await self._save_in_transaction(db, batch)
             if notify_delay_ms is not None:
                 await self._queue_notifications(db, saved, notify_delay_ms)
@@ -395,7 +400,7 @@ class PostgresStore:
         # batch stored and answers with it (marked duplicate).
         return await self._run(f"storing {len(batch)} messages", work, idempotent=True)
 
-    async def _save_in_transaction(self, db: asyncpg.Connection, drafts: Sequence[Draft]) -> list[Draft]:
+    async def _save_in_transaction(self, db: _DB, drafts: Sequence[Draft]) -> list[Draft]:
         keys = [(d.room, nick_key(d.nick), d.id) for d in drafts]
         # The room locks first: the look for earlier copies must see what the
         # transaction we waited for has committed.
@@ -430,7 +435,7 @@ class PostgresStore:
             await db.execute(_INSERT_MESSAGES, *columns, list(last), list(last.values()))
         return result
 
-    async def _queue_notifications(self, db: asyncpg.Connection, saved: Sequence[Draft], delay_ms: int) -> None:
+    async def _queue_notifications(self, db: _DB, saved: Sequence[Draft], delay_ms: int) -> None:
         # In the message's own transaction: a stored mention always has its
         # pending notification, whatever happens to the processor next.
         rows = [
@@ -511,7 +516,7 @@ class PostgresStore:
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def claim_notifications(self, key: str, *, now_ms: int, until_ms: int) -> list[Notification]:
-        async def work(db: asyncpg.Connection) -> list[Notification]:
+        async def work(db: _DB) -> list[Notification]:
             # The user's row is the claim's lock: SKIP LOCKED, so a notifier
             # claiming the same user at the same moment gets nothing and moves on.
             if await db.fetchval("SELECT 1 FROM users WHERE nick_key = $1 FOR UPDATE SKIP LOCKED", key) is None:
@@ -559,7 +564,7 @@ class PostgresStore:
         return str(rows[0][0]) if rows else nick
 
     async def forget_guests(self, last_session_before: int) -> int:
-        async def one_slice(db: asyncpg.Connection) -> int:
+        async def one_slice(db: _DB) -> int:
             keys = [row[0] for row in await db.fetch(
                 "DELETE FROM users WHERE nick_key IN (SELECT nick_key FROM users"
                 " WHERE password_hash IS NULL AND email IS NULL AND created < $1 LIMIT $2"
@@ -614,7 +619,7 @@ class PostgresStore:
         key = nick_key(nick)
         wanted = [skeleton, *lookalikes]
 
-        async def work(db: asyncpg.Connection) -> Registration:
+        async def work(db: _DB) -> Registration:
             # One registration at a time, as SQLite's write lock gives: the
             # lookalike check reads rows a concurrent registration may add.
             await db.execute("SELECT pg_advisory_xact_lock($1)", _REGISTRATION_LOCK)
@@ -643,7 +648,7 @@ class PostgresStore:
         return await self._run("registering an account", work)
 
     @staticmethod
-    async def _revoke_all(db: asyncpg.Connection, key: str, now: int) -> tuple[str, ...]:
+    async def _revoke_all(db: _DB, key: str, now: int) -> tuple[str, ...]:
         return tuple(row[0] for row in await db.fetch(
             "UPDATE sessions SET revoked = $1 WHERE nick_key = $2 AND revoked IS NULL RETURNING id", now, key
         ))
@@ -653,7 +658,7 @@ class PostgresStore:
     ) -> GuestSession | None:
         key = nick_key(nick)
 
-        async def work(db: asyncpg.Connection) -> GuestSession | None:
+        async def work(db: _DB) -> GuestSession | None:
             # The upsert locks the user's row: a registration or another
             # takeover of this nick waits for this transaction, or it for them.
             row = await db.fetchrow(
@@ -695,7 +700,7 @@ class PostgresStore:
     async def change_password(
         self, key: str, *, password_hash: str, session_id: str, now: int
     ) -> tuple[str, ...]:
-        async def work(db: asyncpg.Connection) -> tuple[str, ...]:
+        async def work(db: _DB) -> tuple[str, ...]:
             await db.execute("UPDATE users SET password_hash = $1 WHERE nick_key = $2", password_hash, key)
             revoked = await self._revoke_all(db, key, now)
             await db.execute(
