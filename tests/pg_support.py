@@ -13,7 +13,7 @@ import asyncio
 import functools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ import pytest
 
 __all__ = [
     "ADMIN_URL", "SKIP_HINT", "unavailable", "temporary_database", "query", "sql", "terminate_backends",
-    "backends_waiting_for_a_lock",
+    "backends_waiting_for_a_lock", "lock_waiters",
 ]
 
 # The maintenance database of the server the tests use; its user must be allowed to create databases.
@@ -107,3 +107,18 @@ async def backends_waiting_for_a_lock(url: str, application_name: str = "squall"
         database, application_name,
     )
     return [row[0] for row in rows]
+
+
+async def lock_waiters(url: str, count: int, *, excluded: Collection[int] = (), timeout: float = 15.0) -> list[int]:
+    """Wait until ``count`` server processes of ``url``'s database (other than
+    ``excluded``) wait for a lock; their pids. There is no event to wait on:
+    this looks at pg_stat_activity every 10 ms, up to ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        waiting = [pid for pid in await backends_waiting_for_a_lock(url) if pid not in excluded]
+        if len(waiting) >= count:
+            return waiting
+        if loop.time() > deadline:
+            raise AssertionError(f"{len(waiting)} server processes wait for a lock after {timeout} s, not {count}")
+        await asyncio.sleep(0.01)

@@ -6,29 +6,29 @@ COMMITTED, and gives the connection back. Writes come in batches from the
 processor (group commit), as with SQLite: one transaction stores everything
 that arrived while the previous one ran.
 
-*Seq allocation.* Each room has a counter row, ``rooms.last_seq``. A batch
-first locks the counter rows of its rooms — an upsert that creates a missing
-one at 0 — in room-name order, so two batches never wait on each other in a
-circle. Holding those locks it looks for earlier copies of its client ids,
-numbers the new messages ``last_seq + 1 …``, inserts them and raises the
-counters, all in the same transaction. A second processor committing to the
-same room waits at the lock until the first has committed, then reads the
-counter the first one left (READ COMMITTED rereads a row it waited for) and
-sees the first one's messages in its own look for earlier copies (a new
-statement, a new snapshot). So seqs have no duplicate; and since the counter
-moves only in the transaction that inserts the messages, a rollback takes both
-back, so they have no gap. Not a PostgreSQL sequence: sequences are not
-transactional (a rollback leaves a gap) and would be one per room. Not
-``max(seq) + 1`` under a unique index: two processors would read the same max
-and one would fail and retry, over and over under load. Not an advisory lock:
-the counter row is a lock already, taken by the statement that reads it, and
-it needs no hash of the room name. The cost: commits to *one* room are one at
-a time, each holding the lock for its few statements and its commit; group
-commit makes each of them carry many messages.
-
-*Idempotency* is the unique index on ``(room, nick_key, cid)``; under the room
-lock nobody else can insert into the room, so the index never makes a batch
-fail, it only backs the look-up.
+*Seq allocation.* Each room has a counter row, ``rooms.last_seq``. A batch is
+one statement (:data:`SAVE_BATCH_SQL`), so one transaction and one round
+trip. It looks for earlier copies of its client ids; adds the number of its
+new messages to the counter rows of its rooms — an upsert that creates a
+missing row, taking the rows' locks in room-name order so that two batches
+never wait on each other in a circle — and numbers the new messages from the
+old value up; and inserts them. A second processor committing to the same room
+waits at the counter row until the first has committed, then adds to the
+value the first one left (READ COMMITTED: an update that waited for a row
+works on its newest version), so seqs have no duplicate; and since the
+counter moves only in the statement that inserts the messages, a rollback
+takes both back, so they have no gap. What the waiting statement cannot see is
+a copy of one of its own messages that the first one stored meanwhile (its
+snapshot is older): its insert runs into the unique index on ``(room,
+nick_key, cid)``, the statement fails whole, and it is run again, finding the
+copy this time. Not a PostgreSQL sequence: sequences are not transactional (a
+rollback leaves a gap) and would be one per room. Not ``max(seq) + 1`` under
+the primary key: two processors would read the same max and one would fail
+and retry, over and over under load. Not an advisory lock: the counter row is
+a lock already, taken by the statement that moves it, and it needs no hash of
+the room name. The cost: commits to *one* room are one at a time, each holding
+the row's lock until it has committed; group commit makes each of them carry
+many messages. docs/store.md tells the same at more length.
 
 *The mention-mail queue.* A notifier claims one user's pending notifications at
 a time: it locks the user's row with ``FOR UPDATE SKIP LOCKED`` (another
@@ -72,7 +72,7 @@ from ..message import Draft
 from ..protocol import nick_key
 from . import GuestSession, Notification, Registration, User, redacted_url
 
-__all__ = ["PostgresStore", "SCHEMA_VERSION", "EARLIER_COPIES_SQL"]
+__all__ = ["PostgresStore", "SCHEMA_VERSION", "SAVE_BATCH_SQL"]
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -173,9 +173,16 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     OSError,  # refused, reset
 )
-# PostgreSQL aborted one transaction to let another go on: run it again.
-_CONFLICT = asyncpg.exceptions.TransactionRollbackError  # deadlock, serialization failure
+# PostgreSQL aborted one transaction to let another go on (deadlock,
+# serialization failure), or another processor stored a copy of a message
+# since the statement began: run it again.
 CONFLICT_RETRIES = 5
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        return True
+    return isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _CLIENT_ID_INDEX
 
 _T = TypeVar("_T")
 
@@ -184,35 +191,52 @@ _NOTIFICATION_COLUMNS = (
     "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
 )
 
-# Lock (creating at 0) the counter rows of a batch's rooms, in the order given:
-# sorted by the caller. DO UPDATE, not DO NOTHING: it locks an existing row.
-_LOCK_ROOMS = (
-    "INSERT INTO rooms (name, last_seq) SELECT unnest($1::text[]), 0"
-    " ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq RETURNING name, last_seq"
+# A batch in one statement, so in one transaction and one round trip: the
+# module's "Seq allocation". $1–$9: the batch's distinct messages, one array
+# per column; $10, $11: (position in the batch, 1-based; mentioned nick_key)
+# pairs for the notifications to queue; $12: their delay in ms. Answers one
+# row per message: its position, then room and seq; room is NULL for a message
+# stored now, and set, with the other columns, for one stored before.
+SAVE_BATCH_SQL = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY
+        AS b(room, nick, nick_key, cid, body, html, mentions, links, ts, n)
+), earlier AS (
+    SELECT b.n, m.room, m.seq, m.nick, m.cid, m.body, m.html, m.mentions, m.links, m.ts, m.previews
+    FROM batch b JOIN messages m ON m.room = b.room AND m.nick_key = b.nick_key AND m.cid = b.cid
+), fresh AS (
+    SELECT b.*, row_number() OVER (PARTITION BY b.room ORDER BY b.n) AS k,
+           count(*) OVER (PARTITION BY b.room) AS total
+    FROM batch b WHERE NOT EXISTS (SELECT FROM earlier e WHERE e.n = b.n)
+), counters AS (
+    -- Locks each room's counter row in name order (creating it), then moves it on.
+    INSERT INTO rooms AS r (name, last_seq)
+    SELECT room, count(*) FROM fresh GROUP BY room ORDER BY room
+    ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq
+    RETURNING name, last_seq
+), numbered AS (
+    SELECT f.*, c.last_seq - f.total + f.k AS seq FROM fresh f JOIN counters c ON c.name = f.room
+), stored AS (
+    INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts)
+    SELECT room, seq, nick, nick_key, cid, body, html, mentions, links, ts FROM numbered
+), queued AS (
+    INSERT INTO notifications (nick_key, room, seq, sender, body, ts, due)
+    SELECT u.nick_key, x.room, x.seq, x.nick, x.body, x.ts, x.ts + $12::bigint
+    FROM unnest($10::bigint[], $11::text[]) AS mention(n, nick_key)
+    JOIN numbered x ON x.n = mention.n
+    JOIN users u ON u.nick_key = mention.nick_key
+    WHERE u.nick_key <> x.nick_key AND u.email IS NOT NULL
+    ON CONFLICT (nick_key, room, seq) DO NOTHING
 )
-# Stored messages with any of the (room, nick_key, cid) keys given as three arrays.
-EARLIER_COPIES_SQL = (
-    f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, m.nick_key"
-    " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room, nick_key, cid)"
-    " JOIN messages AS m ON m.room = k.room AND m.nick_key = k.nick_key AND m.cid = k.cid"
-)
-_INSERT_MESSAGES = (
-    "WITH counters AS ("
-    " UPDATE rooms SET last_seq = c.last_seq FROM unnest($11::text[], $12::bigint[]) AS c(name, last_seq)"
-    " WHERE rooms.name = c.name)"
-    " INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts)"
-    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::text[], $10::bigint[])"
-)
-_QUEUE_NOTIFICATIONS = (
-    "INSERT INTO notifications (nick_key, room, seq, sender, body, ts, due)"
-    " SELECT u.nick_key, r.room, r.seq, r.sender, r.body, r.ts, r.due"
-    " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],"
-    " $7::text[], $8::text[]) AS r(room, seq, sender, body, ts, due, mentioned, sender_key)"
-    " JOIN users u ON u.nick_key = r.mentioned"
-    " WHERE u.nick_key <> r.sender_key AND u.email IS NOT NULL"
-    " ON CONFLICT (nick_key, room, seq) DO NOTHING"
-)
+SELECT n, NULL::text AS room, seq, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+       NULL::text, NULL::bigint, NULL::text
+FROM numbered
+UNION ALL
+SELECT n, room, seq, nick, cid, body, html, mentions, links, ts, previews FROM earlier
+"""
+# The unique index a copy stored meanwhile by another processor runs into.
+_CLIENT_ID_INDEX = "messages_by_client_id"
 
 # Guest rows deleted per transaction by forget_guests.
 _FORGET_SLICE = 1000
@@ -346,16 +370,17 @@ class PostgresStore:
                     except Exception:
                         closed = _is_closed(db)
                         raise
-            except _CONFLICT as exc:
-                conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
-                    log.error("%s: still conflicting after %d tries (%s)", what, conflicts, exc)
-                    raise StoreUnavailable() from exc
-                log.info("%s: %s; trying again", what, type(exc).__name__)
             except asyncio.TimeoutError as exc:
                 log.error("%s: the database did not answer within %g s", what, self.timeout)
                 raise StoreUnavailable() from exc
             except Exception as exc:
+                if _is_conflict(exc):
+                    conflicts += 1
+                    if conflicts > CONFLICT_RETRIES:
+                        log.error("%s: still conflicting after %d tries (%s)", what, conflicts, exc)
+                        raise StoreUnavailable() from exc
+                    log.info("%s: %s; trying again", what, type(exc).__name__)
+                    continue
                 if not (closed or isinstance(exc, _CONNECTION_LOST)):
                     raise
                 if attempt > 1 or (committing and not idempotent):
@@ -391,60 +416,48 @@ class PostgresStore:
         batch = list(drafts)
 
         async def work(db: _DB) -> list[Draft]:
-            saved = await self._save_in_transaction(db, batch)
-            if notify_delay_ms is not None:
-                await self._queue_notifications(db, saved, notify_delay_ms)
-            return saved
+            return await self._save_batch(db, batch, notify_delay_ms)
 
         # Idempotent: a retry after a commit whose answer was lost finds the
         # batch stored and answers with it (marked duplicate).
-        return await self._run(f"storing {len(batch)} messages", work, idempotent=True)
+        return await self._run(f"storing {len(batch)} messages", work, idempotent=True, transaction=False)
 
-    async def _save_in_transaction(self, db: _DB, drafts: Sequence[Draft]) -> list[Draft]:
+    @staticmethod
+    async def _save_batch(db: _DB, drafts: Sequence[Draft], notify_delay_ms: int | None) -> list[Draft]:
         keys = [(d.room, nick_key(d.nick), d.id) for d in drafts]
-        # The room locks first: the look for earlier copies must see what the
-        # transaction we waited for has committed.
-        last: dict[str, int] = {
-            name: seq for name, seq in await db.fetch(_LOCK_ROOMS, sorted({d.room for d in drafts}))
-        }
-        unique = list(set(keys))
-        stored: dict[tuple[str, str, str], Draft] = {}
-        for row in await db.fetch(
-            EARLIER_COPIES_SQL, [k[0] for k in unique], [k[1] for k in unique], [k[2] for k in unique]
-        ):
-            earlier = _row_to_draft(row)
-            stored[(earlier.room, row[10], earlier.id)] = earlier
-
-        result: list[Draft] = []
-        columns: list[list[Any]] = [[] for _ in range(10)]
+        position: dict[tuple[str, str, str], int] = {}  # a key's first draft among the distinct ones
+        distinct: list[Draft] = []
         for draft, key in zip(drafts, keys, strict=True):
-            original = stored.get(key)
-            if original is not None:
-                result.append(dataclasses.replace(original, duplicate=True))
-                continue
-            seq = last[draft.room] = last[draft.room] + 1
-            saved = dataclasses.replace(draft, seq=seq)
-            stored[key] = saved
-            result.append(saved)
-            for column, value in zip(columns, (
-                saved.room, seq, saved.nick, key[1], saved.id, saved.body, saved.html,
-                _json(saved.mentions), _json(saved.links), saved.ts,
-            )):
-                column.append(value)
-        if columns[0]:
-            await db.execute(_INSERT_MESSAGES, *columns, list(last), list(last.values()))
+            if key not in position:
+                position[key] = len(distinct)
+                distinct.append(draft)
+        mentioned: tuple[list[int], list[str]] = ([], [])
+        if notify_delay_ms is not None:
+            for n, draft in enumerate(distinct, 1):
+                for nick in draft.mentions:
+                    mentioned[0].append(n)
+                    mentioned[1].append(nick_key(nick))
+        rows = await db.fetch(
+            SAVE_BATCH_SQL,
+            [d.room for d in distinct], [d.nick for d in distinct], [k[1] for k in position],
+            [d.id for d in distinct], [d.body for d in distinct], [d.html for d in distinct],
+            [_json(d.mentions) for d in distinct], [_json(d.links) for d in distinct],
+            [d.ts for d in distinct], *mentioned, notify_delay_ms or 0,
+        )
+        saved: list[Draft] = list(distinct)
+        for row in rows:
+            n = row[0] - 1
+            if row[1] is None:  # stored now
+                saved[n] = dataclasses.replace(distinct[n], seq=row[2])
+            else:
+                saved[n] = dataclasses.replace(_row_to_draft(tuple(row)[1:]), duplicate=True)
+        result: list[Draft] = []
+        answered: set[tuple[str, str, str]] = set()
+        for key in keys:  # a key's second draft in one batch is a duplicate of its first
+            draft = saved[position[key]]
+            result.append(draft if key not in answered else dataclasses.replace(draft, duplicate=True))
+            answered.add(key)
         return result
-
-    async def _queue_notifications(self, db: _DB, saved: Sequence[Draft], delay_ms: int) -> None:
-        # In the message's own transaction: a stored mention always has its
-        # pending notification, whatever happens to the processor next.
-        rows = [
-            (d.room, d.seq, d.nick, d.body, d.ts, d.ts + delay_ms, nick_key(mentioned), nick_key(d.nick))
-            for d in saved if not d.duplicate
-            for mentioned in d.mentions
-        ]
-        if rows:
-            await db.execute(_QUEUE_NOTIFICATIONS, *map(list, zip(*rows)))
 
     async def last_seq(self, room: str) -> int:
         rows = await self._fetch("reading a room's last seq", "SELECT last_seq FROM rooms WHERE name = $1", room)
