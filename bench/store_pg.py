@@ -9,15 +9,19 @@ figures are the same measurement on SQLite, taken right before. Goals (issue
 commit), and send → ack p99 under 10 ms at 100 messages/s, one at a time.
 
 PostgreSQL itself is not pinned: it runs on whichever core is free, and its
-CPU shows in ``other_cpu``. Without a server the scenario is skipped, with
-the reason.
+CPU shows in ``other_cpu``. ``pg_commit_p50_ms`` and ``pg_commit_p99_ms`` are
+the floor under the latency figures: a one-row ``INSERT`` committed on its own,
+at the same rate, straight from the bench (so the server's fsync, and how busy
+the machine is). Without a server the scenario is skipped, with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,6 +93,27 @@ async def _unavailable() -> str | None:
     return None
 
 
+async def _bare_commits(url: str, *, rate: float, count: int) -> dict[str, float]:
+    """p50 and p99 of a one-row INSERT, each its own transaction, ``rate`` a second."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    try:
+        await connection.execute("CREATE TABLE bench_commits (n integer)")
+        latencies = []
+        start = time.perf_counter()
+        for k in range(count):
+            await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
+            sent = time.perf_counter()
+            await connection.execute("INSERT INTO bench_commits VALUES ($1)", k)
+            latencies.append(time.perf_counter() - sent)
+    finally:
+        await connection.close()
+    latencies.sort()
+    last = len(latencies) - 1
+    return {f"pg_commit_p{p}_ms": round(latencies[int(last * p / 100 + 0.5)] * 1000, 3) for p in (50, 99)}
+
+
 async def processor_postgres(target: Target, options: Options) -> dict[str, Any]:
     if target.name != "squall":
         return {"skipped": "measures Squall's store only", "ok": True}
@@ -98,6 +123,7 @@ async def processor_postgres(target: Target, options: Options) -> dict[str, Any]
     on_sqlite = await processor(target, options)
     async with _database() as url:
         result = await processor(_OnDatabase(target, url), options)
+        result.update(await _bare_commits(url, rate=result["latency_rate"], count=result["latency_messages"]))
     result["database"] = "postgresql"
     for key in ("msgs_per_s", "p50_ms", "p99_ms", "server_cpu", "ok"):
         if key in on_sqlite:
