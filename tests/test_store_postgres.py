@@ -409,6 +409,35 @@ def test_storing_keeps_using_the_index_after_the_history_has_grown(postgres_url:
     assert mode == "force_custom_plan"
 
 
+def test_both_stores_have_the_same_schema_at_the_same_version(postgres_url: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    from squall.store import postgres, sqlite
+
+    async def open_both() -> None:
+        for store in (sqlite.SQLiteStore(str(tmp_path / "squall.db")), PostgresStore(postgres_url)):
+            await store.open()
+            await store.close()
+
+    run_async(open_both())
+    with sqlite3.connect(tmp_path / "squall.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        on_sqlite = {
+            table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for table in tables if not table.startswith("sqlite_")
+        }
+    rows = run_async(query(
+        postgres_url,
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name <> 'schema_version'",
+    ))
+    on_postgres: dict[str, set[str]] = {}
+    for table, column in rows:
+        on_postgres.setdefault(table, set()).add(column)
+    assert on_postgres == on_sqlite
+    assert postgres.SCHEMA_VERSION == sqlite.SCHEMA_VERSION
+
+
 class _RollBack(Exception):
     """Leaves a transaction that must change nothing, carrying what it found."""
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -152,7 +151,6 @@ _MIGRATIONS: list[str] = [
     # 4: a notifier claims a user's notifications before mailing them (ms; 0: free).
     """
     ALTER TABLE notifications ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;
-    CREATE INDEX notifications_by_user ON notifications (nick_key) WHERE state = 'pending';
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -354,8 +352,8 @@ class PostgresStore:
         """``work(connection)`` in one transaction (or, for one statement, none);
         once more on a fresh connection if the first broke before the commit,
         or at any point for ``idempotent`` work. See the module's "Failures"."""
-        conflicts = 0
-        for attempt in itertools.count(1):
+        conflicts = losses = 0
+        while True:
             # A single statement commits as it runs: if it breaks, it may have.
             committing = not transaction
             closed = False
@@ -391,12 +389,12 @@ class PostgresStore:
                     continue
                 if not (closed or isinstance(exc, _CONNECTION_LOST)):
                     raise
-                if attempt > 1 or (committing and not idempotent):
+                losses += 1
+                if losses > 1 or (committing and not idempotent):
                     log.error("%s failed, the database is unavailable: %s: %s", what, type(exc).__name__, exc)
                     raise StoreUnavailable() from exc
                 log.warning("%s: lost the database connection (%s: %s); trying a fresh one",
                             what, type(exc).__name__, exc)
-        raise AssertionError("unreachable")
 
     async def _fetch(self, what: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement's rows; run again on a fresh connection if the first broke."""
