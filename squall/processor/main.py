@@ -114,7 +114,7 @@ async def serve_processor(
         await pipeline.close()
         for sock in sockets:
             sock.close()
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not isinstance(exc, ConfigError):
             raise ConfigError(
                 f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
             ) from None
