@@ -263,6 +263,13 @@ def _row_to_draft(row: Any) -> Draft:
     )
 
 
+async def _keep_session(db: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, after rolling back any
+    open transaction: nothing. asyncpg's default (``RESET ALL``, ``UNLISTEN *``,
+    …) is one more round trip per operation, and Squall changes no session
+    state: its advisory locks end with their transactions."""
+
+
 def _is_closed(db: _DB) -> bool:
     try:
         return db.is_closed()
@@ -302,7 +309,7 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout,
-                command_timeout=self.timeout, server_settings=SERVER_SETTINGS,
+                command_timeout=self.timeout, server_settings=SERVER_SETTINGS, reset=_keep_session,
             )
         except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, ValueError) as exc:
             raise ConfigError(
