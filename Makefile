@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,uvloop]'
+	$(BIN)/pip install --quiet -e '.[test,uvloop,postgres]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -122,6 +122,14 @@ def _cross_node_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None
     return extra <= 1.0, evidence
 
 
+def _postgres_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    squall = _goal_rows(rows, "squall")[0]
+    rate, p99 = _num(squall, "msgs_per_s"), _num(squall, "p99_ms")
+    if rate is None or p99 is None:
+        return None
+    return rate >= 5000 and p99 < 10, f"{rate:,.0f}/s, p99 {p99:.2f} ms at 100/s"
+
+
 def _queue_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
     squall = _goal_rows(rows, "squall")[0]
     one, factor = _num(squall, "queue_1_msgs_per_s"), _num(squall, "queue_factor")
@@ -151,6 +159,7 @@ GOALS: dict[str, Goal] = {
     "processor": Goal(">= 5000/s, p99 < 10 ms and <= 500 us CPU/msg at 100/s", _processor_goal),
     "filter": Goal("report MB/s vs str.lower()"),
     "cross-node": Goal("extra hop <= 1 ms at p50", _cross_node_goal),
+    "processor-postgres": Goal(">= 5000/s, p99 < 10 ms at 100/s (PostgreSQL store)", _postgres_goal),
     "queue": Goal(">= 5000/s through Redis Streams with 1 processor; report the 2-processor factor", _queue_goal),
 }
 

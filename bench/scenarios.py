@@ -928,6 +928,13 @@ async def processor(target: Target, options: Options, *, window: int = 256, rate
 
 
 
+async def processor_postgres(target: Target, options: Options) -> dict[str, Any]:
+    """``processor`` on the PostgreSQL store, SQLite beside it: bench/store_pg.py."""
+    from .store_pg import processor_postgres as run
+
+    return await run(target, options)
+
+
 # Keyword filter: MB/s through 10,000 terms, against str.lower() on the same text.
 
 
@@ -1078,6 +1085,11 @@ SCENARIOS: dict[str, Scenario] = {
                   ("queue_1_redis_us_per_msg", "Redis CPU us/msg"),
                   ("tcp_1_processor_us_per_msg", "TCP processor CPU us/msg")),
                  figure="messages stored and answered per second through the queue with one processor"),
+        Scenario("processor-postgres", "processor", processor_postgres, "msgs_per_s", "msgs/s", True,
+                 "the processor scenario on the PostgreSQL store; the SQLite figures beside it",
+                 (("p99_ms", "p99 ms at 100/s"), ("pg_commit_p99_ms", "bare commit p99 ms"),
+                  ("sqlite_msgs_per_s", "SQLite msgs/s"), ("sqlite_p99_ms", "SQLite p99 ms")),
+                 figure="messages stored (PostgreSQL, group commit) and answered per second, pipelined"),
         Scenario("filter", "local", keyword_filter, "mb_per_s", "MB/s", True,
                  "keyword filter with 10,000 terms over chat-sized messages, in the bench's own process",
                  (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s")),

@@ -56,6 +56,8 @@ class Settings:
     processor: str = "127.0.0.1:8889"  # the processors' addresses (comma-separated), as the web node dials them
     data_dir: str = "./var"
     database: str = ""  # "" → sqlite at <data_dir>/squall.db; or sqlite:///path, postgresql://…
+    database_pool_size: int = 10  # PostgreSQL connections each process may hold at once
+    database_timeout: float = 10.0  # seconds a PostgreSQL operation may take, waiting for a connection included
     bus: str = "local"  # "local" (in-process) or redis://host:port/db (rediss:// for TLS)
     bus_prefix: str = "squall:"  # starts every Redis channel name: Squalls sharing a Redis keep apart
     secret: str = ""  # token signing key; "" → generated once into <data_dir>/secret
@@ -189,6 +191,8 @@ FIELD_HELP: dict[str, str] = {
     "listen": "HOST:PORT the processor listens on",
     "data_dir": "folder for the SQLite database, the secret and the outbox",
     "database": "sqlite:///PATH or postgresql://… (default: SQLite in the data folder)",
+    "database_pool_size": "PostgreSQL connections each process may hold at once",
+    "database_timeout": "seconds a PostgreSQL operation may take before it fails as unavailable",
     "bus": "'local' or redis://HOST:PORT/DB (rediss:// for TLS)",
     "bus_prefix": "prefix of every Redis channel name (default 'squall:')",
     "secret": "key that signs session tokens (default: generated into the data folder)",
@@ -291,6 +295,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("preview_concurrency", 0, False), ("notify_delay", 0, True), ("mail_retry_min", 0, False),
     ("header_timeout", 0, False), ("idle_timeout", 0, False),
     ("queue_claim_idle", 0, False), ("queue_max_len", 0, False),
+    ("database_pool_size", 0, False), ("database_timeout", 0, False),
     ("send_rate_per_ip", 0, False), ("send_burst_per_ip", 0, False), ("join_rate", 0, False),
     ("join_burst", 0, False), ("join_rate_per_user", 0, False), ("join_burst_per_user", 0, False),
     ("session_rate_per_ip", 0, False), ("session_burst_per_ip", 0, False),
@@ -351,8 +356,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("loop = 'uvloop' needs the uvloop package: pip install 'squall[uvloop]'")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
-    if settings.database and not settings.database.startswith("sqlite:///"):
-        raise ConfigError(f"database must be sqlite:///PATH (or empty), got {settings.database!r}")
+    _check_database(settings.database)
     if settings.bus != "local":
         if not settings.bus.startswith(("redis://", "rediss://")):
             raise ConfigError(f"bus must be 'local' or redis://HOST:PORT/DB, got {settings.bus!r}")
@@ -389,6 +393,28 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...], *, bare: bool = Fa
         raise ConfigError(f"{name}: {url!r} is not a {' or '.join(schemes)} URL with a host")
     if bare and (parts.path not in ("", "/") or parts.query or parts.fragment):
         raise ConfigError(f"{name}: {url!r} must be scheme://host[:port], without a path")
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _check_database(url: str) -> None:
+    from .store import redacted_url
+
+    if not url or url.startswith("sqlite:///"):
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in POSTGRES_SCHEMES:
+        raise ConfigError(
+            f"database must be sqlite:///PATH, postgresql://USER@HOST:PORT/NAME (or empty),"
+            f" got {redacted_url(url)!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"database: {redacted_url(url)!r} has a bad port: {exc}") from None
+    if importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError("database = postgresql://… needs the asyncpg package: pip install 'squall[postgres]'")
 
 
 def _check_stages(stages: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@
     │   ├── RateLimited        too many sends, joins or sessions too fast (HTTP 429)
     │   │   └── TooManyConnections  too many open connections, per address or in all (429/503)
     │   ├── Unavailable        the processor could not be reached in time (HTTP 503)
+    │   │   └── StoreUnavailable  the database could not be reached, even on a fresh connection
     │   └── Internal           a server fault, told without details (HTTP 500)
     ├── LineTooLong            a processor-link line went over ``max_line`` bytes
     ├── HandshakeFailed        a processor-link peer that did not authenticate; carries a ``code``
@@ -49,6 +50,7 @@ __all__ = [
     "TooManyConnections",
     "retry_after_header",
     "Unavailable",
+    "StoreUnavailable",
     "Internal",
     "LineTooLong",
     "HandshakeFailed",
@@ -178,6 +180,19 @@ class TooManyConnections(RateLimited):
 class Unavailable(ClientError):
     status = 503
     default_code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """The store lost its database connection and could not do the operation on
+    a fresh one either (PostgreSQL restarted, its backends terminated, the
+    network down, ``database_timeout`` passed). The peer may retry: a send with
+    the same id is stored once, whatever the first try did. The cause is
+    logged; the reason sent is always the same."""
+
+    REASON = "the database is unavailable; retry (a send with the same id)"
+
+    def __init__(self) -> None:
+        super().__init__(self.REASON)
 
 
 class Internal(ClientError):

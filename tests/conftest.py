@@ -6,6 +6,10 @@ fails instead: CI must not pass because Chromium or a server was missing.
 ``server`` is one ``squall run`` per test module. A module tunes it with a
 module-level ``SQUALL_ENV`` dict of ``SQUALL_*`` variables; tests in a module
 share the server, so each uses rooms of its own.
+
+``postgres_url`` is a PostgreSQL database of the test's own (tests/pg_support.py),
+skipped with a hint where there is no server; ``store_url`` runs a test once on
+SQLite and once on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Generator, Iterator
 import pytest
 from hypothesis import settings
 
+from pg_support import temporary_database
 from support import REDIS_SERVER_SKIP, REDIS_SKIP, REDIS_URL, RedisServer, SquallProcess, redis_reachable, squall_server
 
 # Hypothesis fails an example that takes over 200 ms by default: a speed test in
@@ -101,3 +106,20 @@ def redis_prefix() -> Iterator[str]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new PostgreSQL database, dropped after the test; mark the test ``postgres``."""
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database URL for each store: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'squall.db'}"
+        return
+    with temporary_database() as url:
+        yield url

@@ -97,6 +97,17 @@ class MailRecorder:
                     )
                 self._changed.wait(remaining)
 
+    def wait_until(self, done: Callable[[list[Mail]], bool], timeout: float = TIMEOUT) -> list[Mail]:
+        """Block until ``done(every mail so far)`` holds; returns those mails."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not done(self.mails):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{len(self.mails)} mail(s) within {timeout} s, not what was awaited")
+                self._changed.wait(remaining)
+            return list(self.mails)
+
     async def wait_for_async(self, address: str, count: int = 1, timeout: float = TIMEOUT) -> list[Mail]:
         return await asyncio.to_thread(self.wait_for, address, count, timeout)
 

@@ -116,6 +116,9 @@ def test_boolean_spellings(raw: str, value: bool) -> None:
     ({"SQUALL_BUS_PREFIX": "a b"}, ["bus_prefix"]),
     ({"SQUALL_BUS_MAX_QUEUE": "0"}, ["bus_max_queue"]),
     ({"SQUALL_BUS_PING_INTERVAL": "0"}, ["bus_ping_interval"]),
+    ({"SQUALL_DATABASE": "postgresql://db:99999/chat"}, ["database", "bad port"]),
+    ({"SQUALL_DATABASE_POOL_SIZE": "0"}, ["database_pool_size"]),
+    ({"SQUALL_DATABASE_TIMEOUT": "0"}, ["database_timeout"]),
     ({"SQUALL_PUBLIC_URL": "chat.example.org"}, ["public_url"]),
     ({"SQUALL_PUBLIC_URL": "https://chat.example.org:99999"}, ["public_url"]),
     ({"SQUALL_ALLOWED_ORIGINS": "https://a.example/path"}, ["allowed_origins"]),
@@ -261,3 +264,14 @@ def test_run_mode_uses_one_processor_address() -> None:
     assert given_processor.listen == given_processor.processor == "127.0.0.1:7000"
     given_listen = _one_processor_address(Settings(listen="127.0.0.1:7001"))
     assert given_listen.listen == given_listen.processor == "127.0.0.1:7001"
+
+
+def test_a_postgresql_url_is_accepted_and_its_password_never_shown() -> None:
+    for url in ("postgresql://squall:pw@db.internal:5432/chat", "postgres:///chat?host=/run/postgresql"):
+        assert load_settings({"database": url}, environ={}).database_url == url
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"database": "mysql://squall:hunter2@db/chat"}, environ={})
+    assert "hunter2" not in str(caught.value) and "squall:***@db" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"database": "postgresql://squall:hunter2@db:99999/chat"}, environ={})
+    assert "hunter2" not in str(caught.value)

@@ -149,3 +149,20 @@ def test_run_refuses_a_processor_port_in_use(tmp_path: Path, busy_port: int) -> 
     assert status == 2
     assert_one_line(lines, "squall run:", "listen", str(busy_port), "in use")
     assert not leftover_children(tmp_path)
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    ("processor", ("--listen", "127.0.0.1:0")),
+    ("web", ("--port", "0")),
+])
+def test_an_unreachable_database_stops_start_up_without_showing_its_password(
+    tmp_path: Path, command: str, args: tuple[str, ...]
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    url = f"postgresql://squall:hunter2@127.0.0.1:{port}/chat"
+    status, lines, _ = squall(tmp_path, command, "--database", url, *args)
+    assert status == 2
+    assert_one_line(lines, f"squall {command}:", "database", "cannot connect", "squall:***@")
+    assert "hunter2" not in lines[0]

@@ -1,21 +1,15 @@
-"""squall/store/sqlite.py on a real SQLite file: idempotent batches, and a
-duplicate check that stays an index lookup however long the history grows."""
+"""squall/store/sqlite.py on a real SQLite file: a duplicate check that stays an
+index lookup however long the history grows. What every store does is in
+test_store.py."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from support import run_async
 
-from squall.message import Draft
 from squall.store.sqlite import SQLiteStore, earlier_copies_sql
-
-
-def draft(room: str, nick: str, cid: str) -> Draft:
-    return Draft(room=room, nick=nick, id=cid, body=f"body of {cid}", ts=1)
 
 
 def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
@@ -34,66 +28,3 @@ def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
     details = " | ".join(str(row[-1]) for row in plan)
     assert "USING INDEX messages_by_client_id" in details, details
     assert "SCAN m" not in details and "SCAN messages" not in details, details
-
-
-def test_batches_store_each_client_id_once(tmp_path: Path) -> None:
-    run_async(_batches(SQLiteStore(str(tmp_path / "squall.db"))))
-
-
-async def _batches(store: SQLiteStore) -> None:
-    await store.open()
-    try:
-        first = await store.save_messages([draft("r", "Ann", "a"), draft("r", "ann", "a"), draft("r", "Bob", "a")])
-        # Ann and ann are one nick; Bob's "a" is another message.
-        assert [(d.seq, d.duplicate) for d in first] == [(1, False), (1, True), (2, False)]
-        again = await store.save_messages([draft("r", "Bob", "a"), draft("r", "Ann", "b"), draft("s", "Ann", "a")])
-        assert [(d.room, d.seq, d.duplicate) for d in again] == [("r", 2, True), ("r", 3, False), ("s", 1, False)]
-        assert again[0].body == "body of a"
-    finally:
-        await store.close()
-
-
-def test_a_message_without_a_nick_is_refused(tmp_path: Path) -> None:
-    """The last line behind the web node's authentication: no author, no message."""
-    store = SQLiteStore(str(tmp_path / "squall.db"))
-
-    async def scenario() -> None:
-        await store.open()
-        try:
-            for nick in ("", "   "):
-                with pytest.raises(ValueError, match="no nick"):
-                    await store.save_messages([draft("r", "ann", "a1"), draft("r", nick, "a2")])
-                with pytest.raises(ValueError, match="no nick"):
-                    await store.save_user(nick)
-            assert await store.last_seq("r") == 0
-            assert await store.messages_after("r", 0, 10) == []
-        finally:
-            await store.close()
-
-    run_async(scenario())
-
-
-def test_guests_are_forgotten_once_their_last_session_is_old(tmp_path: Path) -> None:
-    path = tmp_path / "squall.db"
-    run_async(_guests(SQLiteStore(str(path)), path))
-
-
-async def _guests(store: SQLiteStore, path: Path) -> None:
-    await store.open()
-    try:
-        for nick in ("Old", "Back", "Mailed", "Member", "Fresh"):
-            await store.save_user(nick)
-        await store.set_email("mailed", "m@example.com")
-        await store.mark_seen([("old", "r", 3), ("fresh", "r", 4)])
-        with sqlite3.connect(path) as db:  # as if a month had passed for all but Fresh
-            db.execute("UPDATE users SET created = 0 WHERE nick_key != 'fresh'")
-            db.execute("UPDATE users SET password_hash = 'x' WHERE nick_key = 'member'")
-        assert await store.save_user("back") == "Back"  # a new session: its clock restarts
-        assert await store.forget_guests(last_session_before=100) == 1
-        found = await store.find_users(["old", "back", "mailed", "member", "fresh"])
-        assert sorted(found) == ["back", "fresh", "mailed", "member"]
-        with sqlite3.connect(path) as db:
-            assert db.execute("SELECT nick_key FROM seen").fetchall() == [("fresh",)]
-        assert await store.forget_guests(last_session_before=100) == 0
-    finally:
-        await store.close()

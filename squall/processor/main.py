@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..handshake import link_key
 from ..metrics import ProcessorMetrics
 from ..pipeline.mail import Deliverer, OutboxDeliverer, SmtpDeliverer
-from ..store import open_store
+from ..store import open_store, redacted_url
 from ..web.auth import load_or_create_secret
 from ..web.operations import processor_operations_app
 from .notifier import Notifier
@@ -122,7 +122,9 @@ async def serve_processor(
     except ConfigError:
         _close(sockets)
         raise
-    store = open_store(settings.database_url)
+    store = open_store(
+        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+    )
     metrics = ProcessorMetrics()
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
@@ -150,8 +152,10 @@ async def serve_processor(
     except BaseException as exc:
         await pipeline.close()
         _close(sockets + operations)
-        if isinstance(exc, Exception):
-            raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
+        if isinstance(exc, Exception) and not isinstance(exc, ConfigError):
+            raise ConfigError(
+                f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
+            ) from None
         raise
     server.add_sockets(sockets)
     operations_server: HTTPServer | None = None
@@ -198,7 +202,9 @@ async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | 
     from ..queue import redacted_url
     from ..queue.worker import QueueWorker
 
-    store = open_store(settings.database_url)
+    store = open_store(
+        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+    )
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
         mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
@@ -221,7 +227,9 @@ async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | 
     except BaseException as exc:
         await pipeline.close()
         if isinstance(exc, Exception):
-            raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
+            raise ConfigError(
+                f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
+            ) from None
         raise
     try:
         await worker.open()

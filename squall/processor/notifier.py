@@ -8,12 +8,19 @@ raise the user's read marker for the room.
 
 The :class:`Notifier` wakes when the earliest notification falls due (or when
 a mention is stored, or a read marker moves). For each user with a due
-notification it takes *all* of that user's pending ones — the mentions that
+notification it claims *all* of that user's pending ones — the mentions that
 piled up — drops those the user has seen, and sends one e-mail for the rest.
 Only after the deliverer accepted it are the notifications marked sent, so a
 processor restart neither loses one (it is in the store) nor, short of a crash
 in the middle of a delivery, repeats one. A delivery failure postpones them
 with capped exponential back-off.
+
+Every processor runs a notifier, and they may share one store. The claim keeps
+them apart: a claimed notification is nobody else's until the claim runs out
+(:data:`~squall.store.NOTIFICATION_CLAIM_MS`), and a delivery is given at most
+half of that, so a claim never runs out while its e-mail is being sent. A
+notifier that dies holding a claim leaves its notifications to the others once
+the claim has run out.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ..backoff import backoff_delay
 from ..message import Draft
 from ..pipeline.mail import Deliverer, PendingMention, compose
 from ..pipeline.notify import may_have_queued, plan
-from ..store import Notification, Store
+from ..store import NOTIFICATION_CLAIM_MS, Notification, Store
 
 __all__ = ["Notifier"]
 
@@ -38,6 +45,7 @@ log = logging.getLogger("squall.notify")
 # Longest the notifier sleeps without checking the store, in case a clock jumped.
 MAX_IDLE_SECONDS = 60.0
 USERS_PER_ROUND = 100
+DELIVERY_TIMEOUT = NOTIFICATION_CLAIM_MS / 1000 / 2  # seconds one e-mail delivery may take
 
 
 def _now_ms() -> int:
@@ -115,7 +123,10 @@ class Notifier:
         due = await self.store.due_notifications(_now_ms(), USERS_PER_ROUND)
         users = list(dict.fromkeys(n.nick_key for n in due))
         for key in users:
-            await self._notify_user(await self.store.pending_notifications(key))
+            now = _now_ms()
+            claimed = await self.store.claim_notifications(key, now_ms=now, until_ms=now + NOTIFICATION_CLAIM_MS)
+            if claimed:
+                await self._notify_user(claimed)
 
     async def _notify_user(self, pending: list[Notification]) -> None:
         decided = plan(pending)
@@ -138,7 +149,8 @@ class Notifier:
         )
         key = f"mention-{user.nick_key}-{min(n.id for n in unseen)}-{max(n.id for n in unseen)}"
         try:
-            await self.deliverer.deliver(message, key=key)
+            # Bounded well inside the claim: past it another notifier could send it too.
+            await asyncio.wait_for(self.deliverer.deliver(message, key=key), DELIVERY_TIMEOUT)
         except Exception as exc:
             attempt = max(n.attempts for n in unseen) + 1
             delay = backoff_delay(attempt - 1, low=self.retry_min, high=self.retry_max, rand=random.random())

@@ -10,7 +10,8 @@ callable is used as it is. docs/pipeline.md has a worked example.
 
 A stage that raises anything but ``Rejected`` is logged and the message is
 rejected with code ``internal``; the next message runs through the chain as
-usual.
+usual. :class:`~squall.errors.StoreUnavailable` (the database could not be
+reached) is rejected with ``unavailable`` instead: the sender may retry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Settings
-from ..errors import ConfigError, Rejected
+from ..errors import ConfigError, Rejected, StoreUnavailable
 from ..message import Draft
 from ..store import Store
 from . import stages
@@ -153,6 +154,8 @@ class Pipeline:
                 raise
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                raise Rejected(exc.reason, code=exc.code) from None
             except Exception:
                 log.exception("stage %s failed on message %s/%s", name, message.room, message.id)
                 raise Rejected(

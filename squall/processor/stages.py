@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, FilterFileError, Rejected
+from ..errors import ConfigError, FilterFileError, Rejected, StoreUnavailable
 from ..message import Draft
 from ..metrics import ProcessorMetrics
 from ..pipeline.filter import Action, FilterFile
@@ -233,6 +233,13 @@ class BatchWriter:
                 del self._queue[: self.max_batch]
                 try:
                     saved = await self._commit([message for message, _ in batch])
+                except StoreUnavailable as exc:
+                    # No message is to blame: each sender gets `unavailable` and may retry.
+                    log.warning("storing %d messages failed: the database is unavailable", len(batch))
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
                 except Exception as exc:
                     if len(batch) == 1:
                         self._fail(batch[0], exc)

@@ -1,9 +1,11 @@
 """Where messages live: the :class:`Store` interface and :func:`open_store`.
 
 Everything above the store (hub, web node, processor) talks to this interface
-only, so SQLite today and PostgreSQL later are interchangeable. The store is the
-source of truth: it assigns each room's ``seq`` and refuses to store the same
-``(room, nick, id)`` twice.
+only, so SQLite (the embedded default, :mod:`.sqlite`) and PostgreSQL
+(:mod:`.postgres`, for several processors and web nodes) are interchangeable.
+The store is the source of truth: it assigns each room's ``seq`` — 1, 2, 3…
+with no gap and no duplicate, however many processors commit to the room at
+once — and refuses to store the same ``(room, nick, id)`` twice.
 """
 
 from __future__ import annotations
@@ -11,11 +13,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..message import Draft
 
-__all__ = ["Store", "open_store", "Notification", "User", "GuestSession", "Registration"]
+__all__ = [
+    "Store", "open_store", "redacted_url", "Notification", "User", "GuestSession", "Registration",
+    "NOTIFICATION_CLAIM_MS",
+]
+
+# How long a notifier owns the notifications it claimed (ms): another notifier
+# takes them over only after this, if the first died before it finished them.
+# Far longer than the notifier lets one delivery take (half of it).
+NOTIFICATION_CLAIM_MS = 10 * 60 * 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,23 +179,59 @@ class Store(Protocol):
     async def mark_seen(self, marks: Sequence[tuple[str, str, int]]) -> None:
         """Raise users' read markers: ``(nick_key, room, seq)``; never lowers one."""
 
-    async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]: ...
+    # -- the mention-mail queue (squall/processor/notifier.py) --
+    #
+    # Several notifiers (one per processor) may share the queue. A notifier
+    # claims a user's pending notifications before it mails them: a claim
+    # holds until ``claimed_until`` (ms), and no other notifier sees or claims
+    # them meanwhile. Finishing or postponing them ends the claim; a notifier
+    # that dies holding one loses it when it runs out.
 
-    async def pending_notifications(self, key: str) -> list[Notification]: ...
+    async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]:
+        """Pending notifications due by ``now_ms`` that nobody has claimed, oldest due first."""
 
-    async def next_notification_due(self) -> int | None: ...
+    async def claim_notifications(self, key: str, *, now_ms: int, until_ms: int) -> list[Notification]:
+        """Claim every pending notification of user ``key`` (due or not) that
+        nobody has claimed, until ``until_ms``; returns them oldest first, or
+        nothing if another notifier is claiming this user's right now."""
+
+    async def next_notification_due(self) -> int | None:
+        """When the earliest pending notification may be claimed (its due time,
+        or its claim's end), in ms; None when none is pending."""
 
     async def finish_notifications(self, ids: Sequence[int], state: str) -> None:
         """Mark notifications ``sent`` or ``skipped``."""
 
     async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
-        """Try again at ``due_ms`` (after a delivery failure)."""
+        """Try again at ``due_ms`` (after a delivery failure); ends the claim."""
 
 
-def open_store(url: str) -> Store:
-    """A store for ``url``: ``sqlite:///path``. Call :meth:`Store.open` next."""
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def open_store(url: str, *, pool_size: int = 10, timeout: float = 10.0) -> Store:
+    """A store for ``url``: ``sqlite:///path`` or ``postgresql://…``. Call :meth:`Store.open` next.
+
+    ``pool_size`` and ``timeout`` (seconds) bound PostgreSQL's connection pool
+    and each operation (``database_pool_size``, ``database_timeout``); SQLite
+    has no use for them.
+    """
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
-    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"database = postgresql://… needs the asyncpg package ({exc}): pip install 'squall[postgres]'"
+            ) from None
+        return PostgresStore(url, pool_size=pool_size, timeout=timeout)
+    raise ConfigError(f"unsupported database URL {redacted_url(url)!r}; use sqlite:///PATH or postgresql://…")

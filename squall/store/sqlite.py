@@ -103,6 +103,11 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX sessions_by_user ON sessions (nick_key);
     CREATE INDEX sessions_by_age ON sessions (created);
     """,
+    # 4: a notifier claims a user's notifications before mailing them, so that
+    # several notifiers sharing the queue never mail one twice (ms; 0: free).
+    """
+    ALTER TABLE notifications ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -111,6 +116,10 @@ _T = TypeVar("_T")
 _BUSY_TIMEOUT_MS = 10_000
 
 _COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+# A Notification's fields, from notifications n JOIN users u LEFT JOIN seen s.
+_NOTIFICATION_COLUMNS = (
+    "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
+)
 
 
 def earlier_copies_sql(keys: int) -> str:
@@ -301,32 +310,40 @@ class SQLiteStore:
 
     async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]:
         async with self.db.execute(
-            "SELECT n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts,"
-            " n.due, n.attempts, s.seq FROM notifications n JOIN users u USING (nick_key)"
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications n JOIN users u USING (nick_key)"
             " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
-            " WHERE n.state = 'pending' AND n.due <= ? ORDER BY n.due LIMIT ?",
-            (now_ms, limit),
+            " WHERE n.state = 'pending' AND n.due <= ? AND n.claimed_until <= ? ORDER BY n.due LIMIT ?",
+            (now_ms, now_ms, limit),
         ) as cursor:
             rows = await cursor.fetchall()
         return [Notification(*row) for row in rows]
 
     async def next_notification_due(self) -> int | None:
         async with self.db.execute(
-            "SELECT min(due) FROM notifications WHERE state = 'pending'"
+            "SELECT min(max(due, claimed_until)) FROM notifications WHERE state = 'pending'"
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    async def pending_notifications(self, key: str) -> list[Notification]:
-        """Every pending notification of one user, due or not, oldest first."""
-        async with self.db.execute(
-            "SELECT n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts,"
-            " n.due, n.attempts, s.seq FROM notifications n JOIN users u USING (nick_key)"
-            " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
-            " WHERE n.state = 'pending' AND n.nick_key = ? ORDER BY n.ts",
-            (key,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+    async def claim_notifications(self, key: str, *, now_ms: int, until_ms: int) -> list[Notification]:
+        return await self._in_writer(self._claim_notifications, key, now_ms, until_ms)
+
+    def _claim_notifications(self, key: str, now_ms: int, until_ms: int) -> list[Notification]:
+        # The write lock (BEGIN IMMEDIATE) makes claims of one user one after another.
+        with self._transaction() as db:
+            ids = [row[0] for row in db.execute(
+                "UPDATE notifications SET claimed_until = ?"
+                " WHERE nick_key = ? AND state = 'pending' AND claimed_until <= ? RETURNING id",
+                (until_ms, key, now_ms),
+            )]
+            if not ids:
+                return []
+            rows = db.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications n JOIN users u USING (nick_key)"
+                " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
+                f" WHERE n.id IN ({','.join('?' * len(ids))}) ORDER BY n.ts, n.id",
+                ids,
+            ).fetchall()
         return [Notification(*row) for row in rows]
 
     async def finish_notifications(self, ids: Sequence[int], state: str) -> None:
@@ -334,7 +351,7 @@ class SQLiteStore:
 
     async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
         await self._write(
-            "UPDATE notifications SET due = ?, attempts = attempts + 1 WHERE id = ?",
+            "UPDATE notifications SET due = ?, attempts = attempts + 1, claimed_until = 0 WHERE id = ?",
             [(due_ms, i) for i in ids],
         )
 

@@ -107,7 +107,9 @@ class WebNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.secret = load_or_create_secret(settings.secret, settings.data_dir)
-        self.store: Store = open_store(settings.database_url)
+        self.store: Store = open_store(
+            settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+        )
         self.tokens = TokenCache(
             self.secret, session_active=self.store.session_active,
             max_age_days=settings.token_max_age_days,

@@ -1,0 +1,747 @@
+"""The PostgreSQL store, for several processors and web nodes sharing one database.
+
+Theory of operation. Every operation takes a connection from an asyncpg pool
+(``database_pool_size`` per process), runs in one transaction at READ
+COMMITTED, and gives the connection back. Writes come in batches from the
+processor (group commit), as with SQLite: one transaction stores everything
+that arrived while the previous one ran.
+
+*Seq allocation.* Each room has a counter row, ``rooms.last_seq``. A batch is
+one statement (:data:`SAVE_BATCH_SQL`), so one transaction and one round
+trip. It looks for earlier copies of its client ids; adds the number of its
+new messages to the counter rows of its rooms — an upsert that creates a
+missing row, taking the rows' locks in room-name order so that two batches
+never wait on each other in a circle — and numbers the new messages from the
+old value up; and inserts them. A second processor committing to the same room
+waits at the counter row until the first has committed, then adds to the
+value the first one left (READ COMMITTED: an update that waited for a row
+works on its newest version), so seqs have no duplicate; and since the
+counter moves only in the statement that inserts the messages, a rollback
+takes both back, so they have no gap. What the waiting statement cannot see is
+a copy of one of its own messages that the first one stored meanwhile (its
+snapshot is older): its insert runs into the unique index on ``(room,
+nick_key, cid)``, the statement fails whole, and it is run again, finding the
+copy this time. Not a PostgreSQL sequence: sequences are not transactional (a
+rollback leaves a gap) and would be one per room. Not ``max(seq) + 1`` under
+the primary key: two processors would read the same max and one would fail
+and retry, over and over under load. Not an advisory lock: the counter row is
+a lock already, taken by the statement that moves it, and it needs no hash of
+the room name. The cost: commits to *one* room are one at a time, each holding
+the row's lock until it has committed; group commit makes each of them carry
+many messages. docs/store.md tells the same at more length.
+
+*The mention-mail queue.* A notifier claims one user's pending notifications at
+a time: it locks the user's row with ``FOR UPDATE SKIP LOCKED`` (another
+notifier claiming the same user skips it rather than waiting, and does not take
+half of the user's mentions into a second e-mail), then sets ``claimed_until``
+on every pending notification of the user nobody else holds. See
+:class:`~squall.store.Store` for the claim's life.
+
+*Failures.* A connection that breaks (PostgreSQL restarted, the backend
+terminated, the network gone) fails the operation on it; the operation is run
+once more on a fresh connection, if it broke before the commit was asked for
+(the server rolled it back) or if the operation is idempotent — storing
+messages is: a batch whose commit went through though its answer was lost
+finds its own messages the second time and reports them as already stored. If
+that fails too, or an operation runs past ``database_timeout``, the caller gets
+:class:`~squall.errors.StoreUnavailable` (``unavailable`` to a client, who may
+retry with the same id). Deadlocks and serialization failures, which
+PostgreSQL resolves by aborting one transaction, are retried a few times.
+
+*Schema.* Migrations are numbered as SQLite's are (a version means the same
+tables and columns in both) and kept in ``schema_version``. Every process
+migrates at start-up under an advisory lock, so the first one does it and the
+others find it done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+import orjson
+
+from ..errors import ConfigError, StoreUnavailable
+from ..message import Draft
+from ..protocol import nick_key
+from . import GuestSession, Notification, Registration, User, redacted_url
+
+__all__ = ["PostgresStore", "SCHEMA_VERSION", "SAVE_BATCH_SQL"]
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    _DB: TypeAlias = PoolConnectionProxy[asyncpg.Record]  # one operation's connection
+
+log = logging.getLogger("squall.store")
+
+# The same numbered steps as SQLite's _MIGRATIONS, in PostgreSQL's dialect.
+_MIGRATIONS: list[str] = [
+    # 1: rooms, messages, users.
+    """
+    CREATE TABLE rooms (
+        name TEXT PRIMARY KEY,
+        last_seq BIGINT NOT NULL
+    );
+    CREATE TABLE messages (
+        room TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        nick TEXT NOT NULL,
+        nick_key TEXT NOT NULL,
+        cid TEXT NOT NULL,
+        body TEXT NOT NULL,
+        html TEXT NOT NULL,
+        mentions TEXT NOT NULL,
+        links TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (room, seq)
+    );
+    CREATE UNIQUE INDEX messages_by_client_id ON messages (room, nick_key, cid);
+    CREATE TABLE users (
+        nick_key TEXT PRIMARY KEY,
+        nick TEXT NOT NULL,
+        email TEXT,
+        password_hash TEXT,
+        created BIGINT NOT NULL
+    );
+    """,
+    # 2: link previews, read markers, pending e-mail notifications.
+    """
+    ALTER TABLE messages ADD COLUMN previews TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE seen (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    );
+    CREATE TABLE notifications (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        sender TEXT NOT NULL,
+        body TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        due BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        UNIQUE (nick_key, room, seq)
+    );
+    CREATE INDEX notifications_due ON notifications (state, due);
+    """,
+    # 3: accounts (password_hash is set for registered users, with their
+    # confusable skeleton, unique among them) and revocable sessions.
+    """
+    ALTER TABLE users ADD COLUMN skeleton TEXT;
+    CREATE UNIQUE INDEX users_by_skeleton ON users (skeleton);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        nick_key TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        revoked BIGINT
+    );
+    CREATE INDEX sessions_by_user ON sessions (nick_key);
+    CREATE INDEX sessions_by_age ON sessions (created);
+    """,
+    # 4: a notifier claims a user's notifications before mailing them (ms; 0: free).
+    """
+    ALTER TABLE notifications ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# Advisory lock keys (any 64-bit number no other program uses): one migration
+# at a time; one registration at a time (it checks lookalike nicks among all
+# registered users, which no row lock covers).
+_MIGRATION_LOCK = int.from_bytes(b"squall/m", "big")
+_REGISTRATION_LOCK = int.from_bytes(b"squall/r", "big")
+
+# A connection that broke, or a server that is going away or not there yet:
+# the operation may succeed on a fresh connection. (So may any error on a
+# connection that is closed afterwards; but not asyncpg's InterfaceError in
+# general, which also means a bug such as a wrong argument.)
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08; also "closed in the middle of operation"
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, crash, starting up
+    asyncpg.exceptions.TooManyConnectionsError,
+    OSError,  # refused, reset
+)
+# PostgreSQL aborted one transaction to let another go on (deadlock,
+# serialization failure), or another processor stored a copy of a message
+# since the statement began: run it again.
+CONFLICT_RETRIES = 5
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        return True
+    return isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == _CLIENT_ID_INDEX
+
+_T = TypeVar("_T")
+
+_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+_NOTIFICATION_COLUMNS = (
+    "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
+)
+
+# A batch in one statement, so in one transaction and one round trip: the
+# module's "Seq allocation". $1–$9: the batch's distinct messages, one array
+# per column; $10, $11: (position in the batch, 1-based; mentioned nick_key)
+# pairs for the notifications to queue; $12: their delay in ms. Answers one
+# row per message: its position, then room and seq; room is NULL for a message
+# stored now, and set, with the other columns, for one stored before.
+SAVE_BATCH_SQL = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY
+        AS b(room, nick, nick_key, cid, body, html, mentions, links, ts, n)
+), earlier AS (
+    SELECT b.n, m.room, m.seq, m.nick, m.cid, m.body, m.html, m.mentions, m.links, m.ts, m.previews
+    FROM batch b JOIN messages m ON m.room = b.room AND m.nick_key = b.nick_key AND m.cid = b.cid
+), fresh AS (
+    SELECT b.*, row_number() OVER (PARTITION BY b.room ORDER BY b.n) AS k,
+           count(*) OVER (PARTITION BY b.room) AS total
+    FROM batch b WHERE NOT EXISTS (SELECT FROM earlier e WHERE e.n = b.n)
+), counters AS (
+    -- Locks each room's counter row in name order (creating it), then moves it on.
+    INSERT INTO rooms AS r (name, last_seq)
+    SELECT room, count(*) FROM fresh GROUP BY room ORDER BY room
+    ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq
+    RETURNING name, last_seq
+), numbered AS (
+    SELECT f.*, c.last_seq - f.total + f.k AS seq FROM fresh f JOIN counters c ON c.name = f.room
+), stored AS (
+    INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts)
+    SELECT room, seq, nick, nick_key, cid, body, html, mentions, links, ts FROM numbered
+), queued AS (
+    INSERT INTO notifications (nick_key, room, seq, sender, body, ts, due)
+    SELECT u.nick_key, x.room, x.seq, x.nick, x.body, x.ts, x.ts + $12::bigint
+    FROM unnest($10::bigint[], $11::text[]) AS mention(n, nick_key)
+    JOIN numbered x ON x.n = mention.n
+    JOIN users u ON u.nick_key = mention.nick_key
+    WHERE u.nick_key <> x.nick_key AND u.email IS NOT NULL
+    ON CONFLICT (nick_key, room, seq) DO NOTHING
+)
+SELECT n, NULL::text AS room, seq, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+       NULL::text, NULL::bigint, NULL::text
+FROM numbered
+UNION ALL
+SELECT n, room, seq, nick, cid, body, html, mentions, links, ts, previews FROM earlier
+"""
+# The unique index a copy stored meanwhile by another processor runs into.
+_CLIENT_ID_INDEX = "messages_by_client_id"
+
+# Every connection's settings. asyncpg prepares each statement once per
+# connection; PostgreSQL would soon plan it once for any arguments (a "generic"
+# plan) and keep that plan until the table is next analysed. A plan made while
+# `messages` was empty scans the whole table from then on: 50 ms a batch at
+# 40,000 messages, measured. Planned for each call, with the arguments and the
+# tables' sizes of the moment, a batch costs a fraction of a millisecond more.
+SERVER_SETTINGS = {"application_name": "squall", "plan_cache_mode": "force_custom_plan"}
+
+# Guest rows deleted per transaction by forget_guests.
+_FORGET_SLICE = 1000
+
+
+def _check_author(nick: str, what: str) -> None:
+    """The store's own last line behind authentication: nothing is stored without an author."""
+    if not nick.strip():
+        raise ValueError(f"{what} has no nick ({nick!r}); the store keeps nothing without an author")
+
+
+def _row_to_draft(row: Any) -> Draft:
+    room, seq, nick, cid, body, html, mentions, links, ts, previews = (row[i] for i in range(10))
+    return Draft(
+        room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
+        mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
+        previews=tuple(orjson.loads(previews)),
+    )
+
+
+async def _keep_session(db: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, after rolling back any
+    open transaction: nothing. asyncpg's default (``RESET ALL``, ``UNLISTEN *``,
+    …) is one more round trip per operation, and Squall changes no session
+    state: its advisory locks end with their transactions."""
+
+
+def _is_closed(db: _DB) -> bool:
+    try:
+        return db.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back when it closed
+        return True
+
+
+def _json(values: Iterable[Any]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+class PostgresStore:
+    """The :class:`~squall.store.Store` on PostgreSQL, through an asyncpg pool.
+
+    :param url: ``postgresql://user[:password]@host[:port]/database`` (libpq's
+        URL form, query parameters included).
+    :param pool_size: most connections this process holds at once; default 10.
+    :param timeout: seconds for a connection to be had from the pool (or
+        made), and for each statement; default 10. Past it the operation fails
+        with :class:`~squall.errors.StoreUnavailable`.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore used before open()")
+        return self._pool
+
+    async def open(self) -> None:
+        """Connect and migrate; a database that cannot be reached or used is a :class:`ConfigError`."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout,
+                command_timeout=self.timeout, server_settings=SERVER_SETTINGS, reset=_keep_session,
+            )
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"database = {redacted_url(self.url)!r}: cannot connect: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            await self._run("migrating the schema", self._migrate, idempotent=True)
+        except StoreUnavailable:
+            await self.close()
+            raise ConfigError(f"database = {redacted_url(self.url)!r}: lost while migrating its schema") from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self, db: _DB) -> None:
+        await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = await db.fetchval("SELECT max(version) FROM schema_version") or 0
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"database = {redacted_url(self.url)!r} has schema version {version}, newer than"
+                f" this Squall's {SCHEMA_VERSION}; upgrade Squall"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await db.execute(_MIGRATIONS[number])
+        if version < SCHEMA_VERSION:
+            await db.execute("DELETE FROM schema_version")
+            await db.execute("INSERT INTO schema_version (version) VALUES ($1)", SCHEMA_VERSION)
+            log.info("database schema migrated from version %d to %d", version, SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.timeout)
+            except Exception:  # a pool that cannot close cleanly is cut
+                pool.terminate()
+
+    async def _run(
+        self,
+        what: str,
+        work: Callable[[_DB], Awaitable[_T]],
+        *,
+        idempotent: bool = False,
+        transaction: bool = True,
+    ) -> _T:
+        """``work(connection)`` in one transaction (or, for one statement, none);
+        once more on a fresh connection if the first broke before the commit,
+        or at any point for ``idempotent`` work. See the module's "Failures"."""
+        conflicts = losses = 0
+        while True:
+            # A single statement commits as it runs: if it breaks, it may have.
+            committing = not transaction
+            closed = False
+            try:
+                async with self.pool.acquire(timeout=self.timeout) as db:
+                    try:
+                        if not transaction:
+                            return await work(db)
+                        block = db.transaction()
+                        await block.start()
+                        try:
+                            result = await work(db)
+                        except BaseException:
+                            if not _is_closed(db):
+                                await block.rollback()
+                            raise
+                        committing = True
+                        await block.commit()
+                        return result
+                    except Exception:
+                        closed = _is_closed(db)
+                        raise
+            except asyncio.TimeoutError as exc:
+                log.error("%s: the database did not answer within %g s", what, self.timeout)
+                raise StoreUnavailable() from exc
+            except Exception as exc:
+                if _is_conflict(exc):
+                    conflicts += 1
+                    if conflicts > CONFLICT_RETRIES:
+                        log.error("%s: still conflicting after %d tries (%s)", what, conflicts, exc)
+                        raise StoreUnavailable() from exc
+                    log.info("%s: %s; trying again", what, type(exc).__name__)
+                    continue
+                if not (closed or isinstance(exc, _CONNECTION_LOST)):
+                    raise
+                losses += 1
+                if losses > 1 or (committing and not idempotent):
+                    log.error("%s failed, the database is unavailable: %s: %s", what, type(exc).__name__, exc)
+                    raise StoreUnavailable() from exc
+                log.warning("%s: lost the database connection (%s: %s); trying a fresh one",
+                            what, type(exc).__name__, exc)
+
+    async def _fetch(self, what: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement's rows; run again on a fresh connection if the first broke."""
+        async def work(db: _DB) -> list[asyncpg.Record]:
+            return list(await db.fetch(sql, *args))
+
+        return await self._run(what, work, idempotent=True, transaction=False)
+
+    async def _execute(self, what: str, sql: str, *args: Any, idempotent: bool = True) -> None:
+        """One statement, which commits as it runs."""
+        async def work(db: _DB) -> None:
+            await db.execute(sql, *args)
+
+        await self._run(what, work, idempotent=idempotent, transaction=False)
+
+    # -- messages ---------------------------------------------------------
+
+    async def save_messages(
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+    ) -> list[Draft]:
+        if not drafts:
+            return []
+        for draft in drafts:
+            _check_author(draft.nick, f"message {draft.room}/{draft.id}")
+        batch = list(drafts)
+
+        async def work(db: _DB) -> list[Draft]:
+            return await self._save_batch(db, batch, notify_delay_ms)
+
+        # Idempotent: a retry after a commit whose answer was lost finds the
+        # batch stored and answers with it (marked duplicate).
+        return await self._run(f"storing {len(batch)} messages", work, idempotent=True, transaction=False)
+
+    @staticmethod
+    async def _save_batch(db: _DB, drafts: Sequence[Draft], notify_delay_ms: int | None) -> list[Draft]:
+        keys = [(d.room, nick_key(d.nick), d.id) for d in drafts]
+        position: dict[tuple[str, str, str], int] = {}  # a key's first draft among the distinct ones
+        distinct: list[Draft] = []
+        for draft, key in zip(drafts, keys, strict=True):
+            if key not in position:
+                position[key] = len(distinct)
+                distinct.append(draft)
+        mentioned: tuple[list[int], list[str]] = ([], [])
+        if notify_delay_ms is not None:
+            for n, draft in enumerate(distinct, 1):
+                for nick in draft.mentions:
+                    mentioned[0].append(n)
+                    mentioned[1].append(nick_key(nick))
+        rows = await db.fetch(
+            SAVE_BATCH_SQL,
+            [d.room for d in distinct], [d.nick for d in distinct], [k[1] for k in position],
+            [d.id for d in distinct], [d.body for d in distinct], [d.html for d in distinct],
+            [_json(d.mentions) for d in distinct], [_json(d.links) for d in distinct],
+            [d.ts for d in distinct], *mentioned, notify_delay_ms or 0,
+        )
+        saved: list[Draft] = list(distinct)
+        for row in rows:
+            n = row[0] - 1
+            if row[1] is None:  # stored now
+                saved[n] = dataclasses.replace(distinct[n], seq=row[2])
+            else:
+                saved[n] = dataclasses.replace(_row_to_draft(tuple(row)[1:]), duplicate=True)
+        result: list[Draft] = []
+        answered: set[tuple[str, str, str]] = set()
+        for key in keys:  # a key's second draft in one batch is a duplicate of its first
+            draft = saved[position[key]]
+            result.append(draft if key not in answered else dataclasses.replace(draft, duplicate=True))
+            answered.add(key)
+        return result
+
+    async def last_seq(self, room: str) -> int:
+        rows = await self._fetch("reading a room's last seq", "SELECT last_seq FROM rooms WHERE name = $1", room)
+        return int(rows[0][0]) if rows else 0
+
+    async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
+        rows = await self._fetch(
+            "reading history",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            room, since, limit,
+        )
+        return [_row_to_draft(row) for row in rows]
+
+    async def messages_before(self, room: str, before: int | None, limit: int) -> list[Draft]:
+        bound = before if before is not None else 2**62
+        rows = await self._fetch(
+            "reading history",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+            room, bound, limit,
+        )
+        return [_row_to_draft(row) for row in reversed(rows)]
+
+    async def save_previews(self, room: str, seq: int, previews: Sequence[dict[str, Any]]) -> None:
+        await self._execute(
+            "storing previews", "UPDATE messages SET previews = $1 WHERE room = $2 AND seq = $3",
+            _json(previews), room, seq,
+        )
+
+    async def room_posters(self, room: str, limit: int) -> list[str]:
+        rows = await self._fetch(
+            "reading a room's posters",
+            "SELECT u.nick FROM users u WHERE u.nick_key IN"
+            " (SELECT DISTINCT m.nick_key FROM messages m WHERE m.room = $1) LIMIT $2",
+            room, limit,
+        )
+        return [row[0] for row in rows]
+
+    # -- read markers and the mention-mail queue ------------------------------
+
+    async def mark_seen(self, marks: Sequence[tuple[str, str, int]]) -> None:
+        highest: dict[tuple[str, str], int] = {}
+        for key, room, seq in marks:
+            highest[(key, room)] = max(seq, highest.get((key, room), seq))
+        if not highest:
+            return
+        ordered = sorted(highest.items())  # one lock order for every writer
+        await self._execute(
+            "storing read markers",
+            "INSERT INTO seen (nick_key, room, seq) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
+            " ON CONFLICT (nick_key, room) DO UPDATE SET seq = GREATEST(seen.seq, excluded.seq)",
+            [k for (k, _), _ in ordered], [r for (_, r), _ in ordered], [s for _, s in ordered],
+        )
+
+    async def due_notifications(self, now_ms: int, limit: int) -> list[Notification]:
+        rows = await self._fetch(
+            "reading due notifications",
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications n JOIN users u USING (nick_key)"
+            " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room"
+            " WHERE n.state = 'pending' AND n.due <= $1 AND n.claimed_until <= $1 ORDER BY n.due LIMIT $2",
+            now_ms, limit,
+        )
+        return [Notification(*row) for row in rows]
+
+    async def next_notification_due(self) -> int | None:
+        rows = await self._fetch(
+            "reading the next notification's time",
+            "SELECT min(GREATEST(due, claimed_until)) FROM notifications WHERE state = 'pending'",
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def claim_notifications(self, key: str, *, now_ms: int, until_ms: int) -> list[Notification]:
+        async def work(db: _DB) -> list[Notification]:
+            # The user's row is the claim's lock: SKIP LOCKED, so a notifier
+            # claiming the same user at the same moment gets nothing and moves on.
+            if await db.fetchval("SELECT 1 FROM users WHERE nick_key = $1 FOR UPDATE SKIP LOCKED", key) is None:
+                return []
+            rows = await db.fetch(
+                "WITH claimed AS (UPDATE notifications SET claimed_until = $3"
+                " WHERE nick_key = $1 AND state = 'pending' AND claimed_until <= $2"
+                " RETURNING id, nick_key, room, seq, sender, body, ts, due, attempts)"
+                " SELECT n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts,"
+                " n.due, n.attempts, s.seq FROM claimed n JOIN users u USING (nick_key)"
+                " LEFT JOIN seen s ON s.nick_key = n.nick_key AND s.room = n.room ORDER BY n.ts, n.id",
+                key, now_ms, until_ms,
+            )
+            return [Notification(*row) for row in rows]
+
+        return await self._run("claiming notifications", work)
+
+    async def finish_notifications(self, ids: Sequence[int], state: str) -> None:
+        await self._execute(
+            "finishing notifications", "UPDATE notifications SET state = $1 WHERE id = ANY($2::bigint[])",
+            state, sorted(ids),
+        )
+
+    async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
+        await self._execute(
+            "postponing notifications",
+            "UPDATE notifications SET due = $1, attempts = attempts + 1, claimed_until = 0"
+            " WHERE id = ANY($2::bigint[])",
+            due_ms, sorted(ids), idempotent=False,
+        )
+
+    # -- users, accounts and sessions --------------------------------------------
+
+    async def save_user(self, nick: str) -> str:
+        _check_author(nick, "user")
+        # A guest's `created` moves to its newest session: see forget_guests.
+        rows = await self._fetch(
+            "storing a user",
+            "INSERT INTO users (nick_key, nick, created) VALUES ($1, $2, $3)"
+            " ON CONFLICT (nick_key) DO UPDATE SET created = CASE"
+            " WHEN users.password_hash IS NULL THEN excluded.created ELSE users.created END"
+            " RETURNING nick",
+            nick_key(nick), nick, int(time.time()),
+        )
+        return str(rows[0][0]) if rows else nick
+
+    async def forget_guests(self, last_session_before: int) -> int:
+        async def one_slice(db: _DB) -> int:
+            keys = [row[0] for row in await db.fetch(
+                "DELETE FROM users WHERE nick_key IN (SELECT nick_key FROM users"
+                " WHERE password_hash IS NULL AND email IS NULL AND created < $1 LIMIT $2"
+                " FOR UPDATE SKIP LOCKED) AND password_hash IS NULL AND email IS NULL AND created < $1"
+                " RETURNING nick_key",
+                last_session_before, _FORGET_SLICE,
+            )]
+            if keys:
+                await db.execute("DELETE FROM seen WHERE nick_key = ANY($1::text[])", keys)
+            return len(keys)
+
+        forgotten = 0
+        while True:  # in slices, so that no transaction holds many rows for long
+            deleted = await self._run("forgetting guests", one_slice, idempotent=True)
+            forgotten += deleted
+            if deleted < _FORGET_SLICE:
+                return forgotten
+
+    async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        rows = await self._fetch(
+            "reading users", "SELECT nick_key, nick FROM users WHERE nick_key = ANY($1::text[])", wanted
+        )
+        return {key: nick for key, nick in rows}
+
+    async def get_user(self, key: str) -> User | None:
+        rows = await self._fetch(
+            "reading a user", "SELECT nick, email, password_hash FROM users WHERE nick_key = $1", key
+        )
+        return User(nick=rows[0][0], email=rows[0][1], password_hash=rows[0][2]) if rows else None
+
+    async def set_email(self, key: str, email: str | None) -> None:
+        await self._execute("storing an e-mail address", "UPDATE users SET email = $1 WHERE nick_key = $2", email, key)
+
+    async def registered_lookalike(self, skeletons: Collection[str]) -> str | None:
+        wanted = list(skeletons)
+        if not wanted:
+            return None
+        rows = await self._fetch(
+            "reading lookalike nicks",
+            "SELECT nick FROM users WHERE skeleton = ANY($1::text[]) AND password_hash IS NOT NULL LIMIT 1",
+            wanted,
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def register(
+        self, nick: str, *, password_hash: str, skeleton: str, lookalikes: Collection[str],
+        session_id: str, now: int,
+    ) -> Registration:
+        key = nick_key(nick)
+        wanted = [skeleton, *lookalikes]
+
+        async def work(db: _DB) -> Registration:
+            # One registration at a time, as SQLite's write lock gives: the
+            # lookalike check reads rows a concurrent registration may add.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _REGISTRATION_LOCK)
+            taken = await db.fetchval(
+                "SELECT nick FROM users WHERE password_hash IS NOT NULL"
+                " AND (nick_key = $1 OR skeleton = ANY($2::text[])) LIMIT 1",
+                key, wanted,
+            )
+            if taken is not None:
+                return Registration(taken_by=str(taken))
+            # A guest row of this nick becomes the account; the guest's e-mail
+            # address is not the registrant's.
+            await db.execute(
+                "INSERT INTO users (nick_key, nick, email, password_hash, skeleton, created)"
+                " VALUES ($1, $2, NULL, $3, $4, $5) ON CONFLICT (nick_key) DO UPDATE SET"
+                " nick = excluded.nick, email = NULL, password_hash = excluded.password_hash,"
+                " skeleton = excluded.skeleton",
+                key, nick, password_hash, skeleton, now,
+            )
+            revoked = await self._revoke_all(db, key, now)
+            await db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES ($1, $2, $3)", session_id, key, now
+            )
+            return Registration(taken_by=None, revoked=revoked)
+
+        return await self._run("registering an account", work)
+
+    @staticmethod
+    async def _revoke_all(db: _DB, key: str, now: int) -> tuple[str, ...]:
+        return tuple(row[0] for row in await db.fetch(
+            "UPDATE sessions SET revoked = $1 WHERE nick_key = $2 AND revoked IS NULL RETURNING id", now, key
+        ))
+
+    async def open_guest_session(
+        self, nick: str, session_id: str, *, now: int, takeover: bool
+    ) -> GuestSession | None:
+        key = nick_key(nick)
+
+        async def work(db: _DB) -> GuestSession | None:
+            # The upsert locks the user's row: a registration or another
+            # takeover of this nick waits for this transaction, or it for them.
+            row = await db.fetchrow(
+                "INSERT INTO users (nick_key, nick, created) VALUES ($1, $2, $3)"
+                " ON CONFLICT (nick_key) DO UPDATE SET nick_key = excluded.nick_key"
+                " RETURNING nick, password_hash",
+                key, nick, now,
+            )
+            assert row is not None
+            if row[1] is not None:
+                return None  # registered meanwhile; the upsert changed nothing
+            revoked = await self._revoke_all(db, key, now) if takeover else ()
+            await db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES ($1, $2, $3)", session_id, key, now
+            )
+            return GuestSession(nick=str(row[0]), revoked=revoked)
+
+        return await self._run("opening a guest session", work)
+
+    async def open_session(self, key: str, session_id: str, *, now: int) -> None:
+        await self._execute(
+            "opening a session", "INSERT INTO sessions (id, nick_key, created) VALUES ($1, $2, $3)",
+            session_id, key, now, idempotent=False,
+        )
+
+    async def session_active(self, session_id: str, key: str) -> bool:
+        rows = await self._fetch(
+            "reading a session",
+            "SELECT 1 FROM sessions WHERE id = $1 AND nick_key = $2 AND revoked IS NULL", session_id, key,
+        )
+        return bool(rows)
+
+    async def revoke_session(self, session_id: str, *, now: int) -> None:
+        await self._execute(
+            "revoking a session", "UPDATE sessions SET revoked = $1 WHERE id = $2 AND revoked IS NULL",
+            now, session_id,
+        )
+
+    async def change_password(
+        self, key: str, *, password_hash: str, session_id: str, now: int
+    ) -> tuple[str, ...]:
+        async def work(db: _DB) -> tuple[str, ...]:
+            await db.execute("UPDATE users SET password_hash = $1 WHERE nick_key = $2", password_hash, key)
+            revoked = await self._revoke_all(db, key, now)
+            await db.execute(
+                "INSERT INTO sessions (id, nick_key, created) VALUES ($1, $2, $3)", session_id, key, now
+            )
+            return revoked
+
+        return await self._run("changing a password", work)
+
+    async def update_password_hash(self, key: str, password_hash: str) -> None:
+        await self._execute(
+            "storing a password re-hash",
+            "UPDATE users SET password_hash = $1 WHERE nick_key = $2 AND password_hash IS NOT NULL",
+            password_hash, key,
+        )
+
+    async def forget_sessions(self, created_before: int) -> None:
+        await self._execute("deleting expired sessions", "DELETE FROM sessions WHERE created < $1", created_before)
