@@ -10,8 +10,9 @@ processors listen nowhere: they and the web nodes meet in Redis Streams.
 
 Web node ``i`` listens on ``port + i``. Web nodes share nothing in this
 process: with more than one, their members meet only through a shared bus, so
-``bus = local`` is refused then, as is a SQLite database for processors that do
-not share this machine's disk (they always do here). It is for trying the
+``bus = local`` is refused then. Every part opens the same ``database``: the
+default SQLite file is safe for several processors on one machine (their commits
+take turns), PostgreSQL lets them commit side by side. It is for trying the
 distributed parts and for tests; production runs each part under its own
 service manager (docs/deployment.md).
 """
