@@ -21,8 +21,14 @@ advances a room delivers before it returns (or awaits), so outside the hub no
 room has anything unsent.
 
 A member that joins is first brought up to date from the room's recent buffer
-or the store, page by page, waiting for its outbound buffer to drain between
-pages. It becomes *live* in the same loop step in which its cursor reaches the
+or the store, page by page, each page in chunks of at most
+``catch_up_chunk_bytes`` — a chunk is one :class:`~squall.frames.Batch`, one
+write — waiting for its outbound buffer to drain below its low-water mark
+between chunks, so a chunk always fits under the buffer's limit. Pages are
+shared: members catching up from the same cursor get the same chunks (their
+frames joined once), and a page from the store is read once for all of them
+(:mod:`squall.history`), so a reconnect storm after a restart costs a few
+store reads and a few writes per client, not a read and a write per message. It becomes *live* in the same loop step in which its cursor reaches the
 room's ``last_seq`` — no ``await`` between that check and joining the live set —
 so it sees every message exactly once at the seam between backlog and live.
 
@@ -43,13 +49,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Protocol
 
 import orjson
 
 from .frames import Batch, Broadcast
+from .history import SharedReads
 from .message import Draft
 from .protocol import nick_key
 from .store import Store
@@ -61,6 +68,9 @@ log = logging.getLogger("squall.hub")
 # A room with nobody in it stays open this long, so that long-pollers who come
 # back between polls find its recent buffer instead of going to the store.
 ROOM_IDLE_SECONDS = 120.0
+# Catch-up pages, cut into chunks, kept for the next member at the same cursor
+# (each chunk holds its frames joined once): a few rooms' worth.
+SHARED_PAGES = 32
 
 
 class Member(Protocol):
@@ -98,6 +108,20 @@ def encode_poll_body(messages: Sequence[Broadcast], since: int) -> bytes:
     """
     cursor = messages[-1].seq if messages else since
     return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % (cursor or 0)
+
+
+def _chunks(messages: list[Broadcast], max_bytes: int) -> list[Batch]:
+    """``messages`` cut into batches of at most ``max_bytes`` of payload (one
+    message at least), in order."""
+    chunks: list[Batch] = []
+    start = size = 0
+    for index, message in enumerate(messages):
+        size += len(message.payload)
+        if size > max_bytes and index > start:
+            chunks.append(Batch(messages[start:index]))
+            start, size = index, len(message.payload)
+    chunks.append(Batch(messages[start:]))
+    return chunks
 
 
 class PollAnswer:
@@ -175,12 +199,17 @@ class Hub:
         recent_per_room: int = 256,
         backlog_page: int = 200,
         history_on_join: int = 50,
+        catch_up_chunk_bytes: int = 64 * 1024,
     ) -> None:
         self.store = store
         self.recent_per_room = recent_per_room
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
         self.rooms: dict[str, Room] = {}
+        self.catch_up_chunk_bytes = catch_up_chunk_bytes
+        self.reads = SharedReads(store, broadcast_from_draft)
+        # (room, since, last seq) → that page in chunks, shared by members catching up
+        self._pages: OrderedDict[tuple[str, int, int], list[Batch]] = OrderedDict()
 
     # -- opening rooms --------------------------------------------------
 
@@ -223,6 +252,7 @@ class Hub:
                 self._deliver_unsent(room)  # what came before it goes first
                 if broadcast.kind == "update":
                     self._apply_update(room, broadcast)
+                    self._forget_pages(room.name)
                 for member in list(room.live):
                     member.deliver(broadcast)
                 continue
@@ -357,21 +387,42 @@ class Hub:
 
     async def _catch_up(self, member: Member, room: Room, cursor: int) -> None:
         while cursor < room.last_seq:
-            batch = await self.read_after(room, cursor, self.backlog_page)
+            chunks = await self._page_after(room, cursor, self.backlog_page)
             if member.closed or not member.subscribed(room.name):
                 return
-            for broadcast in batch:
-                if broadcast.seq is not None and broadcast.seq > cursor:
-                    member.deliver(broadcast)
-                    cursor = broadcast.seq
-                    await member.drain()
-                    if member.closed or not member.subscribed(room.name):
-                        return
-            if not batch:
+            if not chunks:
                 break
+            for chunk in chunks:
+                member.deliver_batch(chunk)
+                cursor = chunk.last_seq
+                await member.drain()
+                if member.closed or not member.subscribed(room.name):
+                    return
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None
+
+    async def _page_after(self, room: Room, since: int, limit: int) -> list[Batch]:
+        """The messages after ``since``, from memory if it reaches back, else the
+        store, in chunks shared with every member that asks for the same page."""
+        messages = room.recent_after(since, limit)
+        if messages is None:
+            messages = await self.reads.after(room.name, since, limit)
+        if not messages:
+            return []
+        key = (room.name, since, messages[-1].seq or 0)
+        chunks = self._pages.get(key)
+        if chunks is None:
+            chunks = self._pages[key] = _chunks(messages, self.catch_up_chunk_bytes)
+            if len(self._pages) > SHARED_PAGES:
+                self._pages.popitem(last=False)
+        return chunks
+
+    def _forget_pages(self, name: str) -> None:
+        """A message of room ``name`` changed (previews): shared pages of it are stale."""
+        self.reads.forget(name)
+        for key in [k for k in self._pages if k[0] == name]:
+            del self._pages[key]
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)
@@ -384,8 +435,7 @@ class Hub:
         in_memory = room.recent_after(since, limit)
         if in_memory is not None:
             return in_memory
-        drafts = await self.store.messages_after(room.name, since, limit)
-        return [broadcast_from_draft(d) for d in drafts]
+        return await self.reads.after(room.name, since, limit)
 
     async def read_before(self, name: str, before: int | None, limit: int) -> list[Broadcast]:
         drafts = await self.store.messages_before(name, before, limit)

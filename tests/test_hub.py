@@ -263,8 +263,10 @@ class HubTest(AsyncTestCase):
         room, cursor = await self.hub.join("r", 0)
         await self.hub.catch_up(member, room, cursor)
         self.assertNotIn(member, room.live)
-        # Catch-up checks after every message whether the member still wants the room.
-        self.assertEqual(member.seqs, [1])
+        # Catch-up checks after every page (one batch, one write) whether the
+        # member still wants the room.
+        self.assertEqual(member.seqs, list(range(1, 201)))
+        self.assertEqual(len(member.batches), 1)
 
     @gen_test(timeout=TIMEOUT)
     async def test_leave_stops_deliveries(self) -> None:

@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tornado.netutil import bind_sockets
 
 from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
+from ..coalesce import Change, Coalescer, encode_presence, encode_typing
 from ..config import Settings
 from ..errors import Misdirected
 from ..frames import Broadcast
@@ -33,7 +34,7 @@ from ..handshake import link_key
 from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
-from ..presence import PresenceTable, Transition
+from ..presence import LocalPresence, Presence, PresenceTable, Transition
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
@@ -113,8 +114,17 @@ class WebNode:
             recent_per_room=settings.recent_per_room,
             backlog_page=settings.backlog_page,
             history_on_join=settings.history_on_join,
+            # A chunk of backlog written after a drain to low water (half of it)
+            # stays well under outbound_bytes.
+            catch_up_chunk_bytes=min(64 * 1024, settings.outbound_bytes // 4),
         )
+        # This node's connections and polls; `room_presence` is what every node's
+        # members see (one node: the same table; docs/presence.md).
         self.presence = PresenceTable(grace=settings.poll_grace)
+        self.room_presence: Presence = LocalPresence(self.presence)
+        self.coalescer = Coalescer(interval=settings.presence_interval)
+        self._presence_timer: asyncio.TimerHandle | None = None
+        self._presence_publishing = False
         self.link = ProcessorLink(
             settings.processor_address,
             key=link_key(self.secret),
@@ -215,6 +225,9 @@ class WebNode:
         for callback in (self._housekeeping, self._heartbeat, self._forget_guests, self._session_pruning):
             if callback is not None:
                 callback.stop()
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+            self._presence_timer = None
         for handler in list(self.websockets):
             handler.close(1001, "server shutting down")
         self.hub.answer_all_waiters()
@@ -295,14 +308,63 @@ class WebNode:
         self.bus.publish(Broadcast(value["room"], None, orjson.dumps(event), kind="update"))
 
     # -- presence -------------------------------------------------------
+    #
+    # Transitions and typing wait in the coalescer; once per presence_interval
+    # the node publishes at most one presence and one typing event per room
+    # (squall/coalesce.py), so a join costs O(1) whatever the room's size.
 
     def announce(self, transitions: list[Transition]) -> None:
+        """Presence transitions of this node's connections, for the next flush."""
+        if not transitions:
+            return
+        now = time.monotonic()
         for room, nick, state in transitions:
-            self.publish_presence(room, nick, state)
+            self.coalescer.presence(room, nick, nick_key(nick), state, now=now)
+        self._schedule_presence()
 
-    def publish_presence(self, room: str, nick: str, state: str) -> None:
-        payload = orjson.dumps({"type": "presence", "room": room, "nick": nick, "state": state})
-        self.bus.publish(Broadcast(room, None, payload, kind="presence"))
+    def typing(self, room: str, nick: str) -> None:
+        """``nick`` is typing in ``room`` (already rate-limited per user and room)."""
+        self.coalescer.typing(room, nick, nick_key(nick), now=time.monotonic())
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        due = self.coalescer.due
+        if due is None or self._presence_timer is not None or self._presence_publishing or self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._presence_timer = loop.call_later(max(0.0, due - time.monotonic()), self._flush_presence)
+
+    def _flush_presence(self) -> None:
+        self._presence_timer = None
+        pending = self.coalescer.take(now=time.monotonic())
+        if not pending:
+            self._schedule_presence()
+            return
+        self._presence_publishing = True
+        asyncio.ensure_future(self._publish_presence(pending.presence, pending.typing))
+
+    async def _publish_presence(
+        self, presence: Mapping[str, Sequence[Change]], typing: Mapping[str, Sequence[str]]
+    ) -> None:
+        """One interval's events: the changes the room-wide view confirms, each
+        room's count, who typed; encoded once each, published together."""
+        try:
+            changed = await self.room_presence.update(presence)
+            counts = await self.room_presence.counts(changed)
+            detail_max = self.settings.presence_detail_max
+            events = [
+                Broadcast(room, None, encode_presence(room, counts[room], changes, detail_max=detail_max),
+                          kind="presence")
+                for room, changes in changed.items() if changes
+            ]
+            events += [Broadcast(room, None, encode_typing(room, nicks), kind="typing")
+                       for room, nicks in typing.items()]
+            self.bus.publish_all(events)
+        except Exception:
+            log.exception("publishing presence failed")
+        finally:
+            self._presence_publishing = False
+            self._schedule_presence()
 
     # -- timers ---------------------------------------------------------
 

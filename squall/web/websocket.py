@@ -59,6 +59,7 @@ from ..errors import (
 )
 from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
+from ..presence import members_fields
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler
 from .streams import receive, take_socket
@@ -543,10 +544,12 @@ class ChatConnection:
             return
         self.rooms[room_name] = cursor
         node.announce(node.presence.connect(room_name, self.nick, self.nick_key))
-        self.send_json({
-            "type": "joined", "room": room_name, "seq": room.last_seq,
-            "members": node.presence.members(room_name),
-        })
+        # The member count and a first page: a room's whole list would make
+        # filling it O(N²). The rest is paged from /members.
+        page = await node.room_presence.page(room_name, after=None, limit=node.settings.members_page)
+        if self.closed or room_name not in self.rooms:
+            return
+        self.send_json({"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)})
         await node.hub.catch_up(self, room, cursor)
 
     def _leave(self, room_name: str) -> None:
@@ -562,7 +565,7 @@ class ChatConnection:
         if now - self.typing_at.get(room_name, -TYPING_INTERVAL) < TYPING_INTERVAL:
             return
         self.typing_at[room_name] = now
-        self.node.publish_presence(room_name, self.nick, "typing")
+        self.node.typing(room_name, self.nick)
 
     # -- hub.Member -----------------------------------------------------
 
