@@ -22,7 +22,12 @@ applies changes as set operations, so a repeated state is harmless.
 
 Big rooms. Above ``detail_max`` members (``presence_detail_max``, 500) an event
 carries the count alone: nobody reads a list of thousands of names going by,
-and a client pages through ``/members`` when it wants names.
+and a client pages through ``/members`` when it wants names. Such a room's
+events are spaced further, :data:`BIG_ROOM_SPACING` seconds apart
+(:meth:`Coalescer.hold`): each of them is a write to thousands of members, and
+a count shown a second late misleads nobody. While 10,000 members reconnect,
+that is one write per member every 2 s instead of four a second, most of the
+cost of a storm's fan-out besides the messages themselves.
 
 Nothing here reads a clock: time comes in as an argument, so pacing is tested
 without a loop.
@@ -36,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import orjson
 
 __all__ = [
-    "Change", "Coalescer", "Pending", "ONLINE", "OFFLINE", "TYPING_NICKS_MAX",
+    "Change", "Coalescer", "Pending", "ONLINE", "OFFLINE", "TYPING_NICKS_MAX", "BIG_ROOM_SPACING",
     "encode_presence", "encode_typing",
 ]
 
@@ -45,6 +50,8 @@ OFFLINE = "offline"
 # At most this many nicks in one typing event: a page shows "several people
 # are typing" past two, and a crowd typing at once must not grow the event.
 TYPING_NICKS_MAX = 10
+# Seconds between two events of a room above the detail threshold (counts only).
+BIG_ROOM_SPACING = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,7 +81,8 @@ class Coalescer:
     next flush is due (``interval`` seconds after the first thing that is
     pending, None when nothing is); call :meth:`take` then, and publish what it
     returns. Anything fed afterwards waits for the flush after that, so a room
-    gets at most one event of each kind per ``interval``.
+    gets at most one event of each kind per ``interval``. :meth:`hold` spaces
+    a room's events further (a big room's count needs no such pace).
     """
 
     def __init__(self, *, interval: float = 0.25) -> None:
@@ -85,12 +93,17 @@ class Coalescer:
         self._presence: dict[str, dict[str, Change]] = {}
         # room → nick_key → nick as spelled
         self._typing: dict[str, dict[str, str]] = {}
-        self._since: float | None = None  # when the oldest pending thing came
+        self._since: float | None = None  # when the oldest pending thing of a room not held came
+        self._held: dict[str, float] = {}  # room → until when nothing of it is taken
 
     @property
     def due(self) -> float | None:
-        """When the pending events should be taken; None if nothing is pending."""
-        return None if self._since is None else self._since + self.interval
+        """When :meth:`take` will next have something; None if nothing is pending."""
+        due = None if self._since is None else self._since + self.interval
+        for room, until in self._held.items():
+            if (room in self._presence or room in self._typing) and (due is None or until < due):
+                due = until
+        return due
 
     def presence(self, room: str, nick: str, key: str, state: str, *, now: float) -> None:
         """``nick`` (casefolded: ``key``) went ``state`` (online or offline) in ``room``."""
@@ -104,7 +117,7 @@ class Coalescer:
             typing = self._typing.get(room)
             if typing is not None:
                 typing.pop(key, None)  # gone: no longer typing either
-        self._pending(now)
+        self._pending(room, now)
 
     def typing(self, room: str, nick: str, key: str, *, now: float) -> None:
         """``nick`` is typing in ``room``. Rate-limit per user before calling this."""
@@ -113,22 +126,37 @@ class Coalescer:
             nicks = self._typing[room] = {}
         if key not in nicks and len(nicks) < TYPING_NICKS_MAX:
             nicks[key] = nick
-        self._pending(now)
+        self._pending(room, now)
+
+    def hold(self, room: str, *, until: float) -> None:
+        """Take nothing of ``room`` before ``until``; what it gets meanwhile waits."""
+        self._held[room] = until
 
     def take(self, *, now: float) -> Pending:
-        """Everything pending, if its flush is due at ``now``; else nothing."""
-        due = self.due
-        if due is None or now < due:
-            return Pending({}, {})
-        presence = {room: list(changes.values()) for room, changes in self._presence.items()}
-        typing = {room: list(nicks.values()) for room, nicks in self._typing.items() if nicks}
-        self._presence = {}
-        self._typing = {}
-        self._since = None
+        """What is due at ``now``: every room's pending events once ``interval``
+        has passed since the first of them, but those of rooms still held."""
+        released = [room for room, until in self._held.items() if until <= now]
+        for room in released:
+            del self._held[room]
+        if self._since is not None and now >= self._since + self.interval:
+            rooms = [r for r in {**self._presence, **self._typing} if r not in self._held]
+        else:
+            rooms = [r for r in released if r in self._presence or r in self._typing]
+        presence: dict[str, list[Change]] = {}
+        typing: dict[str, list[str]] = {}
+        for room in rooms:
+            changes = self._presence.pop(room, None)
+            if changes:
+                presence[room] = list(changes.values())
+            nicks = self._typing.pop(room, None)
+            if nicks:
+                typing[room] = list(nicks.values())
+        if not any(r not in self._held for r in (*self._presence, *self._typing)):
+            self._since = None
         return Pending(presence, typing)
 
-    def _pending(self, now: float) -> None:
-        if self._since is None:
+    def _pending(self, room: str, now: float) -> None:
+        if self._since is None and room not in self._held:
             self._since = now
 
 

@@ -47,8 +47,9 @@ Transition = tuple[str, str, str]
 @dataclasses.dataclass(frozen=True, slots=True)
 class MembersPage:
     """Members of a room in casefolded order from a cursor: ``nicks`` as
-    spelled, ``count`` in the whole room, and ``next``, the cursor of the page
-    after this one (None when this page is the last)."""
+    spelled (shared with other callers: do not change it), ``count`` in the
+    whole room, and ``next``, the cursor of the page after this one (None
+    when this page is the last)."""
 
     count: int
     nicks: list[str]
@@ -108,9 +109,28 @@ class PresenceTable:
         self._rooms_online: dict[str, int] = {}  # nick_key → rooms it is online in
         self._skeletons: dict[str, frozenset[str]] = {}  # nick_key online → its skeletons
         self._by_skeleton: defaultdict[str, set[str]] = defaultdict(set)  # skeleton → nick_keys
+        # room → (limit, nicks, next) of its first page: every join is answered
+        # with it, and while a room fills it rarely changes (see _changed).
+        self._first: dict[str, tuple[int, list[str], str | None]] = {}
 
     def _online(self, room: str, key: str) -> bool:
         return key in self._connections.get(room, ()) or key in self._polls.get(room, ())
+
+    def _changed(self, room: str, key: str) -> None:
+        """``key`` came to or left ``room``: forget the room's first page if that changes it."""
+        first = self._first.get(room)
+        if first is None:
+            return
+        limit, _nicks, after_page = first
+        # The page holds every key up to `after_page` (its last); None: the whole room.
+        if after_page is None or key <= after_page or self.count(room) <= limit:
+            del self._first[room]
+
+    def _spelled(self, key: str, nick: str) -> None:
+        """Remember how ``key`` is spelled now; a new spelling may show on any first page."""
+        if self._spelling.get(key) != nick:
+            self._spelling[key] = nick
+            self._first.clear()
 
     def _came(self, room: str, key: str, nick: str) -> None:
         """``key`` went online in ``room``, one more room for it."""
@@ -118,6 +138,7 @@ class PresenceTable:
         if members is None:
             members = self._members[room] = SortedList()
         members.add(key)
+        self._changed(room, key)
         count = self._rooms_online.get(key, 0)
         self._rooms_online[key] = count + 1
         if count == 0:
@@ -130,6 +151,7 @@ class PresenceTable:
         members = self._members.get(room)
         if members is not None:
             members.discard(key)
+            self._changed(room, key)
             if not members:
                 del self._members[room]
         nick = self._spelling.get(key, key)
@@ -162,7 +184,7 @@ class PresenceTable:
         was_online = self._online(room, key)
         counts = self._connections[room]
         counts[key] = counts.get(key, 0) + 1
-        self._spelling[key] = nick
+        self._spelled(key, nick)
         if was_online:
             return []
         self._came(room, key, nick)
@@ -186,7 +208,7 @@ class PresenceTable:
         """A long-poll arrived; it keeps ``nick`` online until it ends plus ``grace``."""
         was_online = self._online(room, key)
         self._polls[room][key] = now + wait + self.grace
-        self._spelling[key] = nick
+        self._spelled(key, nick)
         if was_online:
             return []
         self._came(room, key, nick)
@@ -216,13 +238,21 @@ class PresenceTable:
         members = self._members.get(room)
         if members is None:
             return MembersPage(0, [], None)
+        if after is None:
+            first = self._first.get(room)
+            if first is not None and first[0] == limit:
+                return MembersPage(len(members), first[1], first[2])
         keys = members.irange(minimum=after, inclusive=(False, True)) if after is not None else iter(members)
         page = list(islice(keys, limit + 1))
         more = len(page) > limit
         if more:
             del page[limit:]
         spelling = self._spelling
-        return MembersPage(len(members), [spelling.get(k, k) for k in page], page[-1] if more else None)
+        nicks = [spelling.get(k, k) for k in page]
+        next_cursor = page[-1] if more else None
+        if after is None:
+            self._first[room] = (limit, nicks, next_cursor)
+        return MembersPage(len(members), nicks, next_cursor)
 
     def members(self, room: str) -> list[str]:
         """Every member of ``room``, sorted by casefolded nick."""

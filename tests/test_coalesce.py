@@ -7,7 +7,7 @@ import json
 import pytest
 
 from squall.coalesce import (
-    OFFLINE, ONLINE, TYPING_NICKS_MAX, Change, Coalescer, encode_presence, encode_typing,
+    OFFLINE, ONLINE, TYPING_NICKS_MAX, Change, Coalescer, Pending, encode_presence, encode_typing,
 )
 
 
@@ -111,3 +111,24 @@ def test_presence_event_carries_changes_up_to_the_detail_threshold_then_counts_o
 
 def test_typing_event_lists_the_nicks() -> None:
     assert json.loads(encode_typing("r", ["Ann", "Bob"])) == {"type": "typing", "room": "r", "nicks": ["Ann", "Bob"]}
+
+
+def test_a_held_room_waits_for_its_hold_while_others_flow() -> None:
+    coalescer = Coalescer(interval=0.25)
+    coalescer.presence("big", "a", "a", ONLINE, now=0.0)
+    coalescer.presence("small", "b", "b", ONLINE, now=0.0)
+    assert set(coalescer.take(now=0.25).presence) == {"big", "small"}
+    coalescer.hold("big", until=2.25)  # its event just went out; the next one not before 2.25
+    coalescer.presence("big", "c", "c", ONLINE, now=0.3)
+    coalescer.typing("big", "d", "d", now=0.4)
+    assert coalescer.due == 2.25
+    coalescer.presence("small", "e", "e", ONLINE, now=0.5)
+    assert coalescer.due == 0.75
+    assert coalescer.take(now=0.75) == Pending({"small": [Change("e", ONLINE)]}, {})
+    assert coalescer.due == 2.25
+    assert not coalescer.take(now=2.0)
+    assert coalescer.take(now=2.25) == Pending({"big": [Change("c", ONLINE)]}, {"big": ["d"]})
+    assert coalescer.due is None
+    # Once the hold is over, the room is paced by the interval again.
+    coalescer.presence("big", "f", "f", ONLINE, now=3.0)
+    assert coalescer.due == 3.25

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from squall.presence import MembersPage, PresenceTable
 
 CYRILLIC_ALICE = "\u0430lice"  # а is U+0430 CYRILLIC SMALL LETTER A
@@ -162,3 +165,31 @@ def test_count_follows_connections_and_polls() -> None:
     table.expire(now=5.0)
     assert table.count("r") == 0 and table.members("r") == []
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["connect", "disconnect", "poll", "expire"]),
+    st.sampled_from(["a", "b"]),  # rooms
+    st.sampled_from(["ann", "Ann", "bob", "cy", "Dee", "dee", "eve", "fox"]),
+    st.floats(min_value=0, max_value=100),
+), max_size=60))
+def test_the_first_page_is_always_what_the_members_say(operations: list[tuple[str, str, str, float]]) -> None:
+    """The first page is kept between joins; whatever happens, it is the room's first members."""
+    table = PresenceTable(grace=5.0)
+    now = 0.0
+    for operation, room, nick, step in operations:
+        now += step / 10
+        if operation == "connect":
+            table.connect(room, nick, nick.casefold())
+        elif operation == "disconnect":
+            table.disconnect(room, nick.casefold())
+        elif operation == "poll":
+            table.poll(room, nick, nick.casefold(), now=now)
+        else:
+            table.expire(now=now)
+        for each in ("a", "b"):
+            everyone = table.members(each)
+            page = table.page(each, limit=3)
+            expected_next = everyone[2].casefold() if len(everyone) > 3 else None
+            assert (page.count, page.nicks, page.next) == (len(everyone), everyone[:3], expected_next)

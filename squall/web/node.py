@@ -26,7 +26,7 @@ from tornado.netutil import bind_sockets
 
 from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
-from ..coalesce import Change, Coalescer, encode_presence, encode_typing
+from ..coalesce import BIG_ROOM_SPACING, Change, Coalescer, encode_presence, encode_typing
 from ..config import Settings
 from ..errors import Misdirected
 from ..frames import Broadcast
@@ -106,6 +106,8 @@ class WebNode:
         self.tokens = TokenCache(
             self.secret, session_active=self.store.session_active,
             max_age_days=settings.token_max_age_days,
+            # Every open connection's token known at once, and room for as many coming back.
+            size=max(10_000, settings.max_connections),
         )
         self.passwords = Passwords()
         self.bus: Bus = open_bus(settings.bus)
@@ -350,7 +352,7 @@ class WebNode:
         room's count, who typed; encoded once each, published together."""
         try:
             changed = await self.room_presence.update(presence)
-            counts = await self.room_presence.counts(changed)
+            counts = await self.room_presence.counts({*changed, *typing})
             detail_max = self.settings.presence_detail_max
             events = [
                 Broadcast(room, None, encode_presence(room, counts[room], changes, detail_max=detail_max),
@@ -360,6 +362,11 @@ class WebNode:
             events += [Broadcast(room, None, encode_typing(room, nicks), kind="typing")
                        for room, nicks in typing.items()]
             self.bus.publish_all(events)
+            # A big room's next events wait longer: each is a write to every member.
+            until = time.monotonic() + BIG_ROOM_SPACING
+            for room, count in counts.items():
+                if count > detail_max:
+                    self.coalescer.hold(room, until=until)
         except Exception:
             log.exception("publishing presence failed")
         finally:

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WebSocketEndpoint", "ChatConnection", "RefusedConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW",
+    "check_upgrade",
 ]
 
 log = logging.getLogger("squall.ws")
@@ -133,32 +134,33 @@ class WebSocketEndpoint(BaseHandler):
         connection.start(leftover)
 
     def _check_upgrade(self) -> str:
-        headers = self.request.headers
-        if headers.get("Upgrade", "").lower() != "websocket":
-            raise BadRequest('Can "Upgrade" only to "WebSocket"')
-        connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        if "upgrade" not in connection_tokens:
-            raise BadRequest('"Connection" must include "Upgrade"')
-        if headers.get("Sec-WebSocket-Version") != "13":
-            raise UpgradeRequired("only WebSocket version 13 is supported")
-        key = headers.get("Sec-WebSocket-Key", "")
-        try:
-            valid = len(base64.b64decode(key, validate=True)) == 16
-        except (binascii.Error, ValueError):
-            valid = False
-        if not valid:
-            raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
-        origin = headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin):
-            raise Forbidden(f"cross-origin WebSocket from {origin[:80]} refused")
-        return key
+        return check_upgrade(self.request.headers.get, self.request.host, self.node.settings.allowed_origins)
 
-    def _origin_allowed(self, origin: str) -> bool:
-        # Cookies ride along on cross-site handshakes; only our own pages (and
-        # configured origins) may open a socket.
-        if origin in self.node.settings.allowed_origins:
-            return True
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+
+def check_upgrade(header: Callable[[str], str | None], host: str, allowed_origins: tuple[str, ...]) -> str:
+    """Check an upgrade request's headers (``header(name)`` reads one) as RFC
+    6455 §4.2.1 asks, and its ``Origin``; returns the ``Sec-WebSocket-Key``, or
+    raises the :class:`ClientError` to answer with."""
+    if (header("Upgrade") or "").lower() != "websocket":
+        raise BadRequest('Can "Upgrade" only to "WebSocket"')
+    connection_tokens = {t.strip().lower() for t in (header("Connection") or "").split(",")}
+    if "upgrade" not in connection_tokens:
+        raise BadRequest('"Connection" must include "Upgrade"')
+    if header("Sec-WebSocket-Version") != "13":
+        raise UpgradeRequired("only WebSocket version 13 is supported")
+    key = header("Sec-WebSocket-Key") or ""
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
+    origin = header("Origin")
+    # Cookies ride along on cross-site handshakes; only our own pages (and
+    # configured origins) may open a socket.
+    if origin is not None and origin not in allowed_origins and urlparse(origin).netloc.lower() != host.lower():
+        raise Forbidden(f"cross-origin WebSocket from {origin[:80]} refused")
+    return key
 
 
 class RefusedConnection:
