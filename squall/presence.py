@@ -128,9 +128,11 @@ class PresenceTable:
 
     def _spelled(self, key: str, nick: str) -> None:
         """Remember how ``key`` is spelled now; a new spelling may show on any first page."""
-        if self._spelling.get(key) != nick:
+        was = self._spelling.get(key)
+        if was != nick:
             self._spelling[key] = nick
-            self._first.clear()
+            if was is not None:  # online already, spelled otherwise: pages may show it
+                self._first.clear()
 
     def _came(self, room: str, key: str, nick: str) -> None:
         """``key`` went online in ``room``, one more room for it."""

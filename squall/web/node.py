@@ -35,6 +35,7 @@ from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..presence import LocalPresence, Presence, PresenceTable, Transition
+from ..turns import Turns
 from ..processor.client import ProcessorLink
 from ..protocol import nick_key
 from ..store import Store, open_store
@@ -50,6 +51,14 @@ log = logging.getLogger("squall.web")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+# Connections the kernel queues for accept(): Tornado's default, 128, drops the
+# SYNs of a reconnect storm (each dropped one costs its client a second or more
+# of retransmission). Linux caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 4096
+# WebSocket joins started per event-loop turn (squall/turns.py): a batch of
+# them, member pages and catch-ups included, takes a few milliseconds, and a
+# live message waits for one batch at most, however many clients come back at once.
+JOINS_PER_TURN = 64
 # How often the node sweeps expired long-poll presence, idle rooms, idle
 # connections and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
@@ -127,6 +136,7 @@ class WebNode:
         self.coalescer = Coalescer(interval=settings.presence_interval)
         self._presence_timer: asyncio.TimerHandle | None = None
         self._presence_publishing = False
+        self.joins: Turns | None = None  # made on start, in the node's loop
         self.link = ProcessorLink(
             settings.processor_address,
             key=link_key(self.secret),
@@ -177,6 +187,7 @@ class WebNode:
         )
 
     async def start(self) -> None:
+        self.joins = Turns(asyncio.get_running_loop(), per_turn=JOINS_PER_TURN)
         await self.store.open()
         await self.bus.start(self.hub.receive_all)
         self.link.start()
@@ -195,7 +206,9 @@ class WebNode:
         self._server.count_in(self.limits, trusted_proxies=self.trusted_proxies)
         # Our own accept loop rather than HTTPServer.listen: it backs off when
         # the process runs out of file descriptors instead of spinning.
-        self._listener = Listener(bind_sockets(settings.port, settings.host), self._accepted)
+        self._listener = Listener(
+            bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG), self._accepted
+        )
         self._listener.start()
         self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()

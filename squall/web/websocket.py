@@ -493,7 +493,7 @@ class ChatConnection:
         elif isinstance(command, Join):
             asyncio.ensure_future(self._join(command))
         elif isinstance(command, Leave):
-            self._leave(command.room)
+            asyncio.ensure_future(self._leave_in_turn(command.room))
         elif isinstance(command, Typing):
             self._typing(command.room)
         elif isinstance(command, Ping):
@@ -515,6 +515,12 @@ class ChatConnection:
         self.send_json({"type": "ack", "id": command.id, "room": command.room, "seq": message["seq"]})
 
     async def _join(self, command: Join) -> None:
+        if self.node.joins is not None:
+            # A storm of joins takes turns with live messages (squall/turns.py).
+            # Leaves queue behind them, so a connection's joins and leaves keep their order.
+            await self.node.joins.wait_turn()
+            if self.closed:
+                return
         room_name = command.room
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
@@ -553,6 +559,12 @@ class ChatConnection:
             return
         self.send_json({"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)})
         await node.hub.catch_up(self, room, cursor)
+
+    async def _leave_in_turn(self, room_name: str) -> None:
+        """A ``leave`` frame: after the joins the connection sent before it."""
+        if self.node.joins is not None:
+            await self.node.joins.wait_turn()
+        self._leave(room_name)
 
     def _leave(self, room_name: str) -> None:
         if self.rooms.pop(room_name, None) is None:
