@@ -28,7 +28,10 @@ between chunks, so a chunk always fits under the buffer's limit. Pages are
 shared: members catching up from the same cursor get the same chunks (their
 frames joined once), and a page from the store is read once for all of them
 (:mod:`squall.history`), so a reconnect storm after a restart costs a few
-store reads and a few writes per client, not a read and a write per message. It becomes *live* in the same loop step in which its cursor reaches the
+store reads and a few writes per client, not a read and a write per message.
+A store read wakes every member waiting on it at once; with ``turns`` they go
+on a batch per event-loop turn (:mod:`squall.turns`), so live messages are not
+held up behind thousands of catch-ups. It becomes *live* in the same loop step in which its cursor reaches the
 room's ``last_seq`` — no ``await`` between that check and joining the live set —
 so it sees every message exactly once at the seam between backlog and live.
 
@@ -60,6 +63,7 @@ from .history import SharedReads
 from .message import Draft
 from .protocol import nick_key
 from .store import Store
+from .turns import Turns
 
 __all__ = ["Hub", "Room", "Member", "Waiter", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
 
@@ -200,6 +204,7 @@ class Hub:
         backlog_page: int = 200,
         history_on_join: int = 50,
         catch_up_chunk_bytes: int = 64 * 1024,
+        turns: Turns | None = None,
     ) -> None:
         self.store = store
         self.recent_per_room = recent_per_room
@@ -207,6 +212,9 @@ class Hub:
         self.history_on_join = history_on_join
         self.rooms: dict[str, Room] = {}
         self.catch_up_chunk_bytes = catch_up_chunk_bytes
+        # A store read wakes every member waiting on it in one turn; they deliver
+        # their pages a batch per turn instead (squall/turns.py).
+        self.turns = turns
         self.reads = SharedReads(store, broadcast_from_draft)
         # (room, since, last seq) → that page in chunks, shared by members catching up
         self._pages: OrderedDict[tuple[str, int, int], list[Batch]] = OrderedDict()
@@ -408,6 +416,8 @@ class Hub:
         messages = room.recent_after(since, limit)
         if messages is None:
             messages = await self.reads.after(room.name, since, limit)
+            if self.turns is not None:
+                await self.turns.wait_turn()
         if not messages:
             return []
         key = (room.name, since, messages[-1].seq or 0)

@@ -21,16 +21,15 @@ __all__ = ["Turns"]
 
 
 class Turns:
-    """Lets jobs proceed, at most ``per_turn`` in one turn of ``loop``, the rest in later turns.
+    """Lets jobs proceed, at most ``per_turn`` in one turn of the running loop, the rest in later turns.
 
     A job awaits :meth:`wait_turn` before its costly part; it returns at once
     while this turn has room, else in a later turn, in the order jobs came.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, per_turn: int) -> None:
+    def __init__(self, *, per_turn: int) -> None:
         if per_turn < 1:
             raise ValueError(f"per_turn must be 1 or more, got {per_turn}")
-        self.loop = loop
         self.per_turn = per_turn
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._admitted = 0  # jobs let through in the current turn
@@ -47,13 +46,13 @@ class Turns:
         if not self._waiting and self._admitted < self.per_turn:
             self._admitted += 1
             return
-        ticket = self.loop.create_future()
+        ticket = asyncio.get_running_loop().create_future()
         self._waiting.append(ticket)
         await ticket
 
     def _schedule(self) -> None:
         if self._next_turn is None:
-            self._next_turn = self.loop.call_soon(self._turn)
+            self._next_turn = asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
         """A new turn: let the next batch of waiting jobs through."""

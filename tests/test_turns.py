@@ -23,8 +23,7 @@ async def _turn_counter(turns: list[int], stop: asyncio.Event) -> None:
 
 def test_at_most_per_turn_jobs_proceed_in_one_turn_in_the_order_they_came() -> None:
     async def scenario() -> tuple[list[int], list[int]]:
-        loop = asyncio.get_running_loop()
-        admission = Turns(loop, per_turn=10)
+        admission = Turns(per_turn=10)
         turn = [0]
         stop = asyncio.Event()
         await _turn_counter(turn, stop)
@@ -51,7 +50,7 @@ def test_at_most_per_turn_jobs_proceed_in_one_turn_in_the_order_they_came() -> N
 
 def test_a_job_alone_proceeds_at_once_and_a_cancelled_one_gives_its_place() -> None:
     async def scenario() -> list[str]:
-        admission = Turns(asyncio.get_running_loop(), per_turn=1)
+        admission = Turns(per_turn=1)
         seen: list[str] = []
 
         async def job(name: str) -> None:
@@ -71,8 +70,5 @@ def test_a_job_alone_proceeds_at_once_and_a_cancelled_one_gives_its_place() -> N
 
 
 def test_per_turn_must_be_positive() -> None:
-    async def make() -> None:
-        Turns(asyncio.get_running_loop(), per_turn=0)
-
     with pytest.raises(ValueError, match="per_turn"):
-        asyncio.run(make())
+        Turns(per_turn=0)

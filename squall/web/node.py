@@ -120,6 +120,8 @@ class WebNode:
         )
         self.passwords = Passwords()
         self.bus: Bus = open_bus(settings.bus)
+        # Joins, and catch-ups woken by a store read, take turns with live messages.
+        self.joins = Turns(per_turn=JOINS_PER_TURN)
         self.hub = Hub(
             self.store,
             recent_per_room=settings.recent_per_room,
@@ -128,6 +130,7 @@ class WebNode:
             # A chunk of backlog written after a drain to low water (half of it)
             # stays well under outbound_bytes.
             catch_up_chunk_bytes=min(64 * 1024, settings.outbound_bytes // 4),
+            turns=self.joins,
         )
         # This node's connections and polls; `room_presence` is what every node's
         # members see (one node: the same table; docs/presence.md).
@@ -135,8 +138,8 @@ class WebNode:
         self.room_presence: Presence = LocalPresence(self.presence)
         self.coalescer = Coalescer(interval=settings.presence_interval)
         self._presence_timer: asyncio.TimerHandle | None = None
+        self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
         self._presence_publishing = False
-        self.joins: Turns | None = None  # made on start, in the node's loop
         self.link = ProcessorLink(
             settings.processor_address,
             key=link_key(self.secret),
@@ -187,7 +190,6 @@ class WebNode:
         )
 
     async def start(self) -> None:
-        self.joins = Turns(asyncio.get_running_loop(), per_turn=JOINS_PER_TURN)
         await self.store.open()
         await self.bus.start(self.hub.receive_all)
         self.link.start()
@@ -344,9 +346,15 @@ class WebNode:
 
     def _schedule_presence(self) -> None:
         due = self.coalescer.due
-        if due is None or self._presence_timer is not None or self._presence_publishing or self.stopping:
+        if due is None or self._presence_publishing or self.stopping:
             return
+        if self._presence_timer is not None:
+            if self._presence_due <= due:
+                return
+            # Set for a held big room's turn; a room not held is due sooner.
+            self._presence_timer.cancel()
         loop = asyncio.get_running_loop()
+        self._presence_due = due
         self._presence_timer = loop.call_later(max(0.0, due - time.monotonic()), self._flush_presence)
 
     def _flush_presence(self) -> None:

@@ -515,12 +515,11 @@ class ChatConnection:
         self.send_json({"type": "ack", "id": command.id, "room": command.room, "seq": message["seq"]})
 
     async def _join(self, command: Join) -> None:
-        if self.node.joins is not None:
-            # A storm of joins takes turns with live messages (squall/turns.py).
-            # Leaves queue behind them, so a connection's joins and leaves keep their order.
-            await self.node.joins.wait_turn()
-            if self.closed:
-                return
+        # A storm of joins takes turns with live messages (squall/turns.py).
+        # Leaves queue behind them, so a connection's joins and leaves keep their order.
+        await self.node.joins.wait_turn()
+        if self.closed:
+            return
         room_name = command.room
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
@@ -562,8 +561,7 @@ class ChatConnection:
 
     async def _leave_in_turn(self, room_name: str) -> None:
         """A ``leave`` frame: after the joins the connection sent before it."""
-        if self.node.joins is not None:
-            await self.node.joins.wait_turn()
+        await self.node.joins.wait_turn()
         self._leave(room_name)
 
     def _leave(self, room_name: str) -> None:
