@@ -27,11 +27,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .report import command_line, machine, table, write_results
+from .joinstorm import register as register_join_storms
+from .report import GOALS, command_line, machine, table, write_results
 from .scenarios import FANOUT_WINDOW, SCENARIOS, Options, Scenario, machine_busy_seconds
 from .serving import loop_factory
 from .targets import COALESCING_CEILING, TARGETS, Target, pin_self
 
+register_join_storms(SCENARIOS, GOALS)  # bench/joinstorm.py
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOCAL_TARGETS = {"ceiling", "squall"}  # the in-process filter scenario has no websockets row
 # With --wait-quiet, a run starts once the rest of the machine uses less than

@@ -80,6 +80,12 @@ class Settings:
     sse_heartbeat: float = 15.0
     recent_per_room: int = 256  # messages each room keeps in memory for pollers and joins
 
+    # Presence (docs/presence.md): batched per room, paged member lists.
+    presence_interval: float = 0.25  # seconds: at most one presence and one typing event per room this often
+    presence_detail_max: int = 500  # rooms with more members get counts only, not each change
+    members_page: int = 100  # members in a `joined` reply, and a /members page by default
+    members_limit_max: int = 1000  # the largest /members page (?limit=)
+
     # Abuse and back-pressure limits.
     send_rate: float = 20.0  # sends per second per user, over all their connections (refill)
     send_burst: int = 40  # that token bucket's size
@@ -286,6 +292,8 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("backlog_page", 0, False), ("poll_wait_default", 0, True), ("poll_wait_max", 0, False),
     ("poll_limit_default", 0, False), ("poll_limit_max", 0, False), ("poll_grace", 0, True),
     ("sse_heartbeat", 0, False), ("recent_per_room", 0, False), ("send_rate", 0, False),
+    ("presence_interval", 0, False), ("presence_detail_max", 0, True), ("members_page", 0, False),
+    ("members_limit_max", 0, False),
     ("send_burst", 0, False), ("outbound_bytes", 0, False), ("close_timeout", 0, False),
     ("socket_send_buffer", 0, True), ("max_rooms_per_connection", 0, False),
     ("token_max_age_days", 0, False), ("max_pending_sends", 0, False), ("send_timeout", 0, False),
@@ -318,6 +326,7 @@ def _check(settings: Settings) -> None:
     _at_most(settings, "poll_wait_default", "poll_wait_max")
     _at_most(settings, "poll_limit_default", "poll_limit_max")
     _at_most(settings, "reconnect_min", "reconnect_max")
+    _at_most(settings, "members_page", "members_limit_max")
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be 0-65535, got {settings.port}")
     for name in ("host", "data_dir"):

@@ -21,8 +21,17 @@ advances a room delivers before it returns (or awaits), so outside the hub no
 room has anything unsent.
 
 A member that joins is first brought up to date from the room's recent buffer
-or the store, page by page, waiting for its outbound buffer to drain between
-pages. It becomes *live* in the same loop step in which its cursor reaches the
+or the store, page by page, each page in chunks of at most
+``catch_up_chunk_bytes`` — a chunk is one :class:`~squall.frames.Batch`, one
+write — waiting for its outbound buffer to drain below its low-water mark
+between chunks, so a chunk always fits under the buffer's limit. Pages are
+shared: members catching up from the same cursor get the same chunks (their
+frames joined once), and a page from the store is read once for all of them
+(:mod:`squall.history`), so a reconnect storm after a restart costs a few
+store reads and a few writes per client, not a read and a write per message.
+A store read wakes every member waiting on it at once; with ``turns`` they go
+on a batch per event-loop turn (:mod:`squall.turns`), so live messages are not
+held up behind thousands of catch-ups. It becomes *live* in the same loop step in which its cursor reaches the
 room's ``last_seq`` — no ``await`` between that check and joining the live set —
 so it sees every message exactly once at the seam between backlog and live.
 
@@ -68,16 +77,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import orjson
 
 from .frames import Batch, Broadcast
+from .history import SharedReads
 from .message import Draft
 from .protocol import nick_key
 from .store import Store
+from .turns import Turns
 
 __all__ = [
     "Hub", "Room", "Member", "Waiter", "PollAnswer", "Subscriptions", "broadcast_from_draft", "encode_poll_body",
@@ -109,6 +120,9 @@ class _NoSubscriptions:
 
     def unsubscribe(self, room: str) -> None:
         pass
+# Catch-up pages, cut into chunks, kept for the next member at the same cursor
+# (each chunk holds its frames joined once): a few rooms' worth.
+SHARED_PAGES = 32
 
 
 class Member(Protocol):
@@ -146,6 +160,20 @@ def encode_poll_body(messages: Sequence[Broadcast], since: int) -> bytes:
     """
     cursor = messages[-1].seq if messages else since
     return b'{"messages":[' + b",".join(m.payload for m in messages) + b'],"seq":%d}' % (cursor or 0)
+
+
+def _chunks(messages: list[Broadcast], max_bytes: int) -> list[Batch]:
+    """``messages`` cut into batches of at most ``max_bytes`` of payload (one
+    message at least), in order."""
+    chunks: list[Batch] = []
+    start = size = 0
+    for index, message in enumerate(messages):
+        size += len(message.payload)
+        if size > max_bytes and index > start:
+            chunks.append(Batch(messages[start:index]))
+            start, size = index, len(message.payload)
+    chunks.append(Batch(messages[start:]))
+    return chunks
 
 
 class PollAnswer:
@@ -229,6 +257,8 @@ class Hub:
         recent_per_room: int = 256,
         backlog_page: int = 200,
         history_on_join: int = 50,
+        catch_up_chunk_bytes: int = 64 * 1024,
+        turns: Turns | None = None,
     ) -> None:
         self.store = store
         self.bus: Subscriptions = bus if bus is not None else _NoSubscriptions()
@@ -241,6 +271,13 @@ class Hub:
         self.deliveries = 0
         self._to_resync: dict[str, None] = {}  # rooms a resync still has to read (ordered set)
         self._resyncing: asyncio.Future[None] | None = None
+        self.catch_up_chunk_bytes = catch_up_chunk_bytes
+        # A store read wakes every member waiting on it in one turn; they deliver
+        # their pages a batch per turn instead (squall/turns.py).
+        self.turns = turns
+        self.reads = SharedReads(store, broadcast_from_draft)
+        # (room, since, last seq) → that page in chunks, shared by members catching up
+        self._pages: OrderedDict[tuple[str, int, int], list[Batch]] = OrderedDict()
 
     # -- opening rooms --------------------------------------------------
 
@@ -336,6 +373,7 @@ class Hub:
     def _apply_update(self, room: Room, update: Broadcast) -> None:
         """Link previews arrived for a message: the copy in memory gets them too,
         so later joins and polls served from memory carry them, as the store does."""
+        self._forget_pages(room.name)  # shared catch-up pages hold the old copy
         event = orjson.loads(update.payload)
         seq = event.get("seq")
         if not room.recent or not isinstance(seq, int):
@@ -535,23 +573,46 @@ class Hub:
 
     async def _catch_up(self, member: Member, room: Room, cursor: int) -> None:
         while cursor < room.last_seq:
-            batch = await self.read_after(room, cursor, self.backlog_page)
+            chunks = await self._page_after(room, cursor, self.backlog_page)
             if member.closed or not member.subscribed(room.name):
                 return
-            for broadcast in batch:
-                if broadcast.seq is not None and broadcast.seq > cursor:
-                    member.deliver(broadcast)
-                    cursor = broadcast.seq
-                    await member.drain()
-                    if member.closed or not member.subscribed(room.name):
-                        return
-            if not batch:
+            if not chunks:
                 break
+            for chunk in chunks:
+                member.deliver_batch(chunk)
+                cursor = chunk.last_seq
+                await member.drain()
+                if member.closed or not member.subscribed(room.name):
+                    return
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None
         if cursor > room.last_seq:
             room.ahead[member] = cursor
+
+    async def _page_after(self, room: Room, since: int, limit: int) -> list[Batch]:
+        """The messages after ``since``, from memory if it reaches back, else the
+        store, in chunks shared with every member that asks for the same page."""
+        messages = room.recent_after(since, limit)
+        if messages is None:
+            messages = await self.reads.after(room.name, since, limit)
+            if self.turns is not None:
+                await self.turns.wait_turn()
+        if not messages:
+            return []
+        key = (room.name, since, messages[-1].seq or 0)
+        chunks = self._pages.get(key)
+        if chunks is None:
+            chunks = self._pages[key] = _chunks(messages, self.catch_up_chunk_bytes)
+            if len(self._pages) > SHARED_PAGES:
+                self._pages.popitem(last=False)
+        return chunks
+
+    def _forget_pages(self, name: str) -> None:
+        """A message of room ``name`` changed (previews): shared pages of it are stale."""
+        self.reads.forget(name)
+        for key in [k for k in self._pages if k[0] == name]:
+            del self._pages[key]
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)
@@ -567,8 +628,7 @@ class Hub:
         in_memory = room.recent_after(since, limit)
         if in_memory is not None and (in_memory or room.known_seq <= since):
             return in_memory
-        drafts = await self.store.messages_after(room.name, since, limit)
-        return [broadcast_from_draft(d) for d in drafts]
+        return await self.reads.after(room.name, since, limit)
 
     async def read_before(self, name: str, before: int | None, limit: int) -> list[Broadcast]:
         drafts = await self.store.messages_before(name, before, limit)

@@ -36,12 +36,15 @@ from .errors import BadRequest, ClientError, Rejected
 __all__ = [
     "Join", "Leave", "Send", "Typing", "Ping", "Command",
     "parse_command", "parse_send_body", "check_room", "check_nick", "nick_key", "check_client_id",
-    "int_param", "float_param", "MAX_CLIENT_ID", "MAX_NICK", "BIDI_CONTROLS", "CANARY_ROOM",
-    "check_link_room",
+    "int_param", "float_param", "member_cursor", "MAX_CLIENT_ID", "MAX_NICK", "MAX_MEMBER_CURSOR",
+    "BIDI_CONTROLS", "CANARY_ROOM", "check_link_room",
 ]
 
 MAX_NICK = 32
 MAX_CLIENT_ID = 64
+# A members cursor is a casefolded nick, and case folding may triple a
+# character's length ("\ufb03", the ffi ligature, folds to "ffi").
+MAX_MEMBER_CURSOR = 3 * MAX_NICK
 _ROOM = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # The room of the readiness canary (``/readyz``): a web node's own messages,
 # sent through processor, store and bus to prove they work. It breaks the room
@@ -309,6 +312,22 @@ def int_param(
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}, got {value}", code="bad_param")
     return value
+
+
+def member_cursor(raw: str | None) -> str | None:
+    """The ``cursor`` query parameter of ``/members``: the ``next`` an earlier
+    page gave (a casefolded nick), or None when absent. Anything that cannot be
+    one — empty, too long, not in casefolded form — is refused."""
+    if raw is None:
+        return None
+    if not raw or len(raw) > MAX_MEMBER_CURSOR or nick_key(raw) != raw:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise BadRequest(
+            f"cursor {shown!r} is not one a members page gave: pass the 'next' of the page before"
+            f" (a casefolded nick, 1-{MAX_MEMBER_CURSOR} characters), or no cursor for the first page",
+            code="bad_param",
+        )
+    return raw
 
 
 def float_param(raw: str | None, name: str, *, default: float, low: float, high: float) -> float:

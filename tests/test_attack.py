@@ -121,8 +121,14 @@ class HealthyPair:
         assert joined["type"] == "joined" and joined["seq"] == 0, joined
         joined = await self.clients[second].join(self.ROOM)
         assert joined["type"] == "joined" and sorted(joined["members"]) == sorted(self.nicks), joined
-        presence = await self.clients[first].recv_json()
-        assert presence == {"type": "presence", "room": self.ROOM, "nick": second, "state": "online"}, presence
+        # Both hear, in the interval's batched presence event, that the second came;
+        # after it, nothing is pending (the pair hears nothing else from here on).
+        for nick in self.nicks:
+            presence = await self.clients[nick].recv_json()
+            while {"nick": second, "state": "online"} not in presence.get("changes", ()):
+                assert presence["type"] == "presence" and presence["count"] == 1, presence
+                presence = await self.clients[nick].recv_json()
+            assert presence["type"] == "presence" and presence["count"] == 2, presence
 
     def token(self, nick: str) -> str:
         return self.tokens[nick]

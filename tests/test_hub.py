@@ -85,11 +85,21 @@ def test_a_poll_body_continues_from_its_last_message_or_its_cursor() -> None:
     assert json.loads(encode_poll_body([], 7)) == {"messages": [], "seq": 7}
 
 
+class CountingStore(SQLiteStore):
+    """The real SQLite store, counting the catch-up reads that reach it."""
+
+    reads_after = 0
+
+    async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
+        self.reads_after += 1
+        return await super().messages_after(room, since, limit)
+
+
 class HubTest(AsyncTestCase):
     def setUp(self) -> None:
         super().setUp()
         self._dir = tempfile.TemporaryDirectory()
-        self.store = SQLiteStore(str(Path(self._dir.name) / "squall.db"))
+        self.store = CountingStore(str(Path(self._dir.name) / "squall.db"))
         self.io_loop.run_sync(self.store.open)
         self.hub = Hub(self.store, recent_per_room=256, backlog_page=200, history_on_join=50)
         self._ids = 0
@@ -263,8 +273,10 @@ class HubTest(AsyncTestCase):
         room, cursor = await self.hub.join("r", 0)
         await self.hub.catch_up(member, room, cursor)
         self.assertNotIn(member, room.live)
-        # Catch-up checks after every message whether the member still wants the room.
-        self.assertEqual(member.seqs, [1])
+        # Catch-up checks after every page (one batch, one write) whether the
+        # member still wants the room.
+        self.assertEqual(member.seqs, list(range(1, 201)))
+        self.assertEqual(len(member.batches), 1)
 
     @gen_test(timeout=TIMEOUT)
     async def test_leave_stops_deliveries(self) -> None:
@@ -383,6 +395,53 @@ class HubTest(AsyncTestCase):
         self.assertEqual(await self.hub.read_after(room, 303, 5), [])
         before = await self.hub.read_before("r", 4, 10)
         self.assertEqual([b.seq for b in before], [1, 2, 3])
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_members_catching_up_from_one_cursor_share_one_store_read_per_page(self) -> None:
+        """A restart: the room has nothing in memory, 300 members come back at seq 0."""
+        await self.save("r", 600)
+        members = [RecordingMember("r") for _ in range(300)]
+        room, cursor = await self.hub.join("r", 0)
+        reads_before = self.store.reads_after
+        await asyncio.gather(*(self.hub.catch_up(m, room, cursor) for m in members))
+        for member in members:
+            self.assertEqual(member.seqs, list(range(1, 601)))
+            self.assertIn(member, room.live)
+        self.assertEqual(self.store.reads_after - reads_before, 3)  # pages at 0, 200 and 400: 3, not 900
+        # Every member got the same batches: frames joined once, not once per member.
+        self.assertTrue(all(m.batches[0] is members[0].batches[0] for m in members))
+        # One who comes a moment later is served from the pages just read.
+        late = RecordingMember("r")
+        await self.hub.catch_up(late, room, 0)
+        self.assertEqual(self.store.reads_after - reads_before, 3)
+        self.assertEqual(late.seqs, list(range(1, 601)))
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_shared_page_is_read_again_once_previews_change_it(self) -> None:
+        await self.save("r", 300)
+        room, cursor = await self.hub.join("r", 0)
+        first = RecordingMember("r")
+        await self.hub.catch_up(first, room, cursor)
+        reads = self.store.reads_after
+        await self.store.save_previews("r", 5, [{"url": "https://example.com", "title": "Example"}])
+        self.hub.receive(Broadcast("r", None, b'{"type":"update","room":"r","seq":5,"links":[]}', kind="update"))
+        again = RecordingMember("r")
+        await self.hub.catch_up(again, room, 0)
+        self.assertGreater(self.store.reads_after, reads)
+        self.assertIn(b"Example", again.delivered[4].payload)
+
+    @gen_test(timeout=TIMEOUT)
+    async def test_a_big_backlog_goes_in_chunks_that_fit_the_outbound_buffer(self) -> None:
+        hub = Hub(self.store, recent_per_room=256, backlog_page=200, catch_up_chunk_bytes=4096)
+        await self.save("r", 100)
+        member = RecordingMember("r")
+        room, cursor = await hub.join("r", 0)
+        await hub.catch_up(member, room, cursor)
+        self.assertEqual(member.seqs, list(range(1, 101)))
+        sizes = [sum(len(b.payload) for b in batch.broadcasts) for batch in member.batches]
+        self.assertGreater(len(sizes), 1)
+        self.assertTrue(all(size <= 4096 for size in sizes), sizes)
+        self.assertGreaterEqual(member.drains, len(sizes))  # a drain after every chunk
 
     # -- housekeeping --------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from squall.presence import PresenceTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from squall.presence import MembersPage, PresenceTable
 
 CYRILLIC_ALICE = "\u0430lice"  # а is U+0430 CYRILLIC SMALL LETTER A
 FULL_WIDTH_ALICE = "\uff41\uff4c\uff49\uff43\uff45"
@@ -112,3 +115,81 @@ def test_a_poller_is_online_until_its_grace_runs_out() -> None:
     assert table.lookalike("b0b", besides="b0b") == "bob"
     table.expire(now=41)
     assert table.online("bob") is None and table.lookalike("b0b", besides="b0b") is None
+
+
+def test_a_page_starts_after_its_cursor_and_says_where_the_next_begins() -> None:
+    table = PresenceTable()
+    for nick in ["dora", "Bob", "carl", "ALICE", "eve"]:
+        table.connect("r", nick, nick.casefold())
+    first = table.page("r", limit=2)
+    assert (first.count, first.nicks, first.next) == (5, ["ALICE", "Bob"], "bob")
+    second = table.page("r", after=first.next, limit=2)
+    assert (second.nicks, second.next) == (["carl", "dora"], "dora")
+    last = table.page("r", after=second.next, limit=2)
+    assert (last.nicks, last.next) == (["eve"], None)
+    assert table.page("r", after="eve", limit=2).nicks == []
+    assert table.page("empty", limit=10) == MembersPage(0, [], None)
+
+
+def test_paging_while_members_come_and_go_lists_those_present_throughout_once() -> None:
+    table = PresenceTable()
+    for i in range(250):
+        table.connect("r", f"u{i:03d}", f"u{i:03d}")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = table.page("r", after=cursor, limit=40)
+        seen += page.nicks
+        # Churn between pages: one leaves, one comes, on both sides of the cursor.
+        n = len(seen)
+        table.disconnect("r", f"u{n % 250:03d}")
+        table.connect("r", f"x{n}", f"x{n}")
+        table.connect("r", f"a{n}", f"a{n}")
+        if page.next is None:
+            break
+        cursor = page.next
+    assert len(seen) == len(set(seen))  # nobody twice
+    stayed = {f"u{i:03d}" for i in range(250)} & set(table.members("r"))
+    assert stayed <= set(seen)  # nobody who stayed is skipped
+
+
+def test_count_follows_connections_and_polls() -> None:
+    table = PresenceTable(grace=1.0)
+    table.connect("r", "a", "a")
+    table.connect("r", "a", "a")
+    table.poll("r", "b", "b", now=0.0)
+    assert table.count("r") == 2
+    table.disconnect("r", "a")
+    assert table.count("r") == 2
+    table.disconnect("r", "a")
+    table.expire(now=5.0)
+    assert table.count("r") == 0 and table.members("r") == []
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["connect", "disconnect", "poll", "expire"]),
+    st.sampled_from(["a", "b"]),  # rooms
+    st.sampled_from(["ann", "Ann", "bob", "cy", "Dee", "dee", "eve", "fox"]),
+    st.floats(min_value=0, max_value=100),
+), max_size=60))
+def test_the_first_page_is_always_what_the_members_say(operations: list[tuple[str, str, str, float]]) -> None:
+    """The first page is kept between joins; whatever happens, it is the room's first members."""
+    table = PresenceTable(grace=5.0)
+    now = 0.0
+    for operation, room, nick, step in operations:
+        now += step / 10
+        if operation == "connect":
+            table.connect(room, nick, nick.casefold())
+        elif operation == "disconnect":
+            table.disconnect(room, nick.casefold())
+        elif operation == "poll":
+            table.poll(room, nick, nick.casefold(), now=now)
+        else:
+            table.expire(now=now)
+        for each in ("a", "b"):
+            everyone = table.members(each)
+            page = table.page(each, limit=3)
+            expected_next = everyone[2].casefold() if len(everyone) > 3 else None
+            assert (page.count, page.nicks, page.next) == (len(everyone), everyone[:3], expected_next)

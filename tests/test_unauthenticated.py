@@ -80,6 +80,10 @@ def test_frames_in_the_upgrade_segment_are_not_acted_on(
         try:
             joined = await watcher.join(room)
             assert joined["type"] == "joined" and joined["seq"] == 0, joined
+            # The watcher's own arrival, batched within presence_interval: from
+            # here on, the room has nothing to say but what the intruder causes.
+            presence = await watcher.recv_type("presence")
+            assert presence["changes"] == [{"nick": "watcher", "state": "online"}], presence
 
             frames, code = await asyncio.to_thread(_attack, server, bad_token, payload)
             assert code == 4001

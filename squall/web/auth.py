@@ -129,8 +129,9 @@ class TokenCache:
     cost more than the poll itself. :meth:`nick` answers from memory only and
     never waits; :meth:`check` asks the store (``session_active(id, key)``)
     when memory has no answer. Both good and refused sessions are remembered,
-    each for at most ``ttl``; at most ``size`` of each kind (past that,
-    the memory is cleared and refilled).
+    each for at most ``ttl``; at most ``size`` good ones (past that, the oldest
+    is forgotten: the node sizes it to its connection limit, so a full node's
+    clients all stay known) and ``size`` refused ones (past that, cleared).
     """
 
     def __init__(
@@ -184,7 +185,9 @@ class TokenCache:
             self._refuse(session.id, now)
             return None
         if len(self._good) >= self.size:
-            self._good.clear()
+            # The oldest answer goes (dicts keep insertion order): clearing them
+            # all would send every client of a full node back to the store at once.
+            del self._good[next(iter(self._good))]
         self._good[token] = (session, now + self.ttl)
         return session
 

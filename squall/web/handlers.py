@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest
 from ..pipeline.mail import validate_email
-from ..protocol import check_room, nick_key
-from .base import BaseHandler
+from ..presence import members_fields
+from ..protocol import check_room, int_param, member_cursor, nick_key
+from .base import BaseHandler, query_argument
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -76,10 +77,21 @@ class MeHandler(BaseHandler):
 
 
 class MembersHandler(BaseHandler):
-    def get(self, room: str) -> None:
+    """``GET /api/rooms/R/members?cursor=C&limit=L``: a page of who is online,
+    sorted by casefolded nick; ``next`` is the cursor of the page after it."""
+
+    async def get(self, room: str) -> None:
         self.current_nick()
         room = check_room(room)
-        self.write_json({"room": room, "members": self.node.presence.members(room)})
+        settings = self.node.settings
+        cursor = member_cursor(query_argument(self.request, "cursor"))
+        limit = int_param(
+            query_argument(self.request, "limit"), "limit",
+            default=settings.members_page, low=1, high=settings.members_limit_max,
+        )
+        assert limit is not None
+        page = await self.node.room_presence.page(room, after=cursor, limit=limit)
+        self.write_json({"room": room, **members_fields(page)})
 
 
 class TypingHandler(BaseHandler):
@@ -87,7 +99,7 @@ class TypingHandler(BaseHandler):
         nick = self.current_nick()
         room = check_room(room)
         if self.node.limits.allow_typing(nick_key(nick), room, now=time.monotonic()):
-            self.node.publish_presence(room, nick, "typing")
+            self.node.typing(room, nick)
         self.set_status(204)
         self.finish()
 

@@ -55,6 +55,7 @@ from ..protocol import check_room, float_param, int_param, nick_key, parse_send_
 from .auth import SessionUnchecked
 from .base import BaseHandler, find_token, redact_uri
 from .streams import give_socket, read_buffered, receive, take_socket
+from .upgrade import take_upgrade
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -67,6 +68,7 @@ log = logging.getLogger("squall.web")
 MAX_SEQ = 2**53 - 1
 _READ_SIZE = 64 * 1024
 _POLL_PATH = re.compile(r"/api/rooms/[^/?]+/messages(?:\?|$)")
+_UPGRADE_PATH = re.compile(r"/ws(?:\?|$)")
 _INTERNAL = b'{"code":"internal","reason":"the server failed to handle this request"}'
 
 
@@ -161,6 +163,18 @@ class _PollOrApp(HTTPMessageDelegate):
                     self.poll_head = head
                 else:
                     self._take_over(connection, head)
+                return None
+        if (
+            start_line.method == "GET" and _UPGRADE_PATH.match(start_line.path)
+            and isinstance(connection, HTTP1Connection)
+            and not isinstance(connection.stream, SSLIOStream)
+        ):
+            # An ordinary WebSocket upgrade is served from its head (web/upgrade.py).
+            minor_version = 1 if start_line.version == "HTTP/1.1" else 0
+            head = RequestHead.from_fields(start_line.path, minor_version, list(headers.get_all()))
+            address = connection.context.address  # type: ignore[attr-defined]
+            peer = str(address[0]) if isinstance(address, tuple) else ""
+            if head is not None and take_upgrade(self.router.node, connection, head, peer):
                 return None
         self.inner = self.router.app.start_request(self.server_conn, connection)
         return self.inner.headers_received(start_line, headers)

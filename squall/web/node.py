@@ -15,7 +15,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tornado.netutil import bind_sockets
 
 from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
 from ..bus import Bus, open_bus
+from ..coalesce import BIG_ROOM_SPACING, Change, Coalescer, encode_presence, encode_typing
 from ..config import Settings
 from ..errors import ClientError, Misdirected, Unavailable
 from ..frames import Broadcast
@@ -36,8 +37,9 @@ from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..metrics import NodeMetrics
-from ..presence import PresenceTable, Transition
+from ..presence import LocalPresence, Presence, PresenceTable, Transition
 from ..processor.pool import ProcessorPool
+from ..turns import Turns
 from ..protocol import nick_key
 from ..queue.client import QueueClient
 from ..store import Store, open_store
@@ -55,6 +57,14 @@ log = logging.getLogger("squall.web")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+# Connections the kernel queues for accept(): Tornado's default, 128, drops the
+# SYNs of a reconnect storm (each dropped one costs its client a second or more
+# of retransmission). Linux caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 4096
+# WebSocket joins started per event-loop turn (squall/turns.py): a batch of
+# them, member pages and catch-ups included, takes a few milliseconds, and a
+# live message waits for one batch at most, however many clients come back at once.
+JOINS_PER_TURN = 64
 # How often the node sweeps expired long-poll presence, idle rooms, idle
 # connections and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
@@ -113,6 +123,8 @@ class WebNode:
         self.tokens = TokenCache(
             self.secret, session_active=self.store.session_active,
             max_age_days=settings.token_max_age_days,
+            # Every open connection's token known at once, and room for as many coming back.
+            size=max(10_000, settings.max_connections),
         )
         self.passwords = Passwords()
         self.bus: Bus = open_bus(
@@ -120,14 +132,27 @@ class WebNode:
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
             ping_interval=settings.bus_ping_interval,
         )
+        # Joins, and catch-ups woken by a store read, take turns with live messages.
+        self.joins = Turns(per_turn=JOINS_PER_TURN)
         self.hub = Hub(
             self.store,
             bus=self.bus,
             recent_per_room=settings.recent_per_room,
             backlog_page=settings.backlog_page,
             history_on_join=settings.history_on_join,
+            # A chunk of backlog written after a drain to low water (half of it)
+            # stays well under outbound_bytes.
+            catch_up_chunk_bytes=min(64 * 1024, settings.outbound_bytes // 4),
+            turns=self.joins,
         )
+        # This node's connections and polls; `room_presence` is what every node's
+        # members see (one node: the same table; docs/presence.md).
         self.presence = PresenceTable(grace=settings.poll_grace)
+        self.room_presence: Presence = LocalPresence(self.presence)
+        self.coalescer = Coalescer(interval=settings.presence_interval)
+        self._presence_timer: asyncio.TimerHandle | None = None
+        self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
+        self._presence_publishing = False
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
@@ -204,7 +229,9 @@ class WebNode:
         self._server.count_in(self.limits, trusted_proxies=self.trusted_proxies)
         # Our own accept loop rather than HTTPServer.listen: it backs off when
         # the process runs out of file descriptors instead of spinning.
-        self._listener = Listener(bind_sockets(settings.port, settings.host), self._accepted)
+        self._listener = Listener(
+            bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG), self._accepted
+        )
         self._listener.start()
         self._housekeeping = PeriodicCallback(self._sweep, HOUSEKEEPING_SECONDS * 1000)
         self._housekeeping.start()
@@ -236,6 +263,9 @@ class WebNode:
         for callback in (self._housekeeping, self._heartbeat, self._forget_guests, self._session_pruning):
             if callback is not None:
                 callback.stop()
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+            self._presence_timer = None
         for handler in list(self.websockets):
             handler.close(1001, "server shutting down")
         self.hub.answer_all_waiters()
@@ -362,14 +392,74 @@ class WebNode:
             self.bus.publish_sessions_ended(ended)
 
     # -- presence -------------------------------------------------------
+    #
+    # Transitions and typing wait in the coalescer; once per presence_interval
+    # the node publishes at most one presence and one typing event per room
+    # (squall/coalesce.py), so a join costs O(1) whatever the room's size.
 
     def announce(self, transitions: list[Transition]) -> None:
+        """Presence transitions of this node's connections, for the next flush."""
+        if not transitions:
+            return
+        now = time.monotonic()
         for room, nick, state in transitions:
-            self.publish_presence(room, nick, state)
+            self.coalescer.presence(room, nick, nick_key(nick), state, now=now)
+        self._schedule_presence()
 
-    def publish_presence(self, room: str, nick: str, state: str) -> None:
-        payload = orjson.dumps({"type": "presence", "room": room, "nick": nick, "state": state})
-        self.bus.publish(Broadcast(room, None, payload, kind="presence"))
+    def typing(self, room: str, nick: str) -> None:
+        """``nick`` is typing in ``room`` (already rate-limited per user and room)."""
+        self.coalescer.typing(room, nick, nick_key(nick), now=time.monotonic())
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        due = self.coalescer.due
+        if due is None or self._presence_publishing or self.stopping:
+            return
+        if self._presence_timer is not None:
+            if self._presence_due <= due:
+                return
+            # Set for a held big room's turn; a room not held is due sooner.
+            self._presence_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._presence_due = due
+        self._presence_timer = loop.call_later(max(0.0, due - time.monotonic()), self._flush_presence)
+
+    def _flush_presence(self) -> None:
+        self._presence_timer = None
+        pending = self.coalescer.take(now=time.monotonic())
+        if not pending:
+            self._schedule_presence()
+            return
+        self._presence_publishing = True
+        asyncio.ensure_future(self._publish_presence(pending.presence, pending.typing))
+
+    async def _publish_presence(
+        self, presence: Mapping[str, Sequence[Change]], typing: Mapping[str, Sequence[str]]
+    ) -> None:
+        """One interval's events: the changes the room-wide view confirms, each
+        room's count, who typed; encoded once each, published together."""
+        try:
+            changed = await self.room_presence.update(presence)
+            counts = await self.room_presence.counts({*changed, *typing})
+            detail_max = self.settings.presence_detail_max
+            events = [
+                Broadcast(room, None, encode_presence(room, counts[room], changes, detail_max=detail_max),
+                          kind="presence")
+                for room, changes in changed.items() if changes
+            ]
+            events += [Broadcast(room, None, encode_typing(room, nicks), kind="typing")
+                       for room, nicks in typing.items()]
+            self.bus.publish_all(events)
+            # A big room's next events wait longer: each is a write to every member.
+            until = time.monotonic() + BIG_ROOM_SPACING
+            for room, count in counts.items():
+                if count > detail_max:
+                    self.coalescer.hold(room, until=until)
+        except Exception:
+            log.exception("publishing presence failed")
+        finally:
+            self._presence_publishing = False
+            self._schedule_presence()
 
     # -- timers ---------------------------------------------------------
 

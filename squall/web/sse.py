@@ -24,6 +24,7 @@ from tornado.iostream import StreamClosedError
 
 from ..frames import Batch, Broadcast
 from ..limits import Outbound, low_water, outbound_verdict
+from ..presence import members_fields
 from ..protocol import check_room, int_param, nick_key
 from .base import BaseHandler, query_argument
 from .longpoll import MAX_SEQ
@@ -66,10 +67,8 @@ class EventsHandler(BaseHandler):
             room, cursor = await node.hub.join(room_name, since)
             node.event_streams.add(self)
             node.announce(node.presence.connect(room_name, nick, self._key))
-            joined = {
-                "type": "joined", "room": room_name, "seq": room.last_seq,
-                "members": node.presence.members(room_name),
-            }
+            page = await node.room_presence.page(room_name, after=None, limit=node.settings.members_page)
+            joined = {"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)}
             self._write(b"retry: 2000\nevent: joined\ndata: " + orjson.dumps(joined) + b"\n\n")
             await node.hub.catch_up(self, room, cursor)
             await self._done

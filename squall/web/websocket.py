@@ -59,6 +59,7 @@ from ..errors import (
 )
 from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
+from ..presence import members_fields
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler
 from .streams import receive, take_socket
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WebSocketEndpoint", "ChatConnection", "RefusedConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW",
+    "check_upgrade",
 ]
 
 log = logging.getLogger("squall.ws")
@@ -132,32 +134,33 @@ class WebSocketEndpoint(BaseHandler):
         connection.start(leftover)
 
     def _check_upgrade(self) -> str:
-        headers = self.request.headers
-        if headers.get("Upgrade", "").lower() != "websocket":
-            raise BadRequest('Can "Upgrade" only to "WebSocket"')
-        connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        if "upgrade" not in connection_tokens:
-            raise BadRequest('"Connection" must include "Upgrade"')
-        if headers.get("Sec-WebSocket-Version") != "13":
-            raise UpgradeRequired("only WebSocket version 13 is supported")
-        key = headers.get("Sec-WebSocket-Key", "")
-        try:
-            valid = len(base64.b64decode(key, validate=True)) == 16
-        except (binascii.Error, ValueError):
-            valid = False
-        if not valid:
-            raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
-        origin = headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin):
-            raise Forbidden(f"cross-origin WebSocket from {origin[:80]} refused")
-        return key
+        return check_upgrade(self.request.headers.get, self.request.host, self.node.settings.allowed_origins)
 
-    def _origin_allowed(self, origin: str) -> bool:
-        # Cookies ride along on cross-site handshakes; only our own pages (and
-        # configured origins) may open a socket.
-        if origin in self.node.settings.allowed_origins:
-            return True
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+
+def check_upgrade(header: Callable[[str], str | None], host: str, allowed_origins: tuple[str, ...]) -> str:
+    """Check an upgrade request's headers (``header(name)`` reads one) as RFC
+    6455 §4.2.1 asks, and its ``Origin``; returns the ``Sec-WebSocket-Key``, or
+    raises the :class:`ClientError` to answer with."""
+    if (header("Upgrade") or "").lower() != "websocket":
+        raise BadRequest('Can "Upgrade" only to "WebSocket"')
+    connection_tokens = {t.strip().lower() for t in (header("Connection") or "").split(",")}
+    if "upgrade" not in connection_tokens:
+        raise BadRequest('"Connection" must include "Upgrade"')
+    if header("Sec-WebSocket-Version") != "13":
+        raise UpgradeRequired("only WebSocket version 13 is supported")
+    key = header("Sec-WebSocket-Key") or ""
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
+    origin = header("Origin")
+    # Cookies ride along on cross-site handshakes; only our own pages (and
+    # configured origins) may open a socket.
+    if origin is not None and origin not in allowed_origins and urlparse(origin).netloc.lower() != host.lower():
+        raise Forbidden(f"cross-origin WebSocket from {origin[:80]} refused")
+    return key
 
 
 class RefusedConnection:
@@ -490,7 +493,7 @@ class ChatConnection:
         elif isinstance(command, Join):
             asyncio.ensure_future(self._join(command))
         elif isinstance(command, Leave):
-            self._leave(command.room)
+            asyncio.ensure_future(self._leave_in_turn(command.room))
         elif isinstance(command, Typing):
             self._typing(command.room)
         elif isinstance(command, Ping):
@@ -512,6 +515,11 @@ class ChatConnection:
         self.send_json({"type": "ack", "id": command.id, "room": command.room, "seq": message["seq"]})
 
     async def _join(self, command: Join) -> None:
+        # A storm of joins takes turns with live messages (squall/turns.py).
+        # Leaves queue behind them, so a connection's joins and leaves keep their order.
+        await self.node.joins.wait_turn()
+        if self.closed:
+            return
         room_name = command.room
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
@@ -543,11 +551,18 @@ class ChatConnection:
             return
         self.rooms[room_name] = cursor
         node.announce(node.presence.connect(room_name, self.nick, self.nick_key))
-        self.send_json({
-            "type": "joined", "room": room_name, "seq": room.last_seq,
-            "members": node.presence.members(room_name),
-        })
+        # The member count and a first page: a room's whole list would make
+        # filling it O(N²). The rest is paged from /members.
+        page = await node.room_presence.page(room_name, after=None, limit=node.settings.members_page)
+        if self.closed or room_name not in self.rooms:
+            return
+        self.send_json({"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)})
         await node.hub.catch_up(self, room, cursor)
+
+    async def _leave_in_turn(self, room_name: str) -> None:
+        """A ``leave`` frame: after the joins the connection sent before it."""
+        await self.node.joins.wait_turn()
+        self._leave(room_name)
 
     def _leave(self, room_name: str) -> None:
         if self.rooms.pop(room_name, None) is None:
@@ -562,7 +577,7 @@ class ChatConnection:
         if now - self.typing_at.get(room_name, -TYPING_INTERVAL) < TYPING_INTERVAL:
             return
         self.typing_at[room_name] = now
-        self.node.publish_presence(room_name, self.nick, "typing")
+        self.node.typing(room_name, self.nick)
 
     # -- hub.Member -----------------------------------------------------
 

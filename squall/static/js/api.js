@@ -127,9 +127,12 @@ export function postTyping(token, room) {
   return request("POST", roomPath(room, "typing"), { token });
 }
 
-/** GET /api/rooms/R/members → `{room, members}`. */
-export function fetchMembers(token, room, { signal } = {}) {
-  return request("GET", roomPath(room, "members"), { token, signal });
+/**
+ * GET /api/rooms/R/members → `{room, count, members, next}`: a page of who is online,
+ * from `cursor` (the `next` of the page before; none for the first).
+ */
+export function fetchMembers(token, room, { cursor = null, signal } = {}) {
+  return request("GET", roomPath(room, "members"), { token, query: { cursor }, signal });
 }
 
 export function eventsUrl(token, room, since) {

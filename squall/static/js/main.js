@@ -1,6 +1,6 @@
 // The page: wires the session, the Connection, the store and the view together.
 
-import { ApiError, createAccount, createSession, fetchMessages, logout } from "./api.js";
+import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
@@ -12,6 +12,9 @@ const ROOMS_KEY = "squall.rooms";
 const HISTORY_PAGE = 50;
 const TYPING_EVERY_MS = 3000; // matches what the server relays at most
 const LOAD_OLDER_AT_PX = 60;
+// A member list that no longer adds up to the room's count is fetched again after
+// a random delay up to this: every page in the room noticed at once.
+const MEMBERS_REFETCH_SPREAD_MS = 1000;
 
 function readJson(key) {
   try {
@@ -143,6 +146,7 @@ class App {
       if (v.takeScrollUp() && v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
     }, { passive: true });
     v.loadOlder.addEventListener("click", () => this.loadOlder());
+    v.membersMore.addEventListener("click", () => this.loadMoreMembers());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
@@ -435,6 +439,40 @@ class App {
     }
   }
 
+  /** "Show more": the next page of the active room's members. */
+  async loadMoreMembers() {
+    const room = this.store?.room(this.store.active);
+    if (!room || room.loadingMembers || room.membersNext === null) return;
+    room.loadingMembers = true;
+    this.view.renderMembers(room, this.store.me);
+    try {
+      const page = await fetchMembers(this.token, room.name, { cursor: room.membersNext });
+      this.store?.addMembers(room.name, page);
+    } catch {
+      // Offline: the button stays, and the next click tries again.
+    } finally {
+      room.loadingMembers = false;
+      if (this.store?.active === room.name) this.view.renderMembers(room, this.store.me);
+    }
+  }
+
+  /** The list no longer adds up to the room's count (an event was lost): read it again. */
+  refetchMembers(room) {
+    if (room.refetchingMembers) return;
+    room.refetchingMembers = true;
+    setTimeout(async () => {
+      try {
+        const page = await fetchMembers(this.token, room.name);
+        if (this.store?.room(room.name) === room) this.store.setMembers(room.name, page);
+      } catch {
+        // The next event that does not add up tries again.
+      } finally {
+        room.refetchingMembers = false;
+        if (this.store?.active === room.name) this.view.renderMembers(room, this.store.me);
+      }
+    }, Math.random() * MEMBERS_REFETCH_SPREAD_MS);
+  }
+
   onStatus(status) {
     this.view.renderTransport(status);
     if (status.fellBack) {
@@ -455,7 +493,7 @@ class App {
           room.joined = true;
           room.historyUpTo = event.seq ?? 0;
         }
-        store.setMembers(event.room, event.members ?? []);
+        store.setMembers(event.room, event);
         if (active) this.view.renderMembers(room, store.me);
         return;
       }
@@ -478,15 +516,21 @@ class App {
         return;
       }
       case "presence": {
-        const room = store.presence(event, Date.now());
+        const { room, drifted } = store.presence(event);
+        if (drifted) this.refetchMembers(room);
         if (room && active) {
           this.view.renderMembers(room, store.me);
           this.view.renderTyping(room, Date.now());
         }
         return;
       }
+      case "typing": {
+        const room = store.typingEvent(event, Date.now());
+        if (room && active) this.view.renderTyping(room, Date.now());
+        return;
+      }
       case "members": {
-        const room = store.setMembers(event.room, event.members ?? []);
+        const room = store.refreshMembers(event.room, event);
         if (room && active) this.view.renderMembers(room, store.me);
         return;
       }

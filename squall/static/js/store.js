@@ -25,7 +25,12 @@ export class Room {
     this.pending = new Map(); // client id → message not yet acknowledged (or failed)
     this.unread = 0;
     this.mentions = 0;
-    this.members = new Set();
+    this.members = new Set(); // the nicks known online: all of them, or the pages loaded so far
+    this.memberCount = 0; // online in the room, as the server last said
+    this.membersNext = null; // cursor of the next page of /members, null once all are here
+    this.loadingMembers = false;
+    this.refetchingMembers = false;
+    this.membersExpanded = false; // "Show more" was used: a first page alone no longer replaces the list
     this.typing = new Map(); // nick → time (ms) until which it is shown
     this.historyDone = false;
     this.loadingHistory = false;
@@ -224,24 +229,72 @@ export class ChatStore {
     return message;
   }
 
-  setMembers(roomName, members) {
+  /**
+   * A first page of members (`joined`, or a `members` poll): `{count, members, next}`.
+   * It replaces what the room knew.
+   */
+  setMembers(roomName, page) {
     const room = this.room(roomName);
-    if (room) room.members = new Set(members.map(String));
+    if (!room) return null;
+    const members = Array.isArray(page.members) ? page.members.map(String) : [];
+    room.members = new Set(members);
+    room.memberCount = typeof page.count === "number" ? page.count : members.length;
+    room.membersNext = typeof page.next === "string" ? page.next : null;
+    room.membersExpanded = false;
     return room;
   }
 
-  presence(event, now) {
+  /**
+   * The first page again, from the members poll of long-polling (it has no presence
+   * events): it replaces the list, unless the person paged further; then the count only.
+   */
+  refreshMembers(roomName, page) {
+    const room = this.room(roomName);
+    if (!room) return null;
+    if (!room.membersExpanded) return this.setMembers(roomName, page);
+    if (typeof page.count === "number") room.memberCount = page.count;
+    return room;
+  }
+
+  /** A further page from /members (the "Show more" button): added to what is known. */
+  addMembers(roomName, page) {
+    const room = this.room(roomName);
+    if (!room) return null;
+    for (const nick of Array.isArray(page.members) ? page.members : []) room.members.add(String(nick));
+    if (typeof page.count === "number") room.memberCount = page.count;
+    room.membersNext = typeof page.next === "string" ? page.next : null;
+    room.membersExpanded = true;
+    return room;
+  }
+
+  /**
+   * A batched `presence` event: `count`, and `changes` (each nick's last state) unless
+   * the room is big. Returns `{room, drifted}`: `drifted` when the page holds every
+   * member and the count says otherwise (an event was missed): fetch the list again.
+   */
+  presence(event) {
+    const room = this.room(event.room);
+    if (!room) return { room: null, drifted: false };
+    for (const change of Array.isArray(event.changes) ? event.changes : []) {
+      const nick = String(change.nick);
+      if (change.state === "online") room.members.add(nick);
+      else if (change.state === "offline") {
+        room.members.delete(nick);
+        room.typing.delete(nick);
+      }
+    }
+    if (typeof event.count === "number") room.memberCount = event.count;
+    const drifted = room.membersNext === null && room.members.size !== room.memberCount;
+    return { room, drifted };
+  }
+
+  /** A `typing` event: each nick in it is shown typing for a few seconds. */
+  typingEvent(event, now) {
     const room = this.room(event.room);
     if (!room) return null;
-    const nick = String(event.nick);
-    if (event.state === "online") room.members.add(nick);
-    if (event.state === "offline") {
-      room.members.delete(nick);
-      room.typing.delete(nick);
-    }
-    if (event.state === "typing" && !sameNick(nick, this.me)) {
-      room.members.add(nick);
-      room.typing.set(nick, now + TYPING_SHOWN_MS);
+    for (const value of Array.isArray(event.nicks) ? event.nicks : []) {
+      const nick = String(value);
+      if (!sameNick(nick, this.me)) room.typing.set(nick, now + TYPING_SHOWN_MS);
     }
     return room;
   }

@@ -3,7 +3,7 @@
 // Theory of operation. An *adapter* speaks one transport for all joined rooms and
 // reports three things to its sink: `opened(adapter)`, `event(adapter, ev)` with
 // events shaped like the WebSocket frames (`joined`, `message`, `ack`, `error`,
-// `presence`, `update`, plus `members` from polling and `send-failed` when an HTTP
+// `presence`, `typing`, `update`, plus `members` from polling and `send-failed` when an HTTP
 // send never got an answer), and `failed(adapter, info)` exactly once, after which
 // the adapter is dead. Adapters never retry by themselves.
 //
@@ -280,7 +280,9 @@ class HttpAdapter {
     ]);
     if (signal.aborted) return since;
     this._markOpened();
-    this._sink.event(this, { type: "joined", room, seq: page.seq, members: members.members });
+    this._sink.event(this, {
+      type: "joined", room, seq: page.seq, members: members.members, count: members.count, next: members.next,
+    });
     let cursor = since ?? null;
     for (const message of page.messages) {
       this._sink.event(this, { ...message, type: "message", room });
@@ -335,7 +337,11 @@ class LongPollAdapter extends HttpAdapter {
     for (const [room, controller] of this._rooms) {
       fetchMembers(this._token, room, { signal: controller.signal }).then(
         (answer) => {
-          if (!this._dead) this._sink.event(this, { type: "members", room, members: answer.members });
+          if (!this._dead) {
+            this._sink.event(this, {
+              type: "members", room, members: answer.members, count: answer.count, next: answer.next,
+            });
+          }
         },
         () => {}, // the poll loop notices an outage on its own
       );
@@ -368,6 +374,7 @@ class EventSourceAdapter extends HttpAdapter {
     };
     source.addEventListener("message", forward("message"));
     source.addEventListener("presence", forward("presence"));
+    source.addEventListener("typing", forward("typing"));
     source.addEventListener("update", forward("update"));
     source.onopen = () => {
       this._streamOpened = true;
@@ -391,7 +398,7 @@ const ADAPTERS = { [Kind.WS]: WebSocketAdapter, [Kind.SSE]: EventSourceAdapter, 
  * The adaptive connection for one session.
  *
  * `onEvent(ev)` gets de-duplicated, seq-ordered `message`s per room, and `joined`,
- * `ack`, `error`, `presence`, `members`, `update`. `onStatus({kind, state, forced,
+ * `ack`, `error`, `presence`, `typing`, `members`, `update`. `onStatus({kind, state, forced,
  * fellBack, upgraded})` is called on every transport or state change.
  * `renewToken()` must resolve to a fresh token (or reject) when the server says
  * the session is no longer valid.

@@ -66,6 +66,8 @@ export class ChatView {
     this.joinInput = byId("join-input");
     this.joinError = byId("join-error");
     this.members = byId("members");
+    this.membersCount = byId("members-count");
+    this.membersMore = byId("members-more");
     this.emptyState = byId("empty-state");
     this.scroller = byId("scroller");
     this.loadOlder = byId("load-older");
@@ -231,6 +233,8 @@ export class ChatView {
     this.roomTitle.textContent = room ? `#${room.name}` : "";
     this.messages.replaceChildren();
     this.members.replaceChildren();
+    this.membersCount.textContent = "";
+    this.membersMore.hidden = true;
     this.typing.textContent = "";
     if (!room) return;
     this.messages.setAttribute("aria-label", this.t.t("messages.label", { room: room.name }));
@@ -415,10 +419,14 @@ export class ChatView {
     return null;
   }
 
+  /** The members panel: how many are online, the names known so far, "Show more" while there are more. */
   renderMembers(room, me) {
     this.members.replaceChildren();
     const nicks = [...room.members].sort((a, b) => a.localeCompare(b));
     if (!nicks.some((nick) => sameNick(nick, me))) nicks.unshift(me);
+    this.membersCount.textContent = this.t.t("members.count", { count: Math.max(room.memberCount, 1) });
+    this.membersMore.hidden = room.membersNext === null;
+    this.membersMore.disabled = room.loadingMembers;
     for (const nick of nicks) {
       const text = sameNick(nick, me) ? this.t.t("members.you", { nick }) : nick;
       const item = el("li", `member ${nickColour(nick)}`, text);
