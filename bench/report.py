@@ -32,6 +32,9 @@ GOALS: dict[str, tuple[str, Any]] = {
     "longpoll": ("<= 4x ceiling", lambda s, c, w: s <= 4 * c),
     "processor": (">= 5000/s, p99 < 10 ms at 100/s", None),
     "filter": ("report MB/s vs str.lower()", None),
+    "lone-message": ("<= 1.0x ceiling (with its processor)", lambda s, c, w: s <= c),
+    "lone-processor": ("<= 0.5 ms/msg", lambda s, c, w: s <= 0.5),
+    "idle-10k": ("<= 4 KiB/conn", lambda s, c, w: s <= 4.0),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]

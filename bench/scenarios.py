@@ -866,3 +866,9 @@ SCENARIOS: dict[str, Scenario] = {
                  (("vs_lower", "x str.lower()"), ("lower_mb_per_s", "str.lower() MB/s"))),
     ]
 }
+
+# One message's cost and idle memory at 10,000 (bench/cost.py, which builds on
+# the helpers above), in the same table as the rest.
+from .cost import COST_SCENARIOS  # noqa: E402
+
+SCENARIOS.update(COST_SCENARIOS)

@@ -16,8 +16,9 @@ from typing import Any
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll", "processor", "filter"]
-COUNTED = {"fanout-500", "latency", "rooms", "slow-client", "longpoll"}
+SCENARIOS = ["fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll", "processor", "filter",
+             "lone-message", "lone-processor", "idle-10k"]
+COUNTED = {"fanout-500", "latency", "rooms", "slow-client", "longpoll", "lone-message"}
 CLIENTS = 4
 
 
@@ -40,7 +41,7 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
             if name == "filter" and target == "websockets":
                 assert target not in results[name]
                 continue
-            if name in ("longpoll", "processor") and target == "websockets":
+            if name in ("longpoll", "processor", "lone-processor") and target == "websockets":
                 continue
             result = results[name][target]
             assert result["ok"], (name, target, result)
@@ -48,7 +49,7 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
                 assert result["messages"] > 0, (name, target)
                 assert result["deliveries"] == result["expected"], (name, target, result)
                 assert result["duplicates"] == 0 and result["gaps"] == 0, (name, target, result)
-            if name in ("fanout-500", "latency", "slow-client", "longpoll"):
+            if name in ("fanout-500", "latency", "slow-client", "longpoll", "lone-message"):
                 assert result["expected"] == result["messages"] * CLIENTS, (name, target, result)
             if name == "rooms":
                 # Four clients make one room of four; each hears everyone, itself included.
@@ -60,8 +61,12 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
                 assert result["processed"] == result["messages"] > 0, (name, target, result)
             if name == "filter":
                 assert result["hits"] > 0 and result["mb_per_s"] > 0, (name, target, result)
-            if name == "idle-memory":
+            if name in ("idle-memory", "idle-10k"):
                 assert result["clients"] == CLIENTS
+            if name == "lone-processor":
+                assert result["messages"] > 0 and result["processor_cpu_ms_per_message"] > 0, (target, result)
+            if name == "lone-message":
+                assert result["cpu_us_per_delivery"] > 0, (target, result)
 
 
 def test_bench_against_ceiling_and_websockets(tmp_path: Path) -> None:
