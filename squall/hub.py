@@ -126,13 +126,16 @@ class Waiter(Protocol):
 
 class Room:
     __slots__ = (
-        "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
+        "name", "last_seq", "delivered", "ready", "live", "recent", "held", "unsent", "waiters",
         "filling", "idle_since", "catching_up",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
         self.name = name
         self.last_seq = 0
+        # The seq of the last message handed to every live member: a live
+        # member's position in the room, which members need not track each.
+        self.delivered = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.live: dict[Member, None] = {}  # an ordered set
         self.recent: deque[Broadcast] = deque(maxlen=recent)
@@ -196,6 +199,7 @@ class Hub:
                 room.ready.set_exception(exc)
                 room.ready.exception()  # retrieved: the caller below re-raises it
                 raise
+            room.delivered = room.last_seq
             room.ready.set_result(None)
             for seq in sorted(room.held):
                 if seq <= room.last_seq:
@@ -276,6 +280,7 @@ class Hub:
             batch = Batch(unsent)
             for member in list(room.live):
                 member.deliver_batch(batch)
+        room.delivered = unsent[-1].seq  # type: ignore[assignment]
         if room.waiters:
             self._answer_waiters(room, unsent)
 
@@ -372,6 +377,19 @@ class Hub:
         if member.closed or not member.subscribed(room.name):
             return
         room.live[member] = None
+
+    def delivered_to(self, member: Member, name: str) -> int | None:
+        """The seq of the last message of room ``name`` handed to ``member`` if it
+        is live there (everything up to it was), else None: a member catching
+        up knows its own position, the hub does not.
+
+        While a room's new messages are being handed out, this is still the
+        seq before them: a member cut off in the middle knows which it got.
+        """
+        room = self.rooms.get(name)
+        if room is None or member not in room.live:
+            return None
+        return room.delivered
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)

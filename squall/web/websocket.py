@@ -244,7 +244,7 @@ class ChatConnection:
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "address", "rooms", "joins",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
-        "_fragments", "_drained", "_abort_handle", "session_id",
+        "_fragments", "_drained", "_abort_handle", "session_id", "_catching_up",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str, address: str) -> None:
@@ -260,7 +260,9 @@ class ChatConnection:
         self.nick = nick
         self.nick_key = nick_key(self.nick)
         self.address = address  # the client's, as limits key it; counted open until _release
-        self.rooms: dict[str, int] = {}  # room → last seq delivered
+        # room → last seq handed over, while catching up or through the slow
+        # path; in a room where it is live, the hub's position is newer (_positions).
+        self.rooms: dict[str, int] = {}
         self.joins: TokenBucket | None = None
         self.typing_at: dict[str, float] | None = None
         self.closed = False
@@ -275,6 +277,7 @@ class ChatConnection:
         self._drained: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
         self.session_id = ""  # ends with that session: WebNode.end_sessions
+        self._catching_up = 0  # rooms being caught up: deliveries there note the position
 
     # -- socket I/O -----------------------------------------------------
 
@@ -328,8 +331,8 @@ class ChatConnection:
         """Send ``data`` now if the kernel takes it, else queue it in order.
 
         ``room`` and ``seq`` name the message ``data`` carries, if it is one.
-        This is the hot path of fan-out: with nothing queued, the bytes go
-        straight to the kernel and nothing is allocated.
+        With nothing queued, the bytes go straight to the kernel and nothing
+        is allocated.
         """
         if not self._out:
             try:
@@ -342,6 +345,10 @@ class ChatConnection:
             if sent == len(data):
                 return
             data = data[sent:]
+        self._queue(data, room, seq)
+
+    def _queue(self, data: bytes, room: str | None, seq: int) -> None:
+        """Keep what the kernel did not take, in order, and watch for writability."""
         self._out.append(data)
         self._out_marks.append((room, seq) if room is not None else None)
         self._out_size += len(data)
@@ -547,7 +554,11 @@ class ChatConnection:
             "type": "joined", "room": room_name, "seq": room.last_seq,
             "members": node.presence.members(room_name),
         })
-        await node.hub.catch_up(self, room, cursor)
+        self._catching_up += 1
+        try:
+            await node.hub.catch_up(self, room, cursor)
+        finally:
+            self._catching_up -= 1
 
     def _leave(self, room_name: str) -> None:
         if self.rooms.pop(room_name, None) is None:
@@ -570,6 +581,31 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
+        seq = broadcast.seq
+        if self._out_size or seq is None or self.closed or self._catching_up:
+            self._deliver_checked(broadcast)
+            return
+        # Fan-out's hot path, once per member per message: nothing is queued,
+        # so the pre-built frame goes straight to the kernel. It touches this
+        # object and its socket, nothing else of the member (in a room of
+        # thousands, every other object is a cache miss per member): the
+        # position in the room is the hub's (_positions), and the set of
+        # mentioned nicks is looked at only when there is one.
+        frame = broadcast.ws_frame
+        try:
+            sent = self.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._lost()  # a reset peer, or a socket already closed
+            return
+        if sent != len(frame):
+            self._queue(frame[sent:], broadcast.room, seq)
+        if broadcast.mentions and self.nick_key in broadcast.mentions:
+            self.node.note_seen(self.nick_key, (broadcast,))
+
+    def _deliver_checked(self, broadcast: Broadcast) -> None:
+        """:meth:`deliver` with the outbound limits applied, and the position noted."""
         if self.closed:
             return
         seq = broadcast.seq
@@ -587,22 +623,28 @@ class ChatConnection:
         if seq is None:
             self.write(broadcast.ws_frame)
             return
-        # Fan-out's hot path, once per member per message: with nothing queued,
-        # write() hands the pre-built frame straight to the kernel.
         self.write(broadcast.ws_frame, broadcast.room, seq)
         self.rooms[broadcast.room] = seq
         if self.nick_key in broadcast.mentions:
             self.node.note_seen(self.nick_key, (broadcast,))
 
     def deliver_batch(self, batch: Batch) -> None:
-        if self._out or self.closed:
+        if self._out_size or self.closed or self._catching_up:
             for broadcast in batch.broadcasts:  # the limits apply message by message
-                self.deliver(broadcast)
+                self._deliver_checked(broadcast)
             return
         self.write(batch.ws_frames, batch.room, batch.first_seq)
-        self.rooms[batch.room] = batch.last_seq
-        if self.nick_key in batch.mentions:
+        if batch.mentions and self.nick_key in batch.mentions:
             self.node.note_seen(self.nick_key, batch.broadcasts)
+
+    def _positions(self) -> dict[str, int]:
+        """The seq of the last message handed over, per joined room."""
+        hub = self.node.hub
+        positions = {}
+        for room, noted in self.rooms.items():
+            live = hub.delivered_to(self, room)
+            positions[room] = noted if live is None else max(noted, live)
+        return positions
 
     async def drain(self) -> None:
         if self._out_size > low_water(self.node.settings.outbound_bytes) and not self.closed:
@@ -615,18 +657,19 @@ class ChatConnection:
         # The queued backlog is useless now (the client resumes with `since`):
         # drop every whole frame after the first, which may be half sent, and
         # tell the client what it will really have got.
+        positions = self._positions()
         while len(self._out) > 1:
             data = self._out.pop()
             mark = self._out_marks.pop()
             self._out_size -= len(data)
             if mark is not None:
                 room, seq = mark
-                if room in self.rooms:
-                    self.rooms[room] = min(self.rooms[room], seq - 1)
+                if room in positions:
+                    positions[room] = min(positions[room], seq - 1)
         self.write(encode_text_frame(orjson.dumps({
             "type": "error", "code": "too_slow",
             "reason": "you fell too far behind; reconnect and join with since=<seq> for each room",
-            "rooms": dict(self.rooms),
+            "rooms": positions,
         })))
         self.close(CLOSE_TOO_SLOW, "too slow: resume with since")
 
