@@ -1,5 +1,7 @@
 """squall/store/sqlite.py on a real SQLite file: idempotent batches, and a
-duplicate check that stays an index lookup however long the history grows."""
+duplicate check that stays an index lookup however long the history grows.
+Every test runs with writes in the worker thread (the web node's store) and on
+the event loop (the processor's)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,14 @@ def draft(room: str, nick: str, cid: str) -> Draft:
     return Draft(room=room, nick=nick, id=cid, body=f"body of {cid}", ts=1)
 
 
-def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
+@pytest.fixture(params=[False, True], ids=["writes-in-thread", "writes-in-loop"])
+def writes_in_loop(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path, writes_in_loop: bool) -> None:
     path = tmp_path / "squall.db"
-    store = SQLiteStore(str(path))
+    store = SQLiteStore(str(path), writes_in_loop=writes_in_loop)
 
     async def create() -> None:
         await store.open()
@@ -36,8 +43,8 @@ def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
     assert "SCAN m" not in details and "SCAN messages" not in details, details
 
 
-def test_batches_store_each_client_id_once(tmp_path: Path) -> None:
-    run_async(_batches(SQLiteStore(str(tmp_path / "squall.db"))))
+def test_batches_store_each_client_id_once(tmp_path: Path, writes_in_loop: bool) -> None:
+    run_async(_batches(SQLiteStore(str(tmp_path / "squall.db"), writes_in_loop=writes_in_loop)))
 
 
 async def _batches(store: SQLiteStore) -> None:
@@ -53,9 +60,9 @@ async def _batches(store: SQLiteStore) -> None:
         await store.close()
 
 
-def test_a_message_without_a_nick_is_refused(tmp_path: Path) -> None:
+def test_a_message_without_a_nick_is_refused(tmp_path: Path, writes_in_loop: bool) -> None:
     """The last line behind the web node's authentication: no author, no message."""
-    store = SQLiteStore(str(tmp_path / "squall.db"))
+    store = SQLiteStore(str(tmp_path / "squall.db"), writes_in_loop=writes_in_loop)
 
     async def scenario() -> None:
         await store.open()
@@ -73,9 +80,30 @@ def test_a_message_without_a_nick_is_refused(tmp_path: Path) -> None:
     run_async(scenario())
 
 
-def test_guests_are_forgotten_once_their_last_session_is_old(tmp_path: Path) -> None:
+def test_guests_are_forgotten_once_their_last_session_is_old(tmp_path: Path, writes_in_loop: bool) -> None:
     path = tmp_path / "squall.db"
-    run_async(_guests(SQLiteStore(str(path)), path))
+    run_async(_guests(SQLiteStore(str(path), writes_in_loop=writes_in_loop), path))
+
+
+def test_writes_in_loop_commit_before_the_loop_runs_again(tmp_path: Path) -> None:
+    """The processor's store: a batch is committed within the call, with no
+    hop to a thread and back (what a lone message would otherwise wait for)."""
+    path = tmp_path / "squall.db"
+    store = SQLiteStore(str(path), writes_in_loop=True)
+
+    async def scenario() -> None:
+        await store.open()
+        try:
+            saving = store.save_messages([draft("r", "ann", "a")])
+            with pytest.raises(StopIteration) as done:
+                saving.send(None)  # one step of the coroutine: it must finish
+            assert [d.seq for d in done.value.value] == [1]
+            with sqlite3.connect(path) as db:  # committed, visible to another connection
+                assert db.execute("SELECT seq FROM messages WHERE room = 'r'").fetchall() == [(1,)]
+        finally:
+            await store.close()
+
+    run_async(scenario())
 
 
 async def _guests(store: SQLiteStore, path: Path) -> None:

@@ -85,7 +85,9 @@ async def serve_processor(
     """
     key = link_key(load_or_create_secret(settings.secret, settings.data_dir))
     sockets = sockets if sockets is not None else listening_sockets(settings)
-    store = open_store(settings.database_url)
+    # The processor's loop may block (no client waits on it directly): its
+    # writes run on it, with no thread hop per transaction.
+    store = open_store(settings.database_url, writes_in_loop=True)
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
         mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
@@ -115,7 +117,8 @@ async def serve_processor(
         if isinstance(exc, Exception):
             raise ConfigError(f"database = {settings.database_url!r}: cannot open it: {exc}") from None
         raise
-    server.add_sockets(sockets)
+    host, port = sockets[0].getsockname()[:2]  # before the event loop takes the sockets
+    await server.listen(sockets)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,7 +127,6 @@ async def serve_processor(
     loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
     notifying = asyncio.ensure_future(notifier.run(stop))
 
-    host, port = sockets[0].getsockname()[:2]
     log.info("processor listening on %s:%d (stages: %s)", host, port, ", ".join(settings.stages))
     print(f"{LISTENING_LINE} {host}:{port}", flush=True)
     await stop.wait()

@@ -181,10 +181,15 @@ class Store(Protocol):
         """Try again at ``due_ms`` (after a delivery failure)."""
 
 
-def open_store(url: str) -> Store:
-    """A store for ``url``: ``sqlite:///path``. Call :meth:`Store.open` next."""
+def open_store(url: str, *, writes_in_loop: bool = False) -> Store:
+    """A store for ``url``: ``sqlite:///path``. Call :meth:`Store.open` next.
+
+    ``writes_in_loop`` is for the processor, whose event loop may block: a
+    store that would hand its writes to a thread runs them on the loop instead
+    (see :mod:`squall.store.sqlite`).
+    """
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        return SQLiteStore(url.removeprefix("sqlite:///"), writes_in_loop=writes_in_loop)
     raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH")
