@@ -6,10 +6,11 @@ Origin) the way any handler checks a request. Then it writes the ``101``
 answer itself and hands the bare socket to a :class:`ChatConnection`: one
 ``__slots__`` object per client, fed by the event loop's reader callback, with
 the framing done by the sans-I/O ``websockets.protocol.Protocol``
-(fragmentation, control frames, the close handshake, size limits). Owning the
-socket is what keeps an idle connection to a few KiB — no coroutine, future or
-timer per connection while it is idle — and lets fan-out hand one pre-built
-frame to ``socket.send`` for every member.
+(fragmentation, control frames, the close handshake, size limits), made when
+bytes arrive and let go between frames (``web/framing.py``). Owning the socket
+is what keeps an idle connection to a few KiB — no coroutine, future, timer,
+framing state or queue per connection while it is idle — and lets fan-out hand
+one pre-built frame to ``socket.send`` for every member.
 
 A bad token still completes the handshake and then closes with 4001, because
 a browser cannot read the status of a refused upgrade, only a close code. Such
@@ -61,6 +62,7 @@ from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler
+from .framing import between_frames, new_framing
 from .streams import receive, take_socket
 
 if TYPE_CHECKING:
@@ -254,9 +256,9 @@ class ChatConnection:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.protocol = Protocol(
-            Side.SERVER, max_size=node.settings.max_frame_bytes, logger=_frames_log
-        )
+        # The framing state machine, only while there is something to frame:
+        # None between two frames of an open connection (web/framing.py).
+        self.protocol: Protocol | None = None
         self.nick = nick
         self.nick_key = nick_key(self.nick)
         self.address = address  # the client's, as limits key it; counted open until _release
@@ -303,17 +305,33 @@ class ChatConnection:
             self._receive(data)
         else:
             self.loop.remove_reader(self.fd)
-            self.protocol.receive_eof()
+            self._framing().receive_eof()
             self._after_protocol()
 
+    def _framing(self) -> Protocol:
+        protocol = self.protocol
+        if protocol is None:
+            protocol = self.protocol = new_framing(
+                max_size=self.node.settings.max_frame_bytes, logger=_frames_log
+            )
+        return protocol
+
+    def _open(self) -> bool:
+        return self.protocol is None or self.protocol.state is State.OPEN
+
     def _receive(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
+        protocol = self._framing()
+        protocol.receive_data(data)
+        for event in protocol.events_received():
             if isinstance(event, Frame):
                 self._on_frame(event)
         self._after_protocol()
+        if self.protocol is not None and self._fragments is None and between_frames(self.protocol):
+            self.protocol = None  # an idle connection keeps no framing state
 
     def _after_protocol(self) -> None:
+        if self.protocol is None:
+            return
         output = self.protocol.data_to_send()
         frames = [data for data in output if data]  # SEND_EOF is b""
         eof = len(frames) < len(output)
@@ -389,7 +407,7 @@ class ChatConnection:
         self._out = self._out_marks = None
         self.loop.remove_writer(self.fd)
         self._writing = False
-        if self.protocol.state is State.CLOSING and self.protocol.eof_sent:
+        if self.protocol is not None and self.protocol.state is State.CLOSING and self.protocol.eof_sent:
             self._half_close()
 
     def _below_low_water(self) -> None:
@@ -448,8 +466,8 @@ class ChatConnection:
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake; the socket is aborted if it does not finish."""
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code, reason)
+        if self._open():
+            self._framing().send_close(code, reason)
         self._forget_member()
         self._after_protocol()
 
@@ -481,7 +499,7 @@ class ChatConnection:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             # RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
-            self.protocol.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+            self._framing().fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
             self._forget_member()
             return
         try:
@@ -681,7 +699,7 @@ class ChatConnection:
     # -- sending helpers ------------------------------------------------
 
     def send_json(self, value: dict[str, Any]) -> None:
-        if self.protocol.state is State.OPEN:
+        if self._open():
             self._reply(encode_text_frame(orjson.dumps(value)))
 
     def _reply(self, data: bytes) -> None:
@@ -695,7 +713,7 @@ class ChatConnection:
             buffered=self._out_size, size=len(data),
             limit=self.node.settings.outbound_bytes, ephemeral=False,
         ) is Outbound.CUT:
-            if self.protocol.state is State.OPEN:
+            if self._open():
                 self._too_slow()
             else:
                 self._finish()
