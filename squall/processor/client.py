@@ -22,6 +22,13 @@ still waits — so a stored message is always published. The messages of one
 read go together, in order, so that the hub can hand them to each member in
 one write. Identical requests
 (same room, nick and id) in flight at once share one entry.
+
+The stream is a bare ``asyncio.Protocol`` (:class:`_LinkConnection`): once
+authenticated, each read's lines are answered from ``data_received`` itself,
+and each request is one ``transport.write`` — no future per read and no
+write-buffer machinery per request, which through Tornado's ``IOStream`` were
+a good part of what a lone message cost the web node. A sender waits on a
+future of its own with a timer beside it, not ``wait_for(shield(...))``.
 """
 
 from __future__ import annotations
@@ -30,11 +37,9 @@ import asyncio
 import itertools
 import logging
 import random
+import socket
 from collections.abc import Callable
-from typing import Any
-
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
+from typing import Any, cast
 
 from ..backoff import backoff_delay
 from ..config import Address
@@ -47,20 +52,104 @@ __all__ = ["ProcessorLink"]
 
 log = logging.getLogger("squall.link")
 
-_READ_CHUNK = 256 * 1024
 # How long the processor may be unreachable before the web node logs a warning.
 UNREACHABLE_WARNING_SECONDS = 3.0
 
 
 class _Request:
-    __slots__ = ("ref", "key", "line", "future", "written_on")
+    __slots__ = ("ref", "key", "line", "waiters", "written_on")
 
     def __init__(self, ref: int, key: tuple[str, str, str], line: bytes) -> None:
         self.ref = ref
         self.key = key
         self.line = line
-        self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        # One future per sender waiting (identical sends share the request).
+        self.waiters: list[asyncio.Future[dict[str, Any]]] = []
         self.written_on: int | None = None  # the stream generation it was written on
+
+    def answer(self, value: dict[str, Any]) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(value)
+        self.waiters = []
+
+
+class _LinkConnection(asyncio.Protocol):
+    """One TCP connection to the processor: lines in, bytes out.
+
+    Until :attr:`on_lines` is set (after the hello exchange), received lines
+    wait in :attr:`lines` for :meth:`next_lines`; from then on they go to
+    ``on_lines`` as each read brings them.
+    """
+
+    def __init__(self, max_line: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.reader = LineReader(max_line=max_line)
+        self.transport: asyncio.Transport | None = None
+        self.lines: list[Line] = []
+        self.on_lines: Callable[[list[Line]], None] | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._arrived: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader.overflow is not None:
+            return  # closing
+        lines = self.reader.receive_data(data)
+        if self.on_lines is not None:
+            self.on_lines(lines)
+        else:
+            self.lines += lines
+            self._wake()
+        if self.reader.overflow is not None:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._wake()
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` if the connection is still up; False if it is not."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def next_lines(self) -> list[Line]:
+        """The lines received and not yet taken, once there is one.
+
+        Raises ``ConnectionError`` if the connection ends first.
+        """
+        while not self.lines:
+            if self.reader.overflow is not None:
+                raise HandshakeFailed("line_too_long", str(self.reader.overflow))
+            if self.closed.done():
+                raise ConnectionError("the processor closed the link")
+            self._arrived = asyncio.get_running_loop().create_future()
+            await self._arrived
+        lines, self.lines = self.lines, []
+        return lines
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[dict[str, Any]]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 class ProcessorLink:
@@ -90,7 +179,7 @@ class ProcessorLink:
         self._pending: dict[int, _Request] = {}  # ref → request, in ref order
         self._by_key: dict[tuple[str, str, str], _Request] = {}
         self._unsent_seen: dict[tuple[str, str], int] = {}
-        self._stream: IOStream | None = None
+        self._connection: _LinkConnection | None = None
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -129,15 +218,23 @@ class ProcessorLink:
             self._pending[ref] = request
             self._by_key[key] = request
             self._write(request)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+        request.waiters.append(waiter)
+        timer = loop.call_later(self.send_timeout, _expire, waiter)
         try:
-            answer = await asyncio.wait_for(asyncio.shield(request.future), self.send_timeout)
+            answer = await waiter
         except asyncio.TimeoutError:
-            if request.written_on is None:
+            if request.waiters:
+                request.waiters.remove(waiter)
+            if request.written_on is None and not request.waiters:
                 self._forget(request)
             raise Unavailable(
                 f"the processor did not answer within {self.send_timeout:g} s;"
                 " retry with the same id"
             ) from None
+        finally:
+            timer.cancel()
         if answer["op"] == "rejected":
             code = str(answer.get("code", "rejected"))
             error = Internal if code == "internal" else Rejected
@@ -154,13 +251,11 @@ class ProcessorLink:
         marker = (key, room)
         if seq <= self._unsent_seen.get(marker, 0):
             return
-        stream = self._stream
-        if stream is not None and not stream.closed():
-            try:
-                stream.write(encode_line({"op": "seen", "nick": key, "room": room, "seq": seq}))
-                return
-            except StreamClosedError:
-                pass
+        connection = self._connection
+        if connection is not None and connection.write(
+            encode_line({"op": "seen", "nick": key, "room": room, "seq": seq})
+        ):
+            return
         if marker not in self._unsent_seen and len(self._unsent_seen) >= self.max_pending:
             self._unsent_seen.pop(next(iter(self._unsent_seen)))
         self._unsent_seen[marker] = seq
@@ -171,14 +266,9 @@ class ProcessorLink:
             del self._by_key[request.key]
 
     def _write(self, request: _Request) -> None:
-        stream = self._stream
-        if stream is None or stream.closed():
-            return
-        try:
-            stream.write(request.line)
-        except StreamClosedError:
-            return
-        request.written_on = self._generation
+        connection = self._connection
+        if connection is not None and connection.write(request.line):
+            request.written_on = self._generation
 
     async def _run(self) -> None:
         attempt = 0
@@ -187,8 +277,10 @@ class ProcessorLink:
         warned = False
         while not self._closing:
             try:
-                stream = await TCPClient().connect(*self.address, max_buffer_size=4 * self.max_line)
-            except (OSError, StreamClosedError) as exc:
+                _, connection = await loop.create_connection(
+                    lambda: _LinkConnection(self.max_line), *self.address
+                )
+            except OSError as exc:
                 delay = backoff_delay(
                     attempt, low=self.reconnect_min, high=self.reconnect_max, rand=random.random()
                 )
@@ -204,12 +296,12 @@ class ProcessorLink:
                 log.warning("processor at %s:%d reachable again", *self.address)
             warned = False
             try:
-                await self._serve(stream)
+                await self._serve(connection)
             except Exception:
                 log.exception("processor link failed")
             finally:
-                stream.close()
-                self._stream = None
+                connection.close()
+                self._connection = None
             unreachable_since = loop.time()
             if self.connected.is_set():
                 self.connected.clear()
@@ -222,42 +314,33 @@ class ProcessorLink:
                 ))
                 attempt += 1
 
-    async def _read_lines(self, stream: IOStream, reader: LineReader, timeout: float) -> list[Line]:
-        """The next complete lines; raises HandshakeFailed after ``timeout`` s or an overlong line."""
-        lines: list[Line] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not lines:
-            if reader.overflow is not None:
-                raise HandshakeFailed("line_too_long", str(reader.overflow))
-            try:
-                data = await asyncio.wait_for(
-                    stream.read_bytes(_READ_CHUNK, partial=True), max(deadline - loop.time(), 0.0)
-                )
-            except asyncio.TimeoutError:
-                raise HandshakeFailed("hello_timeout", f"no answer within {timeout:g} s") from None
-            lines = reader.receive_data(data)
-        return lines
+    async def _handshake(self, connection: _LinkConnection) -> list[Line]:
+        """Prove our key and check the processor's proof; the lines that came after.
 
-    async def _handshake(self, stream: IOStream, reader: LineReader) -> list[Line]:
-        """Prove our key and check the processor's proof; the lines that came after."""
-        lines = await self._read_lines(stream, reader, HELLO_TIMEOUT_SECONDS)
-        our_nonce = new_nonce()
-        hello, their_nonce = web_hello(lines[0].value, key=self.key, our_nonce=our_nonce)
-        stream.write(encode_line(hello))
-        lines = lines[1:] or await self._read_lines(stream, reader, HELLO_TIMEOUT_SECONDS)
+        Raises :class:`HandshakeFailed` (also after ``HELLO_TIMEOUT_SECONDS``
+        without an answer) or ``ConnectionError``.
+        """
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_SECONDS):
+                lines = await connection.next_lines()
+                our_nonce = new_nonce()
+                hello, their_nonce = web_hello(lines[0].value, key=self.key, our_nonce=our_nonce)
+                connection.write(encode_line(hello))
+                lines = lines[1:] or await connection.next_lines()
+        except TimeoutError:
+            raise HandshakeFailed(
+                "hello_timeout", f"no answer within {HELLO_TIMEOUT_SECONDS:g} s"
+            ) from None
         check_welcome(lines[0].value, key=self.key, their_nonce=their_nonce, our_nonce=our_nonce)
         return lines[1:]
 
-    async def _serve(self, stream: IOStream) -> None:
-        stream.set_nodelay(True)
-        reader = LineReader(max_line=self.max_line)
+    async def _serve(self, connection: _LinkConnection) -> None:
         # Nothing of our queue is written before the processor has proved
         # that it holds our key: a peer that is not our own processor must
         # not receive it.
         try:
-            leftover = await self._handshake(stream, reader)
-        except StreamClosedError:
+            leftover = await self._handshake(connection)
+        except ConnectionError:
             return  # the processor went away again; _run reconnects
         except HandshakeFailed as exc:
             reason = f"{exc.code}: {exc.reason}"
@@ -271,7 +354,7 @@ class ProcessorLink:
             return
         self._refused = None
         self._generation += 1
-        self._stream = stream
+        self._connection = connection
         for request in list(self._pending.values()):
             self._write(request)
         unsent_seen, self._unsent_seen = self._unsent_seen, {}
@@ -279,14 +362,14 @@ class ProcessorLink:
             self.report_seen(key, room, seq)
         self.connected.set()
         log.info("connected to the processor at %s:%d", *self.address)
+        # From here on each read is answered as it arrives, in data_received.
+        leftover += connection.lines
+        connection.lines = []
+        connection.on_lines = self._answer_all
         self._answer_all(leftover)
-        while reader.overflow is None:
-            try:
-                lines = reader.receive_data(await stream.read_bytes(_READ_CHUNK, partial=True))
-            except StreamClosedError:
-                return
-            self._answer_all(lines)
-        log.error("processor sent an overlong line: %s", reader.overflow)
+        await connection.closed
+        if connection.reader.overflow is not None:
+            log.error("processor sent an overlong line: %s", connection.reader.overflow)
 
     def _answer_all(self, lines: list[Line]) -> None:
         """Answer what one read brought; its processed messages are published together."""
@@ -305,8 +388,7 @@ class ProcessorLink:
                 processed.append(value["message"])
             if request is not None:
                 self._forget(request)
-                if not request.future.done():
-                    request.future.set_result(value)
+                request.answer(value)
         elif op == "updated":
             if processed:  # keep the order: messages first, then what updates them
                 self.on_processed(processed[:])
@@ -318,22 +400,27 @@ class ProcessorLink:
             request = self._pending.get(value.get("ref"))  # type: ignore[arg-type]
             if request is not None:
                 self._forget(request)
-                if not request.future.done():
-                    request.future.set_result({
-                        "op": "rejected", "code": "internal",
-                        "reason": "the server could not process this message",
-                    })
+                request.answer({
+                    "op": "rejected", "code": "internal",
+                    "reason": "the server could not process this message",
+                })
         elif op != "pong":
             log.warning("unexpected line from the processor: %r", value)
 
     async def close(self, *, timeout: float) -> None:
         """Stop taking sends, wait up to ``timeout`` s for answers, then disconnect."""
         self._closing = True
-        waiting = [r.future for r in self._pending.values() if r.written_on is not None]
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[dict[str, Any]]] = []
+        for request in self._pending.values():
+            if request.written_on is not None:
+                waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+                request.waiters.append(waiter)
+                waiting.append(waiter)
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        if self._stream is not None:
-            self._stream.close()
+        if self._connection is not None:
+            self._connection.close()
         if self._task is not None:
             self._task.cancel()
             try:
