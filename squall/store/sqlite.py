@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,10 @@ _BUSY_TIMEOUT_MS = 10_000
 _COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
 
 
+_EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+
+
+@functools.lru_cache(maxsize=64)
 def earlier_copies_sql(keys: int) -> str:
     """The query for stored messages with any of ``keys`` (room, nick_key, cid) triples.
 
@@ -131,7 +136,7 @@ def earlier_copies_sql(keys: int) -> str:
     more as the room's history grows.
     """
     marks = ",".join(["(?, ?, ?)"] * keys)
-    columns = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+    columns = _EARLIER_COLUMNS
     return (
         f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
         " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
