@@ -18,7 +18,10 @@ the bus together, or a gap is filled — go to each member as one
 :class:`~squall.frames.Batch`: one write per member instead of one per message.
 They wait in ``room.unsent`` only within a hub method; every method that
 advances a room delivers before it returns (or awaits), so outside the hub no
-room has anything unsent.
+room has anything unsent. A lone message goes to the room's live members
+through ``fan_out`` (:func:`deliver_each` unless the node gives a faster
+equivalent: one transport can send to thousands of sockets without a Python
+call per member).
 
 A member that joins is first brought up to date from the room's recent buffer
 or the store, page by page, waiting for its outbound buffer to drain between
@@ -44,7 +47,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import orjson
@@ -54,7 +57,10 @@ from .message import Draft
 from .protocol import nick_key
 from .store import Store
 
-__all__ = ["Hub", "Room", "Member", "Waiter", "PollAnswer", "broadcast_from_draft", "encode_poll_body"]
+__all__ = [
+    "Hub", "Room", "Member", "Waiter", "PollAnswer", "FanOut", "deliver_each", "broadcast_from_draft",
+    "encode_poll_body",
+]
 
 log = logging.getLogger("squall.hub")
 
@@ -80,6 +86,17 @@ class Member(Protocol):
     async def drain(self) -> None:
         """Return once the member's outbound buffer is below its low-water mark
         (at once if it already is): backlog is sent only as fast as it leaves."""
+
+
+FanOut = Callable[[list[Member], Broadcast], None]
+"""Hands one broadcast to every member of a list, exactly as calling each
+member's ``deliver`` in turn would (in any order)."""
+
+
+def deliver_each(members: list[Member], broadcast: Broadcast) -> None:
+    """The plain :data:`FanOut`: each member's ``deliver``, one by one."""
+    for member in members:
+        member.deliver(broadcast)
 
 
 def broadcast_from_draft(draft: Draft) -> Broadcast:
@@ -178,11 +195,13 @@ class Hub:
         recent_per_room: int = 256,
         backlog_page: int = 200,
         history_on_join: int = 50,
+        fan_out: FanOut = deliver_each,
     ) -> None:
         self.store = store
         self.recent_per_room = recent_per_room
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
+        self.fan_out = fan_out
         self.rooms: dict[str, Room] = {}
 
     # -- opening rooms --------------------------------------------------
@@ -274,8 +293,7 @@ class Hub:
             return
         room.unsent = []
         if len(unsent) == 1:
-            for member in list(room.live):
-                member.deliver(unsent[0])
+            self.fan_out(list(room.live), unsent[0])
         else:
             batch = Batch(unsent)
             for member in list(room.live):

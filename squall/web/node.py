@@ -42,6 +42,7 @@ from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
+from .websocket import fan_out
 
 __all__ = ["WebNode"]
 
@@ -113,6 +114,7 @@ class WebNode:
             recent_per_room=settings.recent_per_room,
             backlog_page=settings.backlog_page,
             history_on_join=settings.history_on_join,
+            fan_out=fan_out,
         )
         self.presence = PresenceTable(grace=settings.poll_grace)
         self.link = ProcessorLink(
