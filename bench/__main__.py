@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         filter_messages=5000 if args.quick else 20_000,
     )
     # Each client is one socket here and one in the server; the server inherits this limit.
-    soft, hard = _raise_nofile(2 * max(options.idle_connections, options.clients or 0, 2000) + 1000)
+    # idle-10k holds 10,000 at once.
+    soft, hard = _raise_nofile(2 * max(options.idle_connections, options.clients or 0, 10_000) + 1000)
     pinning = None if args.no_pin else pin_self()
     targets = [TARGETS[t](pin=pinning is not None, loop=args.loop) for t in target_names]
     print(f"bench: scenarios {', '.join(names)}; targets {', '.join(target_names)}; "

@@ -130,6 +130,19 @@ def _postgres_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
     return rate >= 5000 and p99 < 10, f"{rate:,.0f}/s, p99 {p99:.2f} ms at 100/s"
 
 
+def _lone_message_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    squall, ceiling, _ = _goal_rows(rows, "ceiling")
+    value, ref = _num(squall, "cpu_us_per_delivery"), _num(ceiling, "cpu_us_per_delivery")
+    if value is None or not ref:
+        return None
+    return value <= ref, f"{value / ref:.2f}x ({value:.2f} vs {ref:.2f} us)"
+
+
+def _lone_processor_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    value = _num(_goal_rows(rows, "ceiling")[0], "processor_cpu_ms_per_message")
+    return None if value is None else (value <= 0.5, f"{value:.3f} ms/msg")
+
+
 def _queue_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
     squall = _goal_rows(rows, "squall")[0]
     one, factor = _num(squall, "queue_1_msgs_per_s"), _num(squall, "queue_factor")
@@ -161,6 +174,9 @@ GOALS: dict[str, Goal] = {
     "cross-node": Goal("extra hop <= 1 ms at p50", _cross_node_goal),
     "processor-postgres": Goal(">= 5000/s, p99 < 10 ms at 100/s (PostgreSQL store)", _postgres_goal),
     "queue": Goal(">= 5000/s through Redis Streams with 1 processor; report the 2-processor factor", _queue_goal),
+    "lone-message": Goal("<= 1.0x the ceiling's CPU/delivery (its processor counted)", _lone_message_goal),
+    "lone-processor": Goal("<= 0.5 ms of processor CPU per message, one at a time", _lone_processor_goal),
+    "idle-10k": Goal("<= 4 KiB/conn, 10,000 in one room", _idle_memory_goal),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]

@@ -1096,3 +1096,9 @@ SCENARIOS: dict[str, Scenario] = {
                  figure="MB/s of messages through the filter (set-up: building it)"),
     ]
 }
+
+# One message's cost and idle memory at 10,000 (bench/cost.py, which builds on
+# the helpers above), in the same table as the rest.
+from .cost import COST_SCENARIOS  # noqa: E402
+
+SCENARIOS.update(COST_SCENARIOS)

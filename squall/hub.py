@@ -18,7 +18,10 @@ the bus together, or a gap is filled — go to each member as one
 :class:`~squall.frames.Batch`: one write per member instead of one per message.
 They wait in ``room.unsent`` only within a hub method; every method that
 advances a room delivers before it returns (or awaits), so outside the hub no
-room has anything unsent.
+room has anything unsent. A lone message goes to the room's live members
+through ``fan_out`` (:func:`deliver_each` unless the node gives a faster
+equivalent: one transport can send to thousands of sockets without a Python
+call per member).
 
 A member that joins is first brought up to date from the room's recent buffer
 or the store, page by page, each page in chunks of at most
@@ -78,7 +81,7 @@ import asyncio
 import itertools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import orjson
@@ -91,7 +94,8 @@ from .store import Store
 from .turns import Turns
 
 __all__ = [
-    "Hub", "Room", "Member", "Waiter", "PollAnswer", "Subscriptions", "broadcast_from_draft", "encode_poll_body",
+    "Hub", "Room", "Member", "Waiter", "PollAnswer", "Subscriptions", "FanOut", "deliver_each",
+    "broadcast_from_draft", "encode_poll_body",
 ]
 
 log = logging.getLogger("squall.hub")
@@ -142,6 +146,17 @@ class Member(Protocol):
     async def drain(self) -> None:
         """Return once the member's outbound buffer is below its low-water mark
         (at once if it already is): backlog is sent only as fast as it leaves."""
+
+
+FanOut = Callable[[list[Member], Broadcast], None]
+"""Hands one broadcast to every member of a list, exactly as calling each
+member's ``deliver`` in turn would (in any order)."""
+
+
+def deliver_each(members: list[Member], broadcast: Broadcast) -> None:
+    """The plain :data:`FanOut`: each member's ``deliver``, one by one."""
+    for member in members:
+        member.deliver(broadcast)
 
 
 def broadcast_from_draft(draft: Draft) -> Broadcast:
@@ -202,13 +217,16 @@ class Waiter(Protocol):
 
 class Room:
     __slots__ = (
-        "name", "last_seq", "ready", "live", "recent", "held", "unsent", "waiters",
+        "name", "last_seq", "delivered", "ready", "live", "recent", "held", "unsent", "waiters",
         "filling", "idle_since", "catching_up", "known_seq", "updated", "early_updates", "ahead", "fill",
     )
 
     def __init__(self, name: str, *, recent: int) -> None:
         self.name = name
         self.last_seq = 0
+        # The seq of the last message handed to every live member: a live
+        # member's position in the room, which members need not track each.
+        self.delivered = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.live: dict[Member, None] = {}  # an ordered set
         self.recent: deque[Broadcast] = deque(maxlen=recent)
@@ -259,12 +277,14 @@ class Hub:
         history_on_join: int = 50,
         catch_up_chunk_bytes: int = 64 * 1024,
         turns: Turns | None = None,
+        fan_out: FanOut = deliver_each,
     ) -> None:
         self.store = store
         self.bus: Subscriptions = bus if bus is not None else _NoSubscriptions()
         self.recent_per_room = recent_per_room
         self.backlog_page = backlog_page
         self.history_on_join = history_on_join
+        self.fan_out = fan_out
         self.rooms: dict[str, Room] = {}
         # Messages handed to live members and parked polls, one per member
         # (squall_deliveries_total): counted per room advance, not per member.
@@ -296,6 +316,7 @@ class Hub:
                 room.ready.set_exception(exc)
                 room.ready.exception()  # retrieved: the caller below re-raises it
                 raise
+            room.delivered = room.last_seq
             room.ready.set_result(None)
             for seq in sorted(room.held):
                 if seq <= room.last_seq:
@@ -406,12 +427,12 @@ class Hub:
         if room.ahead:
             members = self._deliver_to_members_ahead(room, unsent, members)
         if len(unsent) == 1:
-            for member in members:
-                member.deliver(unsent[0])
+            self.fan_out(members, unsent[0])
         else:
             batch = Batch(unsent)
             for member in members:
                 member.deliver_batch(batch)
+        room.delivered = unsent[-1].seq  # type: ignore[assignment]
         if room.waiters:
             self._answer_waiters(room, unsent)
         if room.early_updates:
@@ -613,6 +634,19 @@ class Hub:
         self.reads.forget(name)
         for key in [k for k in self._pages if k[0] == name]:
             del self._pages[key]
+
+    def delivered_to(self, member: Member, name: str) -> int | None:
+        """The seq of the last message of room ``name`` handed to ``member`` if it
+        is live there (everything up to it was), else None: a member catching
+        up knows its own position, the hub does not.
+
+        While a room's new messages are being handed out, this is still the
+        seq before them: a member cut off in the middle knows which it got.
+        """
+        room = self.rooms.get(name)
+        if room is None or member not in room.live:
+            return None
+        return room.delivered
 
     def leave(self, member: Member, name: str, *, now: float) -> None:
         room = self.rooms.get(name)

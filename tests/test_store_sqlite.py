@@ -1,6 +1,7 @@
-"""squall/store/sqlite.py on a real SQLite file: a duplicate check that stays an
-index lookup however long the history grows. What every store does is in
-test_store.py."""
+"""squall/store/sqlite.py on a real SQLite file: idempotent batches, and a
+duplicate check that stays an index lookup however long the history grows.
+Every test runs with writes in the worker thread (the web node's store) and on
+the event loop (the processor's)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ from support import run_async
 from squall.store.sqlite import SQLiteStore, earlier_copies_sql
 
 
-def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
+def draft(room: str, nick: str, cid: str) -> Draft:
+    return Draft(room=room, nick=nick, id=cid, body=f"body of {cid}", ts=1)
+
+
+@pytest.fixture(params=[False, True], ids=["writes-in-thread", "writes-in-loop"])
+def writes_in_loop(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path, writes_in_loop: bool) -> None:
     path = tmp_path / "squall.db"
-    store = SQLiteStore(str(path))
+    store = SQLiteStore(str(path), writes_in_loop=writes_in_loop)
 
     async def create() -> None:
         await store.open()
@@ -28,3 +38,87 @@ def test_the_duplicate_check_is_an_index_lookup(tmp_path: Path) -> None:
     details = " | ".join(str(row[-1]) for row in plan)
     assert "USING INDEX messages_by_client_id" in details, details
     assert "SCAN m" not in details and "SCAN messages" not in details, details
+
+
+def test_batches_store_each_client_id_once(tmp_path: Path, writes_in_loop: bool) -> None:
+    run_async(_batches(SQLiteStore(str(tmp_path / "squall.db"), writes_in_loop=writes_in_loop)))
+
+
+async def _batches(store: SQLiteStore) -> None:
+    await store.open()
+    try:
+        first = await store.save_messages([draft("r", "Ann", "a"), draft("r", "ann", "a"), draft("r", "Bob", "a")])
+        # Ann and ann are one nick; Bob's "a" is another message.
+        assert [(d.seq, d.duplicate) for d in first] == [(1, False), (1, True), (2, False)]
+        again = await store.save_messages([draft("r", "Bob", "a"), draft("r", "Ann", "b"), draft("s", "Ann", "a")])
+        assert [(d.room, d.seq, d.duplicate) for d in again] == [("r", 2, True), ("r", 3, False), ("s", 1, False)]
+        assert again[0].body == "body of a"
+    finally:
+        await store.close()
+
+
+def test_a_message_without_a_nick_is_refused(tmp_path: Path, writes_in_loop: bool) -> None:
+    """The last line behind the web node's authentication: no author, no message."""
+    store = SQLiteStore(str(tmp_path / "squall.db"), writes_in_loop=writes_in_loop)
+
+    async def scenario() -> None:
+        await store.open()
+        try:
+            for nick in ("", "   "):
+                with pytest.raises(ValueError, match="no nick"):
+                    await store.save_messages([draft("r", "ann", "a1"), draft("r", nick, "a2")])
+                with pytest.raises(ValueError, match="no nick"):
+                    await store.save_user(nick)
+            assert await store.last_seq("r") == 0
+            assert await store.messages_after("r", 0, 10) == []
+        finally:
+            await store.close()
+
+    run_async(scenario())
+
+
+def test_guests_are_forgotten_once_their_last_session_is_old(tmp_path: Path, writes_in_loop: bool) -> None:
+    path = tmp_path / "squall.db"
+    run_async(_guests(SQLiteStore(str(path), writes_in_loop=writes_in_loop), path))
+
+
+def test_writes_in_loop_commit_before_the_loop_runs_again(tmp_path: Path) -> None:
+    """The processor's store: a batch is committed within the call, with no
+    hop to a thread and back (what a lone message would otherwise wait for)."""
+    path = tmp_path / "squall.db"
+    store = SQLiteStore(str(path), writes_in_loop=True)
+
+    async def scenario() -> None:
+        await store.open()
+        try:
+            saving = store.save_messages([draft("r", "ann", "a")])
+            with pytest.raises(StopIteration) as done:
+                saving.send(None)  # one step of the coroutine: it must finish
+            assert [d.seq for d in done.value.value] == [1]
+            with sqlite3.connect(path) as db:  # committed, visible to another connection
+                assert db.execute("SELECT seq FROM messages WHERE room = 'r'").fetchall() == [(1,)]
+        finally:
+            await store.close()
+
+    run_async(scenario())
+
+
+async def _guests(store: SQLiteStore, path: Path) -> None:
+    await store.open()
+    try:
+        for nick in ("Old", "Back", "Mailed", "Member", "Fresh"):
+            await store.save_user(nick)
+        await store.set_email("mailed", "m@example.com")
+        await store.mark_seen([("old", "r", 3), ("fresh", "r", 4)])
+        with sqlite3.connect(path) as db:  # as if a month had passed for all but Fresh
+            db.execute("UPDATE users SET created = 0 WHERE nick_key != 'fresh'")
+            db.execute("UPDATE users SET password_hash = 'x' WHERE nick_key = 'member'")
+        assert await store.save_user("back") == "Back"  # a new session: its clock restarts
+        assert await store.forget_guests(last_session_before=100) == 1
+        found = await store.find_users(["old", "back", "mailed", "member", "fresh"])
+        assert sorted(found) == ["back", "fresh", "mailed", "member"]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT nick_key FROM seen").fetchall() == [("fresh",)]
+        assert await store.forget_guests(last_session_before=100) == 0
+    finally:
+        await store.close()

@@ -122,8 +122,11 @@ async def serve_processor(
     except ConfigError:
         _close(sockets)
         raise
+    # The processor's loop may block (no client waits on it directly): its
+    # writes run on it, with no thread hop per transaction.
     store = open_store(
-        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout,
+        writes_in_loop=True,
     )
     metrics = ProcessorMetrics()
     notifier = Notifier(
@@ -157,7 +160,8 @@ async def serve_processor(
                 f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
             ) from None
         raise
-    server.add_sockets(sockets)
+    host, port = sockets[0].getsockname()[:2]  # before the event loop takes the sockets
+    await server.listen(sockets)
     operations_server: HTTPServer | None = None
     if operations:
         operations_server = HTTPServer(
@@ -180,7 +184,6 @@ async def serve_processor(
     loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
     notifying = asyncio.ensure_future(notifier.run(stop))
 
-    host, port = sockets[0].getsockname()[:2]
     log.info("processor listening on %s:%d (stages: %s)", host, port, ", ".join(settings.stages))
     if operations:
         metrics_host, metrics_port = operations[0].getsockname()[:2]

@@ -148,7 +148,7 @@ class Pipeline:
         for name, stage in self.stages:
             try:
                 result = stage(message)
-                if inspect.isawaitable(result):
+                if not isinstance(result, Draft) and inspect.isawaitable(result):
                     result = await result
             except Rejected:
                 raise

@@ -11,23 +11,26 @@ Every ``process`` request is checked field by field at this boundary with the
 web node's own checks (:mod:`squall.protocol`), so that a request the web node
 would never send is refused alone, before it can fail a group commit.
 
-Each connection reads in large chunks, splits them into lines
-(:class:`~squall.lines.LineReader`) and starts one task per ``process``
-request, so requests are pipelined and answered in whatever order they finish,
-matched by ``ref``. A connection stops reading while ``max_in_flight`` of its
-requests are unfinished, which pushes back on the web node through TCP.
+Each connection is a bare ``asyncio.Protocol``: the event loop hands it what
+one read brought, :class:`~squall.lines.LineReader` splits it into lines, and
+each ``process`` request starts one task, so requests are pipelined and
+answered in whatever order they finish, matched by ``ref``. (Through Tornado's
+``IOStream`` every read was a future and every answer a trip through its write
+buffer: a third of a lone message's cost here.) A connection stops reading
+while ``max_in_flight`` of its requests are unfinished, or while its answers
+are not being read (above the transport's high-water mark), which pushes back
+on the web node through TCP; a peer that lets ``max_write_buffer`` bytes of
+answers pile up all the same is cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
-from typing import Any
-
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpserver import TCPServer
+from typing import Any, cast
 
 from ..errors import BadRequest, HandshakeFailed, Rejected
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_web_hello, new_nonce, processor_hello, welcome
@@ -41,7 +44,6 @@ __all__ = ["ProcessorServer", "MIN_TS", "MAX_TS", "parse_process", "parse_seen"]
 
 log = logging.getLogger("squall.processor")
 
-_READ_CHUNK = 256 * 1024
 _PROCESS_FIELDS = {"room": str, "nick": str, "id": str, "body": str, "ts": int}
 # A `ts` is milliseconds since the epoch, stamped by a web node: anything before
 # 1970 or after the year 9999 is no clock's reading, and would not even fit the
@@ -50,13 +52,24 @@ MIN_TS = 0
 MAX_TS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 # Refused connections are logged at most once per this many seconds.
 REFUSAL_LOG_SECONDS = 60.0
+# Bytes of answers a web node has not read yet above which its connection is
+# no longer read: far more than a live web node ever leaves (it reads 256 KiB
+# at a time), and a bound on what one that stopped reading costs.
+ANSWERS_HIGH_WATER = 1024 * 1024
 
 
-class ProcessorServer(TCPServer):
+class ProcessorServer:
     """Serves web nodes that prove ``key`` (:func:`squall.handshake.link_key`).
+
+    Set :attr:`pipeline`, then call :meth:`listen`; :meth:`stop` stops
+    accepting, :meth:`wait_idle` waits for the requests in flight.
 
     :param max_line: longest line accepted, in bytes; default 64 KiB.
     :param max_body_chars: longest body after trimming; default 4000.
+    :param max_in_flight: unfinished requests per connection before it is no
+        longer read; default 4096.
+    :param max_write_buffer: bytes of unread answers before a connection is
+        cut off; default 64 MiB.
     :param hello_timeout: seconds a new connection has to authenticate; default 5.
     """
 
@@ -72,7 +85,6 @@ class ProcessorServer(TCPServer):
         max_write_buffer: int = 64 * 1024 * 1024,
         hello_timeout: float = HELLO_TIMEOUT_SECONDS,
     ) -> None:
-        super().__init__(max_buffer_size=max(4 * max_line, 2 * _READ_CHUNK))
         self.pipeline = pipeline
         self.key = key
         self.on_seen = on_seen
@@ -82,10 +94,23 @@ class ProcessorServer(TCPServer):
         self.max_write_buffer = max_write_buffer
         self.hello_timeout = hello_timeout
         self.refusals = ThrottledLog(log, interval=REFUSAL_LOG_SECONDS)
-        self.connections: set[_Connection] = set()
+        self.connections: set[_Connection] = set()  # authenticated ones
         self.in_flight = 0
+        self._servers: list[asyncio.AbstractServer] = []
         self._idle = asyncio.Event()
         self._idle.set()
+
+    async def listen(self, sockets: list[socket.socket]) -> None:
+        """Start accepting on ``sockets`` (bound and listening, or about to be)."""
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            self._servers.append(await loop.create_server(lambda: _Connection(self), sock=sock))
+
+    def stop(self) -> None:
+        """Stop accepting connections; those open are served on."""
+        for server in self._servers:
+            server.close()
+        self._servers = []
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` s passed first."""
@@ -95,36 +120,17 @@ class ProcessorServer(TCPServer):
             return False
         return True
 
-    async def handle_stream(self, stream: IOStream, address: Any) -> None:
-        stream.max_write_buffer_size = self.max_write_buffer
-        try:
-            stream.set_nodelay(True)
-        except OSError:
-            pass
-        connection = _Connection(self, stream)
-        try:
-            leftover = await connection.authenticate()
-        except HandshakeFailed as exc:
-            connection.send({"op": "error", "code": exc.code, "reason": exc.reason})
-            stream.close()
-            self.refusals.note(
-                f"refused a processor-link connection from {_peer(address)}: {exc.code}: {exc.reason}",
-                now=time.monotonic(),
-            )
-            return
-        except StreamClosedError:
-            return
-        self.connections.add(connection)
-        try:
-            await connection.run(leftover)
-        finally:
-            self.connections.discard(connection)
-
     def send_to_all(self, value: dict[str, Any]) -> None:
         """Send an unasked line (``updated``) to every authenticated web node."""
         line = encode_line(value)
         for connection in self.connections:
             connection.write(line)
+
+    def refused(self, peer: str, exc: HandshakeFailed) -> None:
+        self.refusals.note(
+            f"refused a processor-link connection from {peer}: {exc.code}: {exc.reason}",
+            now=time.monotonic(),
+        )
 
 
 def _peer(address: Any) -> str:
@@ -188,70 +194,125 @@ def parse_seen(request: dict[str, Any]) -> tuple[str, str, int] | dict[str, Any]
     return nick, room, seq
 
 
-class _Connection:
-    __slots__ = ("server", "stream", "reader", "in_flight", "_resume")
+class _Connection(asyncio.Protocol):
+    """One web node's connection: the hello exchange, then its requests."""
 
-    def __init__(self, server: ProcessorServer, stream: IOStream) -> None:
+    def __init__(self, server: ProcessorServer) -> None:
         self.server = server
-        self.stream = stream
         self.reader = LineReader(max_line=server.max_line)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "a local socket"
+        self.authenticated = False
         self.in_flight = 0
-        self._resume: asyncio.Event | None = None
+        self._nonce = new_nonce()
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._too_many = False  # max_in_flight unfinished: not reading
+        self._unread = False  # answers not being read: not reading
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = _peer(transport.get_extra_info("peername"))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.transport.set_write_buffer_limits(high=ANSWERS_HIGH_WATER)
+        self.send(processor_hello(self._nonce))
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.server.hello_timeout, self._hello_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        self.server.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # refused, or cut off after an overlong line: nothing more is read
+        lines = self.reader.receive_data(data)
+        if not self.authenticated:
+            if not lines:
+                if self.reader.overflow is not None:
+                    self._refuse(HandshakeFailed("line_too_long", f"hello expected: {self.reader.overflow}"))
+                return
+            if not self._authenticate(lines[0]):
+                return
+            lines = lines[1:]
+        self._handle_lines(lines)
+        if self.reader.overflow is not None:
+            self.send({"op": "error", "code": "line_too_long", "reason": str(self.reader.overflow)})
+            self._close()
+
+    def pause_writing(self) -> None:
+        self._unread = True
+        self._read_or_not()
+
+    def resume_writing(self) -> None:
+        self._unread = False
+        self._read_or_not()
+
+    # -- the hello exchange ---------------------------------------------
+
+    def _authenticate(self, hello: Line) -> bool:
+        """Check the peer's hello and welcome it, or refuse it."""
+        try:
+            their_nonce = check_web_hello(hello.value, key=self.server.key, our_nonce=self._nonce)
+        except HandshakeFailed as exc:
+            self._refuse(exc)
+            return False
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        self.send(welcome(key=self.server.key, their_nonce=their_nonce, our_nonce=self._nonce))
+        self.authenticated = True
+        self.server.connections.add(self)
+        return True
+
+    def _hello_timed_out(self) -> None:
+        self._hello_timer = None
+        if not self.authenticated:
+            self._refuse(HandshakeFailed("hello_timeout", f"no hello within {self.server.hello_timeout:g} s"))
+
+    def _refuse(self, exc: HandshakeFailed) -> None:
+        self.send({"op": "error", "code": exc.code, "reason": exc.reason})
+        self._close()
+        self.server.refused(self.peer, exc)
+
+    # -- output ---------------------------------------------------------
 
     def write(self, line: bytes) -> None:
-        if not self.stream.closed():
-            try:
-                self.stream.write(line)
-            except StreamClosedError:
-                pass
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(line)
+        if transport.get_write_buffer_size() > self.server.max_write_buffer:
+            log.warning("closing the link from %s: %d bytes of answers unread",
+                        self.peer, transport.get_write_buffer_size())
+            transport.abort()
 
     def send(self, value: dict[str, Any]) -> None:
         self.write(encode_line(value))
 
-    async def authenticate(self) -> list[Line]:
-        """Greet, check the peer's hello, welcome it; returns the lines that followed the hello.
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # after what is buffered has been written
 
-        Raises :class:`HandshakeFailed` (answer it and close) or ``StreamClosedError``.
-        """
-        nonce = new_nonce()
-        self.send(processor_hello(nonce))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.server.hello_timeout
-        lines: list[Line] = []
-        while not lines:
-            if self.reader.overflow is not None:
-                raise HandshakeFailed("line_too_long", f"hello expected: {self.reader.overflow}")
-            remaining = deadline - loop.time()
-            try:
-                data = await asyncio.wait_for(
-                    self.stream.read_bytes(_READ_CHUNK, partial=True), max(remaining, 0.0)
-                )
-            except asyncio.TimeoutError:
-                raise HandshakeFailed(
-                    "hello_timeout", f"no hello within {self.server.hello_timeout:g} s"
-                ) from None
-            lines = self.reader.receive_data(data)
-        their_nonce = check_web_hello(lines[0].value, key=self.server.key, our_nonce=nonce)
-        self.send(welcome(key=self.server.key, their_nonce=their_nonce, our_nonce=nonce))
-        return lines[1:]
+    def _read_or_not(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._too_many or self._unread:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
-    async def run(self, leftover: list[Line]) -> None:
-        """Serve an authenticated peer, starting with what came after its hello."""
-        try:
-            self._handle_lines(leftover)
-            while True:
-                if self.in_flight >= self.server.max_in_flight:
-                    self._resume = asyncio.Event()
-                    await self._resume.wait()
-                data = await self.stream.read_bytes(_READ_CHUNK, partial=True)
-                self._handle_lines(self.reader.receive_data(data))
-                if self.reader.overflow is not None:
-                    reason = str(self.reader.overflow)
-                    self.send({"op": "error", "code": "line_too_long", "reason": reason})
-                    self.stream.close()
-                    return
-        except StreamClosedError:
-            pass
+    # -- requests -------------------------------------------------------
 
     def _handle_lines(self, lines: list[Line]) -> None:
         for line in lines:
@@ -262,19 +323,22 @@ class _Connection:
 
     def handle(self, request: dict[str, Any]) -> None:
         op = request.get("op")
-        if op == "ping":
-            self.send({"op": "pong"})
-        elif op == "hello":
-            self.send({"op": "error", "code": "bad_hello", "reason": "hello was already exchanged"})
-        elif op == "seen":
-            self._seen(request)
-        elif op == "process":
+        if op == "process":
             draft = self._parse_process(request)
             if draft is not None:
                 self.in_flight += 1
                 self.server.in_flight += 1
                 self.server._idle.clear()
+                if self.in_flight >= self.server.max_in_flight and not self._too_many:
+                    self._too_many = True
+                    self._read_or_not()
                 asyncio.ensure_future(self._process(request["ref"], draft))
+        elif op == "ping":
+            self.send({"op": "pong"})
+        elif op == "hello":
+            self.send({"op": "error", "code": "bad_hello", "reason": "hello was already exchanged"})
+        elif op == "seen":
+            self._seen(request)
         else:
             self.send({
                 "op": "error", "code": "unknown_op",
@@ -313,6 +377,6 @@ class _Connection:
             self.server.in_flight -= 1
             if not self.server.in_flight:
                 self.server._idle.set()
-            if self._resume is not None and self.in_flight < self.server.max_in_flight:
-                self._resume.set()
-                self._resume = None
+            if self._too_many and self.in_flight < self.server.max_in_flight:
+                self._too_many = False
+                self._read_or_not()

@@ -215,17 +215,19 @@ def redacted_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
-def open_store(url: str, *, pool_size: int = 10, timeout: float = 10.0) -> Store:
+def open_store(url: str, *, pool_size: int = 10, timeout: float = 10.0, writes_in_loop: bool = False) -> Store:
     """A store for ``url``: ``sqlite:///path`` or ``postgresql://…``. Call :meth:`Store.open` next.
 
     ``pool_size`` and ``timeout`` (seconds) bound PostgreSQL's connection pool
     and each operation (``database_pool_size``, ``database_timeout``); SQLite
-    has no use for them.
+    has no use for them. ``writes_in_loop`` is for the processor, whose event
+    loop may block: a store that would hand its writes to a thread runs them on
+    the loop instead (see :mod:`squall.store.sqlite`).
     """
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        return SQLiteStore(url.removeprefix("sqlite:///"), writes_in_loop=writes_in_loop)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from .postgres import PostgresStore

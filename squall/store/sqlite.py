@@ -8,11 +8,21 @@ so two processors sharing a file serialise instead of both reading the same
 ``synchronous=FULL`` because an acknowledged message must survive a power cut,
 not only a crash; the batch amortises the fsync.
 
-Writes run on one connection in one worker thread, each transaction as a single
-plain function (``_save_batch``): one hop between the event loop and the thread
-per batch, not one per statement as through aiosqlite, whose per-call round
-trips cost more CPU than the statements themselves. Being one thread, the
-writer also serialises every write. Reads go through aiosqlite.
+Writes run on one connection, each transaction as a single plain function
+(``_save_batch``), never one await per statement as through aiosqlite, whose
+per-call round trips cost more CPU than the statements themselves. Where they
+run is the owner's choice:
+
+* in one worker thread (the default, for the web node, whose loop must never
+  block): one hop between the event loop and the thread per transaction; the
+  one thread also serialises every write;
+* on the event loop itself (``writes_in_loop=True``, for the processor): the
+  loop stops for each transaction, fsync included. That costs the processor
+  nothing it needs (requests that arrive meanwhile wait in the socket and make
+  the next group commit bigger) and saves the two thread switches and three
+  futures per transaction, most of a lone message's cost in a processor.
+
+Reads go through aiosqlite.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +133,10 @@ _NOTIFICATION_COLUMNS = (
 )
 
 
+_EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+
+
+@functools.lru_cache(maxsize=64)
 def earlier_copies_sql(keys: int) -> str:
     """The query for stored messages with any of ``keys`` (room, nick_key, cid) triples.
 
@@ -130,7 +145,7 @@ def earlier_copies_sql(keys: int) -> str:
     more as the room's history grows.
     """
     marks = ",".join(["(?, ?, ?)"] * keys)
-    columns = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+    columns = _EARLIER_COLUMNS
     return (
         f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
         " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
@@ -158,11 +173,21 @@ _FORGET_SLICE = 1000
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    """Messages, users and sessions in the SQLite file at ``path``.
+
+    :param writes_in_loop: run write transactions on the event loop's thread,
+        blocking it for each (see the module's docstring); default False, a
+        worker thread. Only for a process whose loop may block: the processor.
+    """
+
+    def __init__(self, path: str, *, writes_in_loop: bool = False) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None  # reads
-        self._writer: sqlite3.Connection | None = None  # used only in _write_thread
-        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-sqlite")
+        self._writer: sqlite3.Connection | None = None  # used only in _write_thread, or in the loop
+        self._write_thread = (
+            None if writes_in_loop
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-sqlite")
+        )
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -178,6 +203,8 @@ class SQLiteStore:
         self._db = db
 
     async def _in_writer(self, function: Callable[..., _T], *args: Any) -> _T:
+        if self._write_thread is None:
+            return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._write_thread, function, *args)
 
     def _open_writer(self) -> None:
@@ -202,7 +229,7 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer; only in the writer thread."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` on the writer; only where writes run (_in_writer)."""
         db = self._writer
         if db is None:
             raise RuntimeError("SQLiteStore used before open()")
@@ -221,7 +248,8 @@ class SQLiteStore:
         if self._writer is not None:
             await self._in_writer(self._writer.close)
             self._writer = None
-        self._write_thread.shutdown(wait=False)
+        if self._write_thread is not None:
+            self._write_thread.shutdown(wait=False)
 
     async def save_messages(
         self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None

@@ -49,7 +49,7 @@ from .connections import CountingHTTPServer
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 from .readiness import Canary, Readiness
-from .websocket import CLOSE_UNAUTHORIZED
+from .websocket import CLOSE_UNAUTHORIZED, fan_out
 
 __all__ = ["WebNode"]
 
@@ -144,6 +144,7 @@ class WebNode:
             # stays well under outbound_bytes.
             catch_up_chunk_bytes=min(64 * 1024, settings.outbound_bytes // 4),
             turns=self.joins,
+            fan_out=fan_out,
         )
         # This node's connections and polls; `room_presence` is what every node's
         # members see (one node: the same table; docs/presence.md).

@@ -6,10 +6,11 @@ Origin) the way any handler checks a request. Then it writes the ``101``
 answer itself and hands the bare socket to a :class:`ChatConnection`: one
 ``__slots__`` object per client, fed by the event loop's reader callback, with
 the framing done by the sans-I/O ``websockets.protocol.Protocol``
-(fragmentation, control frames, the close handshake, size limits). Owning the
-socket is what keeps an idle connection to a few KiB — no coroutine, future or
-timer per connection while it is idle — and lets fan-out hand one pre-built
-frame to ``socket.send`` for every member.
+(fragmentation, control frames, the close handshake, size limits), made when
+bytes arrive and let go between frames (``web/framing.py``). Owning the socket
+is what keeps an idle connection to a few KiB — no coroutine, future, timer,
+framing state or queue per connection while it is idle — and lets fan-out hand
+one pre-built frame to ``socket.send`` for every member.
 
 A bad token still completes the handshake and then closes with 4001, because
 a browser cannot read the status of a refused upgrade, only a close code. Such
@@ -41,6 +42,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -62,15 +64,17 @@ from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verd
 from ..presence import members_fields
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler
+from .framing import between_frames, new_framing
 from .streams import receive, take_socket
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..hub import Member
     from .node import WebNode
 
 __all__ = [
-    "WebSocketEndpoint", "ChatConnection", "RefusedConnection", "CLOSE_UNAUTHORIZED", "CLOSE_TOO_SLOW",
-    "check_upgrade",
+    "WebSocketEndpoint", "ChatConnection", "RefusedConnection", "fan_out", "CLOSE_UNAUTHORIZED",
+    "CLOSE_TOO_SLOW", "check_upgrade",
 ]
 
 log = logging.getLogger("squall.ws")
@@ -247,7 +251,7 @@ class ChatConnection:
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "address", "rooms", "joins",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
-        "_fragments", "_drained", "_abort_handle", "session_id",
+        "_fragments", "_drained", "_abort_handle", "session_id", "_catching_up",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str, address: str) -> None:
@@ -257,20 +261,24 @@ class ChatConnection:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.protocol = Protocol(
-            Side.SERVER, max_size=node.settings.max_frame_bytes, logger=_frames_log
-        )
+        # The framing state machine, only while there is something to frame:
+        # None between two frames of an open connection (web/framing.py).
+        self.protocol: Protocol | None = None
         self.nick = nick
         self.nick_key = nick_key(self.nick)
         self.address = address  # the client's, as limits key it; counted open until _release
-        self.rooms: dict[str, int] = {}  # room → last seq delivered
+        # room → last seq handed over, while catching up or through the slow
+        # path; in a room where it is live, the hub's position is newer (_positions).
+        self.rooms: dict[str, int] = {}
         self.joins: TokenBucket | None = None
         self.typing_at: dict[str, float] | None = None
         self.closed = False
         # Bytes the kernel did not take yet, in order; beside each, the message
         # (room, seq) it carries, so a cut-off client is told what it really got.
-        self._out: deque[bytes] = deque()
-        self._out_marks: deque[tuple[str, int] | None] = deque()
+        # None while nothing is queued, which is nearly always: two empty
+        # deques would be 1.5 KiB of every idle connection.
+        self._out: deque[bytes] | None = None
+        self._out_marks: deque[tuple[str, int] | None] | None = None
         self._out_size = 0
         self._writing = False
         self._paused = False  # not reading: too much is queued for the client (back-pressure)
@@ -278,6 +286,7 @@ class ChatConnection:
         self._drained: asyncio.Future[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
         self.session_id = ""  # ends with that session: WebNode.end_sessions
+        self._catching_up = 0  # rooms being caught up: deliveries there note the position
 
     # -- socket I/O -----------------------------------------------------
 
@@ -301,17 +310,33 @@ class ChatConnection:
             self._receive(data)
         else:
             self.loop.remove_reader(self.fd)
-            self.protocol.receive_eof()
+            self._framing().receive_eof()
             self._after_protocol()
 
+    def _framing(self) -> Protocol:
+        protocol = self.protocol
+        if protocol is None:
+            protocol = self.protocol = new_framing(
+                max_size=self.node.settings.max_frame_bytes, logger=_frames_log
+            )
+        return protocol
+
+    def _open(self) -> bool:
+        return self.protocol is None or self.protocol.state is State.OPEN
+
     def _receive(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
+        protocol = self._framing()
+        protocol.receive_data(data)
+        for event in protocol.events_received():
             if isinstance(event, Frame):
                 self._on_frame(event)
         self._after_protocol()
+        if self.protocol is not None and self._fragments is None and between_frames(self.protocol):
+            self.protocol = None  # an idle connection keeps no framing state
 
     def _after_protocol(self) -> None:
+        if self.protocol is None:
+            return
         output = self.protocol.data_to_send()
         frames = [data for data in output if data]  # SEND_EOF is b""
         eof = len(frames) < len(output)
@@ -331,8 +356,8 @@ class ChatConnection:
         """Send ``data`` now if the kernel takes it, else queue it in order.
 
         ``room`` and ``seq`` name the message ``data`` carries, if it is one.
-        This is the hot path of fan-out: with nothing queued, the bytes go
-        straight to the kernel and nothing is allocated.
+        With nothing queued, the bytes go straight to the kernel and nothing
+        is allocated.
         """
         if not self._out:
             try:
@@ -345,6 +370,12 @@ class ChatConnection:
             if sent == len(data):
                 return
             data = data[sent:]
+        self._queue(data, room, seq)
+
+    def _queue(self, data: bytes, room: str | None, seq: int) -> None:
+        """Keep what the kernel did not take, in order, and watch for writability."""
+        if self._out is None or self._out_marks is None:
+            self._out, self._out_marks = deque(), deque()
         self._out.append(data)
         self._out_marks.append((room, seq) if room is not None else None)
         self._out_size += len(data)
@@ -358,8 +389,9 @@ class ChatConnection:
             self.loop.add_writer(self.fd, self._on_writable)
 
     def _on_writable(self) -> None:
-        while self._out:
-            chunk = self._out[0]
+        out, marks = self._out, self._out_marks
+        while out:
+            chunk = out[0]
             try:
                 sent = self.sock.send(chunk)
             except (BlockingIOError, InterruptedError):
@@ -369,17 +401,18 @@ class ChatConnection:
                 return
             self._out_size -= sent
             if sent < len(chunk):
-                self._out[0] = chunk[sent:]
+                out[0] = chunk[sent:]
                 break
-            self._out.popleft()
-            self._out_marks.popleft()
+            out.popleft()
+            marks.popleft()  # type: ignore[union-attr]
         if self._out_size <= low_water(self.node.settings.outbound_bytes):
             self._below_low_water()
         if self._out:
             return
+        self._out = self._out_marks = None
         self.loop.remove_writer(self.fd)
         self._writing = False
-        if self.protocol.state is State.CLOSING and self.protocol.eof_sent:
+        if self.protocol is not None and self.protocol.state is State.CLOSING and self.protocol.eof_sent:
             self._half_close()
 
     def _below_low_water(self) -> None:
@@ -431,16 +464,15 @@ class ChatConnection:
             self._writing = False
         self.sock.close()
         self.node.limits.close_connection(self.address)
-        self._out.clear()
-        self._out_marks.clear()
+        self._out = self._out_marks = None
         self._out_size = 0
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake; the socket is aborted if it does not finish."""
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code, reason)
+        if self._open():
+            self._framing().send_close(code, reason)
         self._forget_member()
         self._after_protocol()
 
@@ -472,7 +504,7 @@ class ChatConnection:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             # RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
-            self.protocol.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+            self._framing().fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
             self._forget_member()
             return
         try:
@@ -557,7 +589,11 @@ class ChatConnection:
         if self.closed or room_name not in self.rooms:
             return
         self.send_json({"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)})
-        await node.hub.catch_up(self, room, cursor)
+        self._catching_up += 1
+        try:
+            await node.hub.catch_up(self, room, cursor)
+        finally:
+            self._catching_up -= 1
 
     async def _leave_in_turn(self, room_name: str) -> None:
         """A ``leave`` frame: after the joins the connection sent before it."""
@@ -585,6 +621,31 @@ class ChatConnection:
         return room in self.rooms
 
     def deliver(self, broadcast: Broadcast) -> None:
+        seq = broadcast.seq
+        if self._out_size or seq is None or self.closed or self._catching_up:
+            self._deliver_checked(broadcast)
+            return
+        # Fan-out's hot path, once per member per message: nothing is queued,
+        # so the pre-built frame goes straight to the kernel. It touches this
+        # object and its socket, nothing else of the member (in a room of
+        # thousands, every other object is a cache miss per member): the
+        # position in the room is the hub's (_positions), and the set of
+        # mentioned nicks is looked at only when there is one.
+        frame = broadcast.ws_frame
+        try:
+            sent = self.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._lost()  # a reset peer, or a socket already closed
+            return
+        if sent != len(frame):
+            self._queue(frame[sent:], broadcast.room, seq)
+        if broadcast.mentions and self.nick_key in broadcast.mentions:
+            self.node.note_seen(self.nick_key, (broadcast,))
+
+    def _deliver_checked(self, broadcast: Broadcast) -> None:
+        """:meth:`deliver` with the outbound limits applied, and the position noted."""
         if self.closed:
             return
         seq = broadcast.seq
@@ -602,22 +663,28 @@ class ChatConnection:
         if seq is None:
             self.write(broadcast.ws_frame)
             return
-        # Fan-out's hot path, once per member per message: with nothing queued,
-        # write() hands the pre-built frame straight to the kernel.
         self.write(broadcast.ws_frame, broadcast.room, seq)
         self.rooms[broadcast.room] = seq
         if self.nick_key in broadcast.mentions:
             self.node.note_seen(self.nick_key, (broadcast,))
 
     def deliver_batch(self, batch: Batch) -> None:
-        if self._out or self.closed:
+        if self._out_size or self.closed or self._catching_up:
             for broadcast in batch.broadcasts:  # the limits apply message by message
-                self.deliver(broadcast)
+                self._deliver_checked(broadcast)
             return
         self.write(batch.ws_frames, batch.room, batch.first_seq)
-        self.rooms[batch.room] = batch.last_seq
-        if self.nick_key in batch.mentions:
+        if batch.mentions and self.nick_key in batch.mentions:
             self.node.note_seen(self.nick_key, batch.broadcasts)
+
+    def _positions(self) -> dict[str, int]:
+        """The seq of the last message handed over, per joined room."""
+        hub = self.node.hub
+        positions = {}
+        for room, noted in self.rooms.items():
+            live = hub.delivered_to(self, room)
+            positions[room] = noted if live is None else max(noted, live)
+        return positions
 
     async def drain(self) -> None:
         if self._out_size > low_water(self.node.settings.outbound_bytes) and not self.closed:
@@ -630,25 +697,26 @@ class ChatConnection:
         # The queued backlog is useless now (the client resumes with `since`):
         # drop every whole frame after the first, which may be half sent, and
         # tell the client what it will really have got.
-        while len(self._out) > 1:
+        positions = self._positions()
+        while self._out is not None and self._out_marks is not None and len(self._out) > 1:
             data = self._out.pop()
             mark = self._out_marks.pop()
             self._out_size -= len(data)
             if mark is not None:
                 room, seq = mark
-                if room in self.rooms:
-                    self.rooms[room] = min(self.rooms[room], seq - 1)
+                if room in positions:
+                    positions[room] = min(positions[room], seq - 1)
         self.write(encode_text_frame(orjson.dumps({
             "type": "error", "code": "too_slow",
             "reason": "you fell too far behind; reconnect and join with since=<seq> for each room",
-            "rooms": dict(self.rooms),
+            "rooms": positions,
         })))
         self.close(CLOSE_TOO_SLOW, "too slow: resume with since")
 
     # -- sending helpers ------------------------------------------------
 
     def send_json(self, value: dict[str, Any]) -> None:
-        if self.protocol.state is State.OPEN:
+        if self._open():
             self._reply(encode_text_frame(orjson.dumps(value)))
 
     def _reply(self, data: bytes) -> None:
@@ -662,7 +730,7 @@ class ChatConnection:
             buffered=self._out_size, size=len(data),
             limit=self.node.settings.outbound_bytes, ephemeral=False,
         ) is Outbound.CUT:
-            if self.protocol.state is State.OPEN:
+            if self._open():
                 self._too_slow()
             else:
                 self._finish()
@@ -679,3 +747,52 @@ class ChatConnection:
         self.node.websockets.discard(self)
         for room_name in list(self.rooms):
             self._leave(room_name)
+
+
+def fan_out(members: list[Member], broadcast: Broadcast) -> None:
+    """Hand ``broadcast`` to every member of a room, as each member's ``deliver``
+    would one by one: the web node's :data:`~squall.hub.FanOut`.
+
+    A chat message to WebSocket members with nothing queued (nearly all of
+    them) is one ``socket.send`` each, made by ``map`` in C, with no Python
+    call per member: at thousands of members that call was most of what a
+    message cost besides the kernel's own work. Every other member — another
+    transport, a connection with something queued, closing or catching up —
+    and every socket that did not take the whole frame go through the same
+    steps as :meth:`ChatConnection.deliver`.
+    """
+    if broadcast.seq is None:  # an event that may be dropped: every member's own limits
+        for member in members:
+            member.deliver(broadcast)
+        return
+    ready: list[ChatConnection] = []
+    others: list[Member] = []
+    for member in members:
+        if type(member) is ChatConnection and not (member._out_size or member.closed or member._catching_up):
+            ready.append(member)
+        else:
+            others.append(member)
+    frame = broadcast.ws_frame
+    size = len(frame)
+    socks = [member.sock for member in ready]
+    sent: list[int] = []
+    while len(sent) < len(socks):
+        try:
+            # extend() keeps what map produced before an exception stopped it.
+            sent.extend(map(socket.socket.send, islice(socks, len(sent), None), repeat(frame)))
+        except (BlockingIOError, InterruptedError):
+            sent.append(0)  # nothing taken: queued below
+        except OSError:
+            sent.append(-1)  # a reset peer, or a socket already closed
+    if sent.count(size) != len(sent):
+        for member, taken in zip(ready, sent):
+            if taken < 0:
+                member._lost()
+            elif taken != size:
+                member._queue(frame[taken:], broadcast.room, broadcast.seq)
+    if broadcast.mentions:
+        for member, taken in zip(ready, sent):
+            if taken >= 0 and member.nick_key in broadcast.mentions:
+                member.node.note_seen(member.nick_key, (broadcast,))
+    for member in others:
+        member.deliver(broadcast)
