@@ -8,8 +8,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from support import run_async
 
+from squall.message import Draft
 from squall.store.sqlite import SQLiteStore, earlier_copies_sql
 
 
