@@ -99,8 +99,21 @@ class EventsHandler(BaseHandler):
             self.node.note_seen(self._key, (broadcast,))
 
     def deliver_batch(self, batch: Batch) -> None:
-        for broadcast in batch.broadcasts:
-            self.deliver(broadcast)
+        """Consecutive messages (a catch-up chunk, or several that came together)
+        as one write and one flush, under the same limit as one by one."""
+        if self.closed:
+            return
+        data = b"".join(broadcast.sse_event for broadcast in batch.broadcasts)
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        if outbound_verdict(
+            buffered=buffered_bytes(stream), size=len(data),
+            limit=self.node.settings.outbound_bytes, ephemeral=False,
+        ) is Outbound.CUT:
+            self._too_slow()
+            return
+        self._write(data)
+        if batch.mentions:
+            self.node.note_seen(self._key, batch.broadcasts)
 
     async def drain(self) -> None:
         stream = self.request.connection.stream  # type: ignore[union-attr]
