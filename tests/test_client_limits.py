@@ -421,12 +421,25 @@ async def _get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 def test_idle_http_connections_per_peer_are_refused_past_the_limit(tmp_path: Path) -> None:
-    with squall_server(tmp_path, env={"SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "2"}) as node:
+    with squall_server(tmp_path, env={"SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "3"}) as node:
 
         async def scenario() -> tuple[int, Any, int, int]:
+            # The start-up's health polls closed their connections, but the node
+            # frees a slot only once it has read the close: an observer on a
+            # connection of its own waits until it is the only one counted.
+            observer = await _idle_connection(node.address)
+
+            async def only_the_observer() -> bool:
+                reader, writer = observer
+                writer.write(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n\r\n".encode())
+                _status, headers = await asyncio.wait_for(read_head(reader), TIMEOUT)
+                health = json.loads(await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), TIMEOUT))
+                return bool(health["limits"]["http_connections"] == 1)
+
+            await _until(only_the_observer, "the start-up's connections freed")
             first, second = await _idle_connection(node.address), await _idle_connection(node.address)
-            # Accepted in order: these two hold the peer's slots, so the third
-            # is answered before it sends anything, and hung up on.
+            # Accepted in order: with the observer these two hold the peer's slots,
+            # so the third is answered before it sends anything, and hung up on.
             third_reader, third_writer = await _idle_connection(node.address)
             status, headers = await asyncio.wait_for(read_head(third_reader), TIMEOUT)
             body = json.loads(await asyncio.wait_for(third_reader.read(), TIMEOUT))
@@ -444,6 +457,7 @@ def test_idle_http_connections_per_peer_are_refused_past_the_limit(tmp_path: Pat
 
             served_again = await _until(served_on_a_new_connection, "the closed connection's slot freed")
             await close_writer(second[1])
+            await close_writer(observer[1])
             return status, (headers, body), served, served_again
 
         status, (headers, body), served, served_again = run_async(scenario())
