@@ -8,17 +8,20 @@ decoded and re-encoded on the event loop. :class:`SharedReads` makes it one:
 
 * **single flight**: a read of ``(room, since, limit)`` that is already under
   way is awaited, not repeated;
-* **a small page cache**: the last ``max_pages`` pages read stay, so a client
-  that comes a moment after the read finished gets the same page too (the
-  same list of broadcasts, each encoded once; the hub shares their joined
+* **a small page cache**: the last ``max_pages`` full pages read stay, so a
+  client that comes a moment after the read finished gets the same page too
+  (the same list of broadcasts, each encoded once; the hub shares their joined
   frames as well).
 
-A page holds committed messages only (a message is published after its
-commit), so it never goes stale but for one thing: link previews arrive later.
-The hub calls :meth:`SharedReads.forget` for the room when they do, and the
-next reader reads the store again. A short page (the room had fewer messages
-than ``limit`` after ``since``) is still exact: the reader continues from its
-last seq.
+Only a *full* page (``limit`` messages) is kept: its messages are committed
+(a message is published after its commit) and no other can join them, so it
+never goes stale but for one thing: link previews arrive later. The hub calls
+:meth:`SharedReads.forget` for the room when they do, and the next reader reads
+the store again. A short page (the room had fewer messages than ``limit`` after
+``since``) is shared by the readers that asked while it was being read, and by
+no one after: a message committed a moment later belongs in it, and a history
+request or a ``wait=0`` poll that got the old one would be told, wrongly, that
+it has everything.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class SharedReads:
         finally:
             del self._flights[key]
         page = [self.encode(d) for d in drafts]
-        if page and self._forgotten == generation:
+        if len(page) == limit and self._forgotten == generation:
             self._pages[key] = page
             while len(self._pages) > self.max_pages:
                 self._pages.popitem(last=False)
