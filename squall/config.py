@@ -24,6 +24,7 @@ from .identity import MAX_PASSWORD_CHARS
 
 __all__ = [
     "Settings", "Address", "parse_address", "load_settings", "FIELD_HELP", "BUILTIN_STAGE_NAMES",
+    "redacted_url",
 ]
 
 Address = tuple[str, int]
@@ -407,9 +408,16 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...], *, bare: bool = Fa
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-def _check_database(url: str) -> None:
-    from .store import redacted_url
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for logs and error messages (database, bus, queue)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 address keeps its brackets
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
+
+def _check_database(url: str) -> None:
     if not url or url.startswith("sqlite:///"):
         return
     parts = urlsplit(url)

@@ -1,7 +1,7 @@
 """The queue's Redis restarted under a web node and a processor (``--queue``).
 
-The test owns its Redis (``redis-server`` on a free port, keeping nothing on
-disk, as the machine's does), never the shared one. Across the restart the
+The test owns its Redis (the ``own_redis`` fixture: ``redis-server`` on a free
+port, keeping nothing on disk, as the machine's does), never the shared one. Across the restart the
 stream, the group and the reply stream are gone: the processor creates the
 group again, the web node's scripts are loaded again, and the reply stream
 starts anew. A send caught by the restart gets ``unavailable`` and its retry
@@ -11,66 +11,18 @@ starts anew. A send caught by the restart gets ``unavailable`` and its retry
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
-from support import TIMEOUT, ChatClient, SquallProcess, free_port, run_async
+from support import TIMEOUT, ChatClient, RedisServer, SquallProcess, run_async
 
 pytestmark = pytest.mark.redis
 
 BEFORE, AFTER = 10, 10
 ENV = {"SQUALL_SEND_TIMEOUT": "2", "SQUALL_RECONNECT_MAX": "0.2", "SQUALL_QUEUE_PREFIX": "restart"}
-
-
-class OwnRedis:
-    """A redis-server of this test's own on ``port``."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + TIMEOUT
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    assert self.process.poll() is None, "redis-server exited"
-                    assert time.monotonic() < deadline, "redis-server did not answer"
-                    time.sleep(0.01)  # a server starting: nothing to wait on but its port
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: apt-get install redis-server")
-    server = OwnRedis(free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def post_until_stored(web: SquallProcess, token: str, cid: str, refusals: list[str]) -> int:
@@ -86,7 +38,7 @@ def post_until_stored(web: SquallProcess, token: str, cid: str, refusals: list[s
         assert time.monotonic() < deadline, f"{cid} never stored"
 
 
-def test_redis_restart_under_the_queue(tmp_path: Path, own_redis: OwnRedis) -> None:
+def test_redis_restart_under_the_queue(tmp_path: Path, own_redis: RedisServer) -> None:
     env = {**ENV, "SQUALL_QUEUE": f"redis://127.0.0.1:{own_redis.port}/0"}
     processor = SquallProcess(tmp_path, "processor", env=env)
     processor.start()
@@ -107,7 +59,7 @@ def test_redis_restart_under_the_queue(tmp_path: Path, own_redis: OwnRedis) -> N
             with ThreadPoolExecutor(max_workers=AFTER) as threads:
                 later = [loop.run_in_executor(threads, post_until_stored, web, token, f"m{n}", refusals)
                          for n in range(BEFORE + 1, BEFORE + AFTER + 1)]
-                own_redis.kill()
+                own_redis.stop()
                 own_redis.start()  # empty: stream, group and reply stream are gone
                 seqs += sorted(await asyncio.gather(*later))
             seen = [(await watcher.recv_type("message"))["seq"] for _ in range(BEFORE + AFTER)]

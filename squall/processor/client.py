@@ -37,7 +37,7 @@ from ..config import Address
 from ..errors import HandshakeFailed
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_welcome, new_nonce, web_hello
 from ..lines import Line, LineReader, encode_line
-from .sends import PendingSends, Send
+from .sends import PendingSends, Send, route_answer
 
 __all__ = ["ProcessorLink"]
 
@@ -267,24 +267,8 @@ class ProcessorLink:
             self.on_processed(processed)
 
     def _answer(self, value: dict[str, Any], processed: list[dict[str, Any]]) -> None:
-        op = value.get("op")
-        if op in ("processed", "rejected"):
-            if op == "processed":
-                processed.append(value["message"])
-            self._settle(value.get("ref"), value)
-        elif op == "updated":
-            if processed:  # keep the order: messages first, then what updates them
-                self.on_processed(processed[:])
-                processed.clear()
-            if self.on_updated is not None:
-                self.on_updated(value)
-        elif op == "error":
-            log.error("processor refused a request: %s", value)
-            self._settle(value.get("ref"), {
-                "op": "rejected", "code": "internal",
-                "reason": "the server could not process this message",
-            })
-        elif op != "pong":
+        if not route_answer(value, processed, settle=self._settle, on_processed=self.on_processed,
+                            on_updated=self.on_updated) and value.get("op") != "pong":
             log.warning("unexpected line from the processor: %r", value)
 
     def _settle(self, ref: Any, answer: dict[str, Any]) -> None:

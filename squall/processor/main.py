@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..handshake import link_key
 from ..metrics import ProcessorMetrics
 from ..pipeline.mail import Deliverer, OutboxDeliverer, SmtpDeliverer
-from ..store import open_store, redacted_url
+from ..store import Store, open_store, redacted_url
 from ..web.auth import load_or_create_secret
 from ..web.operations import processor_operations_app
 from .notifier import Notifier
@@ -122,21 +122,8 @@ async def serve_processor(
     except ConfigError:
         _close(sockets)
         raise
-    # The processor's loop may block (no client waits on it directly): its
-    # writes run on it, with no thread hop per transaction.
-    store = open_store(
-        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout,
-        writes_in_loop=True,
-    )
     metrics = ProcessorMetrics()
-    notifier = Notifier(
-        store, make_deliverer(settings), base_url=settings.base_url,
-        mail_from=settings.mail_from, retry_min=settings.mail_retry_min,
-    )
-    writer = BatchWriter(
-        store, max_batch=settings.store_batch,
-        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored, metrics=metrics,
-    )
+    store, notifier, writer = _storing(settings, metrics)
     server = ProcessorServer(
         key=key, max_line=settings.max_line_bytes, max_body_chars=settings.max_body_chars,
         on_seen=notifier.seen,
@@ -151,14 +138,10 @@ async def serve_processor(
         _close(sockets + operations)
         raise
     try:
-        await store.open()
-    except BaseException as exc:
+        await _open_store(store, settings)
+    except BaseException:
         await pipeline.close()
         _close(sockets + operations)
-        if isinstance(exc, Exception) and not isinstance(exc, ConfigError):
-            raise ConfigError(
-                f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
-            ) from None
         raise
     host, port = sockets[0].getsockname()[:2]  # before the event loop takes the sockets
     await server.listen(sockets)
@@ -177,11 +160,7 @@ async def serve_processor(
         )
         operations_server.add_sockets(operations)
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
+    stop = _stop_on_signals(stop, pipeline)
     notifying = asyncio.ensure_future(notifier.run(stop))
 
     log.info("processor listening on %s:%d (stages: %s)", host, port, ", ".join(settings.stages))
@@ -200,13 +179,14 @@ async def serve_processor(
     await store.close()
 
 
-async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | None) -> None:
-    """``serve_processor`` with ``queue`` set: the same pipeline, fed by Redis Streams."""
-    from ..queue import redacted_url
-    from ..queue.worker import QueueWorker
-
+def _storing(settings: Settings, metrics: ProcessorMetrics | None) -> tuple[Store, Notifier, BatchWriter]:
+    """The store, its mention-mail notifier and the group-commit writer, as both
+    ways of taking sends (TCP links, the queue) use them. The processor's loop
+    may block (no client waits on it directly): its writes run on it, with no
+    thread hop per transaction."""
     store = open_store(
-        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+        settings.database_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout,
+        writes_in_loop=True,
     )
     notifier = Notifier(
         store, make_deliverer(settings), base_url=settings.base_url,
@@ -214,8 +194,38 @@ async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | 
     )
     writer = BatchWriter(
         store, max_batch=settings.store_batch,
-        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored,
+        notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored, metrics=metrics,
     )
+    return store, notifier, writer
+
+
+async def _open_store(store: Store, settings: Settings) -> None:
+    """Open ``store``; one that cannot be opened is a :class:`ConfigError` naming it."""
+    try:
+        await store.open()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
+        ) from None
+
+
+def _stop_on_signals(stop: asyncio.Event | None, pipeline: Pipeline) -> asyncio.Event:
+    """SIGTERM/SIGINT set the returned event (``stop`` if given); SIGHUP reloads the pipeline."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
+    return stop
+
+
+async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | None) -> None:
+    """``serve_processor`` with ``queue`` set: the same pipeline, fed by Redis Streams."""
+    from ..queue.worker import QueueWorker
+
+    store, notifier, writer = _storing(settings, None)
     worker = QueueWorker(
         settings.queue, key=key, prefix=settings.queue_prefix, on_seen=notifier.seen,
         max_body_chars=settings.max_body_chars, claim_idle=settings.queue_claim_idle,
@@ -226,13 +236,9 @@ async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | 
         settings=settings, store=store, writer=writer, send_update=worker.send_update,
     ))
     try:
-        await store.open()
-    except BaseException as exc:
+        await _open_store(store, settings)
+    except BaseException:
         await pipeline.close()
-        if isinstance(exc, Exception):
-            raise ConfigError(
-                f"database = {redacted_url(settings.database_url)!r}: cannot open it: {exc}"
-            ) from None
         raise
     try:
         await worker.open()
@@ -241,11 +247,7 @@ async def _serve_queue(settings: Settings, key: bytes, *, stop: asyncio.Event | 
         await store.close()
         raise ConfigError(f"queue = {redacted_url(settings.queue)!r}: cannot use it: {exc}") from None
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, pipeline.reload)
+    stop = _stop_on_signals(stop, pipeline)
     notifying = asyncio.ensure_future(notifier.run(stop))
     log.info("processor %s taking sends from %s (stages: %s)", worker.consumer,
              worker.keys.sends, ", ".join(settings.stages))

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import Internal, Rejected, Unavailable
 from ..protocol import nick_key
 
-__all__ = ["Send", "PendingSends", "answer_of", "unavailable_answer"]
+log = logging.getLogger("squall.link")
+
+__all__ = ["Send", "PendingSends", "answer_of", "unavailable_answer", "route_answer"]
 
 SendKey = tuple[str, str, str]
 
@@ -130,3 +133,40 @@ async def answer_of(
         raise error(str(answer.get("reason", "")), code=code)
     message: dict[str, Any] = answer["message"]
     return message
+
+
+def route_answer(
+    value: dict[str, Any],
+    processed: list[dict[str, Any]],
+    *,
+    settle: Callable[[Any, dict[str, Any]], None],
+    on_processed: Callable[[list[dict[str, Any]]], None],
+    on_updated: Callable[[dict[str, Any]], None] | None,
+) -> bool:
+    """Route one line a processor answered, over a TCP link or through the queue.
+
+    A ``processed`` message joins ``processed`` (published together with the
+    rest of its read); every answer settles its send through ``settle``; an
+    ``updated`` first publishes what came before it, so a message always goes
+    out before what updates it. Returns False for a line that is no answer
+    (``pong``, or an op this node does not know), for the caller to judge.
+    """
+    op = value.get("op")
+    if op in ("processed", "rejected"):
+        if op == "processed" and isinstance(value.get("message"), dict):
+            processed.append(value["message"])
+        settle(value.get("ref"), value)
+    elif op == "updated":
+        if processed:  # keep the order: messages first, then what updates them
+            on_processed(processed[:])
+            processed.clear()
+        if on_updated is not None:
+            on_updated(value)
+    elif op == "error":
+        log.error("a processor refused a request: %s", value)
+        settle(value.get("ref"), {
+            "op": "rejected", "code": "internal", "reason": "the server could not process this message",
+        })
+    else:
+        return False
+    return True

@@ -47,9 +47,10 @@ import dataclasses
 import hmac
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+
+from ..config import redacted_url
 
 __all__ = [
     "QueueKeys", "GROUP", "SEND_ROLE", "REPLY_ROLE", "REPLY_MAX_LEN", "REPLY_TTL_SECONDS",
@@ -119,11 +120,3 @@ def decode_entry(
     return value
 
 
-def redacted_url(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from ..backoff import backoff_delay
 from ..errors import Unavailable
-from ..processor.sends import PendingSends, Send, answer_of, unavailable_answer
+from ..processor.sends import PendingSends, Send, answer_of, route_answer, unavailable_answer
 from . import REPLY_ROLE, SEND_ROLE, QueueKeys, decode_entry, redacted_url, sign
 
 __all__ = ["QueueClient", "WRITE_BATCH", "READ_BATCH", "stop_tasks"]
@@ -283,23 +283,8 @@ class QueueClient:
 
     def _answer(self, value: dict[str, Any], processed: list[dict[str, Any]]) -> None:
         """One answer: settle its send; a processed message joins ``processed``."""
-        op = value.get("op")
-        if op in ("processed", "rejected"):
-            if op == "processed" and isinstance(value.get("message"), dict):
-                processed.append(value["message"])
-            self.sends.settle(value.get("ref"), value)
-        elif op == "updated":
-            if processed:  # keep the order: messages first, then what updates them
-                self.on_processed(processed[:])
-                processed.clear()
-            if self.on_updated is not None:
-                self.on_updated(value)
-        elif op == "error":
-            log.error("a processor refused a request: %s", value)
-            self.sends.settle(value.get("ref"), {
-                "op": "rejected", "code": "internal",
-                "reason": "the server could not process this message",
-            })
+        route_answer(value, processed, settle=self.sends.settle, on_processed=self.on_processed,
+                     on_updated=self.on_updated)
 
     async def close(self, *, timeout: float) -> None:
         """Stop taking sends, wait up to ``timeout`` s for replies to those added, then disconnect."""

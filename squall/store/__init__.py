@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
+from ..config import redacted_url
 from ..errors import ConfigError
 from ..message import Draft
 
@@ -204,15 +204,6 @@ class Store(Protocol):
 
     async def postpone_notifications(self, ids: Sequence[int], due_ms: int) -> None:
         """Try again at ``due_ms`` (after a delivery failure); ends the claim."""
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def open_store(url: str, *, pool_size: int = 10, timeout: float = 10.0, writes_in_loop: bool = False) -> Store:
