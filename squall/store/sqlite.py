@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import random
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -197,7 +198,22 @@ class SQLiteStore:
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        await self._in_writer(self._open_writer)
+        # Processes opening a fresh file together may all ask for the lock that
+        # switches it to WAL at once; SQLite then refuses one at once instead of
+        # calling its busy handler (that wait could deadlock). Try again, within
+        # the same bound as any other wait for a lock.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        pause = 0.005
+        while True:
+            try:
+                await self._in_writer(self._open_writer)
+                break
+            except sqlite3.OperationalError as exc:
+                await self._in_writer(self._close_writer)
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.2)
         db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         self._db = db
@@ -207,14 +223,18 @@ class SQLiteStore:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._write_thread, function, *args)
 
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def _open_writer(self) -> None:
-        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        writer = self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # Web node and processor share the file; wait for the other's lock
         # instead of failing at once. First, because switching to WAL locks too.
         writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         writer.execute("PRAGMA journal_mode=WAL")
         writer.execute("PRAGMA synchronous=FULL")
-        self._writer = writer
         with self._transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -245,9 +265,7 @@ class SQLiteStore:
         if self._db is not None:
             await self._db.close()
             self._db = None
-        if self._writer is not None:
-            await self._in_writer(self._writer.close)
-            self._writer = None
+        await self._in_writer(self._close_writer)
         if self._write_thread is not None:
             self._write_thread.shutdown(wait=False)
 
