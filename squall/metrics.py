@@ -171,7 +171,7 @@ class NodeMetrics(Metrics):
         self.presence_memberships = self.gauge(
             "squall_presence_memberships", "(user, room) pairs online on this node: the members rooms list"
         )
-        # Slots for parts being built (issue 11); they stay at zero, or empty, until those fill them.
+        # Read from Redis at each scrape with --queue (NaN when Redis cannot say).
         self.queue_depth = self.gauge(
             "squall_queue_depth",
             "Entries in the Redis Streams queue (--queue) not yet read by any processor; 0 without a queue",

@@ -34,9 +34,9 @@ def test_broadcasts_come_back_byte_for_byte_in_order() -> None:
         Broadcast("r", None, b'{"type":"presence","nick":"x"}', kind="presence"),
         Broadcast("r", 8, b"{}"),
     ]
-    [message] = encode_broadcasts(b"node1", sent)
-    origin, received = decode_broadcasts("r", message)
-    assert origin == b"node1"
+    [message] = encode_broadcasts(b"node1", sent, published_ms=1_795_882_898_440)
+    origin, published_ms, received = decode_broadcasts("r", message)
+    assert (origin, published_ms) == (b"node1", 1_795_882_898_440)
     assert [(b.room, b.seq, b.kind, b.payload, b.mentions) for b in received] == [
         (b.room, b.seq, b.kind, b.payload, b.mentions) for b in sent
     ]
@@ -45,13 +45,18 @@ def test_broadcasts_come_back_byte_for_byte_in_order() -> None:
 def test_a_long_run_is_split_into_bounded_messages() -> None:
     big = b'"' + b"x" * (MAX_MESSAGE_BYTES // 3) + b'"'
     sent = [Broadcast("r", seq, big) for seq in range(1, 8)]
-    messages = encode_broadcasts(b"n", sent)
+    messages = encode_broadcasts(b"n", sent, published_ms=1)
     assert len(messages) == 4  # two broadcasts of a third each per message, then the seventh alone
     assert all(len(m) <= MAX_MESSAGE_BYTES for m in messages)
-    seqs = [b.seq for m in messages for b in decode_broadcasts("r", m)[1]]
+    seqs = [b.seq for m in messages for b in decode_broadcasts("r", m).broadcasts]
     assert seqs == list(range(1, 8))
     huge = Broadcast("r", 9, b'"' + b"y" * MAX_MESSAGE_BYTES + b'"')
-    assert len(encode_broadcasts(b"n", [huge])) == 1  # travels alone, whatever its size
+    assert len(encode_broadcasts(b"n", [huge], published_ms=1)) == 1  # travels alone, whatever its size
+
+
+def test_a_message_from_a_node_that_does_not_stamp_the_time_is_read() -> None:
+    message = decode_broadcasts("r", b'SQB1 old-node\n[3,"message",[],2]\n{}')
+    assert (message.origin, message.published_ms, [b.seq for b in message.broadcasts]) == (b"old-node", None, [3])
 
 
 @pytest.mark.parametrize(("data", "problem"), [
@@ -59,6 +64,9 @@ def test_a_long_run_is_split_into_bounded_messages() -> None:
     (b"GET / HTTP/1.1\r\n", "no SQB1 mark"),
     (b"SQB1 " + b"n" * 100, "origin line"),
     (b"SQB1 n\n", "without broadcasts"),
+    (b"SQB1 n 12x\n[1,\"message\",[],2]\n{}", "publish time"),
+    (b"SQB1 n " + b"9" * 16 + b"\n[1,\"message\",[],2]\n{}", "publish time"),
+    (b"SQB1  5\n[1,\"message\",[],2]\n{}", "origin is empty"),
     (b"SQB1 n\n[1,\"message\",[],2]", "header line"),
     (b"SQB1 n\n[1,\"message\",[],20]\n{}", "cut short"),
     (b"SQB1 n\nnot json\n", "bad header"),

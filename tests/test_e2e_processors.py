@@ -22,11 +22,13 @@ import asyncio
 import collections
 import os
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from squall.processor.pool import choose
 from squall.queue import GROUP, QueueKeys
@@ -266,6 +268,18 @@ def test_with_no_processor_up_sends_get_unavailable(tmp_path: Path) -> None:
         web.stop()
 
 
+def queue_figures(web: SquallProcess) -> dict[str, float]:
+    """The queue's gauges in the web node's /metrics, read from Redis at the scrape."""
+    host, port = web.address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        family.name: family.samples[0].value
+        for family in text_string_to_metric_families(text)
+        if family.name in ("squall_queue_depth", "squall_queue_pending")
+    }
+
+
 @pytest.mark.redis
 def test_a_send_accepted_while_no_processor_runs_is_processed_later(tmp_path: Path, redis_prefix: str) -> None:
     """The queue keeps what it accepted: the client got ``unavailable``, yet the
@@ -281,9 +295,11 @@ def test_a_send_accepted_while_no_processor_runs_is_processed_later(tmp_path: Pa
         assert (status, body["code"]) == (503, "unavailable"), body
         assert "a processor did not answer within 1 s" in body["reason"]
         assert client.xlen(QueueKeys(redis_prefix).sends) == 1
+        assert queue_figures(web) == {"squall_queue_depth": 1, "squall_queue_pending": 0}
         processor.start()
         status, body = web.api("POST", "/api/rooms/lobby/messages", {"body": "hi", "id": "1"}, token=token)
         assert (status, body) == (200, {"id": "1", "seq": 1})
+        assert queue_figures(web) == {"squall_queue_depth": 0, "squall_queue_pending": 0}
         assert [(m["id"], m["seq"]) for m in web.history("lobby", token)] == [("1", 1)]
     finally:
         client.close()

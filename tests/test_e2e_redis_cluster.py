@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import TIMEOUT, ChatClient, EventStream, RedisServer, SquallProcess, http, run_async, squall_cluster
 
@@ -159,6 +161,20 @@ def test_clients_on_both_nodes_see_every_message_once_in_order(cluster: list[Squ
     assert len(a.history(room, alice)) == count
     _, health = b.api("GET", "/api/health")
     assert health["bus"]["received"] >= count // 2 and health["bus"]["dropped"] == 0
+    # Each bus message received is timed from its publish on the other node.
+    lag = bus_lag(b)
+    assert lag["squall_bus_lag_seconds_count"] >= 1 and lag["squall_bus_lag_seconds_sum"] >= 0, lag
+
+
+def bus_lag(node: SquallProcess) -> dict[str, float]:
+    host, port = node.address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text) if family.name == "squall_bus_lag_seconds"
+        for sample in family.samples if sample.name != "squall_bus_lag_seconds_bucket"
+    }
 
 
 def test_a_node_whose_subscription_is_killed_still_gets_the_newest_message(

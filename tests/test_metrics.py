@@ -54,7 +54,7 @@ def test_read_at_scrape_metrics_follow_their_source() -> None:
     found = samples(metrics.exposition())
     assert found[("squall_deliveries_total", ())] == 12
     assert found[("squall_connections", (("transport", "websocket"),))] == 7
-    # The slots other parts fill are there, at zero.
+    # Fed from Redis (queue) or by the Redis bus only: there, at zero.
     assert found[("squall_queue_depth", ())] == 0
     assert found[("squall_queue_pending", ())] == 0
     assert found[("squall_bus_lag_seconds_count", ())] == 0

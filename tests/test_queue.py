@@ -153,16 +153,22 @@ def test_a_dead_consumers_entries_are_taken_over(tmp_path: Path, redis_prefix: s
     async def scenario() -> None:
         redis = aioredis.Redis.from_url(REDIS_URL)
         keys = QueueKeys(redis_prefix)
-        await redis.xgroup_create(keys.sends, GROUP, id="0", mkstream=True)
         async with web_node(redis_prefix) as (client, published):
+            assert await client.backlog() == (0, 0)  # no stream yet
+            await redis.xgroup_create(keys.sends, GROUP, id="0", mkstream=True)
             waiting = [asyncio.ensure_future(send(client, n)) for n in range(1, 6)]
             await until(lambda: _is(redis.xlen(keys.sends), 5), "five entries added")
-            # A processor takes them and dies before acknowledging any.
+            assert await client.backlog() == (5, 0)  # /metrics: squall_queue_depth, squall_queue_pending
+            # A processor takes three, then two more, and dies before acknowledging any.
+            taken = await redis.xreadgroup(GROUP, "dead-processor", {keys.sends: ">"}, count=3)
+            assert len(taken[0][1]) == 3
+            assert await client.backlog() == (2, 3)
             taken = await redis.xreadgroup(GROUP, "dead-processor", {keys.sends: ">"}, count=10)
-            assert len(taken[0][1]) == 5
+            assert len(taken[0][1]) == 2
             async with worker(tmp_path, redis_prefix, claim_idle=0.2) as queue:
                 answers = await asyncio.gather(*waiting)
                 assert queue.claimed == 5
+                assert await client.backlog() == (0, 0)
         assert sorted(a["seq"] for a in answers) == [1, 2, 3, 4, 5]
         consumers = {c["name"]: c["pending"] for c in await redis.xinfo_consumers(keys.sends, GROUP)}
         assert consumers[b"dead-processor"] == 0

@@ -47,7 +47,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -130,6 +130,9 @@ class RedisBus:
             client_name=self._client_name("pub"),
         )
         self._control = control_channel(prefix)
+        # Called with each received bus message's lag in seconds (publish on
+        # its node to receipt here); the web node points it at /metrics.
+        self.lag_observer: Callable[[float], None] | None = None
         self._receiver: Receiver | None = None
         self._closing = False
         # Publishing.
@@ -254,9 +257,10 @@ class RedisBus:
         for broadcast in batch:
             by_room.setdefault(broadcast.room, []).append(broadcast)
         pipe = self._client.pipeline(transaction=False)
+        published_ms = int(time.time() * 1000)
         for room, broadcasts in by_room.items():
             channel = room_channel(self.prefix, room)
-            for message in encode_broadcasts(self.origin, broadcasts):
+            for message in encode_broadcasts(self.origin, broadcasts, published_ms=published_ms):
                 pipe.publish(channel, message)
         for notice in notices:
             pipe.publish(self._control, notice)
@@ -439,13 +443,16 @@ class RedisBus:
             room = room_of(self.prefix, channel)
             if room is None:
                 return
-            origin, broadcasts = decode_broadcasts(room, data)
+            origin, published_ms, broadcasts = decode_broadcasts(room, data)
         except BadBusMessage as exc:
             self.counts["bad"] += 1
             self._trouble.note(f"bus: dropped a message on {channel[:100]!r}: {exc}", now=time.monotonic())
             return
         if origin == self.origin:
             return
+        if published_ms is not None and self.lag_observer is not None:
+            # Across machines this includes their clocks' difference: NTP keeps it to a few ms.
+            self.lag_observer(max(0.0, time.time() - published_ms / 1000))
         self.counts["received"] += len(broadcasts)
         try:
             receiver.receive_all(broadcasts)

@@ -3,7 +3,7 @@
 A room's broadcasts go on the room's channel (:func:`room_channel`). One bus
 message carries one or more broadcasts of that room from one node, in order::
 
-    SQB1 <origin>\\n
+    SQB1 <origin> <published_ms>\\n
     [<seq or null>, "<kind>", ["<mentioned nick key>", ...], <payload length>]\\n<payload>
     ...
 
@@ -11,7 +11,9 @@ The payload (the event's JSON, as clients receive it) is carried byte for
 byte: it is encoded once by the node that made it, and the receiving node
 slices it out without parsing it. ``origin`` names the node that published,
 so that a node skips its own broadcasts (it delivered them when it published
-them).
+them); ``published_ms`` (the publisher's clock, ms since the epoch) lets the
+receiver measure the bus's lag. A start line without it (a node from before)
+is accepted.
 
 Node-wide notices go on the control channel (:func:`control_channel`) as a JSON
 object with an ``op``: ``resync`` (a node could not publish everything: read
@@ -24,14 +26,14 @@ Everything read from the bus is checked: a message that does not parse raises
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from ..frames import Broadcast
 
 __all__ = [
-    "BadBusMessage", "Control", "room_channel", "control_channel", "room_of",
+    "BadBusMessage", "BusMessage", "Control", "room_channel", "control_channel", "room_of",
     "encode_broadcasts", "decode_broadcasts", "encode_control", "decode_control",
     "MAX_MESSAGE_BYTES",
 ]
@@ -43,11 +45,18 @@ _MAGIC = b"SQB1 "
 MAX_MESSAGE_BYTES = 1024 * 1024
 _MAX_KIND_CHARS = 32
 _MAX_ORIGIN_BYTES = 64
+_MAX_TIME_DIGITS = 15  # ms since the epoch until the year 33658
 _MAX_HEADER_BYTES = 64 * 1024  # seq, kind and mentioned nick keys
 
 
 class BadBusMessage(ValueError):
     """A bus message that is not one of ours (or is damaged)."""
+
+
+class BusMessage(NamedTuple):
+    origin: bytes
+    published_ms: int | None  # None from a node that does not stamp its messages
+    broadcasts: list[Broadcast]
 
 
 def room_channel(prefix: str, room: str) -> bytes:
@@ -69,10 +78,10 @@ def room_of(prefix: str, channel: bytes) -> str | None:
         return None
 
 
-def encode_broadcasts(origin: bytes, broadcasts: Iterable[Broadcast]) -> list[bytes]:
+def encode_broadcasts(origin: bytes, broadcasts: Iterable[Broadcast], *, published_ms: int) -> list[bytes]:
     """Bus messages for consecutive ``broadcasts`` of one room, each at most
     about :data:`MAX_MESSAGE_BYTES` (a single bigger broadcast travels alone)."""
-    start = _MAGIC + origin + b"\n"
+    start = b"%s%s %d\n" % (_MAGIC, origin, published_ms)
     messages: list[bytes] = []
     parts: list[bytes] = [start]
     size = len(start)
@@ -91,14 +100,14 @@ def encode_broadcasts(origin: bytes, broadcasts: Iterable[Broadcast]) -> list[by
     return messages
 
 
-def decode_broadcasts(room: str, data: bytes) -> tuple[bytes, list[Broadcast]]:
-    """``(origin, broadcasts)`` of one bus message on ``room``'s channel."""
+def decode_broadcasts(room: str, data: bytes) -> BusMessage:
+    """One bus message on ``room``'s channel."""
     if not data.startswith(_MAGIC):
         raise BadBusMessage("not a squall bus message (no SQB1 mark)")
-    end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_ORIGIN_BYTES + 1)
+    end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_ORIGIN_BYTES + _MAX_TIME_DIGITS + 2)
     if end < 0:
         raise BadBusMessage("the origin line is missing or too long")
-    origin = data[len(_MAGIC):end]
+    origin, published_ms = _start_line(data[len(_MAGIC):end])
     position = end + 1
     broadcasts: list[Broadcast] = []
     view = memoryview(data)
@@ -118,7 +127,18 @@ def decode_broadcasts(room: str, data: bytes) -> tuple[bytes, list[Broadcast]]:
         broadcasts.append(Broadcast(room, seq, payload, kind=kind, mentions=mentions))
     if not broadcasts:
         raise BadBusMessage("a bus message without broadcasts")
-    return origin, broadcasts
+    return BusMessage(origin, published_ms, broadcasts)
+
+
+def _start_line(line: bytes) -> tuple[bytes, int | None]:
+    origin, space, stamp = line.rpartition(b" ")
+    if not space:
+        origin, stamp = line, b""
+    if stamp and not (stamp.isdigit() and len(stamp) <= _MAX_TIME_DIGITS):
+        raise BadBusMessage(f"the publish time {stamp[:32]!r} is not a number of milliseconds")
+    if not 0 < len(origin) <= _MAX_ORIGIN_BYTES or b" " in origin:
+        raise BadBusMessage("the origin is empty, too long or has a space")
+    return origin, int(stamp) if stamp else None
 
 
 def _check_header(header: Any, index: int) -> tuple[int | None, str, frozenset[str], int]:

@@ -29,12 +29,12 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..backoff import backoff_delay
 from ..errors import Unavailable
 from ..processor.sends import PendingSends, Send, answer_of, route_answer, unavailable_answer
-from . import REPLY_ROLE, SEND_ROLE, QueueKeys, decode_entry, redacted_url, sign
+from . import GROUP, REPLY_ROLE, SEND_ROLE, QueueKeys, decode_entry, redacted_url, sign
 
 __all__ = ["QueueClient", "WRITE_BATCH", "READ_BATCH", "stop_tasks"]
 
@@ -122,6 +122,27 @@ class QueueClient:
             "state": "connected" if self.connected.is_set() else "unreachable",
             "in_flight": len(self.sends),
         }]
+
+    async def backlog(self) -> tuple[int, int]:
+        """``(depth, pending)`` of the send stream, for ``/metrics``: entries no
+        processor has read yet, and entries read but not acknowledged (a
+        processor is working on them, or died holding them until ``XAUTOCLAIM``).
+        Raises :class:`RedisError` or :class:`OSError` when Redis cannot say."""
+        assert self._redis is not None, "start() first"
+        try:
+            groups = await self._redis.xinfo_groups(self.keys.sends)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return 0, 0  # nothing sent yet
+            raise
+        for group in groups:
+            if group["name"] == GROUP.encode():
+                # Redis leaves lag out (None) when it cannot count it (entries deleted
+                # mid-range); the stream's length is then the honest upper bound.
+                lag = group.get("lag")
+                depth = lag if isinstance(lag, int) else await self._redis.xlen(self.keys.sends)
+                return depth, int(group["pending"])
+        return await self._redis.xlen(self.keys.sends), 0  # no processor has joined the group yet
 
     def start(self) -> None:
         self._redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True)

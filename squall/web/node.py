@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import socket
 import time
@@ -24,6 +25,7 @@ import tornado.web
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.log import access_log
+from redis.exceptions import RedisError
 from tornado.netutil import bind_sockets
 
 from ..address import HostPolicy, client_address, default_allowed_hosts, forwarded_https, parse_networks
@@ -68,6 +70,8 @@ JOINS_PER_TURN = 64
 # How often the node sweeps expired long-poll presence, idle rooms, idle
 # connections and old rate buckets.
 HOUSEKEEPING_SECONDS = 1.0
+# A scrape waits at most this long for the queue's figures from Redis.
+QUEUE_SCRAPE_TIMEOUT = 1.0
 # How often guests whose every token has expired are deleted from the users table.
 FORGET_GUESTS_SECONDS = 3600.0
 # How often session rows too old for any token to be valid are deleted.
@@ -190,6 +194,20 @@ class WebNode:
         metrics.presence_memberships.set_function(self.presence.memberships)
         for link in getattr(self.link, "links", ()):  # TCP links; the queue has none
             metrics.watch_link(link)
+        if hasattr(self.bus, "lag_observer"):  # the Redis bus; the local one has no lag
+            self.bus.lag_observer = metrics.bus_lag_seconds.observe
+
+    async def read_queue_backlog(self) -> None:
+        """Set the queue's depth and pending gauges from Redis, for a scrape (with --queue)."""
+        if not isinstance(self.link, QueueClient):
+            return
+        try:
+            async with asyncio.timeout(QUEUE_SCRAPE_TIMEOUT):
+                depth, pending = await self.link.backlog()
+        except (RedisError, OSError, TimeoutError):
+            depth = pending = math.nan  # unknown, not zero: an empty queue and a dead Redis differ
+        self.metrics.queue_depth.set(depth)
+        self.metrics.queue_pending.set(pending)
 
     # -- life cycle -----------------------------------------------------
 

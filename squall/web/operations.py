@@ -68,13 +68,14 @@ class ReadyzHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     """``GET /metrics``: this web node's metrics, to clients in ``metrics_allow``."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         node = self.node
         try:
             _check_reader(self, node.metrics_allow, node.trusted_proxies)
         except Forbidden as refusal:
             node.limits.count(refusal.code, "metrics_allow")
             raise
+        await node.read_queue_backlog()
         _write_metrics(self, node.metrics)
 
 
