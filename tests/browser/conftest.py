@@ -120,6 +120,15 @@ class SquallServer:
         self._web.send_signal(signal.SIGKILL)
         self._web.wait(timeout=STOP_DEADLINE)
 
+    def pause_web(self) -> None:
+        """SIGSTOP the web node: its sockets stay open and silent, like a dead network path."""
+        assert self._web is not None
+        self._web.send_signal(signal.SIGSTOP)
+
+    def resume_web(self) -> None:
+        assert self._web is not None
+        self._web.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         for process in (self._web, self._processor):
             if process is None or process.poll() is not None:

@@ -175,6 +175,7 @@ class App {
   }
 
   start() {
+    this.watchNetwork();
     this.view.langSelect.value = this.translator.lang;
     const session = readJson(SESSION_KEY);
     if (session?.token && session?.nick) this.startChat(session);
@@ -329,6 +330,16 @@ class App {
     this.connection.start();
   }
 
+  /** The browser's word on the network, and a tab waking up, reach the connection at once. */
+  watchNetwork() {
+    window.addEventListener("offline", () => this.connection?.networkLost());
+    window.addEventListener("online", () => this.connection?.reconnectNow());
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") this.connection?.check();
+    });
+    this.view.reconnectNow.addEventListener("click", () => this.connection?.reconnectNow());
+  }
+
   openLinkedRoom() {
     const linked = roomFromHash();
     if (!linked || !this.store) return;
@@ -400,6 +411,12 @@ class App {
     this.view.composer.classList.remove("multiline");
     this.lastTypingSent = 0; // the next keystroke starts a new "is typing"
     this.connection.send(room, body, id);
+    this.renderQueue();
+  }
+
+  /** The banner counts what waits for the connection; it changes with each send and answer. */
+  renderQueue() {
+    if (this.connection) this.view.renderConnection(this.connection.state, this.connection.queued);
   }
 
   retry(room, id) {
@@ -501,11 +518,13 @@ class App {
         this.onMessage(event, active);
         return;
       case "ack": {
+        this.renderQueue();
         const result = store.acknowledge(event);
         if (result && active) this.view.placeMessage(result.message, { replaced: result.replaced, me: store.me });
         return;
       }
       case "error": {
+        this.renderQueue();
         if (event.id) {
           const message = store.fail(event);
           if (message && message.room === store.active) this.view.refreshMessage(message, store.me);

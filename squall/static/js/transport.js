@@ -40,8 +40,13 @@ export const OPEN_TIMEOUT_MS = 3000; // the issue's "cannot open within 3 s"
 export const MAX_ABNORMAL_CLOSES = 3; // "closes abnormally several times in a row"
 export const MAX_CONNECT_FAILURES = 5; // handshake failures after WebSocket had worked
 const STABLE_OPEN_MS = 10_000; // a socket open this long resets the abnormal-close count
-const PING_INTERVAL_MS = 20_000;
-const SILENCE_LIMIT_MS = 45_000; // no frame at all for this long: the socket is half-open
+// A socket can die without a close (Wi-Fi gone, laptop lid, NAT timeout): only a
+// missing answer tells. After PING_AFTER_MS without a frame the page pings; no frame
+// within PONG_DEADLINE_MS after that and the socket counts as dead, so a lost network
+// shows within about 14 s at worst, and at once where the browser fires `offline`.
+export const HEARTBEAT_CHECK_MS = 2000;
+export const PING_AFTER_MS = 8000;
+export const PONG_DEADLINE_MS = 4000;
 const READY_TIMEOUT_MS = 3000; // a room counts as caught up after this even if seqs have holes
 const HISTORY_LIMIT = 50; // what a join without `since` shows, as on the WebSocket
 const CATCHUP_LIMIT = 500;
@@ -103,6 +108,7 @@ class WebSocketAdapter {
     this._dead = false;
     this._openedAt = null;
     this._lastHeard = 0;
+    this._pingSentAt = null; // the unanswered ping's time, if one is out
     this._timers = [];
   }
 
@@ -114,7 +120,7 @@ class WebSocketAdapter {
       this._clearTimers();
       this._openedAt = Date.now();
       this._lastHeard = Date.now();
-      this._timers.push(setInterval(() => this._keepAlive(), PING_INTERVAL_MS / 2));
+      this._timers.push(setInterval(() => this._keepAlive(), HEARTBEAT_CHECK_MS));
       this._sink.opened(this);
     };
     socket.onmessage = (frame) => {
@@ -168,13 +174,28 @@ class WebSocketAdapter {
     return true;
   }
 
+  /** The browser says the network is gone: this socket is dead, whatever it says. */
+  lost() {
+    this._fail({ code: 1006, network: true });
+  }
+
+  /** Ask now whether the socket still works (the network came back, the tab woke up). */
+  check() {
+    if (this.isOpen && this._pingSentAt === null) this._ping();
+  }
+
   _keepAlive() {
-    if (Date.now() - this._lastHeard > SILENCE_LIMIT_MS) {
-      // The TCP connection may be gone without a FIN (laptop lid, NAT timeout);
-      // only a missing answer tells.
-      this._fail({ code: 1006 });
+    const now = Date.now();
+    if (this._pingSentAt !== null && this._lastHeard < this._pingSentAt) {
+      if (now - this._pingSentAt > PONG_DEADLINE_MS) this._fail({ code: 1006, network: true });
       return;
     }
+    this._pingSentAt = null;
+    if (now - this._lastHeard >= PING_AFTER_MS) this._ping();
+  }
+
+  _ping() {
+    this._pingSentAt = Date.now();
     this._send({ type: "ping" });
   }
 
@@ -446,8 +467,43 @@ export class Connection {
     return this._state;
   }
 
+  /** Sends written and not yet acknowledged: what waits for the connection. */
+  get queued() {
+    return this._outbox.size;
+  }
+
   start() {
     this._connect();
+  }
+
+  /** The browser says the network is gone (`offline`): stop waiting on a dead socket. */
+  networkLost() {
+    if (this._stopped) return;
+    const adapter = this._active;
+    if (adapter?.lost) adapter.lost();
+    else if (adapter) {
+      this._active = null;
+      this._retire(adapter);
+      this._setState(State.OFFLINE);
+      this._scheduleReconnect();
+    }
+  }
+
+  /** The network is back (`online`), or the user asked: reconnect now, or check the socket we have. */
+  reconnectNow() {
+    if (this._stopped) return;
+    if (this._active) {
+      this._active.check?.();
+      return;
+    }
+    this._attempts = 0;
+    clearTimeout(this._reconnectTimer);
+    this._connect();
+  }
+
+  /** The tab became visible: a socket that slept with it may be dead. */
+  check() {
+    this._active?.check?.();
   }
 
   stop() {
@@ -724,7 +780,7 @@ export class Connection {
           this._fallBack(Kind.WS);
           return;
         }
-      } else if (!EXPECTED_CLOSE_CODES.has(info.code)) {
+      } else if (!EXPECTED_CLOSE_CODES.has(info.code) && !info.network) {
         this._abnormalCloses = info.openMs >= STABLE_OPEN_MS ? 1 : this._abnormalCloses + 1;
         if (this._abnormalCloses >= MAX_ABNORMAL_CLOSES) {
           this._fallBack(Kind.WS);
@@ -772,6 +828,6 @@ export class Connection {
 
   _setState(state, extra = {}) {
     this._state = state;
-    this._onStatus({ kind: this._kind, state, forced: this._forced !== null, ...extra });
+    this._onStatus({ kind: this._kind, state, forced: this._forced !== null, queued: this.queued, ...extra });
   }
 }

@@ -59,6 +59,9 @@ export class ChatView {
     this.roomsToggle = byId("rooms-toggle");
     this.roomTitle = byId("room-title");
     this.transport = byId("transport-indicator");
+    this.connectionBanner = byId("connection-banner");
+    this.connectionBannerText = byId("connection-banner-text");
+    this.reconnectNow = byId("reconnect-now");
     this.langSelect = byId("lang-select");
     this.me = byId("me");
     this.roomList = byId("room-list");
@@ -183,6 +186,22 @@ export class ChatView {
     this.transport.dataset.transport = status.kind;
     this.transport.dataset.state = status.state;
     this.transport.title = this.t.t("transport.label");
+    this.renderConnection(status.state, status.queued ?? 0);
+  }
+
+  /**
+   * The banner while the connection is down: hard to miss, unlike the pill, and it
+   * says what happens to what the user wrote meanwhile. Not shown while the first
+   * connection is being made (`connecting` before it was ever open).
+   */
+  renderConnection(state, queued) {
+    if (state === "open") this._everOpen = true;
+    const down = state === "offline" || (state === "connecting" && this._everOpen);
+    this.connectionBanner.hidden = !down;
+    this.connectionBanner.dataset.queued = String(queued);
+    if (!down) return;
+    const key = queued > 0 ? "connection.lostQueued" : "connection.lost";
+    this.connectionBannerText.textContent = this.t.t(key, { count: queued });
   }
 
   renderRoomList(store) {
