@@ -85,6 +85,10 @@ class StaticFiles(JSONErrors, tornado.web.StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def parse_url_path(self, url_path: str) -> str:
+        # Tornado routes /favicon.ico here by itself; the page's icon is an SVG.
+        return "favicon.svg" if url_path == "favicon.ico" else super().parse_url_path(url_path)
+
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         # A NUL reaches os.path.realpath as ValueError, a 500 with a traceback.
         if _CONTROL_CHARACTER.search(absolute_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -78,10 +79,14 @@ def test_mention_in_another_room_counts_as_unread_and_in_the_title(server: Any, 
     expect(badge).to_have_text("2")
     expect(badge).to_have_class("unread-badge has-mentions")
     expect(carol.page).to_have_title("(1) Squall")
+    icon = carol.page.locator("link#favicon")
+    expect(icon).to_have_attribute("data-count", "1")
+    expect(icon).to_have_attribute("href", re.compile(r"^data:image/svg\+xml,.*%3Ctext"))  # the badge drawn in
 
     carol.page.click('#room-list li[data-room="side"] .room-button')
     expect(badge).to_be_hidden()
     expect(carol.page).to_have_title("Squall")
+    expect(icon).to_have_attribute("href", re.compile(r"/static/favicon\.svg"))
     expect(carol.page.locator("#messages li.mention-me")).to_have_count(1)
     carol.assert_no_errors()
 

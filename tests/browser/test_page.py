@@ -97,3 +97,23 @@ def test_a_room_link_opens_the_room(server: Any, open_chat: Any) -> None:
     page.goto(server.url + "/#Not%20A%20Room")
     expect(page.locator('#room-list li[data-room="Not A Room"]')).to_have_count(0)
     kim.assert_no_errors()
+
+
+def test_loading_the_page_asks_for_nothing_that_is_missing(server: Any, browser: Any) -> None:
+    """No 404 on any load (the favicon was one), and the icon is a real image."""
+    context = browser.new_context()
+    page = context.new_page()
+    failures: list[str] = []
+    page.on("response", lambda response: failures.append(f"{response.status} {response.url}") if response.status >= 400 else None)
+    try:
+        page.goto(server.url + "/")
+        expect(page.locator("html")).to_have_attribute("data-ready", "true")
+        icon = page.request.get(server.url + "/favicon.ico")
+        assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml", (icon.status, icon.headers)
+        linked = page.locator("link#favicon").evaluate("link => link.href")
+        assert page.request.get(linked).status == 200, linked
+        page.reload()
+        expect(page.locator("html")).to_have_attribute("data-ready", "true")
+        assert failures == []
+    finally:
+        context.close()

@@ -166,6 +166,29 @@ export class ChatView {
 
   setTitle(mentions) {
     document.title = mentions > 0 ? this.t.t("title.mentions", { count: mentions }) : this.t.t("title.base");
+    this._badgeFavicon(mentions);
+  }
+
+  /** The tab's icon carries the mention count too: a red badge drawn into the plain icon. */
+  async _badgeFavicon(mentions) {
+    const icon = document.getElementById("favicon");
+    if (!icon) return;
+    icon.dataset.plain ??= icon.href;
+    icon.dataset.count = String(mentions);
+    if (mentions <= 0) {
+      icon.href = icon.dataset.plain;
+      return;
+    }
+    // An icon given as a data: URL cannot load anything, so the plain icon's own
+    // markup goes in (read once).
+    this._plainIcon ??= fetch(icon.dataset.plain).then((response) => response.text()).catch(() => null);
+    const plain = await this._plainIcon;
+    if (!plain || icon.dataset.count !== String(mentions)) return; // a newer count won meanwhile
+    const label = mentions > 99 ? "99+" : String(mentions);
+    const badge = `<circle cx="44" cy="20" r="20" fill="#d1242f"/>`
+      + `<text x="44" y="28" font-size="${label.length > 2 ? 16 : 24}" font-family="sans-serif" `
+      + `font-weight="bold" text-anchor="middle" fill="#fff">${label}</text>`;
+    icon.href = `data:image/svg+xml,${encodeURIComponent(plain.replace("</svg>", `${badge}</svg>`))}`;
   }
 
   renderMe(nick) {
