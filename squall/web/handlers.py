@@ -138,4 +138,5 @@ class PageHandler(BaseHandler):
 
     def get(self) -> None:
         self.xsrf_token  # noqa: B018 - sets the _xsrf cookie for cookie-authenticated POSTs
-        self.render("index.html", websocket=self.node.settings.websocket)
+        settings = self.node.settings
+        self.render("index.html", websocket=settings.websocket, max_body_chars=settings.max_body_chars)

@@ -118,22 +118,3 @@ def test_keyboard_button_loads_older_messages(seeded_server: Any, open_chat: Any
     expect(reader.confirmed()).to_have_count(PAGE + 5)
     expect(reader.page.locator("#history-start")).to_be_visible()
     reader.assert_no_errors()
-
-
-def test_failed_send_shows_retry_with_the_same_id(server: Any, open_chat: Any) -> None:
-    writer = open_chat(server, "writer")
-    writer.join("errors")
-    writer.wait_open()
-    writer.send("x" * 5000)  # over the processor's max_body_chars (4000)
-    failed = writer.page.locator("#messages li.failed")
-    expect(failed).to_have_count(1)
-    expect(failed).to_contain_text("Not sent")
-    first_id = failed.get_attribute("data-id")
-    retry = failed.locator("button.retry")
-    expect(retry).to_be_visible()
-    retry.click()
-    expect(writer.page.locator("#messages li.failed")).to_have_count(1)
-    assert writer.page.locator("#messages li.failed").get_attribute("data-id") == first_id
-    writer.send("short is fine")
-    expect(writer.confirmed()).to_have_count(1)
-    writer.assert_no_errors()

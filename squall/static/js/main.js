@@ -16,6 +16,13 @@ const LOAD_OLDER_AT_PX = 60;
 // a random delay up to this: every page in the room noticed at once.
 const MEMBERS_REFETCH_SPREAD_MS = 1000;
 
+/** Characters as the server counts them (code points, not UTF-16 units). */
+function characters(text) {
+  let count = 0;
+  for (const _ of text) count += 1;
+  return count;
+}
+
 function readJson(key) {
   try {
     return JSON.parse(localStorage.getItem(key) ?? "null");
@@ -64,6 +71,10 @@ class App {
     this.composing = false;
     this.typingTimer = null;
     this.signingIn = false;
+    // A phone or tablet: Enter makes a new line there, and the send button sends.
+    this.touch = globalThis.matchMedia?.("(pointer: coarse)").matches ?? false;
+    this.view.touch = this.touch;
+    this.maxBodyChars = Number(document.querySelector('meta[name="squall-max-body-chars"]')?.content) || 4000;
     this.settings = new SettingsPanel(translator, {
       session: () => this.session,
       update: (changes) => this.updateSession(changes),
@@ -114,8 +125,12 @@ class App {
       }
     });
     v.messages.addEventListener("click", (event) => {
-      const retry = event.target.closest("button.retry");
-      if (retry) this.retry(retry.dataset.room, retry.dataset.id);
+      const action = event.target.closest(".failure button");
+      if (!action) return;
+      const { room, id } = action.dataset;
+      if (action.classList.contains("retry")) this.retry(room, id);
+      else if (action.classList.contains("edit")) this.editFailed(room, id);
+      else if (action.classList.contains("discard")) this.discardFailed(room, id);
     });
     v.composerForm.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -129,6 +144,8 @@ class App {
     });
     v.composer.addEventListener("keydown", (event) => {
       if (event.key !== "Enter" || event.shiftKey) return;
+      // On a touch screen Enter is a new line, as in the platform's own apps; the button sends.
+      if (this.touch) return;
       // An IME uses Enter to commit its candidate; that Enter is not "send".
       // Safari reports it after compositionend, so keyCode 229 is checked too.
       if (event.isComposing || this.composing || event.keyCode === 229) return;
@@ -136,7 +153,7 @@ class App {
       this.sendComposer();
     });
     v.composer.addEventListener("input", () => {
-      v.composer.classList.toggle("multiline", v.composer.value.includes("\n"));
+      this.onComposerInput();
       this.sendTyping();
     });
     v.scroller.addEventListener("scroll", () => {
@@ -400,15 +417,29 @@ class App {
     return roomName === this.store.active && !document.hidden;
   }
 
+  /** The composer changed: its height, and the counter near the length limit. */
+  onComposerInput() {
+    const composer = this.view.composer;
+    composer.classList.toggle("multiline", composer.value.includes("\n"));
+    this.view.renderCounter(characters(composer.value.trim()), this.maxBodyChars);
+  }
+
   sendComposer() {
     const room = this.store?.active;
     const body = this.view.composer.value;
     if (!room || !body.trim()) return;
+    const length = characters(body.trim());
+    if (length > this.maxBodyChars) {
+      // Refused here, with the text kept: the server would refuse it too.
+      this.view.announce(this.t("composer.tooLong", { count: length - this.maxBodyChars }));
+      this.view.renderCounter(length, this.maxBodyChars, { flash: true });
+      return;
+    }
     const id = crypto.randomUUID();
     const message = this.store.addOwn(room, body, id);
     this.view.placeMessage(message, { me: this.store.me, ownAction: true });
     this.view.composer.value = "";
-    this.view.composer.classList.remove("multiline");
+    this.onComposerInput();
     this.lastTypingSent = 0; // the next keystroke starts a new "is typing"
     this.connection.send(room, body, id);
     this.renderQueue();
@@ -422,8 +453,26 @@ class App {
   retry(room, id) {
     const message = this.store.retry(room, id);
     if (!message) return;
-    this.view.refreshMessage(message, this.store.me);
+    this.view.placeMessage(message, { replaced: message, me: this.store.me, ownAction: true });
     this.connection.send(room, message.body, id);
+    this.renderQueue();
+  }
+
+  /** A failed message goes back into the composer to be fixed (what was there is kept below it). */
+  editFailed(room, id) {
+    const message = this.store.discard(room, id);
+    if (!message) return;
+    this.view.removeMessage(id);
+    const composer = this.view.composer;
+    composer.value = composer.value ? `${message.body}\n${composer.value}` : message.body;
+    this.onComposerInput();
+    composer.focus();
+  }
+
+  discardFailed(room, id) {
+    if (!this.store.discard(room, id)) return;
+    this.view.removeMessage(id);
+    this.view.composer.focus();
   }
 
   sendTyping() {
@@ -527,7 +576,9 @@ class App {
         this.renderQueue();
         if (event.id) {
           const message = store.fail(event);
-          if (message && message.room === store.active) this.view.refreshMessage(message, store.me);
+          if (message && message.room === store.active) {
+            this.view.placeMessage(message, { replaced: message, me: store.me });
+          }
           if (message) this.view.announce(this.t("messages.failed", { reason: this.view.errorText(event) }));
         } else {
           this.view.announce(this.view.errorText(event));

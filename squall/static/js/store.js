@@ -4,6 +4,16 @@
 
 export const MessageState = Object.freeze({ SENT: "sent", PENDING: "pending", FAILED: "failed" });
 
+// Refusals a second try can get past: the connection or the server's load, not the message.
+const RETRYABLE = new Set(["unavailable", "network", "rate_limited", "internal"]);
+
+/** When a failed send may be tried again (ms since the epoch), or null if it never can as it is. */
+export function retryAt(error, now) {
+  if (!RETRYABLE.has(error.code)) return null;
+  const wait = Number(error.retry_after);
+  return error.code === "rate_limited" && Number.isFinite(wait) && wait > 0 ? now + wait * 1000 : now;
+}
+
 export const TYPING_SHOWN_MS = 6000; // the server sends typing at most every few seconds
 const ROOM_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
@@ -187,13 +197,19 @@ export class ChatStore {
     return { message: pending, replaced: pending, isNew: true };
   }
 
-  /** An `error` for one of our sends: the message is marked failed. */
-  fail(event) {
+  /**
+   * An `error` for one of our sends: the message is marked failed, and keeps its
+   * place in time (`after`: the newest seq the room had then) instead of staying
+   * below every newer message. `retryAt` (ms) when a retry can succeed, else null.
+   */
+  fail(event, { now = Date.now() } = {}) {
     for (const room of this.rooms.values()) {
       const pending = room.pending.get(event.id);
       if (pending) {
         pending.state = MessageState.FAILED;
         pending.error = { code: event.code, reason: event.reason };
+        pending.after = room.messages.length ? room.messages[room.messages.length - 1].seq : 0;
+        pending.retryAt = retryAt(event, now);
         return pending;
       }
     }
@@ -202,9 +218,19 @@ export class ChatStore {
 
   retry(roomName, id) {
     const pending = this.room(roomName)?.pending.get(id);
-    if (!pending) return null;
+    if (!pending || pending.state !== MessageState.FAILED || pending.retryAt === null) return null;
     pending.state = MessageState.PENDING;
     pending.error = null;
+    pending.after = null;
+    return pending;
+  }
+
+  /** Forget a failed message (discarded, or taken back into the composer to edit). */
+  discard(roomName, id) {
+    const room = this.room(roomName);
+    const pending = room?.pending.get(id);
+    if (!pending || pending.state !== MessageState.FAILED) return null;
+    room.pending.delete(id);
     return pending;
   }
 

@@ -5,6 +5,13 @@
 
 import { MessageState, sameNick } from "./store.js";
 
+/** Where a message item sits in time: its seq; a failed one just after the seq it followed; pending last. */
+function position(node) {
+  if (node.dataset.seq !== undefined) return Number(node.dataset.seq);
+  if (node.dataset.after !== undefined) return Number(node.dataset.after) + 0.5;
+  return Infinity;
+}
+
 const NEAR_BOTTOM_PX = 80;
 const NICK_COLOURS = 8;
 
@@ -60,6 +67,7 @@ export class ChatView {
     this.roomTitle = byId("room-title");
     this.transport = byId("transport-indicator");
     this.connectionBanner = byId("connection-banner");
+    this.composerCounter = byId("composer-counter");
     this.connectionBannerText = byId("connection-banner-text");
     this.reconnectNow = byId("reconnect-now");
     this.langSelect = byId("lang-select");
@@ -281,9 +289,9 @@ export class ChatView {
     if (!room) return;
     this.messages.setAttribute("aria-label", this.t.t("messages.label", { room: room.name }));
     this.composerLabel.textContent = this.t.t("composer.label", { room: room.name });
-    this.composer.placeholder = this.t.t("composer.placeholder", { room: room.name });
+    this.composer.placeholder = this.t.t(this.touch ? "composer.placeholderTouch" : "composer.placeholder", { room: room.name });
     for (const message of room.messages) this.messages.append(this.renderMessage(message, store.me));
-    for (const message of room.pending.values()) this.messages.append(this.renderMessage(message, store.me));
+    for (const message of room.pending.values()) this.placeMessage(message, { me: store.me });
     this.renderHistoryState(room);
     this.renderMembers(room, store.me);
     this.renderTyping(room, Date.now());
@@ -342,18 +350,44 @@ export class ChatView {
     const previews = this._renderPreviews(message.previews);
     if (previews) item.append(previews);
 
-    if (message.state === MessageState.FAILED) {
-      const failure = el("p", "failure");
-      failure.append(el("span", null, this.t.t("messages.failed", { reason: this.errorText(message.error) })));
-      const retry = el("button", "retry", this.t.t("messages.retry"));
-      retry.type = "button";
-      retry.dataset.testid = "retry";
-      retry.dataset.id = message.id;
-      retry.dataset.room = message.room;
-      retry.setAttribute("aria-label", this.t.t("messages.retryLabel"));
-      failure.append(" ", retry);
-      item.append(failure);
+    if (message.state === MessageState.FAILED) item.append(this._renderFailure(message));
+  }
+
+  /**
+   * Why a send failed, in words, and what can be done: edit (the text goes back
+   * into the composer), discard, and retry only where a retry can succeed — at
+   * once for a lost connection or a busy server, after `retry_after` for a rate limit.
+   */
+  _renderFailure(message) {
+    const failure = el("div", "failure");
+    failure.dataset.testid = "failure";
+    failure.dataset.code = message.error?.code ?? "";
+    failure.append(el("span", "failure-reason", this.t.t("messages.failed", { reason: this.errorText(message.error) })));
+    const actions = el("span", "failure-actions");
+    const button = (action, label) => {
+      const b = el("button", action, this.t.t(`messages.${action}`));
+      b.type = "button";
+      b.dataset.testid = action;
+      b.dataset.id = message.id;
+      b.dataset.room = message.room;
+      b.setAttribute("aria-label", this.t.t(`messages.${label}`));
+      actions.append(b);
+      return b;
+    };
+    if (message.retryAt !== null && message.retryAt !== undefined) {
+      const retry = button("retry", "retryLabel");
+      const wait = message.retryAt - Date.now();
+      if (wait > 0) {
+        retry.disabled = true;
+        setTimeout(() => {
+          retry.disabled = false;
+        }, wait);
+      }
     }
+    button("edit", "editLabel");
+    button("discard", "discardLabel");
+    failure.append(actions);
+    return failure;
   }
 
   _renderPreviews(previews) {
@@ -400,8 +434,9 @@ export class ChatView {
 
   /**
    * Put `message` where it belongs in the open room: replacing the element of the
-   * pending message it confirms, else by seq among the confirmed ones (pending
-   * messages stay at the bottom).
+   * pending message it confirms, else by seq among the confirmed ones. Pending
+   * messages stay at the bottom; a failed one stays where it was in time, after
+   * the seq the room had reached when it failed.
    */
   placeMessage(message, { replaced = null, me, ownAction = false } = {}) {
     const stick = ownAction || this.isNearBottom();
@@ -414,13 +449,39 @@ export class ChatView {
       if (message.seq !== null) item.dataset.seq = String(message.seq);
       this._fillMessage(item, message, me);
     }
-    if (message.seq === null) {
-      if (!item.isConnected) this.messages.append(item);
-    } else {
-      this._insertBySeq(item, message.seq);
+    if (message.seq !== null) this._insertBySeq(item, message.seq);
+    else if (message.state === MessageState.FAILED) {
+      item.dataset.after = String(message.after ?? 0);
+      this._insertBySeq(item, (message.after ?? 0) + 0.5);
+    } else if (!item.isConnected || item.dataset.after !== undefined) {
+      delete item.dataset.after;
+      this.messages.append(item); // pending (or retried): at the bottom, in the order written
     }
     if (stick) this.scrollToBottom();
     return item;
+  }
+
+  removeMessage(id) {
+    this._byId(id)?.remove();
+  }
+
+  /**
+   * The characters left, shown from 90 % of the limit on (and in red past it).
+   * `flash` when a send was refused for it, so that the eye goes there.
+   */
+  renderCounter(length, max, { flash = false } = {}) {
+    const counter = this.composerCounter;
+    const left = max - length;
+    counter.hidden = length < max * 0.9;
+    counter.textContent = String(left);
+    counter.classList.toggle("over", left < 0);
+    counter.setAttribute("aria-label", this.t.t(left < 0 ? "composer.over" : "composer.left", { count: Math.abs(left) }));
+    this.sendButton.setAttribute("aria-disabled", String(left < 0));
+    if (flash) {
+      counter.classList.remove("flash");
+      void counter.offsetWidth; // restart the animation
+      counter.classList.add("flash");
+    }
   }
 
   refreshMessage(message, me) {
@@ -441,11 +502,11 @@ export class ChatView {
   }
 
   _insertBySeq(item, seq) {
-    // Walk back from the end: skip pending items and newer confirmed ones.
+    // Walk back from the end: skip pending items and newer confirmed or failed ones.
     let next = null;
     for (let node = this.messages.lastElementChild; node; node = node.previousElementSibling) {
       if (node === item) continue;
-      if (node.dataset.seq === undefined || Number(node.dataset.seq) > seq) next = node;
+      if (position(node) > seq) next = node;
       else break;
     }
     if (item.nextElementSibling === next && item.parentNode === this.messages && next !== null) return;
