@@ -98,7 +98,7 @@ def test_xss_vectors_come_out_inert(renderer: Renderer, body: str) -> None:
     assert "script" not in a.tags
     for tag, name, value in a.attrs:
         assert not name.startswith("on"), html
-        assert name in {"href", "rel", "target", "class"}, html
+        assert name in {"href", "rel", "target", "class", "start"}, html
         if name == "href":
             assert urlsplit(value).scheme in {"http", "https", "mailto"}, html
             assert value[: len(urlsplit(value).scheme)].islower()
@@ -120,9 +120,16 @@ def test_xss_vectors_come_out_inert(renderer: Renderer, body: str) -> None:
         ("line one\nline two", "<p>line one<br>\nline two</p>"),
         ("a & b < c", "<p>a &amp; b &lt; c</p>"),
         ("\\*not em\\*", "<p>*not em*</p>"),
+        ("- one\n- two", "<ul>\n<li>one</li>\n<li>two</li>\n</ul>"),
+        ("3. three\n4. **four**", '<ol start="3">\n<li>three</li>\n<li><strong>four</strong></li>\n</ol>'),
+        ("- outer\n  - inner", "<ul>\n<li>outer<ul>\n<li>inner</li>\n</ul>\n</li>\n</ul>"),
+        # A marker alone is an answer ("1."), not an empty list; numbers are not lists.
+        ("1.", "<p>1.</p>"),
+        ("-", "<p>-</p>"),
+        ("-5 degrees", "<p>-5 degrees</p>"),
+        ("1.5 litres", "<p>1.5 litres</p>"),
         # Not in the subset: shown as typed.
         ("# heading", "<p># heading</p>"),
-        ("- item\n1. item", "<p>- item<br>\n1. item</p>"),
         ("| a | b |\n|---|---|", "<p>| a | b |<br>\n|---|---|</p>"),
         ("<b>raw</b>", "<p>&lt;b&gt;raw&lt;/b&gt;</p>"),
         ("---", "<p>---</p>"),

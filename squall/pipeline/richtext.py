@@ -6,9 +6,9 @@ Theory of operation
 The body is parsed by ``markdown-it-pyrs`` (markdown-it.rs, in Rust) started from
 its ``zero`` preset with only the rules of the subset switched on: paragraphs,
 line breaks, emphasis, strikethrough, inline code, indented and fenced code
-blocks, block quotes, links, ``<autolinks>`` and bare ``http(s)://`` URLs
-(linkify). Everything else is never *parsed*, so it comes out as the text that
-was typed: ``# heading``, ``- item``, ``1. item``, tables, ``---``, raw HTML
+blocks, block quotes, bullet and numbered lists (``- item``, ``1. item``), links,
+``<autolinks>`` and bare ``http(s)://`` URLs (linkify). Everything else is never
+*parsed*, so it comes out as the text that was typed: ``# heading``, tables, ``---``, raw HTML
 (``<b>`` arrives as ``&lt;b&gt;``) and reference definitions. An image
 ``![alt](url)`` is not parsed as an image; it shows as ``!`` followed by an
 ordinary link to the URL.
@@ -68,6 +68,7 @@ _RULES: list[_PLUGIN_NAME] = [
     "code",
     "fence",
     "blockquote",
+    "list",
     "link",
     "autolink",
     "linkify",
@@ -77,8 +78,8 @@ log = logging.getLogger(__name__)
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # A trimmed single line with no character that any rule of the subset (or the
-# HTML escaper, or nh3's serialiser) reacts to.
-_PLAIN_LINE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]([^\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]*[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0])?")
+# HTML escaper, or nh3's serialiser) reacts to, and that does not start a list item.
+_PLAIN_LINE = re.compile(r"(?![-+](?:\s|$)|\d{1,9}[.)](?:\s|$))[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]([^\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0]*[^\s\x00-\x1f\x7f-\x9f\\&*_~`\[\]<>:\xa0])?")
 
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 LINK_REL = "nofollow noopener noreferrer"
@@ -116,7 +117,8 @@ class Rendered:
 _WRAP = {"paragraph": ("<p>", "</p>\n"), "em": ("<em>", "</em>"),
          "strong": ("<strong>", "</strong>"), "strikethrough": ("<del>", "</del>"),
          "code_inline": ("<code>", "</code>"),
-         "blockquote": ("<blockquote>\n", "</blockquote>\n")}
+         "blockquote": ("<blockquote>\n", "</blockquote>\n"),
+         "bullet_list": ("<ul>\n", "</ul>\n"), "list_item": ("<li>", "</li>\n")}
 
 
 class _Writer:
@@ -157,10 +159,19 @@ class _Writer:
         if name in ("softbreak", "hardbreak"):
             self.out.append("<br>\n")
             return None
+        if name in ("bullet_list", "ordered_list") and not any(item.children for item in node.children):
+            # Markers alone ("1.", "-"): an answer, not an empty list.
+            self.out.append("<p>" + "<br>\n".join(_markers(node)) + "</p>\n")
+            return None
         if name in _WRAP:
             start, close = _WRAP[name]
             self.out.append(start)
             return close
+        if name == "ordered_list":
+            start = node.meta.get("start", 1)
+            first = f' start="{start}"' if isinstance(start, int) and start != 1 else ""
+            self.out.append(f"<ol{first}>\n")
+            return "</ol>\n"
         if name in ("code_block", "fence"):
             info = str(node.meta.get("info", "")).split(maxsplit=1)
             lang = info[0] if info and _LANG.fullmatch(info[0]) else None
@@ -176,6 +187,15 @@ class _Writer:
             return "</a>"
         # root, or a node type a newer parser might add: keep its text, no markup.
         return ""
+
+
+def _markers(node: Node) -> list[str]:
+    marker = escape(str(node.meta.get("marker", "-")), quote=False)
+    if node.name == "bullet_list":
+        return [marker] * len(node.children)
+    start = node.meta.get("start", 1)
+    first = start if isinstance(start, int) else 1
+    return [f"{first + n}{marker}" for n in range(len(node.children))]
 
 
 def _plain(body: str) -> str:
@@ -198,8 +218,8 @@ class Renderer:
         self.logger = logger or log
         self._md = MarkdownIt("zero").enable_many(_RULES)
         self._cleaner = nh3.Cleaner(
-            tags={"p", "br", "em", "strong", "del", "code", "pre", "blockquote", "a"},
-            attributes={"a": {"href", "target"}, "code": {"class"}},
+            tags={"p", "br", "em", "strong", "del", "code", "pre", "blockquote", "a", "ul", "ol", "li"},
+            attributes={"a": {"href", "target"}, "code": {"class"}, "ol": {"start"}},
             attribute_filter=_attribute_filter,
             url_schemes=set(LINK_SCHEMES),
             url_relative="deny",
@@ -257,6 +277,8 @@ def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
         return value if safe_url(value) else None
     if tag == "a" and attr == "target":
         return "_blank"
+    if tag == "ol" and attr == "start":
+        return value if value.isascii() and value.isdigit() and len(value) <= 9 else None
     if tag == "code" and attr == "class":
         lang = value.removeprefix("language-")
         return value if value.startswith("language-") and _LANG.fullmatch(lang) else None

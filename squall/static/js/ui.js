@@ -13,6 +13,19 @@ function position(node) {
 }
 
 const NEAR_BOTTOM_PX = 80;
+// A message longer than this is folded to a few lines (CSS .collapsed) until
+// "Show more". Decided from the text, not by measuring: no layout per message.
+const LONG_MESSAGE_CHARS = 800;
+const LONG_MESSAGE_LINES = 12;
+
+function isLong(body) {
+  if (body.length > LONG_MESSAGE_CHARS) return true;
+  let lines = 1;
+  for (let at = body.indexOf("\n"); at !== -1; at = body.indexOf("\n", at + 1)) {
+    if (++lines > LONG_MESSAGE_LINES) return true;
+  }
+  return false;
+}
 const NICK_COLOURS = 8;
 
 function el(tag, className, text) {
@@ -346,6 +359,20 @@ export class ChatView {
       body.textContent = message.body;
     }
     item.append(meta, body);
+    if (isLong(message.body)) {
+      body.classList.toggle("collapsed", !message.expanded);
+      const expand = el("button", "expand", this.t.t(message.expanded ? "messages.showLess" : "messages.showMore"));
+      expand.type = "button";
+      expand.dataset.testid = "expand";
+      expand.setAttribute("aria-expanded", String(Boolean(message.expanded)));
+      expand.addEventListener("click", () => {
+        message.expanded = !message.expanded;
+        body.classList.toggle("collapsed", !message.expanded);
+        expand.textContent = this.t.t(message.expanded ? "messages.showLess" : "messages.showMore");
+        expand.setAttribute("aria-expanded", String(message.expanded));
+      });
+      item.append(expand);
+    }
 
     const previews = this._renderPreviews(message.previews);
     if (previews) item.append(previews);
