@@ -45,6 +45,21 @@ export function safeHttpUrl(url) {
   }
 }
 
+// One person's messages less than this apart share one header (nick, avatar, time).
+const GROUP_GAP_MS = 5 * 60 * 1000;
+
+/** Initials for an avatar: the first letters of up to two words of the nick. */
+export function initials(nick) {
+  const words = nick.split(/[\s._-]+/u).filter(Boolean);
+  const letters = (words.length > 1 ? [words[0], words[1]] : [nick]).map((word) => [...word][0] ?? "");
+  return letters.join("").toUpperCase();
+}
+
+function localDay(ts) {
+  const date = new Date(ts);
+  return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
+}
+
 function nickColour(nick) {
   let hash = 0;
   for (const char of nick.toLowerCase()) hash = (hash * 31 + char.codePointAt(0)) >>> 0;
@@ -305,6 +320,7 @@ export class ChatView {
     this.composer.placeholder = this.t.t(this.touch ? "composer.placeholderTouch" : "composer.placeholder", { room: room.name });
     for (const message of room.messages) this.messages.append(this.renderMessage(message, store.me));
     for (const message of room.pending.values()) this.placeMessage(message, { me: store.me });
+    this._regroupAll();
     this.renderHistoryState(room);
     this.renderMembers(room, store.me);
     this.renderTyping(room, Date.now());
@@ -329,8 +345,55 @@ export class ChatView {
     return item;
   }
 
+  /**
+   * Headers and day separators follow from the neighbours, so they are worked out
+   * again around every insertion and removal: `continued` when the message above is
+   * the same person's, the same day and less than GROUP_GAP_MS earlier;
+   * `data-day` (shown as a separator) on the first message of each day.
+   */
+  _regroup(item) {
+    if (!item) return;
+    const previous = item.previousElementSibling;
+    const ts = Number(item.dataset.ts);
+    const newDay = !previous || localDay(Number(previous.dataset.ts)) !== localDay(ts);
+    if (newDay) item.dataset.day = this._formatDay(ts);
+    else delete item.dataset.day;
+    const continued = !newDay
+      && sameNick(previous.dataset.nick, item.dataset.nick)
+      && ts - Number(previous.dataset.ts) < GROUP_GAP_MS
+      && !previous.classList.contains("failed")
+      && !item.classList.contains("failed");
+    item.classList.toggle("continued", continued);
+  }
+
+  _regroupAround(item) {
+    const next = item.nextElementSibling;
+    this._regroup(item);
+    this._regroup(next);
+  }
+
+  _regroupAll() {
+    for (const item of this.messages.children) this._regroup(item);
+  }
+
+  _formatDay(ts) {
+    const day = localDay(ts);
+    const now = Date.now();
+    if (day === localDay(now)) return this.t.t("messages.today");
+    if (day === localDay(now - 86_400_000)) return this.t.t("messages.yesterday");
+    const date = new Date(ts);
+    const options = { weekday: "long", month: "long", day: "numeric" };
+    if (date.getFullYear() !== new Date(now).getFullYear()) options.year = "numeric";
+    return new Intl.DateTimeFormat(this.t.lang, options).format(date);
+  }
+
   _fillMessage(item, message, me) {
     item.replaceChildren();
+    item.dataset.ts = String(message.ts);
+    const avatar = el("span", `avatar ${nickColour(message.nick)}`);
+    avatar.setAttribute("aria-hidden", "true");
+    avatar.append(el("span", null, initials(message.nick)));
+    item.append(avatar);
     item.classList.toggle("own", sameNick(message.nick, me));
     item.classList.toggle("pending", message.state === MessageState.PENDING);
     item.classList.toggle("failed", message.state === MessageState.FAILED);
@@ -484,12 +547,17 @@ export class ChatView {
       delete item.dataset.after;
       this.messages.append(item); // pending (or retried): at the bottom, in the order written
     }
+    this._regroupAround(item);
     if (stick) this.scrollToBottom();
     return item;
   }
 
   removeMessage(id) {
-    this._byId(id)?.remove();
+    const item = this._byId(id);
+    if (!item) return;
+    const next = item.nextElementSibling;
+    item.remove();
+    this._regroup(next);
   }
 
   /**
@@ -524,6 +592,7 @@ export class ChatView {
       const item = this.renderMessage(message, me);
       this._insertBySeq(item, message.seq);
     }
+    this._regroupAll();
     this.scroller.scrollTop = top + (this.scroller.scrollHeight - before);
     this._scrollTopSeen = this.scroller.scrollTop;
   }
