@@ -161,7 +161,12 @@ class App {
       // (sticking to the bottom as messages arrive, keeping the view in place
       // after a prepend) end near the top too while the list barely overflows.
       if (v.takeScrollUp() && v.scroller.scrollTop < LOAD_OLDER_AT_PX) this.loadOlder();
+      v.onScrolled();
     }, { passive: true });
+    v.jumpNewest.addEventListener("click", () => {
+      v.scrollToBottom();
+      v.composer.focus();
+    });
     v.loadOlder.addEventListener("click", () => this.loadOlder());
     v.membersMore.addEventListener("click", () => this.loadMoreMembers());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
@@ -405,6 +410,7 @@ class App {
     if (room && (room.unread || room.mentions)) {
       this.store.activate(room.name);
       this.view.renderRoomList(this.store);
+      this.view.renderDivider(room);
       this.updateTitle();
     }
   }

@@ -35,6 +35,8 @@ export class Room {
     this.pending = new Map(); // client id → message not yet acknowledged (or failed)
     this.unread = 0;
     this.mentions = 0;
+    this.firstUnreadSeq = null; // the oldest message counted in `unread`
+    this.dividerSeq = null; // "New messages" goes above this one while the room is on screen
     this.members = new Set(); // the nicks known online: all of them, or the pages loaded so far
     this.memberCount = 0; // online in the room, as the server last said
     this.membersNext = null; // cursor of the next page of /members, null once all are here
@@ -121,13 +123,21 @@ export class ChatStore {
     if (this.active === name) this.active = this.rooms.keys().next().value ?? null;
   }
 
-  /** Make `name` the room on screen; its unread and mention counts are cleared. */
+  /**
+   * Make `name` the room on screen; its unread and mention counts are cleared, and
+   * the "New messages" divider marks where the unread ones began (a room opened
+   * with nothing unread has none).
+   */
   activate(name) {
+    const previous = this.active;
     this.active = name;
     const room = this.room(name);
     if (room) {
+      if (room.unread > 0) room.dividerSeq = room.firstUnreadSeq;
+      else if (previous !== name) room.dividerSeq = null;
       room.unread = 0;
       room.mentions = 0;
+      room.firstUnreadSeq = null;
     }
   }
 
@@ -175,6 +185,7 @@ export class ChatStore {
       room.typing.delete(message.nick);
       if (!seen) {
         room.unread += 1;
+        if (room.unread === 1) room.firstUnreadSeq = message.seq;
         if (this.mentionsMe(message)) room.mentions += 1;
         counted = true;
       }

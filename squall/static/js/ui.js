@@ -96,6 +96,9 @@ export class ChatView {
     this.transport = byId("transport-indicator");
     this.connectionBanner = byId("connection-banner");
     this.composerCounter = byId("composer-counter");
+    this.jumpNewest = byId("jump-newest");
+    this._newBelow = 0; // messages that arrived below the view while the reader was scrolled up
+    this._dividerSeq = null;
     this.connectionBannerText = byId("connection-banner-text");
     this.reconnectNow = byId("reconnect-now");
     this.langSelect = byId("lang-select");
@@ -321,6 +324,8 @@ export class ChatView {
     for (const message of room.messages) this.messages.append(this.renderMessage(message, store.me));
     for (const message of room.pending.values()) this.placeMessage(message, { me: store.me });
     this._regroupAll();
+    this._newBelow = 0;
+    this.renderDivider(room);
     this.renderHistoryState(room);
     this.renderMembers(room, store.me);
     this.renderTyping(room, Date.now());
@@ -390,6 +395,13 @@ export class ChatView {
   _fillMessage(item, message, me) {
     item.replaceChildren();
     item.dataset.ts = String(message.ts);
+    const firstUnread = message.seq !== null && message.seq === this._dividerSeq;
+    item.classList.toggle("first-unread", firstUnread);
+    if (firstUnread) {
+      const divider = el("div", "unread-divider", this.t.t("messages.newDivider"));
+      divider.dataset.testid = "unread-divider";
+      item.append(divider);
+    }
     const avatar = el("span", `avatar ${nickColour(message.nick)}`);
     avatar.setAttribute("aria-hidden", "true");
     avatar.append(el("span", null, initials(message.nick)));
@@ -549,6 +561,10 @@ export class ChatView {
     }
     this._regroupAround(item);
     if (stick) this.scrollToBottom();
+    else if (message.seq !== null && !item.nextElementSibling && !replaced) {
+      this._newBelow += 1; // arrived below a reader who is scrolled up: counted, not jumped to
+      this.renderJump();
+    }
     return item;
   }
 
@@ -652,6 +668,48 @@ export class ChatView {
   scrollToBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
     this._scrollTopSeen = this.scroller.scrollTop;
+    this._newBelow = 0;
+    this.renderJump();
+  }
+
+  /**
+   * "New messages" above the first message that was unread when the room came on
+   * screen, and the view opened there (where the reader left off) instead of at
+   * the bottom.
+   */
+  renderDivider(room) {
+    for (const old of this.messages.querySelectorAll(".first-unread")) {
+      old.classList.remove("first-unread");
+      old.querySelector(":scope > .unread-divider")?.remove();
+    }
+    this._dividerSeq = room.dividerSeq;
+    const item = room.dividerSeq !== null ? this._bySeq(room.dividerSeq) : null;
+    if (!item) return;
+    item.classList.add("first-unread");
+    const divider = el("div", "unread-divider", this.t.t("messages.newDivider"));
+    divider.dataset.testid = "unread-divider";
+    item.append(divider);
+    this.scroller.scrollTop = Math.max(0, item.offsetTop - this.scroller.offsetTop - NEAR_BOTTOM_PX);
+    this._scrollTopSeen = this.scroller.scrollTop;
+    this.renderJump();
+  }
+
+  /** The reader scrolled: at the bottom, everything below has been seen. */
+  onScrolled() {
+    if (this.isNearBottom()) this._newBelow = 0;
+    this.renderJump();
+  }
+
+  /** "Jump to newest ↓", with how many arrived meanwhile, while the newest are out of sight. */
+  renderJump() {
+    const s = this.scroller;
+    const away = s.scrollHeight - s.scrollTop - s.clientHeight > s.clientHeight; // more than a screen up
+    const show = this._newBelow > 0 || away;
+    this.jumpNewest.hidden = !show;
+    this.jumpNewest.dataset.count = String(this._newBelow);
+    this.jumpNewest.textContent = this._newBelow > 0
+      ? this.t.t("messages.jumpCount", { count: this._newBelow })
+      : this.t.t("messages.jump");
   }
 
   /**
