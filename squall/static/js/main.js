@@ -8,6 +8,15 @@ import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
 
 const SESSION_KEY = "squall.session";
+const THEME_KEY = "squall.theme";
+const THEMES = ["system", "light", "dark"];
+
+/** Pin the page to light or dark, or follow the system (`color-scheme` in the CSS does the rest). */
+function applyTheme(theme) {
+  const root = document.documentElement;
+  if (theme === "light" || theme === "dark") root.dataset.theme = theme;
+  else delete root.dataset.theme;
+}
 const ROOMS_KEY = "squall.rooms";
 const HISTORY_PAGE = 50;
 const TYPING_EVERY_MS = 3000; // matches what the server relays at most
@@ -172,6 +181,15 @@ class App {
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
+    v.settingsLang.addEventListener("change", () => this.setLanguage(v.settingsLang.value));
+    const theme = THEMES.includes(localStorage.getItem(THEME_KEY)) ? localStorage.getItem(THEME_KEY) : "system";
+    document.getElementById(`theme-${theme}`).checked = true;
+    v.themeChoice.addEventListener("change", (event) => {
+      const chosen = event.target.value;
+      if (!THEMES.includes(chosen)) return;
+      localStorage.setItem(THEME_KEY, chosen);
+      applyTheme(chosen);
+    });
     document.addEventListener("keydown", (event) => this.onShortcut(event));
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && this.store?.active) this.markSeen();
@@ -199,6 +217,7 @@ class App {
   start() {
     this.watchNetwork();
     this.view.langSelect.value = this.translator.lang;
+    this.view.settingsLang.value = this.translator.lang;
     const session = readJson(SESSION_KEY);
     if (session?.token && session?.nick) this.startChat(session);
     else this.view.showLogin();
@@ -676,6 +695,7 @@ class App {
     this.view.setTranslator(this.translator);
     this.settings.setTranslator(this.translator);
     this.view.langSelect.value = lang;
+    this.view.settingsLang.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();
     if (this.store) {
@@ -687,6 +707,7 @@ class App {
 }
 
 async function main() {
+  applyTheme(localStorage.getItem(THEME_KEY));
   const lang = savedLanguage() ?? negotiateLanguage(navigator.languages?.length ? navigator.languages : [navigator.language]);
   const translator = await loadTranslator(lang);
   translator.apply();

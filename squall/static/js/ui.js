@@ -102,6 +102,8 @@ export class ChatView {
     this.connectionBannerText = byId("connection-banner-text");
     this.reconnectNow = byId("reconnect-now");
     this.langSelect = byId("lang-select");
+    this.settingsLang = byId("settings-lang");
+    this.themeChoice = byId("theme-choice");
     this.me = byId("me");
     this.roomList = byId("room-list");
     this.joinForm = byId("join-form");
