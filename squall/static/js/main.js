@@ -11,7 +11,10 @@ const SESSION_KEY = "squall.session";
 const THEME_KEY = "squall.theme";
 const THEMES = ["system", "light", "dark"];
 
-/** Pin the page to light or dark, or follow the system (`color-scheme` in the CSS does the rest). */
+/**
+ * Pin the page to light or dark, or follow the system (`color-scheme` in the CSS
+ * does the rest). js/theme.js applies the saved choice before the first paint.
+ */
 function applyTheme(theme) {
   const root = document.documentElement;
   if (theme === "light" || theme === "dark") root.dataset.theme = theme;
@@ -707,7 +710,6 @@ class App {
 }
 
 async function main() {
-  applyTheme(localStorage.getItem(THEME_KEY));
   const lang = savedLanguage() ?? negotiateLanguage(navigator.languages?.length ? navigator.languages : [navigator.language]);
   const translator = await loadTranslator(lang);
   translator.apply();
