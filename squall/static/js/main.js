@@ -1,5 +1,6 @@
 // The page: wires the session, the Connection, the store and the view together.
 
+import { Completer } from "./autocomplete.js";
 import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SettingsPanel } from "./settings.js";
@@ -148,6 +149,11 @@ class App {
       event.preventDefault();
       this.sendComposer();
     });
+    this.completer = new Completer(v.composer, document.getElementById("suggestions"), {
+      nicks: () => this.nicksToOffer(),
+      me: () => this.store?.me ?? "",
+    });
+    this.completer.bind(); // before the composer's own keydown: Enter picks while the list is open
     v.composer.addEventListener("compositionstart", () => {
       this.composing = true;
     });
@@ -443,6 +449,15 @@ class App {
 
   isSeen(roomName) {
     return roomName === this.store.active && !document.hidden;
+  }
+
+  /** Nicks for @-completion: who is online in the room, then who wrote lately. */
+  nicksToOffer() {
+    const room = this.store?.room(this.store.active);
+    if (!room) return [];
+    const authors = [];
+    for (let i = room.messages.length - 1; i >= 0 && authors.length < 200; i -= 1) authors.push(room.messages[i].nick);
+    return [...[...room.members].sort((a, b) => a.localeCompare(b)), ...authors];
   }
 
   /** The composer changed: its height, and the counter near the length limit. */
