@@ -50,5 +50,9 @@ def test_nicks_and_emoji_complete_from_the_keyboard(server: Any, open_chat: Any)
     expect(composer).to_have_value("hi @rosa look 🎉 @r")
     page.keyboard.press("Enter")  # list closed: Enter sends
     expect(writer.confirmed()).to_have_count(1)
+    composer.fill("thanks @robin")  # typed out in full: no list, Enter sends
+    expect(page.locator("#suggestions")).to_be_hidden()
+    page.keyboard.press("Enter")
+    expect(writer.confirmed()).to_have_count(2)
     expect(rosa.page.locator("#messages li.mention-me")).to_have_count(1)
     writer.assert_no_errors()

@@ -102,6 +102,9 @@ export class Completer {
     const token = findToken(this.input.value, this.input.selectionStart ?? this.input.value.length);
     this.token = token;
     this.items = token ? suggest(token, { nicks: this.nicks(), me: this.me() }) : [];
+    // A name typed out in full needs no list: Enter then sends, as it would without one.
+    const typed = token ? `${token.sigil}${token.query}`.toLowerCase() : "";
+    if (this.items.some((item) => item.insert.trim().toLowerCase() === typed)) this.items = [];
     this.index = 0;
     this.render();
   }
