@@ -9,6 +9,7 @@ import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
 
 const SESSION_KEY = "squall.session";
+const MUTED_KEY = "squall.muted";
 const THEME_KEY = "squall.theme";
 const THEMES = ["system", "light", "dark"];
 
@@ -123,6 +124,11 @@ class App {
       this.switchRoom(room);
     });
     v.roomList.addEventListener("click", (event) => {
+      const mute = event.target.closest(".mute-button");
+      if (mute) {
+        this.toggleMute(mute.dataset.room);
+        return;
+      }
       const leave = event.target.closest(".leave-button");
       if (leave) {
         this.leaveRoom(leave.dataset.room);
@@ -405,9 +411,23 @@ class App {
     writeJson(ROOMS_KEY, { rooms: [...this.store.rooms.keys()], active: this.store.active });
   }
 
+  /** Mute a room, or unmute it: remembered on this device. */
+  toggleMute(name) {
+    const room = this.store?.room(name);
+    if (!room) return;
+    room.muted = !room.muted;
+    const muted = new Set(readJson(MUTED_KEY) ?? []);
+    if (room.muted) muted.add(name);
+    else muted.delete(name);
+    writeJson(MUTED_KEY, [...muted]);
+    this.view.renderRoomList(this.store);
+    this.updateTitle();
+  }
+
   joinRoom(name) {
     if (this.store.room(name)) return;
-    this.store.addRoom(name);
+    const added = this.store.addRoom(name);
+    added.muted = (readJson(MUTED_KEY) ?? []).includes(name);
     this.connection.join(name);
     this.saveRooms();
     this.view.renderRoomList(this.store);
@@ -690,6 +710,7 @@ class App {
 
   notify(message) {
     if (!("Notification" in window) || Notification.permission !== "granted") return;
+    if (this.store?.room(message.room)?.muted) return;
     try {
       const note = new Notification(this.t("notify.mention", { nick: message.nick, room: message.room }), {
         body: message.body,

@@ -35,6 +35,7 @@ export class Room {
     this.pending = new Map(); // client id → message not yet acknowledged (or failed)
     this.unread = 0;
     this.mentions = 0;
+    this.muted = false; // no notifications, and not counted in the title or the icon
     this.firstUnreadSeq = null; // the oldest message counted in `unread`
     this.dividerSeq = null; // "New messages" goes above this one while the room is on screen
     this.members = new Set(); // the nicks known online: all of them, or the pages loaded so far
@@ -143,7 +144,7 @@ export class ChatStore {
 
   totalMentions() {
     let total = 0;
-    for (const room of this.rooms.values()) total += room.mentions;
+    for (const room of this.rooms.values()) if (!room.muted) total += room.mentions;
     return total;
   }
 

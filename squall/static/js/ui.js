@@ -271,6 +271,7 @@ export class ChatView {
   renderRoomList(store) {
     const focused = document.activeElement?.closest?.("#room-list li")?.dataset.room;
     const focusedLeave = document.activeElement?.classList?.contains("leave-button");
+    const focusedMute = document.activeElement?.classList?.contains("mute-button");
     this.roomList.replaceChildren();
     for (const room of store.rooms.values()) {
       const item = el("li", "room");
@@ -278,6 +279,7 @@ export class ChatView {
       item.dataset.testid = "room";
       const active = room.name === store.active;
       item.classList.toggle("active", active);
+      item.classList.toggle("muted", room.muted);
       const button = el("button", "room-button");
       button.type = "button";
       button.dataset.room = room.name;
@@ -300,9 +302,15 @@ export class ChatView {
       leave.dataset.room = room.name;
       leave.dataset.testid = "leave-room";
       leave.setAttribute("aria-label", this.t.t("rooms.leave", { room: room.name }));
-      item.append(button, leave);
+      const mute = el("button", "mute-button", room.muted ? "🔕" : "🔔");
+      mute.type = "button";
+      mute.dataset.room = room.name;
+      mute.dataset.testid = "mute-room";
+      mute.setAttribute("aria-pressed", String(room.muted));
+      mute.setAttribute("aria-label", this.t.t("rooms.mute", { room: room.name }));
+      item.append(button, mute, leave);
       this.roomList.append(item);
-      if (focused === room.name) (focusedLeave ? leave : button).focus();
+      if (focused === room.name) (focusedLeave ? leave : focusedMute ? mute : button).focus();
     }
   }
 
