@@ -553,7 +553,14 @@ class App {
 
   async loadOlder() {
     const room = this.store?.room(this.store.active);
-    if (!room || room.loadingHistory || room.historyDone || room.oldestSeq === null) return;
+    if (!room || room.loadingHistory) return;
+    if (this.view.hiddenOlder(room) > 0) {
+      // Held in memory, not drawn yet: no request needed.
+      this.view.revealOlder(room, HISTORY_PAGE, this.store.me);
+      this.view.renderHistoryState(room);
+      return;
+    }
+    if (room.historyDone || room.oldestSeq === null) return;
     room.loadingHistory = true;
     this.view.renderHistoryState(room);
     try {

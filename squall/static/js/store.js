@@ -54,20 +54,29 @@ export class Room {
     return this.messages.length ? this.messages[0].seq : null;
   }
 
-  bySeq(seq) {
-    // Messages arrive in order, so the match is almost always near the end.
-    for (let i = this.messages.length - 1; i >= 0; i -= 1) {
-      if (this.messages[i].seq === seq) return this.messages[i];
-      if (this.messages[i].seq < seq) return null;
+  /** Where `seq` is, or would go, in `messages` (ascending seq): a binary search. */
+  indexOf(seq) {
+    let low = 0;
+    let high = this.messages.length;
+    // Messages arrive in order: the common case is "after the last one".
+    if (high && this.messages[high - 1].seq < seq) return high;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.messages[middle].seq < seq) low = middle + 1;
+      else high = middle;
     }
-    return null;
+    return low;
+  }
+
+  bySeq(seq) {
+    const message = this.messages[this.indexOf(seq)];
+    return message && message.seq === seq ? message : null;
   }
 
   /** Insert a confirmed message at its seq position; returns false if it was there. */
   insert(message) {
-    if (this.bySeq(message.seq)) return false;
-    let index = this.messages.length;
-    while (index > 0 && this.messages[index - 1].seq > message.seq) index -= 1;
+    const index = this.indexOf(message.seq);
+    if (this.messages[index]?.seq === message.seq) return false;
     this.messages.splice(index, 0, message);
     return true;
   }

@@ -13,6 +13,10 @@ function position(node) {
 }
 
 const NEAR_BOTTOM_PX = 80;
+// A room's messages on screen when it opens: its newest RENDER_WINDOW. Older ones
+// held in memory are drawn a page at a time as the reader scrolls up (revealOlder),
+// so opening a room costs the same at 100 messages as at 10,000.
+export const RENDER_WINDOW = 200;
 // A message longer than this is folded to a few lines (CSS .collapsed) until
 // "Show more". Decided from the text, not by measuring: no layout per message.
 const LONG_MESSAGE_CHARS = 800;
@@ -99,6 +103,10 @@ export class ChatView {
     this.jumpNewest = byId("jump-newest");
     this._newBelow = 0; // messages that arrived below the view while the reader was scrolled up
     this._dividerSeq = null;
+    this._oldestShownSeq = null; // the oldest message drawn in the open room
+    this._itemBySeq = new Map(); // seq → item drawn in the open room
+    this._ownItemById = new Map(); // client id → item, for our own messages (pending until acked)
+    this._stick = null; // this frame's "follow the bottom?", measured once (see _followsBottom)
     this.connectionBannerText = byId("connection-banner-text");
     this.reconnectNow = byId("reconnect-now");
     this.langSelect = byId("lang-select");
@@ -323,6 +331,9 @@ export class ChatView {
     this.sendButton.disabled = room === null;
     this.roomTitle.textContent = room ? `#${room.name}` : "";
     this.messages.replaceChildren();
+    this._oldestShownSeq = null;
+    this._itemBySeq.clear();
+    this._ownItemById.clear();
     this.members.replaceChildren();
     this.membersCount.textContent = "";
     this.membersMore.hidden = true;
@@ -331,7 +342,11 @@ export class ChatView {
     this.messages.setAttribute("aria-label", this.t.t("messages.label", { room: room.name }));
     this.composerLabel.textContent = this.t.t("composer.label", { room: room.name });
     this.composer.placeholder = this.t.t(this.touch ? "composer.placeholderTouch" : "composer.placeholder", { room: room.name });
-    for (const message of room.messages) this.messages.append(this.renderMessage(message, store.me));
+    const shown = room.messages.slice(-RENDER_WINDOW);
+    this._oldestShownSeq = shown.length ? shown[0].seq : null;
+    const fragment = document.createDocumentFragment();
+    for (const message of shown) fragment.append(this.renderMessage(message, store.me));
+    this.messages.append(fragment);
     for (const message of room.pending.values()) this.placeMessage(message, { me: store.me });
     this._regroupAll();
     this._newBelow = 0;
@@ -342,11 +357,23 @@ export class ChatView {
     this.scrollToBottom();
   }
 
+  /** Older messages held in memory but not drawn yet (see RENDER_WINDOW). */
+  hiddenOlder(room) {
+    return this._oldestShownSeq === null ? 0 : room.indexOf(this._oldestShownSeq);
+  }
+
+  /** Draw up to `count` of the messages held above the oldest one on screen. */
+  revealOlder(room, count, me) {
+    const end = this.hiddenOlder(room);
+    const older = room.messages.slice(Math.max(0, end - count), end);
+    this.prependMessages(older, me);
+  }
+
   renderHistoryState(room) {
-    this.loadOlder.hidden = room.historyDone || room.messages.length === 0;
+    this.loadOlder.hidden = (room.historyDone && this.hiddenOlder(room) === 0) || room.messages.length === 0;
     this.loadOlder.disabled = room.loadingHistory;
     this.loadOlder.textContent = this.t.t(room.loadingHistory ? "messages.loadingOlder" : "messages.loadOlder");
-    this.historyStart.hidden = !room.historyDone;
+    this.historyStart.hidden = !room.historyDone || this.hiddenOlder(room) > 0;
     this.historyStart.textContent = this.t.t("messages.noOlder", { room: room.name });
   }
 
@@ -404,6 +431,8 @@ export class ChatView {
 
   _fillMessage(item, message, me) {
     item.replaceChildren();
+    if (message.seq !== null) this._itemBySeq.set(message.seq, item);
+    if (message.id && sameNick(message.nick, me)) this._ownItemById.set(message.id, item);
     item.dataset.ts = String(message.ts);
     const firstUnread = message.seq !== null && message.seq === this._dividerSeq;
     item.classList.toggle("first-unread", firstUnread);
@@ -551,7 +580,7 @@ export class ChatView {
    * the seq the room had reached when it failed.
    */
   placeMessage(message, { replaced = null, me, ownAction = false } = {}) {
-    const stick = ownAction || this.isNearBottom();
+    const stick = ownAction || this._followsBottom();
     let item = replaced ? this._byId(replaced.id) : null;
     const existing = message.seq !== null ? this._bySeq(message.seq) : null;
     if (existing && item && existing !== item) item.remove();
@@ -570,7 +599,7 @@ export class ChatView {
       this.messages.append(item); // pending (or retried): at the bottom, in the order written
     }
     this._regroupAround(item);
-    if (stick) this.scrollToBottom();
+    if (stick) this._scrollToBottomSoon();
     else if (message.seq !== null && !item.nextElementSibling && !replaced) {
       this._newBelow += 1; // arrived below a reader who is scrolled up: counted, not jumped to
       this.renderJump();
@@ -612,18 +641,29 @@ export class ChatView {
 
   /** Older messages at the top, with the messages on screen kept where they are. */
   prependMessages(messages, me) {
+    if (!messages.length) return;
     const before = this.scroller.scrollHeight;
     const top = this.scroller.scrollTop;
+    const items = [];
     for (const message of [...messages].reverse()) {
       const item = this.renderMessage(message, me);
       this._insertBySeq(item, message.seq);
+      items.push(item);
     }
-    this._regroupAll();
+    if (this._oldestShownSeq === null || messages[0].seq < this._oldestShownSeq) this._oldestShownSeq = messages[0].seq;
+    // Only the new items and the one below them can have changed groups.
+    for (const item of items.reverse()) this._regroup(item);
+    this._regroup(items[items.length - 1].nextElementSibling);
     this.scroller.scrollTop = top + (this.scroller.scrollHeight - before);
     this._scrollTopSeen = this.scroller.scrollTop;
   }
 
   _insertBySeq(item, seq) {
+    const first = this.messages.firstElementChild;
+    if (first && first !== item && position(first) > seq) {
+      this.messages.insertBefore(item, first); // older than everything drawn: a prepend
+      return;
+    }
     // Walk back from the end: skip pending items and newer confirmed or failed ones.
     let next = null;
     for (let node = this.messages.lastElementChild; node; node = node.previousElementSibling) {
@@ -635,13 +675,16 @@ export class ChatView {
     this.messages.insertBefore(item, next);
   }
 
+  // Items are found through maps filled as they are drawn (_fillMessage), not by
+  // searching the list: a room scrolled back 10,000 messages has as many items.
   _bySeq(seq) {
-    return this.messages.querySelector(`li[data-seq="${Number(seq)}"]`);
+    const item = this._itemBySeq.get(seq);
+    return item?.parentNode === this.messages ? item : null;
   }
 
   _byId(id) {
-    for (const node of this.messages.children) if (node.dataset.id === id) return node;
-    return null;
+    const item = this._ownItemById.get(id);
+    return item?.parentNode === this.messages ? item : null;
   }
 
   /** The members panel: how many are online, the names known so far, "Show more" while there are more. */
@@ -673,6 +716,32 @@ export class ChatView {
   isNearBottom() {
     const s = this.scroller;
     return s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  /**
+   * Whether new messages should keep the view at the bottom: measured once per
+   * frame, before the frame's first insertion. A burst (a join's backlog, a busy
+   * room) then costs one layout, not one per message: measuring after each
+   * insertion would force the browser to lay the list out every time.
+   */
+  _followsBottom() {
+    if (this._stick === null) {
+      this._stick = this.isNearBottom();
+      requestAnimationFrame(() => {
+        this._stick = null;
+      });
+    }
+    return this._stick;
+  }
+
+  /** Scroll to the bottom once, before the next paint, however many messages asked. */
+  _scrollToBottomSoon() {
+    if (this._scrollPending) return;
+    this._scrollPending = true;
+    requestAnimationFrame(() => {
+      this._scrollPending = false;
+      this.scrollToBottom();
+    });
   }
 
   scrollToBottom() {
@@ -715,11 +784,15 @@ export class ChatView {
     const s = this.scroller;
     const away = s.scrollHeight - s.scrollTop - s.clientHeight > s.clientHeight; // more than a screen up
     const show = this._newBelow > 0 || away;
-    this.jumpNewest.hidden = !show;
-    this.jumpNewest.dataset.count = String(this._newBelow);
-    this.jumpNewest.textContent = this._newBelow > 0
+    const text = this._newBelow > 0
       ? this.t.t("messages.jumpCount", { count: this._newBelow })
       : this.t.t("messages.jump");
+    // Called on every scroll event: write only what changed.
+    if (this.jumpNewest.hidden === show) this.jumpNewest.hidden = !show;
+    if (this.jumpNewest.textContent !== text) {
+      this.jumpNewest.textContent = text;
+      this.jumpNewest.dataset.count = String(this._newBelow);
+    }
   }
 
   /**
