@@ -73,7 +73,7 @@ class _SignIn(BaseHandler):
         user = await node.store.get_user(key)
         if user is not None and user.registered:
             raise _nick_taken(f"nick {user.nick!r} is registered; sign in with its password")
-        online = node.presence.online(key)
+        online = await node.room_presence.online(key)
         if online is not None and not own:
             raise _nick_taken(f"nick {online!r} is in use by someone online right now")
         skeletons = nick_skeletons(nick)
