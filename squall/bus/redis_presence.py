@@ -77,6 +77,9 @@ TTL_SECONDS = 15.0
 CHANGES_PER_SCRIPT = 1000
 # Most of a dead node's pairs one sweep script takes.
 SWEEP_PER_SCRIPT = 1000
+# How long a node that stops tries to take its members out itself (else a
+# live node's sweep does, within the bound).
+CLOSE_SECONDS = 2.0
 # Failures are logged at most this often.
 LOG_INTERVAL_SECONDS = 10.0
 _CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -316,7 +319,7 @@ class RedisPresence:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            async with self._lock:
+            async with asyncio.timeout(CLOSE_SECONDS), self._lock:
                 await self._client.delete(self._key("node", self.node_id))
                 await self._sweep_dead()
         except _CONNECTION_ERRORS as exc:
