@@ -78,6 +78,11 @@ def test_members_and_presence_events_cover_both_nodes(cluster: list[SquallProces
             assert event["count"] == 2
             assert await members(a, room, ann) == ["ann", "Bob"]
             assert await members(b, room, bob) == ["ann", "Bob"]
+            # A guest may not take a nick online on another node.
+            taken = await http(a.address, "POST", "/api/session", body=b'{"nick":"BOB"}',
+                               headers={"Content-Type": "application/json"})
+            assert taken.status == 409 and taken.json()["code"] == "nick_taken", taken.body
+            assert "online right now" in taken.json()["reason"]
             # A long-poller on B is a member on A too.
             answer = await http(b.address, "GET", f"/api/rooms/{room}/messages?since=0&wait=0", token=cy)
             assert answer.status == 200
