@@ -115,6 +115,9 @@ class Presence(Protocol):
     async def close(self) -> None:
         """Take this node's members out of the shared view and let go of it."""
 
+    def status(self) -> dict[str, object]:
+        """A summary for ``/api/health``."""
+
     async def counts(self, rooms: Iterable[str]) -> dict[str, int]:
         """Members online now in each of ``rooms``."""
 
@@ -144,6 +147,9 @@ class LocalPresence:
 
     async def close(self) -> None:
         pass
+
+    def status(self) -> dict[str, object]:
+        return {"kind": "local"}
 
     async def counts(self, rooms: Iterable[str]) -> dict[str, int]:
         return {room: self.table.count(room) for room in rooms}

@@ -10,6 +10,7 @@ frame or an answer, under a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from support import TIMEOUT, ChatClient, SquallProcess, http, run_async, squall_cluster
+from support import TIMEOUT, ChatClient, RedisServer, SquallProcess, http, run_async, squall_cluster
 
 pytestmark = pytest.mark.redis
 
@@ -28,16 +29,19 @@ TTL = 1.5
 BOUND = TTL + HEARTBEAT  # docs/presence.md: a dead node's members leave within ttl + heartbeat
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, bus_prefix: str) -> Iterator[list[SquallProcess]]:
-    env = {
+def cluster_env(redis_url: str, bus_prefix: str) -> dict[str, str]:
+    return {
         "SQUALL_BUS": redis_url, "SQUALL_BUS_PREFIX": bus_prefix, "SQUALL_BUS_PING_INTERVAL": "1",
         "SQUALL_RECONNECT_MIN": "0.01", "SQUALL_RECONNECT_MAX": "0.2",
         "SQUALL_PRESENCE_INTERVAL": "0.1",
         "SQUALL_PRESENCE_HEARTBEAT": str(HEARTBEAT), "SQUALL_PRESENCE_TTL": str(TTL),
     }
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str, bus_prefix: str) -> Iterator[list[SquallProcess]]:
     try:
-        with squall_cluster(tmp_path, env=env) as nodes:
+        with squall_cluster(tmp_path, env=cluster_env(redis_url, bus_prefix)) as nodes:
             yield nodes
     finally:
         client = redis.Redis.from_url(redis_url)
@@ -168,3 +172,37 @@ def test_a_killed_node_s_members_leave_within_the_bound(cluster: list[SquallProc
                 await client.close()
 
     run_async(main())
+
+
+def test_redis_restarted_empty_nodes_show_their_own_members_then_mend(
+    tmp_path: Path, own_redis: RedisServer, room: str,
+) -> None:
+    with squall_cluster(tmp_path, env=cluster_env(own_redis.url, "p:")) as (a, b):
+        ann, bob = a.session("ann"), b.session("bob")
+
+        def mended(times: int) -> Any:
+            return lambda body: body["presence"]["shared"] and body["presence"]["mended"] >= times
+
+        async def main() -> None:
+            on_a = await ChatClient.connect(a.address, ann)
+            on_b = await ChatClient.connect(b.address, bob)
+            try:
+                await on_a.join(room)
+                await on_b.join(room)
+                await until_presence(on_a, "bob", "online")
+                assert await members(a, room, ann) == ["ann", "bob"]
+                mends = [node.api("GET", "/api/health")[1]["presence"]["mended"] for node in (a, b)]
+                own_redis.stop()
+                # Each node shows its own members while Redis is away.
+                assert await members(a, room, ann) == ["ann"]
+                assert await members(b, room, bob) == ["bob"]
+                own_redis.start()  # empty: every pair and heartbeat is gone
+                await asyncio.to_thread(a.wait_health, mended(mends[0] + 1))
+                await asyncio.to_thread(b.wait_health, mended(mends[1] + 1))
+                assert await members(a, room, ann) == ["ann", "bob"]
+                assert await members(b, room, bob) == ["ann", "bob"]
+            finally:
+                await on_a.close()
+                await on_b.close()
+
+        run_async(main())

@@ -327,8 +327,10 @@ class RedisPresence:
                         " within %.0f s", exc, self.ttl + self.heartbeat)
         await self._client.aclose()
 
-    def status(self) -> dict[str, Any]:
-        return {"node": self.node_id, "shared": not self._mend, **self.stats}
+    def status(self) -> dict[str, object]:
+        """``shared``: false while Redis is unreachable (or not yet mended), when
+        this node shows its own members only."""
+        return {"kind": "redis", "node": self.node_id, "shared": not self._mend, **self.stats}
 
     # -- Presence -------------------------------------------------------------
 
