@@ -317,7 +317,12 @@ class RedisPresence:
         # in is bounded by the socket timeout.
         self._closing.set()
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), CLOSE_SECONDS)
+            except asyncio.TimeoutError:
+                self._task.cancel()  # and the client's closing ends its round trip
+            except Exception:
+                pass  # logged by the loop
         try:
             async with asyncio.timeout(CLOSE_SECONDS), self._lock:
                 await self._client.delete(self._key("node", self.node_id))
@@ -343,7 +348,7 @@ class RedisPresence:
                 changed, counts = await self._apply(flat, extra)
             return Updated(changed, counts, Reach.PUBLISHED)
         except _CONNECTION_ERRORS as exc:
-            self._failed(exc)
+            self._failed(exc, mend=True)
             local = {room: list(cs) for room, cs in changes.items() if cs}
             return Updated(local, {room: self.table.count(room) for room in (*local, *extra)}, Reach.THIS_NODE)
 
@@ -463,7 +468,7 @@ class RedisPresence:
                     await self._mend_if_needed()
                     await self._sweep_dead()
             except _CONNECTION_ERRORS as exc:
-                self._failed(exc)
+                self._failed(exc, mend=True)
             try:
                 await asyncio.wait_for(self._closing.wait(), self.heartbeat)
             except asyncio.TimeoutError:
@@ -471,8 +476,11 @@ class RedisPresence:
 
     # -- helpers --------------------------------------------------------------
 
-    def _failed(self, exc: BaseException) -> None:
-        self._mend = True
+    def _failed(self, exc: BaseException, *, mend: bool = False) -> None:
+        """Count and log a failed round trip; after a write (``mend``), Redis's
+        view of this node may be wrong until it is mended."""
+        if mend:
+            self._mend = True
         self.stats["failures"] += 1
         self._trouble.note(
             f"presence: Redis unreachable ({exc}); showing this node's members only until it is back",
