@@ -178,7 +178,7 @@ def test_redis_restarted_empty_nodes_show_their_own_members_then_mend(
     tmp_path: Path, own_redis: RedisServer, room: str,
 ) -> None:
     with squall_cluster(tmp_path, env=cluster_env(own_redis.url, "p:")) as (a, b):
-        ann, bob = a.session("ann"), b.session("bob")
+        ann, bob, cy = a.session("ann"), b.session("bob"), a.session("cy")
 
         def mended(times: int) -> Any:
             return lambda body: body["presence"]["shared"] and body["presence"]["mended"] >= times
@@ -193,14 +193,19 @@ def test_redis_restarted_empty_nodes_show_their_own_members_then_mend(
                 assert await members(a, room, ann) == ["ann", "bob"]
                 mends = [node.api("GET", "/api/health")[1]["presence"]["mended"] for node in (a, b)]
                 own_redis.stop()
-                # Each node shows its own members while Redis is away.
+                # Each node shows its own members while Redis is away, and
+                # tells them of its own comings and goings.
                 assert await members(a, room, ann) == ["ann"]
                 assert await members(b, room, bob) == ["bob"]
+                on_a_too = await ChatClient.connect(a.address, cy)
+                await on_a_too.join(room)
+                assert (await until_presence(on_a, "cy", "online"))["count"] == 2
                 own_redis.start()  # empty: every pair and heartbeat is gone
                 await asyncio.to_thread(a.wait_health, mended(mends[0] + 1))
                 await asyncio.to_thread(b.wait_health, mended(mends[1] + 1))
-                assert await members(a, room, ann) == ["ann", "bob"]
-                assert await members(b, room, bob) == ["ann", "bob"]
+                assert await members(a, room, ann) == ["ann", "bob", "cy"]
+                assert await members(b, room, bob) == ["ann", "bob", "cy"]
+                await on_a_too.close()
             finally:
                 await on_a.close()
                 await on_b.close()
