@@ -109,6 +109,9 @@ class Presence(Protocol):
     async def online(self, key: str) -> str | None:
         """The nick as spelled if ``key`` is online in some room on any node, else None."""
 
+    async def lookalike(self, nick: str, *, besides: str) -> str | None:
+        """An online nick (of a user other than ``besides``) that looks like ``nick``, on any node."""
+
     async def start(self) -> None:
         """Begin whatever keeps the shared view alive (heartbeats); once the loop runs."""
 
@@ -141,6 +144,9 @@ class LocalPresence:
 
     async def online(self, key: str) -> str | None:
         return self.table.online(key)
+
+    async def lookalike(self, nick: str, *, besides: str) -> str | None:
+        return self.table.lookalike(nick, besides=besides)
 
     async def start(self) -> None:
         pass
@@ -234,6 +240,10 @@ class PresenceTable:
     def online(self, key: str) -> str | None:
         """The nick as spelled if ``key`` is online in any room, else None."""
         return self._spelling.get(key, key) if key in self._rooms_online else None
+
+    def skeletons(self, key: str) -> frozenset[str] | None:
+        """The confusable skeletons of ``key`` if it is online here (kept, not computed), else None."""
+        return self._skeletons.get(key)
 
     def lookalike(self, nick: str, *, besides: str) -> str | None:
         """An online nick (other than the user ``besides``) that looks like ``nick``."""

@@ -82,11 +82,14 @@ def test_members_and_presence_events_cover_both_nodes(cluster: list[SquallProces
             assert event["count"] == 2
             assert await members(a, room, ann) == ["ann", "Bob"]
             assert await members(b, room, bob) == ["ann", "Bob"]
-            # A guest may not take a nick online on another node.
+            # A guest may not take a nick online on another node, nor one that looks like it.
             taken = await http(a.address, "POST", "/api/session", body=b'{"nick":"BOB"}',
                                headers={"Content-Type": "application/json"})
             assert taken.status == 409 and taken.json()["code"] == "nick_taken", taken.body
             assert "online right now" in taken.json()["reason"]
+            lookalike = await http(a.address, "POST", "/api/session", json_body={"nick": "B\u043eb"})  # Cyrillic о
+            assert lookalike.status == 409 and lookalike.json()["code"] == "nick_taken", lookalike.body
+            assert "looks like 'Bob'" in lookalike.json()["reason"], lookalike.body
             # A long-poller on B is a member on A too.
             answer = await http(b.address, "GET", f"/api/rooms/{room}/messages?since=0&wait=0", token=cy)
             assert answer.status == 200

@@ -12,6 +12,9 @@ to Redis in one Lua script. The keys, all under the bus's prefix ``P``
 ``P presence:holders:R:K`` set of the ids of the nodes on which K is online in R
 ``P presence:users``       hash, casefolded nick → rooms it is online in (the
                            guest-nick check asks it)
+``P presence:skels``       hash, casefolded nick online → its confusable skeletons
+``P presence:look:S``      hash, casefolded nick online → spelling, of each nick
+                           with skeleton S (the guest-nick lookalike check)
 ``P presence:node:N``      node N's heartbeat, a key with a TTL
 ``P presence:node:N:pairs`` set of ``R:K``, what node N holds
 ``P presence:nodes``       set of the ids of nodes that hold (or held) pairs
@@ -56,9 +59,10 @@ from typing import Any
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..coalesce import OFFLINE, ONLINE, Change
+from ..identity import nick_skeletons
 from ..presence import MembersPage, PresenceTable, Reach, Updated
 from ..protocol import nick_key
 from ..throttled_log import ThrottledLog
@@ -114,6 +118,13 @@ local function went(prefix, node, room, key)
   redis.call('HDEL', spelling, key)
   if redis.call('HINCRBY', prefix .. 'presence:users', key, -1) <= 0 then
     redis.call('HDEL', prefix .. 'presence:users', key)
+    local skels = redis.call('HGET', prefix .. 'presence:skels', key)
+    if skels then
+      for skel in string.gmatch(skels, '[^\\n]+') do
+        redis.call('HDEL', prefix .. 'presence:look:' .. skel, key)
+      end
+      redis.call('HDEL', prefix .. 'presence:skels', key)
+    end
   end
   return nick
 end
@@ -139,7 +150,8 @@ end
 """
 
 # ARGV: prefix, node, origin, detail_max, ttl_ms, rooms to count (n, then n
-# rooms), then (room, key, nick, state) per change. Replies {alive, rooms}:
+# rooms), then (room, key, nick, state, skeletons) per change, skeletons
+# joined by newlines (only online needs them). Replies {alive, rooms}:
 # alive is 0 when the node's heartbeat had expired (it may have been swept).
 _UPDATE = _PUBLISH + """
 local prefix, node, origin = ARGV[1], ARGV[2], ARGV[3]
@@ -155,7 +167,7 @@ if alive == 0 then
 end
 local pairs_key = beat .. ':pairs'
 local order, changed = {}, {}
-for i = 7 + n, #ARGV, 4 do
+for i = 7 + n, #ARGV, 5 do
   local room, key, nick, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local altered = false
   if state == 'online' then
@@ -163,7 +175,13 @@ for i = 7 + n, #ARGV, 4 do
     redis.call('SADD', prefix .. 'presence:holders:' .. room .. ':' .. key, node)
     redis.call('HSET', prefix .. 'presence:nicks:' .. room, key, nick)
     if redis.call('ZADD', prefix .. 'presence:room:' .. room, 0, key) == 1 then
-      redis.call('HINCRBY', prefix .. 'presence:users', key, 1)
+      if redis.call('HINCRBY', prefix .. 'presence:users', key, 1) == 1 then
+        local skels = ARGV[i + 4]
+        redis.call('HSET', prefix .. 'presence:skels', key, skels)
+        for skel in string.gmatch(skels, '[^\\n]+') do
+          redis.call('HSET', prefix .. 'presence:look:' .. skel, key, nick)
+        end
+      end
       altered = true
     end
   else
@@ -244,6 +262,18 @@ return {redis.call('ZCARD', members), keys, nicks}
 
 def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _change(
+    table: PresenceTable, room: str, nick: str, key: str, state: str,
+) -> tuple[str, str, str, str, str]:
+    """One change as the update script takes it: with the nick's skeletons when
+    it comes online (the table keeps those of its online nicks; computing them
+    costs tens of microseconds)."""
+    if state != ONLINE:
+        return room, key, nick, state, ""
+    skeletons = table.skeletons(key) or nick_skeletons(nick)
+    return room, key, nick, state, "\n".join(sorted(skeletons))
 
 
 def _updated(rooms: Iterable[Any]) -> tuple[dict[str, list[Change]], dict[str, int]]:
@@ -341,7 +371,8 @@ class RedisPresence:
 
     async def update(self, changes: Mapping[str, Sequence[Change]], *, count: Iterable[str] = ()) -> Updated:
         extra = list(count)
-        flat = [(room, nick_key(c.nick), c.nick, c.state) for room, cs in changes.items() for c in cs]
+        table = self.table
+        flat = [_change(table, room, c.nick, nick_key(c.nick), c.state) for room, cs in changes.items() for c in cs]
         try:
             async with self._lock:
                 await self._mend_if_needed()
@@ -387,10 +418,29 @@ class RedisPresence:
             return None
         return key if rooms is not None and int(rooms) > 0 else None
 
+    async def lookalike(self, nick: str, *, besides: str) -> str | None:
+        here = self.table.lookalike(nick, besides=besides)
+        if here is not None or self._mend:
+            return here
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for skeleton in nick_skeletons(nick):
+                # Two fields: if one of them is `besides`, the other is not.
+                pipe.hrandfield(self._key("look", skeleton), 2, withvalues=True)
+            found = await pipe.execute()
+        except _CONNECTION_ERRORS as exc:
+            self._failed(exc)
+            return None
+        for flat in found:
+            for i in range(0, len(flat or ()), 2):
+                if _as_str(flat[i]) != besides:
+                    return _as_str(flat[i + 1])
+        return None
+
     # -- the scripts ----------------------------------------------------------
 
     async def _apply(
-        self, flat: Sequence[tuple[str, str, str, str]], extra: Sequence[str]
+        self, flat: Sequence[tuple[str, str, str, str, str]], extra: Sequence[str]
     ) -> tuple[dict[str, list[Change]], dict[str, int]]:
         """Apply changes in scripts of at most CHANGES_PER_SCRIPT; returns what altered rooms."""
         changed: dict[str, list[Change]] = {}
@@ -447,15 +497,15 @@ class RedisPresence:
         held: set[str] = set()
         async for pair in self._client.sscan_iter(pairs_key, count=1000):
             held.add(_as_str(pair))
-        flat: list[tuple[str, str, str, str]] = []
+        flat: list[tuple[str, str, str, str, str]] = []
         here: set[str] = set()
         for room, key, nick in self.table.pairs():
             pair = f"{room}:{key}"
             here.add(pair)
-            flat.append((room, key, nick, ONLINE))  # also rewrites holders a sweep took
+            flat.append(_change(self.table, room, nick, key, ONLINE))  # also rewrites holders a sweep took
         for pair in held - here:
             room, _, key = pair.partition(":")
-            flat.append((room, key, key, OFFLINE))
+            flat.append(_change(self.table, room, key, key, OFFLINE))
         await self._apply(flat, [])
         self.stats["mended"] += 1
         log.info("presence: shared view mended (%d pairs here, %d were in Redis)", len(here), len(held))
@@ -482,8 +532,11 @@ class RedisPresence:
         if mend:
             self._mend = True
         self.stats["failures"] += 1
+        # An error reply (a script refused: out of memory, a read-only
+        # replica) degrades like an outage, but says what Redis said.
+        what = "refused a command" if isinstance(exc, ResponseError) else "unreachable"
         self._trouble.note(
-            f"presence: Redis unreachable ({exc}); showing this node's members only until it is back",
+            f"presence: Redis {what} ({exc}); showing this node's members only until it is back",
             now=time.monotonic(),
         )
 

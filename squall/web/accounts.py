@@ -80,7 +80,7 @@ class _SignIn(BaseHandler):
         registered = await node.store.registered_lookalike(skeletons)
         if registered is not None:
             raise _nick_taken(f"nick {nick!r} looks like the registered nick {registered!r}")
-        lookalike = node.presence.lookalike(nick, besides=key)
+        lookalike = await node.room_presence.lookalike(nick, besides=key)
         if lookalike is not None:
             raise _nick_taken(f"nick {nick!r} looks like {lookalike!r}, who is online right now")
 
