@@ -260,6 +260,31 @@ return {redis.call('ZCARD', members), keys, nicks}
 """
 
 
+# ARGV: prefix, besides, skeletons... Replies the spelling of an online nick
+# (not besides) with one of the skeletons, or false. A skeleton's hash holds a
+# nick or two (lookalikes of online and registered nicks are refused), so one
+# HSCAN step sees it all.
+_LOOKALIKE = """
+for i = 3, #ARGV do
+  local found = redis.call('HSCAN', ARGV[1] .. 'presence:look:' .. ARGV[i], 0, 'COUNT', 16)[2]
+  for j = 1, #found, 2 do
+    if found[j] ~= ARGV[2] then return found[j + 1] end
+  end
+end
+return false
+"""
+
+# ARGV: prefix, node, ttl_ms. Replies 1 if the heartbeat was still there (0:
+# it had expired, and the node may have been swept).
+_BEAT = """
+local beat = ARGV[1] .. 'presence:node:' .. ARGV[2]
+local alive = redis.call('EXISTS', beat)
+redis.call('SET', beat, '1', 'PX', ARGV[3])
+redis.call('SADD', ARGV[1] .. 'presence:nodes', ARGV[2])
+return alive
+"""
+
+
 def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -327,6 +352,8 @@ class RedisPresence:
         self._update = self._client.register_script(_UPDATE)
         self._sweep = self._client.register_script(_SWEEP)
         self._page = self._client.register_script(_PAGE)
+        self._lookalike = self._client.register_script(_LOOKALIKE)
+        self._heartbeat = self._client.register_script(_BEAT)
         self._lock = asyncio.Lock()  # one script of this node's at a time: changes stay in order
         self._mend = True  # Redis's view of this node's pairs may be wrong: compare with the table
         self._task: asyncio.Task[None] | None = None
@@ -423,19 +450,11 @@ class RedisPresence:
         if here is not None or self._mend:
             return here
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for skeleton in nick_skeletons(nick):
-                # Two fields: if one of them is `besides`, the other is not.
-                pipe.hrandfield(self._key("look", skeleton), 2, withvalues=True)
-            found = await pipe.execute()
+            found = await self._lookalike(args=[self.prefix, besides, *sorted(nick_skeletons(nick))])
         except _CONNECTION_ERRORS as exc:
             self._failed(exc)
             return None
-        for flat in found:
-            for i in range(0, len(flat or ()), 2):
-                if _as_str(flat[i]) != besides:
-                    return _as_str(flat[i + 1])
-        return None
+        return _as_str(found) if found else None
 
     # -- the scripts ----------------------------------------------------------
 
@@ -469,11 +488,7 @@ class RedisPresence:
 
     async def _beat(self) -> None:
         """Refresh this node's heartbeat; mend Redis if it had expired."""
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(self._key("node", self.node_id), b"1", px=int(self.ttl * 1000), get=True)
-        pipe.sadd(self._key("nodes"), self.node_id)
-        was, _ = await pipe.execute()
-        if was is None:
+        if not int(await self._heartbeat(args=[self.prefix, self.node_id, int(self.ttl * 1000)])):
             self._mend = True
 
     async def _sweep_dead(self) -> None:
