@@ -379,7 +379,7 @@ class RedisPresence:
             except asyncio.TimeoutError:
                 self._task.cancel()  # and the client's closing ends its round trip
             except Exception:
-                pass  # logged by the loop
+                pass  # the loop logs its own failures
         try:
             async with asyncio.timeout(CLOSE_SECONDS), self._lock:
                 await self._client.delete(self._key("node", self.node_id))
@@ -534,6 +534,11 @@ class RedisPresence:
                     await self._sweep_dead()
             except _CONNECTION_ERRORS as exc:
                 self._failed(exc, mend=True)
+            except Exception:
+                # Beat on whatever went wrong: a node that stops beating is
+                # swept while it still has members.
+                self._mend = True
+                log.exception("presence: heartbeat or sweep failed")
             try:
                 await asyncio.wait_for(self._closing.wait(), self.heartbeat)
             except asyncio.TimeoutError:
