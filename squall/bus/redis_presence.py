@@ -91,6 +91,7 @@ _CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 # Shared by the scripts: publish one room's presence event, in the bus's wire
 # format (squall/bus/wire.py) and with encode_presence's shape (squall/coalesce.py).
 _PUBLISH = """
+-- origin: the bus message's start line after 'SQB1 ' (origin and publish time)
 local function publish(prefix, origin, detail_max, room, count, changes)
   local payload
   if count <= detail_max then
@@ -404,6 +405,7 @@ class RedisPresence:
             async with self._lock:
                 await self._mend_if_needed()
                 changed, counts = await self._apply(flat, extra)
+                await self._mend_if_needed()  # the script found this node's heartbeat gone
             return Updated(changed, counts, Reach.PUBLISHED)
         except _CONNECTION_ERRORS as exc:
             self._failed(exc, mend=True)
@@ -436,7 +438,7 @@ class RedisPresence:
 
     async def online(self, key: str) -> str | None:
         here = self.table.online(key)
-        if here is not None or self._mend:
+        if here is not None:
             return here
         try:
             rooms = await self._client.hget(self._key("users"), key)
@@ -447,7 +449,7 @@ class RedisPresence:
 
     async def lookalike(self, nick: str, *, besides: str) -> str | None:
         here = self.table.lookalike(nick, besides=besides)
-        if here is not None or self._mend:
+        if here is not None:
             return here
         try:
             found = await self._lookalike(args=[self.prefix, besides, *sorted(nick_skeletons(nick))])
@@ -469,7 +471,7 @@ class RedisPresence:
             chunk = flat[start : start + CHANGES_PER_SCRIPT]
             last = start + CHANGES_PER_SCRIPT >= len(flat)
             wanted = extra if last else []
-            args: list[Any] = [self.prefix, self.node_id, self.origin, self.detail_max,
+            args: list[Any] = [self.prefix, self.node_id, self._start_line(), self.detail_max,
                                int(self.ttl * 1000), len(wanted), *wanted]
             for change in chunk:
                 args += change
@@ -493,7 +495,7 @@ class RedisPresence:
 
     async def _sweep_dead(self) -> None:
         while True:
-            more, rooms = await self._sweep(args=[self.prefix, self.origin, self.detail_max, SWEEP_PER_SCRIPT])
+            more, rooms = await self._sweep(args=[self.prefix, self._start_line(), self.detail_max, SWEEP_PER_SCRIPT])
             changed, _ = _updated(rooms)
             swept = sum(len(cs) for cs in changed.values())
             if swept:
@@ -559,6 +561,13 @@ class RedisPresence:
             f"presence: Redis {what} ({exc}); showing this node's members only until it is back",
             now=time.monotonic(),
         )
+
+    def _start_line(self) -> str:
+        """What follows ``SQB1`` on the bus messages the scripts publish: the
+        origin and the publish time in ms, for the receivers' bus-lag metric
+        (squall/bus/wire.py; a reader that knows no time takes it as part of
+        the origin, which is not its own either way)."""
+        return f"{self.origin} {int(time.time() * 1000)}"
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "presence:" + ":".join(parts)
