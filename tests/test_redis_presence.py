@@ -71,7 +71,7 @@ class Listener:
                 message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
                 if message is not None and message["type"] == "message":
                     room = message["channel"].decode()[len(self.prefix) + len("room:"):]
-                    _, broadcasts = decode_broadcasts(room, message["data"])
+                    broadcasts = decode_broadcasts(room, message["data"])[-1]  # (origin, [time,] broadcasts)
                     assert [b.kind for b in broadcasts] == ["presence"]
                     return dict(orjson.loads(broadcasts[0].payload))
 
