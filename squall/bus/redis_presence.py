@@ -9,7 +9,9 @@ to Redis in one Lua script. The keys, all under the bus's prefix ``P``
 ``P presence:room:R``      sorted set of the casefolded nicks online in R, all
                            with score 0: ``ZRANGEBYLEX`` pages, ``ZCARD`` counts
 ``P presence:nicks:R``     hash, casefolded nick → nick as spelled
-``P presence:holders:R:K`` set of the ids of the nodes on which K is online in R
+``P presence:holders:R``  hash, casefolded nick K → the ids of the nodes on
+                           which K is online in R, comma-separated (one hash
+                           per room, not a set per nick: a key costs ~200 bytes)
 ``P presence:users``       hash, casefolded nick → rooms it is online in (the
                            guest-nick check asks it)
 ``P presence:skels``       hash, casefolded nick online → its confusable skeletons
@@ -108,11 +110,32 @@ local function publish(prefix, origin, detail_max, room, count, changes)
     'SQB1 ' .. origin .. '\\n[null,"presence",[],' .. #payload .. ']\\n' .. payload)
 end
 
+local function hold(prefix, node, room, key)
+  -- node holds key in room (node ids are hex: no commas)
+  local holders = prefix .. 'presence:holders:' .. room
+  local ids = redis.call('HGET', holders, key)
+  if not ids then
+    redis.call('HSET', holders, key, node)
+  elseif not string.find(',' .. ids .. ',', ',' .. node .. ',', 1, true) then
+    redis.call('HSET', holders, key, ids .. ',' .. node)
+  end
+end
+
 local function went(prefix, node, room, key)
   -- node no longer holds key in room; returns the spelling if the room lost key
-  local holders = prefix .. 'presence:holders:' .. room .. ':' .. key
-  redis.call('SREM', holders, node)
-  if redis.call('EXISTS', holders) == 1 then return nil end
+  local holders = prefix .. 'presence:holders:' .. room
+  local ids = redis.call('HGET', holders, key)
+  if ids then
+    local rest = {}
+    for id in string.gmatch(ids, '[^,]+') do
+      if id ~= node then rest[#rest + 1] = id end
+    end
+    if #rest > 0 then
+      redis.call('HSET', holders, key, table.concat(rest, ','))
+      return nil
+    end
+    redis.call('HDEL', holders, key)
+  end
   redis.call('ZREM', prefix .. 'presence:room:' .. room, key)
   local spelling = prefix .. 'presence:nicks:' .. room
   local nick = redis.call('HGET', spelling, key) or key
@@ -173,7 +196,7 @@ for i = 7 + n, #ARGV, 5 do
   local altered = false
   if state == 'online' then
     redis.call('SADD', pairs_key, room .. ':' .. key)
-    redis.call('SADD', prefix .. 'presence:holders:' .. room .. ':' .. key, node)
+    hold(prefix, node, room, key)
     redis.call('HSET', prefix .. 'presence:nicks:' .. room, key, nick)
     if redis.call('ZADD', prefix .. 'presence:room:' .. room, 0, key) == 1 then
       if redis.call('HINCRBY', prefix .. 'presence:users', key, 1) == 1 then
@@ -334,6 +357,8 @@ class RedisPresence:
         self, url: str, table: PresenceTable, *, node_id: str, prefix: str = "squall:",
         detail_max: int = 500, heartbeat: float = HEARTBEAT_SECONDS, ttl: float = TTL_SECONDS,
     ) -> None:
+        if not node_id or "," in node_id or " " in node_id:
+            raise ValueError(f"node_id must be a word without commas or spaces, got {node_id!r}")
         if not 0 < heartbeat < ttl:
             raise ValueError(f"heartbeat ({heartbeat}) must be more than 0 and less than ttl ({ttl})")
         self.table = table
