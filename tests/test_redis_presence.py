@@ -274,8 +274,9 @@ def test_redis_down_shows_the_node_s_own_view_and_mends_when_back(own_redis: Red
 
 
 def test_figures_ops_and_time_of_an_update_of_1000_changes(prefix: str) -> None:
-    """Prints what the report quotes: Redis commands per join and leave, and the
-    time of one update of CHANGES_PER_SCRIPT joins and as many leaves."""
+    """Prints what the report quotes: Redis commands per join and leave, the
+    time of one update of CHANGES_PER_SCRIPT joins and as many leaves, and
+    Redis's memory per online (room, nick) pair (rooms of 100 here)."""
 
     async def main() -> None:
         raw = redis.asyncio.Redis.from_url(REDIS_URL)
@@ -304,6 +305,10 @@ def test_figures_ops_and_time_of_an_update_of_1000_changes(prefix: str) -> None:
                 updated = await a.update(joins)
                 join_ms = 1000 * (time.perf_counter() - started)
                 middle, join_redis_ms = await commands(), await script_ms() - in_redis
+                memory = 0
+                async for key in raw.scan_iter(match=f"{prefix}*", count=1000):
+                    memory += await raw.memory_usage(key, samples=0) or 0
+                leaves_from = await commands()  # not counting the measuring
                 in_redis = await script_ms()
                 started = time.perf_counter()
                 await a.update(leaves)
@@ -312,10 +317,11 @@ def test_figures_ops_and_time_of_an_update_of_1000_changes(prefix: str) -> None:
                 assert sum(updated.counts.values()) == n
                 # The shared server counts other clients' commands too: these are upper bounds.
                 per_join = (middle - before) / n
-                per_leave = (after - middle) / n
+                per_leave = (after - leaves_from) / n
                 print(f"\nupdate of {n} joins of new users in 10 rooms: {join_ms:.1f} ms"
                       f" ({join_redis_ms:.1f} ms in Redis), {per_join:.2f} Redis commands per join;"
-                      f" {n} leaves: {leave_ms:.1f} ms ({leave_redis_ms:.1f} ms in Redis), {per_leave:.2f} per leave")
+                      f" {n} leaves: {leave_ms:.1f} ms ({leave_redis_ms:.1f} ms in Redis), {per_leave:.2f} per leave;"
+                      f" {memory / (n + 1):.0f} bytes of Redis per online pair")
                 assert per_join < 10 and per_leave < 12
         finally:
             await raw.aclose()
