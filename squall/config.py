@@ -139,6 +139,8 @@ class Settings:
     # The bus between web nodes (Redis); it reconnects with reconnect_min … reconnect_max too.
     bus_max_queue: int = 10_000  # broadcasts waiting to be published; past it the oldest go (and nodes resync)
     bus_ping_interval: float = 5.0  # seconds between pings on the subscription; twice this silent = dead
+    presence_heartbeat: float = 5.0  # seconds between a node's presence heartbeats (and sweeps of dead nodes)
+    presence_ttl: float = 15.0  # seconds a heartbeat keeps a node alive: its members leave ttl + heartbeat after it dies
     # The queue: processors reached through Redis Streams instead of TCP links.
     queue: str = ""  # "" → TCP links to `processor`; redis://… or rediss://… → the queue
     queue_prefix: str = "squall"  # Redis key prefix of the queue's streams
@@ -312,6 +314,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),
     ("ready_timeout", 0, False), ("ready_cache", 0, False),
     ("bus_max_queue", 0, False), ("bus_ping_interval", 0, False),
+    ("presence_heartbeat", 0, False), ("presence_ttl", 0, False),
 )
 
 
@@ -328,6 +331,11 @@ def _check(settings: Settings) -> None:
     _at_most(settings, "poll_limit_default", "poll_limit_max")
     _at_most(settings, "reconnect_min", "reconnect_max")
     _at_most(settings, "members_page", "members_limit_max")
+    if settings.presence_ttl < 2 * settings.presence_heartbeat:
+        raise ConfigError(
+            f"presence_ttl ({settings.presence_ttl}) must be at least twice presence_heartbeat"
+            f" ({settings.presence_heartbeat}): a node must miss a heartbeat before it counts as dead"
+        )
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be 0-65535, got {settings.port}")
     for name in ("host", "data_dir"):

@@ -21,16 +21,17 @@ One node or many. The table is one web node's own bookkeeping. What every
 node's members see goes through :class:`Presence`, the room-wide view: the
 node hands it the transitions its coalescer gathered in one interval
 (:meth:`Presence.update`) and reads counts and pages from it. For one node,
-:class:`LocalPresence` answers from the table itself. Across nodes a Redis
-implementation keeps the same answers in Redis (docs/presence.md); nothing
-above the interface changes.
+:class:`LocalPresence` answers from the table itself. Across nodes
+:class:`squall.bus.redis_presence.RedisPresence` keeps the same answers in
+Redis (docs/presence.md); nothing above the interface changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Protocol
 
@@ -39,7 +40,10 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped, unused-i
 from .coalesce import Change
 from .identity import nick_skeletons
 
-__all__ = ["MembersPage", "Presence", "LocalPresence", "PresenceTable", "Transition", "members_fields"]
+__all__ = [
+    "MembersPage", "Presence", "LocalPresence", "PresenceTable", "Reach", "Transition", "Updated",
+    "members_fields",
+]
 
 Transition = tuple[str, str, str]
 
@@ -62,6 +66,30 @@ def members_fields(page: MembersPage) -> dict[str, object]:
     return {"count": page.count, "members": page.nicks, "next": page.next}
 
 
+class Reach(enum.Enum):
+    """Who still has to be told of an :class:`Updated`'s changes."""
+
+    #: Nobody: the events are on the bus already, in the order the changes
+    #: were applied (Redis publishes them in the same script).
+    PUBLISHED = "published"
+    #: Every node: the caller encodes the events and publishes them on the bus.
+    EVERY_NODE = "every_node"
+    #: This node's members only: the shared view is unreachable, so the node
+    #: shows its own (the shared view is mended when it is back).
+    THIS_NODE = "this_node"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Updated:
+    """What :meth:`Presence.update` did: per room, the ``changes`` that changed
+    the room as a whole and its ``counts`` after them (of every room changed
+    or asked about), and who still has to hear of them (``reach``)."""
+
+    changes: dict[str, list[Change]]
+    counts: dict[str, int]
+    reach: Reach
+
+
 class Presence(Protocol):
     """Who is online in each room, as every web node that shares it sees it.
 
@@ -71,7 +99,27 @@ class Presence(Protocol):
     Implementations must apply a change idempotently (a node may repeat one).
     """
 
-    async def update(self, changes: Mapping[str, Sequence[Change]]) -> dict[str, list[Change]]: ...
+    async def update(
+        self, changes: Mapping[str, Sequence[Change]], *, count: Iterable[str] = ()
+    ) -> Updated:
+        """Apply this node's ``changes``; count their rooms and those in ``count``
+        too. Publish the ``presence`` events unless :attr:`Updated.reach` says
+        it is left to the caller."""
+
+    async def online(self, key: str) -> str | None:
+        """The nick as spelled if ``key`` is online in some room on any node, else None."""
+
+    async def lookalike(self, nick: str, *, besides: str) -> str | None:
+        """An online nick (of a user other than ``besides``) that looks like ``nick``, on any node."""
+
+    async def start(self) -> None:
+        """Begin whatever keeps the shared view alive (heartbeats); once the loop runs."""
+
+    async def close(self) -> None:
+        """Take this node's members out of the shared view and let go of it."""
+
+    def status(self) -> dict[str, object]:
+        """A summary for ``/api/health``."""
 
     async def counts(self, rooms: Iterable[str]) -> dict[str, int]:
         """Members online now in each of ``rooms``."""
@@ -87,8 +135,27 @@ class LocalPresence:
     def __init__(self, table: PresenceTable) -> None:
         self.table = table
 
-    async def update(self, changes: Mapping[str, Sequence[Change]]) -> dict[str, list[Change]]:
-        return {room: list(room_changes) for room, room_changes in changes.items()}
+    async def update(
+        self, changes: Mapping[str, Sequence[Change]], *, count: Iterable[str] = ()
+    ) -> Updated:
+        changed = {room: list(room_changes) for room, room_changes in changes.items() if room_changes}
+        counts = {room: self.table.count(room) for room in (*changed, *count)}
+        return Updated(changed, counts, Reach.EVERY_NODE)
+
+    async def online(self, key: str) -> str | None:
+        return self.table.online(key)
+
+    async def lookalike(self, nick: str, *, besides: str) -> str | None:
+        return self.table.lookalike(nick, besides=besides)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def status(self) -> dict[str, object]:
+        return {"kind": "local"}
 
     async def counts(self, rooms: Iterable[str]) -> dict[str, int]:
         return {room: self.table.count(room) for room in rooms}
@@ -173,6 +240,10 @@ class PresenceTable:
     def online(self, key: str) -> str | None:
         """The nick as spelled if ``key`` is online in any room, else None."""
         return self._spelling.get(key, key) if key in self._rooms_online else None
+
+    def skeletons(self, key: str) -> frozenset[str] | None:
+        """The confusable skeletons of ``key`` if it is online here (kept, not computed), else None."""
+        return self._skeletons.get(key)
 
     def lookalike(self, nick: str, *, besides: str) -> str | None:
         """An online nick (other than the user ``besides``) that looks like ``nick``."""
@@ -262,6 +333,13 @@ class PresenceTable:
         if after is None:
             self._first[room] = (limit, nicks, next_cursor)
         return MembersPage(len(members), nicks, next_cursor)
+
+    def pairs(self) -> Iterator[tuple[str, str, str]]:
+        """Every ``(room, nick_key, nick as spelled)`` online on this node."""
+        spelling = self._spelling
+        for room, members in self._members.items():
+            for key in members:
+                yield room, key, spelling.get(key, key)
 
     def members(self, room: str) -> list[str]:
         """Every member of ``room``, sorted by casefolded nick."""

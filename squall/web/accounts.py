@@ -73,14 +73,14 @@ class _SignIn(BaseHandler):
         user = await node.store.get_user(key)
         if user is not None and user.registered:
             raise _nick_taken(f"nick {user.nick!r} is registered; sign in with its password")
-        online = node.presence.online(key)
+        online = await node.room_presence.online(key)
         if online is not None and not own:
             raise _nick_taken(f"nick {online!r} is in use by someone online right now")
         skeletons = nick_skeletons(nick)
         registered = await node.store.registered_lookalike(skeletons)
         if registered is not None:
             raise _nick_taken(f"nick {nick!r} looks like the registered nick {registered!r}")
-        lookalike = node.presence.lookalike(nick, besides=key)
+        lookalike = await node.room_presence.lookalike(nick, besides=key)
         if lookalike is not None:
             raise _nick_taken(f"nick {nick!r} looks like {lookalike!r}, who is online right now")
 

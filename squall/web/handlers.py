@@ -119,6 +119,7 @@ class HealthHandler(BaseHandler):
             },
             "waiting_polls": self.node.hub.waiting_polls(),
             "bus": self.node.bus.status(),
+            "presence": self.node.room_presence.status(),
             "rejections": self.node.counters.snapshot(),
             "limits": self.node.limits.tracked(),
         })

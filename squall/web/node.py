@@ -39,7 +39,7 @@ from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..metrics import NodeMetrics
-from ..presence import LocalPresence, Presence, PresenceTable, Transition
+from ..presence import LocalPresence, Presence, PresenceTable, Reach, Transition
 from ..processor.pool import ProcessorPool
 from ..turns import Turns
 from ..protocol import nick_key
@@ -157,7 +157,7 @@ class WebNode:
         # This node's connections and polls; `room_presence` is what every node's
         # members see (one node: the same table; docs/presence.md).
         self.presence = PresenceTable(grace=settings.poll_grace)
-        self.room_presence: Presence = LocalPresence(self.presence)
+        self.room_presence: Presence = _room_presence(settings, self.presence, self.bus)
         self.coalescer = Coalescer(interval=settings.presence_interval)
         self._presence_timer: asyncio.TimerHandle | None = None
         self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
@@ -236,6 +236,7 @@ class WebNode:
     async def start(self) -> None:
         await self.store.open()
         await self.bus.start(self)
+        await self.room_presence.start()
         self.link.start()
         app = self.make_app()
         settings = self.settings
@@ -307,6 +308,7 @@ class WebNode:
                     connection.close()
         if self._server is not None:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
+        await self.room_presence.close()
         await self.bus.close()
         await self.store.close()
         self.passwords.close()
@@ -460,16 +462,20 @@ class WebNode:
         self, presence: Mapping[str, Sequence[Change]], typing: Mapping[str, Sequence[str]]
     ) -> None:
         """One interval's events: the changes the room-wide view confirms, each
-        room's count, who typed; encoded once each, published together."""
+        room's count, who typed; encoded once each, published together (unless
+        the room-wide view published its events itself, or can reach nobody else)."""
         try:
-            changed = await self.room_presence.update(presence)
-            counts = await self.room_presence.counts({*changed, *typing})
+            updated = await self.room_presence.update(presence, count=typing)
+            counts = updated.counts
             detail_max = self.settings.presence_detail_max
-            events = [
+            events = [] if updated.reach is Reach.PUBLISHED else [
                 Broadcast(room, None, encode_presence(room, counts[room], changes, detail_max=detail_max),
                           kind="presence")
-                for room, changes in changed.items() if changes
+                for room, changes in updated.changes.items() if changes
             ]
+            if updated.reach is Reach.THIS_NODE:
+                self.receive_all(events)
+                events = []
             events += [Broadcast(room, None, encode_typing(room, nicks), kind="typing")
                        for room, nicks in typing.items()]
             self.bus.publish_all(events)
@@ -522,6 +528,19 @@ class WebNode:
     def _sse_heartbeat(self) -> None:
         for stream in list(self.event_streams):
             stream.heartbeat()
+
+
+def _room_presence(settings: Settings, table: PresenceTable, bus: Bus) -> Presence:
+    """Presence shared in Redis when the bus is Redis (keys under the bus's prefix), else the node's own."""
+    if not settings.bus.startswith(("redis://", "rediss://")):
+        return LocalPresence(table)
+    from ..bus.redis_presence import RedisPresence
+
+    return RedisPresence(
+        settings.bus, table, node_id=bus.status()["node"], prefix=settings.bus_prefix,
+        detail_max=settings.presence_detail_max, heartbeat=settings.presence_heartbeat,
+        ttl=settings.presence_ttl,
+    )
 
 
 def _processors(
