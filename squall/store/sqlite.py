@@ -43,8 +43,9 @@ import aiosqlite
 import orjson
 
 from ..message import Draft
-from ..protocol import nick_key
-from . import GuestSession, Notification, Registration, User
+from ..protocol import CANARY_ROOM, nick_key
+from ..search import SHORT_QUERY_WINDOW, SearchQuery
+from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "earlier_copies_sql"]
 
@@ -120,6 +121,43 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE notifications ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: full-text search (docs/store.md, "Search"). message_search is a
+    # contentless FTS5 index of trigrams of each body (any script, spaces or
+    # none); search_rows numbers the indexed messages in the order they were
+    # stored and maps that number, the index's rowid, to (room, seq), since
+    # messages has no rowid of its own. Triggers keep both in step with
+    # messages in the writer's own transaction: an insert, a body changed (an
+    # edit, a tombstone), a delete. The canary room is never indexed. Existing
+    # messages are indexed here, oldest first.
+    """
+    CREATE TABLE search_rows (
+        id INTEGER PRIMARY KEY,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        UNIQUE (room, seq)
+    );
+    CREATE VIRTUAL TABLE message_search USING fts5 (body, content='', tokenize='trigram');
+    CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.room != '_canary' BEGIN
+        INSERT INTO search_rows (room, seq) VALUES (new.room, new.seq);
+        INSERT INTO message_search (rowid, body) VALUES (last_insert_rowid(), new.body);
+    END;
+    CREATE TRIGGER message_search_update AFTER UPDATE OF body ON messages
+    WHEN new.room != '_canary' AND new.body IS NOT old.body BEGIN
+        INSERT INTO message_search (message_search, rowid, body)
+        SELECT 'delete', id, old.body FROM search_rows WHERE room = old.room AND seq = old.seq;
+        INSERT INTO message_search (rowid, body)
+        SELECT id, new.body FROM search_rows WHERE room = new.room AND seq = new.seq;
+    END;
+    CREATE TRIGGER message_search_delete AFTER DELETE ON messages WHEN old.room != '_canary' BEGIN
+        INSERT INTO message_search (message_search, rowid, body)
+        SELECT 'delete', id, old.body FROM search_rows WHERE room = old.room AND seq = old.seq;
+        DELETE FROM search_rows WHERE room = old.room AND seq = old.seq;
+    END;
+    INSERT INTO search_rows (room, seq)
+    SELECT room, seq FROM messages WHERE room != '_canary' ORDER BY ts, room, seq;
+    INSERT INTO message_search (rowid, body)
+    SELECT r.id, m.body FROM search_rows r JOIN messages m ON m.room = r.room AND m.seq = r.seq;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -151,6 +189,20 @@ def earlier_copies_sql(keys: int) -> str:
         f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
         " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
     )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script``, one by one; a trigger's body (``BEGIN … END;``)
+    holds semicolons of its own, so splitting at each one would cut it."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"migration ends in an incomplete statement: {pending.strip()[:80]!r}")
 
 
 def _check_author(nick: str, what: str) -> None:
@@ -243,7 +295,7 @@ class SQLiteStore:
                     f"{SCHEMA_VERSION}; upgrade Squall"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in filter(str.strip, _MIGRATIONS[number].split(";")):
+                for statement in _statements(_MIGRATIONS[number]):
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -576,6 +628,55 @@ class SQLiteStore:
         ) as cursor:
             rows = list(await cursor.fetchall())
         return [_row_to_draft(row) for row in reversed(rows)]
+
+    # -- search (docs/store.md, "Search") ---------------------------------
+
+    async def search(
+        self, query: SearchQuery, *, room: str | None, pin: int | None, window: int
+    ) -> SearchWindow:
+        where, args = ["r.room != ?"], [CANARY_ROOM]
+        if room is not None:
+            where.append("r.room = ?")
+            args.append(room)
+        for term in query.short_terms:
+            where.append("m.body LIKE ? ESCAPE '\\'")
+            args.append(f"%{like_escape(term)}%")
+        async with self.db.execute("SELECT max(id) FROM search_rows") as cursor:
+            row = await cursor.fetchone()
+        newest = int(row[0]) if row and row[0] is not None else 0
+        pin = newest if pin is None else min(pin, newest)
+        join = " JOIN messages m ON m.room = r.room AND m.seq = r.seq" if query.short_terms else ""
+        if query.indexed_terms:
+            # The newest `window` matches, then ranked: bm25 runs for them only.
+            sql = (
+                "SELECT room, seq FROM (SELECT r.room, r.seq, f.rowid AS id, f.rank AS rank"
+                f" FROM message_search f JOIN search_rows r ON r.id = f.rowid{join}"
+                f" WHERE message_search MATCH ? AND f.rowid <= ? AND {' AND '.join(where)}"
+                " ORDER BY f.rowid DESC LIMIT ?) ORDER BY rank, id DESC"
+            )
+            args = [fts_query(query.indexed_terms), pin, *args, window]
+        else:
+            sql = (
+                f"SELECT r.room, r.seq FROM search_rows r{join}"
+                f" WHERE r.id > ? AND r.id <= ? AND {' AND '.join(where)} ORDER BY r.id DESC LIMIT ?"
+            )
+            args = [pin - SHORT_QUERY_WINDOW, pin, *args, window]
+        async with self.db.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+        return SearchWindow(keys=[(str(r), int(s)) for r, s in rows], pin=pin)
+
+    async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
+        if not keys:
+            return []
+        marks = ",".join(["(?, ?)"] * len(keys))
+        async with self.db.execute(
+            f"SELECT {_EARLIER_COLUMNS} FROM (VALUES {marks}) AS k JOIN messages AS m"
+            " ON m.room = k.column1 AND m.seq = k.column2",
+            [part for key in keys for part in key],
+        ) as cursor:
+            rows = await cursor.fetchall()
+        found = {(d.room, d.seq): d for d in map(_row_to_draft, rows)}
+        return [found[key] for key in keys if key in found]
 
     async def save_user(self, nick: str) -> str:
         _check_author(nick, "user")
