@@ -47,7 +47,7 @@ from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHORT_QUERY_WINDOW, SearchQuery
 from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
 
-__all__ = ["SQLiteStore", "SCHEMA_VERSION", "earlier_copies_sql"]
+__all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
 
 _MIGRATIONS: list[str] = [
     # 1: rooms, messages, users.
@@ -160,6 +160,9 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Tables (and prefixes of FTS5's shadow tables) that are the search index
+# here and an index on messages in PostgreSQL: the two schemas differ by them.
+SEARCH_INDEX_TABLES = ("search_rows", "message_search")
 
 _T = TypeVar("_T")
 # How long a connection waits for the other process's lock before failing.
