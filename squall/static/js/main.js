@@ -2,6 +2,7 @@
 
 import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
+import { SearchPanel } from "./search.js";
 import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
@@ -53,6 +54,11 @@ function forcedTransport() {
   return Object.values(Kind).includes(wanted) ? wanted : null;
 }
 
+// "Open in room" from a search: how long to wait for the message to be on
+// the page, and how many older pages it may load to reach it.
+const OPEN_FOUND_MS = 10_000;
+const OPEN_FOUND_PAGES = 10;
+
 class App {
   constructor(view, translator) {
     this.view = view;
@@ -70,6 +76,44 @@ class App {
       signOut: () => this.signOut(),
       sessionEnded: () => this.sessionEnded(),
     });
+    this.search = new SearchPanel(translator, {
+      token: () => this.session?.token ?? null,
+      openRoom: (room, seq) => this.openFoundMessage(room, seq),
+    });
+  }
+
+  /**
+   * A search result's "Open in room": switch to the room and, once the message
+   * is on the page (the room's history arrives after the join; an older one is
+   * reached by loading older pages, at most OPEN_FOUND_PAGES of them), scroll
+   * to it and focus it. Gives up quietly (focus in the composer) otherwise.
+   */
+  async openFoundMessage(room, seq) {
+    this.joinRoom(room);
+    this.switchRoom(room);
+    const selector = `li[data-seq="${Number(seq)}"]`;
+    const deadline = Date.now() + OPEN_FOUND_MS;
+    let pages = 0;
+    let item = this.view.messages.querySelector(selector);
+    while (!item && Date.now() < deadline && this.store?.active === room) {
+      const state = this.store.room(room);
+      if (state?.oldestSeq !== null && state?.oldestSeq !== undefined && state.oldestSeq > seq
+          && !state.historyDone && pages < OPEN_FOUND_PAGES) {
+        pages++;
+        await this.loadOlder();
+      } else {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      item = this.view.messages.querySelector(selector);
+    }
+    if (!item || this.store?.active !== room) {
+      this.view.composer.focus();
+      return;
+    }
+    item.scrollIntoView({ block: "center" });
+    item.classList.add("found");
+    item.tabIndex = -1;
+    item.focus();
   }
 
   t(key, params) {
@@ -149,6 +193,7 @@ class App {
     v.membersMore.addEventListener("click", () => this.loadMoreMembers());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
+    this.search.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     document.addEventListener("keydown", (event) => this.onShortcut(event));
     document.addEventListener("visibilitychange", () => {
@@ -159,6 +204,7 @@ class App {
 
   onShortcut(event) {
     if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
+    if (this.session && this.search.onShortcut(event)) return;
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
       this.view.roomsToggle.focus();
@@ -260,6 +306,7 @@ class App {
 
   stopChat() {
     this.settings.close();
+    this.search.reset();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
@@ -599,6 +646,7 @@ class App {
     this.translator = await loadTranslator(lang);
     this.view.setTranslator(this.translator);
     this.settings.setTranslator(this.translator);
+    this.search.setTranslator(this.translator);
     this.view.langSelect.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();
