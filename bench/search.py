@@ -21,6 +21,7 @@ each run: the server writes its sessions into the copy, never into the cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -132,7 +133,7 @@ def build_database(count: int, directory: Path = CACHE_DIR) -> Path:
 
     asyncio.run(create_schema())  # called in a worker thread: no loop of its own there
     rng = random.Random(12)
-    with sqlite3.connect(partial, isolation_level=None) as db:
+    with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as db:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("PRAGMA cache_size=-200000")
         rows = _messages(count, rng)
@@ -153,6 +154,7 @@ def build_database(count: int, directory: Path = CACHE_DIR) -> Path:
         db.executemany("INSERT INTO rooms (name, last_seq) VALUES (?, ?)", list(last.items()))
         db.execute("INSERT INTO message_search (message_search) VALUES ('optimize')")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA journal_mode=DELETE")  # one file to keep and copy, no -wal beside it
     partial.rename(path)
     return path
 
