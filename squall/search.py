@@ -9,17 +9,22 @@ must find ``我们的数据库挂了``. Both stores index trigrams (SQLite's FTS
 three characters or more through the index; a term of one or two characters
 cannot be looked up so, and is checked against the body of each candidate
 instead. A query made only of such short terms scans the newest
-:data:`SHORT_QUERY_WINDOW` messages and no further (newest first, unranked):
+:data:`SHORT_QUERY_WINDOW` messages and no further:
 ``你好`` finds recent greetings in a bounded time rather than reading a million
 messages.
 
-The cost of a query is bounded the same way: the store takes the newest
-:data:`RANK_WINDOW` matches and ranks only those (bm25 on SQLite; on
-PostgreSQL, occurrences per length), best first, newer first among equals.
-A page is a slice of that ranked list; its cursor (:func:`encode_cursor`)
-holds the offset of the next slice and a *pin*, the store's position when
-the first page was read, so that messages stored meanwhile do not shift the
-pages that follow.
+The cost of a query is bounded the same way: the store hands over the newest
+:data:`RANK_WINDOW` matches, newest first, and :func:`rank` orders only those
+by Okapi bm25, best first, newer first among equals. Squall computes bm25
+itself rather than asking SQLite's ``bm25()``: that function learns each
+term's inverse document frequency by counting *every* message holding it —
+50,000 of a million for a common word, most of a search's time — where Squall
+estimates it from how far back the term's newest :data:`SHARE_SAMPLE`
+occurrences reach (the store numbers messages in order). PostgreSQL gives no
+estimate; its terms weigh the same. A page is a slice of the ranked list; its
+cursor (:func:`encode_cursor`) holds the offset of the next slice and a *pin*,
+the store's position when the first page was read, so that messages stored
+meanwhile do not shift the pages that follow.
 
 Highlighting (:func:`highlight`) is done here, not by the store, and is the
 only place a body becomes HTML: every piece of the body is escaped, and only
@@ -30,14 +35,16 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 
 from .errors import BadRequest
 
 __all__ = [
-    "SearchQuery", "parse_query", "encode_cursor", "decode_cursor", "highlight",
-    "MAX_QUERY_CHARS", "MAX_TERMS", "MIN_INDEXED_CHARS", "RANK_WINDOW", "SHORT_QUERY_WINDOW",
+    "SearchQuery", "Candidate", "parse_query", "rank", "encode_cursor", "decode_cursor", "highlight",
+    "MAX_QUERY_CHARS", "MAX_TERMS", "MIN_INDEXED_CHARS", "RANK_WINDOW", "SHORT_QUERY_WINDOW", "SHARE_SAMPLE",
     "SEARCH_LIMIT_DEFAULT", "SEARCH_LIMIT_MAX", "SNIPPET_CHARS",
 ]
 
@@ -51,8 +58,14 @@ MIN_INDEXED_CHARS = 3
 # the messages (bm25 per match) to well under the 100 ms goal at a million
 # messages (docs/performance.md). Also the deepest a cursor reaches.
 RANK_WINDOW = 1000
-# Newest messages a query of only one- and two-character terms looks through.
-SHORT_QUERY_WINDOW = 20_000
+# Newest messages a query of only one- and two-character terms looks through:
+# each costs a look-up of its body (about 30 ms for 10,000 on the bench machine).
+SHORT_QUERY_WINDOW = 10_000
+# Newest occurrences of a term that estimate how common it is (its IDF).
+SHARE_SAMPLE = 200
+# bm25's constants, as SQLite's FTS5 and Lucene have them.
+BM25_K1 = 1.2
+BM25_B = 0.75
 # Results per page: default and most.
 SEARCH_LIMIT_DEFAULT = 20
 SEARCH_LIMIT_MAX = 50
@@ -78,6 +91,51 @@ class SearchQuery:
     def short_terms(self) -> tuple[str, ...]:
         """Terms checked against each candidate's body instead."""
         return tuple(t for t in self.terms if len(t) < MIN_INDEXED_CHARS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidate:
+    """A message that matched, with what ranking needs: its place and its body."""
+
+    room: str
+    seq: int
+    body: str
+
+
+def rank(
+    candidates: Sequence[Candidate], terms: Sequence[str], *, share: Mapping[str, float] | None = None
+) -> list[Candidate]:
+    """``candidates`` (newest first) best first by Okapi bm25, newer first among equals.
+
+    A term's frequency in a message is how often it occurs in it (ignoring
+    case), the message's length is counted in characters, the average length
+    is the candidates'. ``share`` is the store's estimate of the fraction of
+    all messages holding each term, for its inverse document frequency
+    (``ln(1 / share)``); without it every term weighs the same.
+    """
+    if not candidates:
+        return []
+    patterns = [re.compile(re.escape(term), re.IGNORECASE) for term in terms]
+    weights = [_idf((share or {}).get(term)) for term in terms]
+    average = sum(len(c.body) for c in candidates) / len(candidates) or 1.0
+    scores = []
+    for candidate in candidates:
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(candidate.body) / average)
+        score = 0.0
+        for pattern, weight in zip(patterns, weights, strict=True):
+            tf = sum(1 for _ in pattern.finditer(candidate.body))
+            score += weight * tf * (BM25_K1 + 1) / (tf + norm)
+        scores.append(score)
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])  # stable: newest first among equals
+    return [candidates[i] for i in order]
+
+
+def _idf(share: float | None) -> float:
+    if share is None:
+        return 1.0
+    # bm25's ln((N - n + 0.5) / (n + 0.5) + 1) for large N; a term in every
+    # message still counts a little, so that its frequency still ranks.
+    return max(0.01, -math.log(min(1.0, max(share, 1e-9))))
 
 
 def _bad(reason: str) -> BadRequest:

@@ -15,7 +15,7 @@ from support import run_async
 
 from squall.message import Draft
 from squall.protocol import CANARY_ROOM
-from squall.search import parse_query
+from squall.search import parse_query, rank
 from squall.store import Store, open_store
 from squall.store import postgres as pg_store
 from squall.store import sqlite as sqlite_store
@@ -32,7 +32,8 @@ async def opened(url: str) -> AsyncIterator[Store]:
 
 
 async def hits(store: Store, q: str, room: str | None = None) -> list[tuple[str, int]]:
-    return (await store.search(parse_query(q), room=room, pin=None, window=100)).keys
+    found = await store.search(parse_query(q), room=room, pin=None, window=100)
+    return [(c.room, c.seq) for c in rank(found.candidates, parse_query(q).terms, share=found.share)]
 
 
 def draft(room: str, cid: str, body: str, ts: int) -> Draft:

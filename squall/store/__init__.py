@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..config import redacted_url
 from ..errors import ConfigError
 from ..message import Draft
-from ..search import SearchQuery
+from ..search import Candidate, SearchQuery
 
 __all__ = [
     "Store", "open_store", "redacted_url", "Notification", "User", "GuestSession", "Registration",
@@ -80,11 +80,13 @@ class Notification:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SearchWindow:
-    """What :meth:`Store.search` found: ``(room, seq)`` of the matches, best
-    first; ``pin`` is where the store stood, to give back for the next page."""
+    """What :meth:`Store.search` found: the matches, newest first; ``pin``,
+    where the store stood, to give back for the next page; ``share``, the
+    store's estimate of the fraction of messages holding each term, if it has one."""
 
-    keys: list[tuple[str, int]]
+    candidates: list[Candidate]
     pin: int
+    share: dict[str, float] | None = None
 
 
 def like_escape(term: str) -> str:
@@ -129,10 +131,10 @@ class Store(Protocol):
     ) -> SearchWindow:
         """Messages with every term of ``query`` (docs/store.md, "Search"), in
         ``room`` or in any room but the canary's: the newest ``window`` matches,
-        best first, newer first among equals; or, for a query of only short
-        terms, newest first among the newest ``SHORT_QUERY_WINDOW`` messages.
-        ``pin`` (from an earlier answer; None for a first page) keeps out
-        messages stored since. Read :meth:`messages_at` for the messages."""
+        newest first (for a query of only short terms, among the newest
+        ``SHORT_QUERY_WINDOW`` messages). ``pin`` (from an earlier answer; None
+        for a first page) keeps out messages stored since. Rank them with
+        :func:`squall.search.rank`; read :meth:`messages_at` for a page."""
 
     async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
         """The messages at ``(room, seq)`` ``keys``, in that order (missing ones left out)."""

@@ -69,7 +69,7 @@ import orjson
 from ..errors import ConfigError, StoreUnavailable
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
-from ..search import SHORT_QUERY_WINDOW, SearchQuery
+from ..search import SHORT_QUERY_WINDOW, Candidate, SearchQuery
 from . import GuestSession, Notification, Registration, SearchWindow, User, like_escape, redacted_url
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION", "SAVE_BATCH_SQL"]
@@ -517,16 +517,7 @@ class PostgresStore:
         for term in query.terms:
             args.append(f"%{like_escape(term)}%")
             where.append(f"body ILIKE ${len(args)}")
-        if query.indexed_terms:
-            # Occurrences of the terms per length, bm25's idea without its
-            # statistics: a short message saying it thrice beats a long one saying it once.
-            args.append(list(query.terms))
-            score = (
-                "(SELECT sum((length(body) - length(replace(lower(body), lower(t), '')))"
-                f" / length(t)) FROM unnest(${len(args)}::text[]) AS t) / (1 + length(body) / 100.0)"
-            )
-        else:
-            score = "0"
+        if not query.indexed_terms:
             where.append(
                 "ts >= coalesce((SELECT ts FROM messages ORDER BY ts DESC OFFSET"
                 f" {SHORT_QUERY_WINDOW} LIMIT 1), 0)"
@@ -536,13 +527,11 @@ class PostgresStore:
             newest = await db.fetchval("SELECT max(ts) FROM messages") or 0
             bound = newest if pin is None else min(pin, newest)
             rows = await db.fetch(
-                f"SELECT room, seq FROM (SELECT room, seq, ts, {score} AS score FROM messages"
-                f" WHERE {' AND '.join(where)} AND ts <= ${len(args) + 1}"
-                f" ORDER BY ts DESC, room, seq DESC LIMIT ${len(args) + 2}) w"
-                " ORDER BY score DESC, ts DESC, room, seq DESC",
+                f"SELECT room, seq, body FROM messages WHERE {' AND '.join(where)} AND ts <= ${len(args) + 1}"
+                f" ORDER BY ts DESC, room, seq DESC LIMIT ${len(args) + 2}",
                 *args, bound, window,
             )
-            return SearchWindow(keys=[(row[0], int(row[1])) for row in rows], pin=int(bound))
+            return SearchWindow([Candidate(r[0], int(r[1]), r[2]) for r in rows], pin=int(bound))
 
         return await self._run("searching messages", work, idempotent=True)
 

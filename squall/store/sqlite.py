@@ -44,7 +44,7 @@ import orjson
 
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
-from ..search import SHORT_QUERY_WINDOW, SearchQuery
+from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery
 from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
@@ -648,25 +648,43 @@ class SQLiteStore:
             row = await cursor.fetchone()
         newest = int(row[0]) if row and row[0] is not None else 0
         pin = newest if pin is None else min(pin, newest)
-        join = " JOIN messages m ON m.room = r.room AND m.seq = r.seq" if query.short_terms else ""
+        conditions = " AND ".join(where)
         if query.indexed_terms:
-            # The newest `window` matches, then ranked: bm25 runs for them only.
+            # The index hands out matches newest first and stops at the
+            # window; no bm25() here: its IDF counts every match of each term.
             sql = (
-                "SELECT room, seq FROM (SELECT r.room, r.seq, f.rowid AS id, f.rank AS rank"
-                f" FROM message_search f JOIN search_rows r ON r.id = f.rowid{join}"
-                f" WHERE message_search MATCH ? AND f.rowid <= ? AND {' AND '.join(where)}"
-                " ORDER BY f.rowid DESC LIMIT ?) ORDER BY rank, id DESC"
+                "SELECT r.room, r.seq, m.body FROM message_search f JOIN search_rows r ON r.id = f.rowid"
+                " JOIN messages m ON m.room = r.room AND m.seq = r.seq"
+                f" WHERE message_search MATCH ? AND f.rowid <= ? AND {conditions}"
+                " ORDER BY f.rowid DESC LIMIT ?"
             )
             args = [fts_query(query.indexed_terms), pin, *args, window]
         else:
             sql = (
-                f"SELECT r.room, r.seq FROM search_rows r{join}"
-                f" WHERE r.id > ? AND r.id <= ? AND {' AND '.join(where)} ORDER BY r.id DESC LIMIT ?"
+                "SELECT r.room, r.seq, m.body FROM search_rows r"
+                " JOIN messages m ON m.room = r.room AND m.seq = r.seq"
+                f" WHERE r.id > ? AND r.id <= ? AND {conditions} ORDER BY r.id DESC LIMIT ?"
             )
             args = [pin - SHORT_QUERY_WINDOW, pin, *args, window]
         async with self.db.execute(sql, args) as cursor:
             rows = await cursor.fetchall()
-        return SearchWindow(keys=[(str(r), int(s)) for r, s in rows], pin=pin)
+        share = {term: await self._share(term, pin) for term in query.indexed_terms} if rows else None
+        return SearchWindow([Candidate(str(r), int(s), str(b)) for r, s, b in rows], pin=pin, share=share)
+
+    async def _share(self, term: str, pin: int) -> float:
+        """About what fraction of the messages up to ``pin`` hold ``term``: from
+        how far back its newest SHARE_SAMPLE occurrences reach (the rows are
+        numbered in order), so that a common term costs no more than a rare one."""
+        async with self.db.execute(
+            "SELECT count(*), min(rowid) FROM (SELECT rowid FROM message_search"
+            " WHERE message_search MATCH ? AND rowid <= ? ORDER BY rowid DESC LIMIT ?)",
+            (fts_query([term]), pin, SHARE_SAMPLE),
+        ) as cursor:
+            row = await cursor.fetchone()
+        found, oldest = (int(row[0]), row[1]) if row else (0, None)
+        if found < SHARE_SAMPLE or oldest is None:
+            return found / max(pin, 1)
+        return found / max(pin - int(oldest) + 1, 1)
 
     async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
         if not keys:

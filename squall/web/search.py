@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Forbidden
 from ..protocol import CANARY_ROOM, check_room, int_param, nick_key
 from ..search import (
-    RANK_WINDOW, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, decode_cursor, encode_cursor, highlight, parse_query,
+    RANK_WINDOW, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, decode_cursor, encode_cursor, highlight, parse_query, rank,
 )
 from .base import BaseHandler, query_argument
 
@@ -62,15 +62,15 @@ class SearchHandler(BaseHandler):
         found = await self.node.store.search(query, room=room, pin=pin, window=RANK_WINDOW)
         readable: dict[str, bool] = {}
         keys: list[tuple[str, int]] = []
-        for hit in found.keys:
-            if hit[0] not in readable:
+        for hit in rank(found.candidates, query.terms, share=found.share):
+            if hit.room not in readable:
                 try:
-                    await may_read(self.node, hit[0], key)
-                    readable[hit[0]] = True
+                    await may_read(self.node, hit.room, key)
+                    readable[hit.room] = True
                 except Forbidden:
-                    readable[hit[0]] = False
-            if readable[hit[0]]:
-                keys.append(hit)
+                    readable[hit.room] = False
+            if readable[hit.room]:
+                keys.append((hit.room, hit.seq))
         page = keys[offset:offset + limit]
         end = offset + len(page)
         results: list[dict[str, Any]] = [
