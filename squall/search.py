@@ -57,7 +57,7 @@ MIN_INDEXED_CHARS = 3
 # Newest matches ranked per query: bounds the cost of a term that is in half
 # the messages (bm25 per match) to well under the 100 ms goal at a million
 # messages (docs/performance.md). Also the deepest a cursor reaches.
-RANK_WINDOW = 1000
+RANK_WINDOW = 500
 # Newest messages a query of only one- and two-character terms looks through:
 # each costs a look-up of its body (about 30 ms for 10,000 on the bench machine).
 SHORT_QUERY_WINDOW = 10_000
