@@ -637,13 +637,14 @@ class SQLiteStore:
     async def search(
         self, query: SearchQuery, *, room: str | None, pin: int | None, window: int
     ) -> SearchWindow:
-        where, args = ["r.room != ?"], [CANARY_ROOM]
+        where: list[str] = ["r.room != ?"]
+        filters: list[str | int] = [CANARY_ROOM]
         if room is not None:
             where.append("r.room = ?")
-            args.append(room)
+            filters.append(room)
         for term in query.short_terms:
             where.append("m.body LIKE ? ESCAPE '\\'")
-            args.append(f"%{like_escape(term)}%")
+            filters.append(f"%{like_escape(term)}%")
         async with self.db.execute("SELECT max(id) FROM search_rows") as cursor:
             row = await cursor.fetchone()
         newest = int(row[0]) if row and row[0] is not None else 0
@@ -658,14 +659,14 @@ class SQLiteStore:
                 f" WHERE message_search MATCH ? AND f.rowid <= ? AND {conditions}"
                 " ORDER BY f.rowid DESC LIMIT ?"
             )
-            args = [fts_query(query.indexed_terms), pin, *args, window]
+            args: list[str | int] = [fts_query(query.indexed_terms), pin, *filters, window]
         else:
             sql = (
                 "SELECT r.room, r.seq, m.body FROM search_rows r"
                 " JOIN messages m ON m.room = r.room AND m.seq = r.seq"
                 f" WHERE r.id > ? AND r.id <= ? AND {conditions} ORDER BY r.id DESC LIMIT ?"
             )
-            args = [pin - SHORT_QUERY_WINDOW, pin, *args, window]
+            args = [pin - SHORT_QUERY_WINDOW, pin, *filters, window]
         async with self.db.execute(sql, args) as cursor:
             rows = await cursor.fetchall()
         share = {term: await self._share(term, pin) for term in query.indexed_terms} if rows else None
