@@ -68,3 +68,33 @@ def test_a_long_body_is_cut_around_its_first_match() -> None:
     assert snippet.startswith("…") and snippet.endswith("…")
     assert "<mark>needle</mark>" in snippet
     assert len(snippet.replace("<mark>", "").replace("</mark>", "")) == 102
+
+
+def test_may_read_is_the_one_access_hook() -> None:
+    """Until private rooms land there is no node.access: every room but the
+    canary's is readable. Once a node has one, its verdict is search's."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from squall.errors import Forbidden
+    from squall.web.search import may_read
+
+    class Members:  # stands in for the rooms feature's check, which does not exist yet
+        async def may_read(self, room: str, key: str) -> None:
+            if room == "private" and key != "owner":
+                raise Forbidden("you are not a member of room 'private'", code="not_member")
+
+    async def verdict(node: Any, room: str, key: str) -> str:
+        try:
+            await may_read(node, room, key)
+        except Forbidden as refused:
+            return refused.code
+        return "ok"
+
+    bare, guarded = SimpleNamespace(), SimpleNamespace(access=Members())
+    assert asyncio.run(verdict(bare, "private", "anyone")) == "ok"
+    assert asyncio.run(verdict(bare, "_canary", "anyone")) == "forbidden"
+    assert asyncio.run(verdict(guarded, "private", "anyone")) == "not_member"
+    assert asyncio.run(verdict(guarded, "private", "owner")) == "ok"
+    assert asyncio.run(verdict(guarded, "lobby", "anyone")) == "ok"
