@@ -44,7 +44,8 @@ from .errors import BadRequest
 
 __all__ = [
     "SearchQuery", "Candidate", "parse_query", "rank", "encode_cursor", "decode_cursor", "highlight",
-    "MAX_QUERY_CHARS", "MAX_TERMS", "MIN_INDEXED_CHARS", "RANK_WINDOW", "SHORT_QUERY_WINDOW", "SHARE_SAMPLE",
+    "MAX_QUERY_CHARS", "MAX_TERMS", "MIN_INDEXED_CHARS", "MAX_INDEXED_TERM_CHARS", "MAX_INDEXED_TRIGRAMS",
+    "contains", "RANK_WINDOW", "SHORT_QUERY_WINDOW", "SHARE_SAMPLE",
     "SEARCH_LIMIT_DEFAULT", "SEARCH_LIMIT_MAX", "SNIPPET_CHARS",
 ]
 
@@ -54,6 +55,14 @@ MAX_QUERY_CHARS = 200
 MAX_TERMS = 8
 # Shortest term the trigram indexes can look up.
 MIN_INDEXED_CHARS = 3
+# The index looks up at most this many characters of a term (its first ones),
+# and at most MAX_INDEXED_TRIGRAMS trigrams for a whole query; the rest is
+# checked against the bodies of what it found. A phrase costs the index about
+# (messages holding all its trigrams) x (its length): a 200-character phrase
+# of the commonest trigrams ("the the the …") took 1.6 s of CPU at a million
+# messages; cut to 12 characters, milliseconds.
+MAX_INDEXED_TERM_CHARS = 12
+MAX_INDEXED_TRIGRAMS = 24
 # Newest matches ranked per query: bounds the cost of a term that is in half
 # the messages (bm25 per match) to well under the 100 ms goal at a million
 # messages (docs/performance.md). Also the deepest a cursor reaches.
@@ -89,8 +98,28 @@ class SearchQuery:
 
     @property
     def short_terms(self) -> tuple[str, ...]:
-        """Terms checked against each candidate's body instead."""
+        """Terms too short for the index."""
         return tuple(t for t in self.terms if len(t) < MIN_INDEXED_CHARS)
+
+    @property
+    def lookups(self) -> dict[str, str]:
+        """What the index looks up, by term: each indexed term's first
+        :data:`MAX_INDEXED_TERM_CHARS` characters, within the query's budget of
+        :data:`MAX_INDEXED_TRIGRAMS` (longest terms first: they narrow most)."""
+        chosen: dict[str, str] = {}
+        budget = MAX_INDEXED_TRIGRAMS
+        for term in sorted(self.indexed_terms, key=len, reverse=True):
+            piece = term[:MAX_INDEXED_TERM_CHARS]
+            if len(piece) - 2 <= budget:
+                chosen[term] = piece
+                budget -= len(piece) - 2
+        return chosen
+
+    @property
+    def body_checks(self) -> tuple[str, ...]:
+        """Terms the index does not settle, to check against each candidate's body."""
+        lookups = self.lookups
+        return tuple(t for t in self.terms if lookups.get(t) != t)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +129,11 @@ class Candidate:
     room: str
     seq: int
     body: str
+
+
+def contains(body: str, term: str) -> bool:
+    """Whether ``body`` holds ``term``, ignoring case (Unicode case folding)."""
+    return term.casefold() in body.casefold()
 
 
 def rank(

@@ -98,3 +98,14 @@ def test_may_read_is_the_one_access_hook() -> None:
     assert asyncio.run(verdict(guarded, "private", "anyone")) == "not_member"
     assert asyncio.run(verdict(guarded, "private", "owner")) == "ok"
     assert asyncio.run(verdict(guarded, "lobby", "anyone")) == "ok"
+
+
+def test_the_index_looks_up_a_bounded_part_of_the_query() -> None:
+    """Long terms are looked up by their first 12 characters and checked whole;
+    past 24 trigrams a term is only checked against the bodies."""
+    query = parse_query('"the the the the the the" release ab 数据库')
+    assert query.lookups == {"the the the the the the": "the the the ", "release": "release", "数据库": "数据库"}
+    assert query.body_checks == ("the the the the the the", "ab")
+    crowded = parse_query("abcdefghijkl bcdefghijklm cdefghijklmn defghijklmno")
+    assert list(crowded.lookups) == ["abcdefghijkl", "bcdefghijklm"]  # 10 trigrams each, budget 24
+    assert crowded.body_checks == ("cdefghijklmn", "defghijklmno")

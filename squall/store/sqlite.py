@@ -44,8 +44,8 @@ import orjson
 
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
-from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery
-from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
+from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
+from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
 
@@ -271,6 +271,9 @@ class SQLiteStore:
             pause = min(pause * 2, 0.2)
         db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        # Search's check of a term against a body, with Unicode case folding
+        # (SQLite's LIKE folds ASCII only).
+        await db.create_function("squall_contains", 2, contains, deterministic=True)
         self._db = db
 
     async def _in_writer(self, function: Callable[..., _T], *args: Any) -> _T:
@@ -642,15 +645,16 @@ class SQLiteStore:
         if room is not None:
             where.append("r.room = ?")
             filters.append(room)
-        for term in query.short_terms:
-            where.append("m.body LIKE ? ESCAPE '\\'")
-            filters.append(f"%{like_escape(term)}%")
+        for term in query.body_checks:
+            where.append("squall_contains(m.body, ?)")
+            filters.append(term)
         async with self.db.execute("SELECT max(id) FROM search_rows") as cursor:
             row = await cursor.fetchone()
         newest = int(row[0]) if row and row[0] is not None else 0
         pin = newest if pin is None else min(pin, newest)
         conditions = " AND ".join(where)
-        if query.indexed_terms:
+        lookups = query.lookups
+        if lookups:
             # The index hands out matches newest first and stops at the
             # window; no bm25() here: its IDF counts every match of each term.
             sql = (
@@ -659,7 +663,7 @@ class SQLiteStore:
                 f" WHERE message_search MATCH ? AND f.rowid <= ? AND {conditions}"
                 " ORDER BY f.rowid DESC LIMIT ?"
             )
-            args: list[str | int] = [fts_query(query.indexed_terms), pin, *filters, window]
+            args: list[str | int] = [fts_query(list(lookups.values())), pin, *filters, window]
         else:
             sql = (
                 "SELECT r.room, r.seq, m.body FROM search_rows r"
@@ -669,7 +673,7 @@ class SQLiteStore:
             args = [pin - SHORT_QUERY_WINDOW, pin, *filters, window]
         async with self.db.execute(sql, args) as cursor:
             rows = await cursor.fetchall()
-        share = {term: await self._share(term, pin) for term in query.indexed_terms} if rows else None
+        share = {term: await self._share(piece, pin) for term, piece in lookups.items()} if rows else None
         return SearchWindow([Candidate(str(r), int(s), str(b)) for r, s, b in rows], pin=pin, share=share)
 
     async def _share(self, term: str, pin: int) -> float:
