@@ -132,3 +132,17 @@ def test_wildcards_and_quotes_in_terms_are_literal(store_url: str) -> None:
             assert await hits(store, "OR") == []  # not FTS syntax
 
     run_async(scenario())
+
+
+def test_short_terms_ignore_case_in_any_script(store_url: str) -> None:
+    async def scenario() -> None:
+        async with opened(store_url) as store:
+            await store.save_messages([
+                draft("r", "a", "Été chaud", 1), draft("r", "b", "OK then", 2), draft("r", "c", "你好 everyone", 3),
+            ])
+            assert await hits(store, "éT") == [("r", 1)]
+            assert await hits(store, "ok") == [("r", 2)]
+            assert await hits(store, "你好") == [("r", 3)]
+            assert await hits(store, "你好 EVERYONE") == [("r", 3)]
+
+    run_async(scenario())

@@ -45,7 +45,7 @@ import orjson
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
-from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query
+from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
 
@@ -646,7 +646,16 @@ class SQLiteStore:
             where.append("r.room = ?")
             filters.append(room)
         for term in query.body_checks:
-            where.append("squall_contains(m.body, ?)")
+            # C where it gives the same answer: a term without letters that
+            # have case (Chinese, digits) is found as it is; an ASCII one by
+            # LIKE, which folds ASCII. Else Python's case folding, per row.
+            if term.casefold() == term == term.upper():
+                where.append("instr(m.body, ?) > 0")
+            elif term.isascii():
+                where.append("m.body LIKE ? ESCAPE '\\'")
+                term = f"%{like_escape(term)}%"
+            else:
+                where.append("squall_contains(m.body, ?)")
             filters.append(term)
         async with self.db.execute("SELECT max(id) FROM search_rows") as cursor:
             row = await cursor.fetchone()
