@@ -94,3 +94,29 @@ def test_search_finds_highlights_and_jumps_to_the_message(
     page.keyboard.press("Escape")
     expect(page.locator("#search-panel")).to_be_hidden()
     reader.assert_no_errors()
+
+
+def test_open_in_room_reaches_a_message_older_than_the_room_shows(start_server: Any, open_chat: Any) -> None:
+    server = start_server(web_args=("--send-burst", "1000", "--send-burst-per-ip", "1000"))
+    session = server.api("POST", "/api/session", {"nick": "archivist"})
+    for n in range(1, 71):  # the join shows the last 50: seq 3 is on an older page
+        body = "the needle is here" if n == 3 else f"hay {n}"
+        server.api("POST", "/api/rooms/archive/messages", {"body": body, "id": f"seed-{n}"}, session["token"])
+    reader = open_chat(server, "reader")
+    reader.join("lobby")
+    reader.wait_open()
+    page = reader.page
+    page.keyboard.press("Control+k")
+    page.keyboard.type("needle")
+    page.keyboard.press("Enter")
+    expect(page.locator("#search-results button.search-hit")).to_have_count(1)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator("#search-context-list li[aria-current=true]")).to_have_attribute("data-seq", "3")
+    page.locator("#search-open").click()
+    expect(page.locator("#room-title")).to_have_text("#archive")
+    found = page.locator('#messages li[data-seq="3"]')
+    expect(found).to_be_focused()
+    expect(found).to_be_in_viewport()
+    expect(found).to_have_class("message found")
+    reader.assert_no_errors()

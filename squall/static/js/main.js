@@ -91,22 +91,8 @@ class App {
   async openFoundMessage(room, seq) {
     this.joinRoom(room);
     this.switchRoom(room);
-    const selector = `li[data-seq="${Number(seq)}"]`;
-    const deadline = Date.now() + OPEN_FOUND_MS;
-    let pages = 0;
-    let item = this.view.messages.querySelector(selector);
-    while (!item && Date.now() < deadline && this.store?.active === room) {
-      const state = this.store.room(room);
-      if (state?.oldestSeq !== null && state?.oldestSeq !== undefined && state.oldestSeq > seq
-          && !state.historyDone && pages < OPEN_FOUND_PAGES) {
-        pages++;
-        await this.loadOlder();
-      } else {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-      item = this.view.messages.querySelector(selector);
-    }
-    if (!item || this.store?.active !== room) {
+    const item = await this.waitForMessage(room, seq);
+    if (!item) {
       this.view.composer.focus();
       return;
     }
@@ -114,6 +100,39 @@ class App {
     item.classList.add("found");
     item.tabIndex = -1;
     item.focus();
+  }
+
+  /** The element of message `seq` once the open room `room` shows it; null if it cannot. */
+  waitForMessage(room, seq) {
+    const selector = `li[data-seq="${Number(seq)}"]`;
+    return new Promise((resolve) => {
+      let pages = 0;
+      let observer = null;
+      let timer = null;
+      const finish = (item) => {
+        observer?.disconnect();
+        clearTimeout(timer);
+        resolve(item);
+      };
+      const check = () => {
+        if (this.store?.active !== room) return finish(null);
+        const item = this.view.messages.querySelector(selector);
+        if (item) return finish(item);
+        const state = this.store.room(room);
+        // Still to come: the join's backlog (in seq order), or older pages.
+        if (!state || state.oldestSeq === null || state.oldestSeq <= seq) return undefined;
+        if (state.historyDone || pages >= OPEN_FOUND_PAGES) return finish(null);
+        if (!state.loadingHistory) {
+          pages++;
+          this.loadOlder();
+        }
+        return undefined;
+      };
+      observer = new MutationObserver(check);
+      observer.observe(this.view.messages, { childList: true });
+      timer = setTimeout(() => finish(null), OPEN_FOUND_MS);
+      check();
+    });
   }
 
   t(key, params) {
