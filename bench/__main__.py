@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from .joinstorm import register as register_join_storms
+from .search import register as register_search
 from .report import GOALS, command_line, machine, table, write_results
 from .scenarios import FANOUT_WINDOW, SCENARIOS, Options, Scenario, machine_busy_seconds
 from .serving import loop_factory
 from .targets import COALESCING_CEILING, TARGETS, Target, pin_self
 
 register_join_storms(SCENARIOS, GOALS)  # bench/joinstorm.py
+register_search(SCENARIOS, GOALS)  # bench/search.py
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOCAL_TARGETS = {"ceiling", "squall"}  # the in-process filter scenario has no websockets row
 # With --wait-quiet, a run starts once the rest of the machine uses less than
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help=f"before each run, wait up to S seconds for the rest of the machine to use "
                              f"under {QUIET_CORES} cores (default 0: do not wait)")
+    parser.add_argument("--search-messages", type=int, default=1_000_000, metavar="N",
+                        help="messages stored for the search-1m scenario (default %(default)s; cached)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to cores")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="where to write results JSON")
     return parser
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window,
         idle_connections=1000 if args.quick else 5000,
         filter_messages=5000 if args.quick else 20_000,
+        search_messages=args.search_messages,
     )
     # Each client is one socket here and one in the server; the server inherits this limit.
     # idle-10k holds 10,000 at once.

@@ -103,6 +103,7 @@ class Options:
     idle_room_size: int = 50
     filter_terms: int = 10_000
     filter_messages: int = 20_000
+    search_messages: int = 1_000_000  # stored messages the search scenario searches (bench/search.py)
 
 
 @dataclasses.dataclass(frozen=True)

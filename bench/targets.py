@@ -58,6 +58,9 @@ SQUALL_BENCH_ENV = {
     "SQUALL_SEND_BURST_PER_IP": "1000000",
     "SQUALL_SESSION_RATE_PER_IP": "1000000",
     "SQUALL_SESSION_BURST_PER_IP": "1000000",
+    # One client asks every search (bench/search.py).
+    "SQUALL_SEARCH_RATE": "1000000",
+    "SQUALL_SEARCH_BURST": "1000000",
     "SQUALL_MAX_CONNECTIONS_PER_IP": "1000000",
     "SQUALL_MAX_CONNECTIONS": "1000000",
     "SQUALL_MAX_HTTP_CONNECTIONS_PER_IP": "1000000",
@@ -287,7 +290,8 @@ class SquallTarget(Target):
             return f"`squall run --help` exited with {result.returncode}: {' '.join(last)}"
         return None
 
-    async def start(self, kind: str) -> Running:
+    async def start(self, kind: str, *, env: dict[str, str] | None = None) -> Running:
+        """Start ``squall`` for ``kind``; ``env`` adds settings (``SQUALL_DATABASE``…)."""
         command = self._command()
         assert command is not None
         workdir = tempfile.TemporaryDirectory(prefix="bench-squall-")
@@ -301,10 +305,10 @@ class SquallTarget(Target):
             argv = [command, "run", "--port", str(port), "--processor-port", str(free_port()),
                     "--data-dir", str(data_dir), "--loop", self.loop]
         log_path = Path(workdir.name) / "squall.log"
-        env = {**os.environ, **SQUALL_BENCH_ENV}
+        environment = {**os.environ, **SQUALL_BENCH_ENV, **(env or {})}
         with open(log_path, "wb") as log:
             process = await asyncio.create_subprocess_exec(
-                *_pinned(argv, self.pin), stdout=log, stderr=subprocess.STDOUT, env=env
+                *_pinned(argv, self.pin), stdout=log, stderr=subprocess.STDOUT, env=environment
             )
         running = Running(self.name, "127.0.0.1", port, process, workdir, log_path,
                           processor="self" if kind == "processor" else "child")

@@ -109,6 +109,8 @@ class Settings:
     join_burst: int = 100  # as max_rooms_per_connection: a page may join all its rooms at once
     join_rate_per_user: float = 10.0  # joins per second per user over all connections, SSE streams included
     join_burst_per_user: int = 300
+    search_rate: float = 2.0  # searches per second per user (GET /api/search), refill
+    search_burst: int = 20  # that token bucket's size
     session_rate_per_ip: float = 5.0  # POST /api/session and POST /api/account per address per second
     session_burst_per_ip: int = 100
     max_connections_per_ip: int = 1000  # open WebSocket, SSE and long-poll connections per address
@@ -309,6 +311,7 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("database_pool_size", 0, False), ("database_timeout", 0, False),
     ("send_rate_per_ip", 0, False), ("send_burst_per_ip", 0, False), ("join_rate", 0, False),
     ("join_burst", 0, False), ("join_rate_per_user", 0, False), ("join_burst_per_user", 0, False),
+    ("search_rate", 0, False), ("search_burst", 0, False),
     ("session_rate_per_ip", 0, False), ("session_burst_per_ip", 0, False),
     ("max_connections_per_ip", 0, False), ("max_connections", 0, False), ("max_rate_keys", 0, False),
     ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),

@@ -299,6 +299,7 @@ class Limits:
         join_per_connection: Rate, join_per_user: Rate, max_keys: int, max_connections: int,
         max_connections_per_address: int, max_http_connections: int = 10_000,
         max_http_connections_per_address: int = 256, counters: Counters | None = None,
+        search_per_user: Rate | None = None,
     ) -> None:
         self.sends_by_user = RateTable(send_per_user, max_keys=max_keys)
         self.sends_by_address = RateTable(send_per_address, max_keys=max_keys)
@@ -315,6 +316,9 @@ class Limits:
         self.http_connections = ConnectionTable(
             per_address=max_http_connections_per_address, total=max_http_connections
         )
+        self.searches_by_user = RateTable(
+            search_per_user or Rate("search_per_user", 2.0, 20, "searches", "per user"), max_keys=max_keys
+        )
         self.counters = counters or Counters()
 
     def _refuse(self, refusal: RateLimited | TooManyConnections) -> None:
@@ -326,6 +330,12 @@ class Limits:
         refusal = _spend_all(
             [(self.sends_by_user, user), (self.sends_by_address, address)], now=now
         )
+        if refusal is not None:
+            self._refuse(refusal)
+
+    def check_search(self, user: str, *, now: float) -> None:
+        """One ``GET /api/search`` by ``user``."""
+        refusal = _spend_all([(self.searches_by_user, user)], now=now)
         if refusal is not None:
             self._refuse(refusal)
 
@@ -377,7 +387,7 @@ class Limits:
     def sweep(self, *, now: float) -> None:
         for table in (
             self.sends_by_user, self.sends_by_address, self.sessions_by_address, self.joins_by_user,
-            self.typing_by_user_room,
+            self.typing_by_user_room, self.searches_by_user,
         ):
             table.sweep(now=now)
 
@@ -388,6 +398,7 @@ class Limits:
             "send_per_ip": len(self.sends_by_address),
             "session_per_ip": len(self.sessions_by_address),
             "join_per_user": len(self.joins_by_user),
+            "search_per_user": len(self.searches_by_user),
             "connections": self.connections.count,
             "http_connections": self.http_connections.count,
         }

@@ -115,3 +115,19 @@ def test_bench_against_squall(tmp_path: Path) -> None:
     record, table = _run_bench(tmp_path, "squall")
     _check_counts(record, ["squall"])
     _check_table(table)
+
+
+def test_bench_search_over_a_small_store(tmp_path: Path) -> None:
+    """search-1m with 3000 messages: the store is filled, every query answers, the goal is judged."""
+    argv = [sys.executable, "-m", "bench", "--targets", "squall", "--scenario", "search-1m",
+            "--search-messages", "3000", "--no-pin", "--output", str(tmp_path)]
+    env = {**os.environ, "SQUALL_BENCH_SEARCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "latest.json").read_text())["results"]["search-1m"]["squall"]
+    assert result["ok"], result
+    assert result["messages"] == 3000 and result["database_cached"] is False
+    assert result["queries"] == 200 and result["results_first_round"] > 0
+    assert result["p95_ms"] >= result["p50_ms"] > 0
+    assert list((tmp_path / "cache").glob("search-3000-v*.db")), "the filled store is kept for the next run"
+    assert "search-1m: " in proc.stdout and "p95 " in proc.stdout

@@ -424,7 +424,7 @@ def test_both_stores_have_the_same_schema_at_the_same_version(postgres_url: str,
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         on_sqlite = {
             table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            for table in tables if not table.startswith("sqlite_")
+            for table in tables if not table.startswith(("sqlite_", *sqlite.SEARCH_INDEX_TABLES))
         }
     rows = run_async(query(
         postgres_url,
@@ -435,6 +435,8 @@ def test_both_stores_have_the_same_schema_at_the_same_version(postgres_url: str,
     for table, column in rows:
         on_postgres.setdefault(table, set()).add(column)
     assert on_postgres == on_sqlite
+    # The search index is tables on SQLite (FTS5 and its shadow tables), an index on PostgreSQL.
+    assert set(sqlite.SEARCH_INDEX_TABLES) <= set(tables)
     assert postgres.SCHEMA_VERSION == sqlite.SCHEMA_VERSION
 
 

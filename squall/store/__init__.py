@@ -17,10 +17,11 @@ from typing import Any, Protocol
 from ..config import redacted_url
 from ..errors import ConfigError
 from ..message import Draft
+from ..search import Candidate, SearchQuery
 
 __all__ = [
     "Store", "open_store", "redacted_url", "Notification", "User", "GuestSession", "Registration",
-    "NOTIFICATION_CLAIM_MS",
+    "NOTIFICATION_CLAIM_MS", "SearchWindow", "like_escape", "fts_query",
 ]
 
 # How long a notifier owns the notifications it claimed (ms): another notifier
@@ -77,6 +78,28 @@ class Notification:
     seen_seq: int | None  # the user's read marker in that room
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchWindow:
+    """What :meth:`Store.search` found: the matches, newest first; ``pin``,
+    where the store stood, to give back for the next page; ``share``, the
+    store's estimate of the fraction of messages holding each term, if it has one."""
+
+    candidates: list[Candidate]
+    pin: int
+    share: dict[str, float] | None = None
+
+
+def like_escape(term: str) -> str:
+    """``term`` for ``LIKE '%…%' ESCAPE '\\'``: its wildcards taken literally."""
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def fts_query(terms: Sequence[str]) -> str:
+    """An FTS5 MATCH expression finding every one of ``terms`` as a substring
+    (trigram tokenizer): each a quoted string, so no user text is syntax."""
+    return " AND ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect, and create or migrate the schema. Call once before anything else."""
@@ -102,6 +125,19 @@ class Store(Protocol):
 
     async def messages_before(self, room: str, before: int | None, limit: int) -> list[Draft]:
         """The ``limit`` newest messages with seq < ``before`` (all when None), oldest first."""
+
+    async def search(
+        self, query: SearchQuery, *, room: str | None, pin: int | None, window: int
+    ) -> SearchWindow:
+        """Messages with every term of ``query`` (docs/store.md, "Search"), in
+        ``room`` or in any room but the canary's: the newest ``window`` matches,
+        newest first (for a query of only short terms, among the newest
+        ``SHORT_QUERY_WINDOW`` messages). ``pin`` (from an earlier answer; None
+        for a first page) keeps out messages stored since. Rank them with
+        :func:`squall.search.rank`; read :meth:`messages_at` for a page."""
+
+    async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
+        """The messages at ``(room, seq)`` ``keys``, in that order (missing ones left out)."""
 
     async def save_user(self, nick: str) -> str:
         """Remember a user (for a guest: that it has a new session now); returns

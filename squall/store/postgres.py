@@ -68,8 +68,9 @@ import orjson
 
 from ..errors import ConfigError, StoreUnavailable
 from ..message import Draft
-from ..protocol import nick_key
-from . import GuestSession, Notification, Registration, User, redacted_url
+from ..protocol import CANARY_ROOM, nick_key
+from ..search import SHORT_QUERY_WINDOW, Candidate, SearchQuery
+from . import GuestSession, Notification, Registration, SearchWindow, User, like_escape, redacted_url
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION", "SAVE_BATCH_SQL"]
 
@@ -152,6 +153,16 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE notifications ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;
     """,
+    # 5: full-text search (docs/store.md, "Search"): a trigram index of the
+    # bodies, which `ILIKE '%term%'` uses for terms of three characters or
+    # more in any script; PostgreSQL keeps it in step with every write and
+    # builds it over the existing messages here. By time, for the newest
+    # matches and the pin of a search's pages. The canary room is left out.
+    """
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    CREATE INDEX messages_search ON messages USING gin (body gin_trgm_ops) WHERE room <> '_canary';
+    CREATE INDEX messages_by_ts ON messages (ts);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -185,6 +196,7 @@ def _is_conflict(exc: BaseException) -> bool:
 _T = TypeVar("_T")
 
 _COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+_EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
 _NOTIFICATION_COLUMNS = (
     "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
 )
@@ -492,6 +504,48 @@ class PostgresStore:
             room, bound, limit,
         )
         return [_row_to_draft(row) for row in reversed(rows)]
+
+    # -- search (docs/store.md, "Search") ---------------------------------
+
+    async def search(
+        self, query: SearchQuery, *, room: str | None, pin: int | None, window: int
+    ) -> SearchWindow:
+        # The pin is a time (ms): a message stored later with an older time
+        # (another processor's clock) may show up on a later page.
+        args: list[Any] = [CANARY_ROOM, room]
+        where = ["room <> $1", "($2::text IS NULL OR room = $2)"]
+        for term in query.terms:
+            args.append(f"%{like_escape(term)}%")
+            where.append(f"body ILIKE ${len(args)}")
+        if not query.indexed_terms:
+            where.append(
+                "ts >= coalesce((SELECT ts FROM messages ORDER BY ts DESC OFFSET"
+                f" {SHORT_QUERY_WINDOW} LIMIT 1), 0)"
+            )
+
+        async def work(db: _DB) -> SearchWindow:
+            newest = await db.fetchval("SELECT max(ts) FROM messages") or 0
+            bound = newest if pin is None else min(pin, newest)
+            rows = await db.fetch(
+                f"SELECT room, seq, body FROM messages WHERE {' AND '.join(where)} AND ts <= ${len(args) + 1}"
+                f" ORDER BY ts DESC, room, seq DESC LIMIT ${len(args) + 2}",
+                *args, bound, window,
+            )
+            return SearchWindow([Candidate(r[0], int(r[1]), r[2]) for r in rows], pin=int(bound))
+
+        return await self._run("searching messages", work, idempotent=True)
+
+    async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
+        if not keys:
+            return []
+        rows = await self._fetch(
+            "reading messages",
+            f"SELECT {_EARLIER_COLUMNS} FROM unnest($1::text[], $2::bigint[]) AS k(room, seq)"
+            " JOIN messages m ON m.room = k.room AND m.seq = k.seq",
+            [k[0] for k in keys], [k[1] for k in keys],
+        )
+        found = {(d.room, d.seq): d for d in map(_row_to_draft, rows)}
+        return [found[key] for key in keys if key in found]
 
     async def save_previews(self, room: str, seq: int, previews: Sequence[dict[str, Any]]) -> None:
         await self._execute(

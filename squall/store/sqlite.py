@@ -43,10 +43,11 @@ import aiosqlite
 import orjson
 
 from ..message import Draft
-from ..protocol import nick_key
-from . import GuestSession, Notification, Registration, User
+from ..protocol import CANARY_ROOM, nick_key
+from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
+from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
 
-__all__ = ["SQLiteStore", "SCHEMA_VERSION", "earlier_copies_sql"]
+__all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
 
 _MIGRATIONS: list[str] = [
     # 1: rooms, messages, users.
@@ -120,8 +121,48 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE notifications ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: full-text search (docs/store.md, "Search"). message_search is a
+    # contentless FTS5 index of trigrams of each body (any script, spaces or
+    # none); search_rows numbers the indexed messages in the order they were
+    # stored and maps that number, the index's rowid, to (room, seq), since
+    # messages has no rowid of its own. Triggers keep both in step with
+    # messages in the writer's own transaction: an insert, a body changed (an
+    # edit, a tombstone), a delete. The canary room is never indexed. Existing
+    # messages are indexed here, oldest first.
+    """
+    CREATE TABLE search_rows (
+        id INTEGER PRIMARY KEY,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        UNIQUE (room, seq)
+    );
+    CREATE VIRTUAL TABLE message_search USING fts5 (body, content='', tokenize='trigram');
+    CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.room != '_canary' BEGIN
+        INSERT INTO search_rows (room, seq) VALUES (new.room, new.seq);
+        INSERT INTO message_search (rowid, body) VALUES (last_insert_rowid(), new.body);
+    END;
+    CREATE TRIGGER message_search_update AFTER UPDATE OF body ON messages
+    WHEN new.room != '_canary' AND new.body IS NOT old.body BEGIN
+        INSERT INTO message_search (message_search, rowid, body)
+        SELECT 'delete', id, old.body FROM search_rows WHERE room = old.room AND seq = old.seq;
+        INSERT INTO message_search (rowid, body)
+        SELECT id, new.body FROM search_rows WHERE room = new.room AND seq = new.seq;
+    END;
+    CREATE TRIGGER message_search_delete AFTER DELETE ON messages WHEN old.room != '_canary' BEGIN
+        INSERT INTO message_search (message_search, rowid, body)
+        SELECT 'delete', id, old.body FROM search_rows WHERE room = old.room AND seq = old.seq;
+        DELETE FROM search_rows WHERE room = old.room AND seq = old.seq;
+    END;
+    INSERT INTO search_rows (room, seq)
+    SELECT room, seq FROM messages WHERE room != '_canary' ORDER BY ts, room, seq;
+    INSERT INTO message_search (rowid, body)
+    SELECT r.id, m.body FROM search_rows r JOIN messages m ON m.room = r.room AND m.seq = r.seq;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Tables (and prefixes of FTS5's shadow tables) that are the search index
+# here and an index on messages in PostgreSQL: the two schemas differ by them.
+SEARCH_INDEX_TABLES = ("search_rows", "message_search")
 
 _T = TypeVar("_T")
 # How long a connection waits for the other process's lock before failing.
@@ -151,6 +192,20 @@ def earlier_copies_sql(keys: int) -> str:
         f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
         " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
     )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script``, one by one; a trigger's body (``BEGIN … END;``)
+    holds semicolons of its own, so splitting at each one would cut it."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"migration ends in an incomplete statement: {pending.strip()[:80]!r}")
 
 
 def _check_author(nick: str, what: str) -> None:
@@ -216,6 +271,9 @@ class SQLiteStore:
             pause = min(pause * 2, 0.2)
         db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        # Search's check of a term against a body, with Unicode case folding
+        # (SQLite's LIKE folds ASCII only).
+        await db.create_function("squall_contains", 2, contains, deterministic=True)
         self._db = db
 
     async def _in_writer(self, function: Callable[..., _T], *args: Any) -> _T:
@@ -243,7 +301,7 @@ class SQLiteStore:
                     f"{SCHEMA_VERSION}; upgrade Squall"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in filter(str.strip, _MIGRATIONS[number].split(";")):
+                for statement in _statements(_MIGRATIONS[number]):
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -576,6 +634,84 @@ class SQLiteStore:
         ) as cursor:
             rows = list(await cursor.fetchall())
         return [_row_to_draft(row) for row in reversed(rows)]
+
+    # -- search (docs/store.md, "Search") ---------------------------------
+
+    async def search(
+        self, query: SearchQuery, *, room: str | None, pin: int | None, window: int
+    ) -> SearchWindow:
+        where: list[str] = ["r.room != ?"]
+        filters: list[str | int] = [CANARY_ROOM]
+        if room is not None:
+            where.append("r.room = ?")
+            filters.append(room)
+        for term in query.body_checks:
+            # C where it gives the same answer: a term without letters that
+            # have case (Chinese, digits) is found as it is; an ASCII one by
+            # LIKE, which folds ASCII. Else Python's case folding, per row.
+            if term.casefold() == term == term.upper():
+                where.append("instr(m.body, ?) > 0")
+            elif term.isascii():
+                where.append("m.body LIKE ? ESCAPE '\\'")
+                term = f"%{like_escape(term)}%"
+            else:
+                where.append("squall_contains(m.body, ?)")
+            filters.append(term)
+        async with self.db.execute("SELECT max(id) FROM search_rows") as cursor:
+            row = await cursor.fetchone()
+        newest = int(row[0]) if row and row[0] is not None else 0
+        pin = newest if pin is None else min(pin, newest)
+        conditions = " AND ".join(where)
+        lookups = query.lookups
+        if lookups:
+            # The index hands out matches newest first and stops at the
+            # window; no bm25() here: its IDF counts every match of each term.
+            sql = (
+                "SELECT r.room, r.seq, m.body FROM message_search f JOIN search_rows r ON r.id = f.rowid"
+                " JOIN messages m ON m.room = r.room AND m.seq = r.seq"
+                f" WHERE message_search MATCH ? AND f.rowid <= ? AND {conditions}"
+                " ORDER BY f.rowid DESC LIMIT ?"
+            )
+            args: list[str | int] = [fts_query(list(lookups.values())), pin, *filters, window]
+        else:
+            sql = (
+                "SELECT r.room, r.seq, m.body FROM search_rows r"
+                " JOIN messages m ON m.room = r.room AND m.seq = r.seq"
+                f" WHERE r.id > ? AND r.id <= ? AND {conditions} ORDER BY r.id DESC LIMIT ?"
+            )
+            args = [pin - SHORT_QUERY_WINDOW, pin, *filters, window]
+        async with self.db.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+        share = {term: await self._share(piece, pin) for term, piece in lookups.items()} if rows else None
+        return SearchWindow([Candidate(str(r), int(s), str(b)) for r, s, b in rows], pin=pin, share=share)
+
+    async def _share(self, term: str, pin: int) -> float:
+        """About what fraction of the messages up to ``pin`` hold ``term``: from
+        how far back its newest SHARE_SAMPLE occurrences reach (the rows are
+        numbered in order), so that a common term costs no more than a rare one."""
+        async with self.db.execute(
+            "SELECT count(*), min(rowid) FROM (SELECT rowid FROM message_search"
+            " WHERE message_search MATCH ? AND rowid <= ? ORDER BY rowid DESC LIMIT ?)",
+            (fts_query([term]), pin, SHARE_SAMPLE),
+        ) as cursor:
+            row = await cursor.fetchone()
+        found, oldest = (int(row[0]), row[1]) if row else (0, None)
+        if found < SHARE_SAMPLE or oldest is None:
+            return found / max(pin, 1)
+        return found / max(pin - int(oldest) + 1, 1)
+
+    async def messages_at(self, keys: Sequence[tuple[str, int]]) -> list[Draft]:
+        if not keys:
+            return []
+        marks = ",".join(["(?, ?)"] * len(keys))
+        async with self.db.execute(
+            f"SELECT {_EARLIER_COLUMNS} FROM (VALUES {marks}) AS k JOIN messages AS m"
+            " ON m.room = k.column1 AND m.seq = k.column2",
+            [part for key in keys for part in key],
+        ) as cursor:
+            rows = await cursor.fetchall()
+        found = {(d.room, d.seq): d for d in map(_row_to_draft, rows)}
+        return [found[key] for key in keys if key in found]
 
     async def save_user(self, nick: str) -> str:
         _check_author(nick, "user")

@@ -27,6 +27,7 @@ def routes(node: WebNode) -> list[Any]:
     from .accounts import AccountHandler, LogoutHandler, PasswordHandler, SessionHandler
     from .longpoll import MessagesHandler
     from .operations import HealthzHandler, MetricsHandler, ReadyzHandler
+    from .search import SearchHandler
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
 
@@ -38,6 +39,7 @@ def routes(node: WebNode) -> list[Any]:
         (r"/api/account/password", PasswordHandler, args),
         (r"/api/logout", LogoutHandler, args),
         (r"/api/me", MeHandler, args),
+        (r"/api/search", SearchHandler, args),
         (r"/ws", WebSocketEndpoint, args),
         (_ROOM + r"/messages", MessagesHandler, args),
         (_ROOM + r"/events", EventsHandler, args),

@@ -584,4 +584,7 @@ def _limits(settings: Settings, counters: Counters) -> Limits:
         max_http_connections=settings.max_http_connections,
         max_http_connections_per_address=settings.max_http_connections_per_ip,
         counters=counters,
+        search_per_user=Rate(
+            "search_per_user", settings.search_rate, settings.search_burst, "searches", "per user"
+        ),
     )

@@ -1,4 +1,4 @@
-"""Regenerate docs/screenshots/{desktop,phone}.png from a real server and Chromium.
+"""Regenerate docs/screenshots/{desktop,phone,search}.png from a real server and Chromium.
 
 Run from the repository root: ``.venv/bin/python tests/browser/make_screenshots.py``.
 Not a test (pytest does not collect it); it reuses the test fixtures' server class.
@@ -76,10 +76,19 @@ def main() -> int:
             alice.screenshot(path=str(OUT / "desktop.png"))
             alice.set_viewport_size({"width": 390, "height": 760})
             alice.screenshot(path=str(OUT / "phone.png"))
+            # Search: results for "deploy", one of them opened among its neighbours.
+            alice.set_viewport_size({"width": 1280, "height": 760})
+            alice.keyboard.press("Escape")
+            alice.locator("#scroller").focus()
+            alice.keyboard.press("/")
+            alice.keyboard.type("deploy")
+            alice.keyboard.press("Enter")
+            expect(alice.locator("#search-results button.search-hit")).to_have_count(2)
+            alice.screenshot(path=str(OUT / "search.png"))
             browser.close()
         finally:
             server.stop()
-    print(f"wrote {OUT / 'desktop.png'} and {OUT / 'phone.png'}")
+    print(f"wrote {OUT / 'desktop.png'}, {OUT / 'phone.png'} and {OUT / 'search.png'}")
     return 0
 
 

@@ -118,6 +118,15 @@ export function fetchMessages(token, room, { since, before, wait, limit, signal 
   });
 }
 
+/**
+ * GET /api/search → `{results, next, terms}`: messages holding every word of `q`,
+ * best first; `cursor` is the `next` of the page before. ApiError `bad_query`,
+ * `bad_cursor`, `rate_limited` say why not.
+ */
+export function searchMessages(token, q, { room, cursor, limit, signal } = {}) {
+  return request("GET", "/api/search", { token, signal, query: { q, room, cursor, limit } });
+}
+
 /** POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code. */
 export function postMessage(token, room, body, id, { signal } = {}) {
   return request("POST", roomPath(room, "messages"), { token, body: { body, id }, signal });

@@ -3,6 +3,7 @@
 import { Completer } from "./autocomplete.js";
 import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
+import { SearchPanel } from "./search.js";
 import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
@@ -74,6 +75,11 @@ function forcedTransport() {
   return Object.values(Kind).includes(wanted) ? wanted : null;
 }
 
+// "Open in room" from a search: how long to wait for the message to be on
+// the page, and how many older pages it may load to reach it.
+const OPEN_FOUND_MS = 10_000;
+const OPEN_FOUND_PAGES = 10;
+
 class App {
   constructor(view, translator) {
     this.view = view;
@@ -94,6 +100,63 @@ class App {
       update: (changes) => this.updateSession(changes),
       signOut: () => this.signOut(),
       sessionEnded: () => this.sessionEnded(),
+    });
+    this.search = new SearchPanel(translator, {
+      token: () => this.session?.token ?? null,
+      openRoom: (room, seq) => this.openFoundMessage(room, seq),
+    });
+  }
+
+  /**
+   * A search result's "Open in room": switch to the room and, once the message
+   * is on the page (the room's history arrives after the join; an older one is
+   * reached by loading older pages, at most OPEN_FOUND_PAGES of them), scroll
+   * to it and focus it. Gives up quietly (focus in the composer) otherwise.
+   */
+  async openFoundMessage(room, seq) {
+    this.joinRoom(room);
+    this.switchRoom(room);
+    const item = await this.waitForMessage(room, seq);
+    if (!item) {
+      this.view.composer.focus();
+      return;
+    }
+    item.scrollIntoView({ block: "center" });
+    item.classList.add("found");
+    item.tabIndex = -1;
+    item.focus();
+  }
+
+  /** The element of message `seq` once the open room `room` shows it; null if it cannot. */
+  waitForMessage(room, seq) {
+    const selector = `li[data-seq="${Number(seq)}"]`;
+    return new Promise((resolve) => {
+      let pages = 0;
+      let observer = null;
+      let timer = null;
+      const finish = (item) => {
+        observer?.disconnect();
+        clearTimeout(timer);
+        resolve(item);
+      };
+      const check = () => {
+        if (this.store?.active !== room) return finish(null);
+        const item = this.view.messages.querySelector(selector);
+        if (item) return finish(item);
+        const state = this.store.room(room);
+        // Still to come: the join's backlog (in seq order), or older pages.
+        if (!state || state.oldestSeq === null || state.oldestSeq <= seq) return undefined;
+        if (state.historyDone || pages >= OPEN_FOUND_PAGES) return finish(null);
+        if (!state.loadingHistory) {
+          pages++;
+          this.loadOlder();
+        }
+        return undefined;
+      };
+      observer = new MutationObserver(check);
+      observer.observe(this.view.messages, { childList: true });
+      timer = setTimeout(() => finish(null), OPEN_FOUND_MS);
+      check();
     });
   }
 
@@ -195,6 +258,7 @@ class App {
     v.membersMore.addEventListener("click", () => this.loadMoreMembers());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
+    this.search.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     v.settingsLang.addEventListener("change", () => this.setLanguage(v.settingsLang.value));
     const theme = THEMES.includes(localStorage.getItem(THEME_KEY)) ? localStorage.getItem(THEME_KEY) : "system";
@@ -214,6 +278,7 @@ class App {
 
   onShortcut(event) {
     if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
+    if (this.session && this.search.onShortcut(event)) return;
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
       this.view.roomsToggle.focus();
@@ -317,6 +382,7 @@ class App {
 
   stopChat() {
     this.settings.close();
+    this.search.reset();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
@@ -740,6 +806,7 @@ class App {
     this.translator = await loadTranslator(lang);
     this.view.setTranslator(this.translator);
     this.settings.setTranslator(this.translator);
+    this.search.setTranslator(this.translator);
     this.view.langSelect.value = lang;
     this.view.settingsLang.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);
