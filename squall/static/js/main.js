@@ -121,7 +121,7 @@ class App {
       this.view.composer.focus();
       return;
     }
-    item.scrollIntoView({ block: "center" });
+    this.view.showItem(item);
     item.classList.add("found");
     item.tabIndex = -1;
     item.focus();

@@ -736,12 +736,30 @@ export class ChatView {
 
   /** Scroll to the bottom once, before the next paint, however many messages asked. */
   _scrollToBottomSoon() {
-    if (this._scrollPending) return;
-    this._scrollPending = true;
-    requestAnimationFrame(() => {
-      this._scrollPending = false;
+    if (this._scrollFrame) return;
+    this._scrollFrame = requestAnimationFrame(() => {
+      this._scrollFrame = null;
       this.scrollToBottom();
     });
+  }
+
+  /** The page is about to show a place of its own (a found message, the unread divider): no follow-the-bottom after it. */
+  cancelScrollToBottom() {
+    if (this._scrollFrame) cancelAnimationFrame(this._scrollFrame);
+    this._scrollFrame = null;
+    // Messages arriving in this same frame do not pull the view back down either.
+    if (this._stick === null) requestAnimationFrame(() => {
+      this._stick = null;
+    });
+    this._stick = false;
+  }
+
+  /** Bring `item` into the middle of the view, and keep it there. */
+  showItem(item) {
+    this.cancelScrollToBottom();
+    item.scrollIntoView({ block: "center" });
+    this._scrollTopSeen = this.scroller.scrollTop;
+    this.renderJump();
   }
 
   scrollToBottom() {
@@ -768,6 +786,7 @@ export class ChatView {
     const divider = el("div", "unread-divider", this.t.t("messages.newDivider"));
     divider.dataset.testid = "unread-divider";
     item.append(divider);
+    this.cancelScrollToBottom();
     this.scroller.scrollTop = Math.max(0, item.offsetTop - this.scroller.offsetTop - NEAR_BOTTOM_PX);
     this._scrollTopSeen = this.scroller.scrollTop;
     this.renderJump();
