@@ -1,0 +1,325 @@
+"""``squall chat``'s screen: prompt_toolkit, full screen.
+
+Three parts, top to bottom: the messages of the room on screen (newest at the
+bottom; PageUp scrolls back and, at the top, reads older history), one status
+line (connection, room, members, other rooms with unread counts, who is typing,
+queued messages) and the input line. Everything shown is drawn from the
+:class:`~squall.chat.state.ChatState` on each redraw; this module holds only
+what is about the screen (the scroll position) and turns keys and lines into
+calls on the state and the :class:`~squall.chat.net.Link`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout import HSplit, Layout, Window
+from prompt_toolkit.layout.controls import FormattedTextControl
+from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
+from prompt_toolkit.widgets import TextArea
+
+from . import commands
+from .net import Link, Session, SessionError, load_older, open_session
+from .state import ChatMessage, ChatState, ConnectionState, MessageState, Notice, same_nick
+
+__all__ = ["ChatScreen", "run_chat"]
+
+STYLE = Style.from_dict({
+    "time": "fg:ansibrightblack",
+    "notice": "fg:ansibrightblack italic",
+    "pending": "fg:ansibrightblack",
+    "failed": "fg:ansired",
+    # A mention of us: the whole line in reverse video, as IRC clients mark highlights.
+    "mention": "reverse bold",
+    "action": "italic",
+    "status": "bg:ansiblue fg:ansiwhite",
+    "status.offline": "bg:ansired fg:ansiwhite bold",
+    "status.connecting": "bg:ansiyellow fg:ansiblack",
+    "status.unread": "bold",
+    "status.mentioned": "bold underline",
+    "prompt": "bold",
+})
+NICK_COLOURS = ("ansired", "ansigreen", "ansiyellow", "ansiblue", "ansimagenta", "ansicyan")
+
+
+def nick_style(nick: str) -> str:
+    """A colour per nick, the same on every run (CRC-32 of the casefolded nick)."""
+    return "bold fg:" + NICK_COLOURS[zlib.crc32(nick.casefold().encode()) % len(NICK_COLOURS)]
+
+
+def _clock(ts: int) -> str:
+    if ts <= 0:
+        return "     "
+    return datetime.datetime.fromtimestamp(ts / 1000).strftime("%H:%M")
+
+
+def render_item(item: ChatMessage | Notice, me: str) -> StyleAndTextTuples:
+    """One message or notice as styled fragments (one logical line, may hold newlines)."""
+    if isinstance(item, Notice):
+        return [("class:notice", f"-!- {item.text}")]
+    mention = any(same_nick(n, me) for n in item.mentions) and not same_nick(item.nick, me)
+    base = "class:mention " if mention else ""
+    fragments: StyleAndTextTuples = [(base + "class:time", _clock(item.ts) + " ")]
+    if item.action is not None:
+        fragments += [(base + "class:action", "* "), (base + nick_style(item.nick), item.nick),
+                      (base + "class:action", " " + item.action)]
+    else:
+        fragments += [(base + nick_style(item.nick), f"<{item.nick}>"), (base, " " + item.body)]
+    if mention:
+        fragments.append((base, " ◀"))  # a marker that survives a terminal without reverse video
+    if item.state is MessageState.PENDING:
+        fragments = [("class:pending", text) for _, text in fragments] + [("class:pending", "  (sending…)")]
+    elif item.state is MessageState.FAILED:
+        fragments = [("class:failed", text) for _, text in fragments]
+        fragments.append(("class:failed", f"  (not sent: {item.error})"))
+    return fragments
+
+
+def wrap(fragments: StyleAndTextTuples, width: int) -> list[StyleAndTextTuples]:
+    """Split fragments into screen rows of at most ``width`` cells (and at newlines)."""
+    rows: list[StyleAndTextTuples] = [[]]
+    used = 0
+    for style, text in fragments:
+        for char in text:
+            if char == "\n":
+                rows.append([])
+                used = 0
+                continue
+            cells = get_cwidth(char)
+            if used + cells > width and used > 0:
+                rows.append([])
+                used = 0
+            rows[-1].append((style, char))
+            used += cells
+    return rows
+
+
+class ChatScreen:
+    """The full-screen application for one :class:`Link`."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.state = link.state
+        self.scroll = 0  # rows scrolled up from the newest
+        self._at_top = False
+        self._loading: asyncio.Future[int] | None = None
+        self.input = TextArea(
+            height=1, multiline=False, prompt=self._prompt, accept_handler=self._accept,
+            style="class:input",
+        )
+        self.input.buffer.on_text_changed += self._typed
+        self.messages = Window(FormattedTextControl(self._messages_text), wrap_lines=False)
+        status = Window(FormattedTextControl(self._status_text), height=1, style="class:status")
+        self.application: Application[None] = Application(
+            layout=Layout(HSplit([self.messages, status, self.input]), focused_element=self.input),
+            key_bindings=self._keys(), style=STYLE, full_screen=True, mouse_support=False,
+        )
+        link.on_change = self.application.invalidate
+        link.on_mention = lambda message: self.application.output.bell()
+
+    # -- drawing ------------------------------------------------------------------
+
+    def _prompt(self) -> StyleAndTextTuples:
+        return [("class:prompt", f"[{self.state.active or '-'}] ")]
+
+    def _height(self) -> int:
+        return max(1, self.application.output.get_size().rows - 2)
+
+    def _messages_text(self) -> StyleAndTextTuples:
+        size = self.application.output.get_size()
+        width, height = max(10, size.columns), self._height()
+        room = self.state.shown
+        wanted = height + self.scroll
+        rows: list[StyleAndTextTuples] = []
+        items = list(room.timeline())
+        for item in reversed(items):
+            rows[:0] = wrap(render_item(item, self.state.nick), width)
+            if len(rows) >= wanted:
+                break
+        self._at_top = len(rows) < wanted
+        if self._at_top:
+            self.scroll = max(0, len(rows) - height)
+        end = len(rows) - self.scroll
+        visible = rows[max(0, end - height):end]
+        visible[:0] = [[] for _ in range(height - len(visible))]  # newest at the bottom
+        out: StyleAndTextTuples = []
+        for index, row in enumerate(visible):
+            out.extend(row)
+            if index < len(visible) - 1:
+                out.append(("", "\n"))
+        return out
+
+    def _status_text(self) -> StyleAndTextTuples:
+        state = self.state
+        now = time.monotonic()
+        parts: StyleAndTextTuples = []
+        if state.connection is ConnectionState.OPEN:
+            parts.append(("", " connected "))
+        elif state.connection is ConnectionState.CONNECTING:
+            parts.append(("class:status.connecting", " connecting… "))
+        else:
+            parts.append(("class:status.offline", " OFFLINE — reconnecting "))
+        parts.append(("", f" {state.nick} "))
+        room = state.rooms.get(state.active or "")
+        if room is not None:
+            parts.append(("bold", f"#{room.name}"))
+            parts.append(("", f" ({room.member_count} online)"))
+        others = [r for r in state.rooms.values() if r.name != state.active]
+        if others:
+            parts.append(("", " | "))
+            for other in others:
+                style = "class:status.mentioned" if other.mentions else "class:status.unread" if other.unread else ""
+                label = f"{other.name}({other.unread})" if other.unread else other.name
+                parts.append((style, label + " "))
+        if state.queued:
+            parts.append(("", f"| {state.queued} queued "))
+        if room is not None:
+            typing = room.typing_nicks(now)
+            if typing:
+                shown = ", ".join(typing[:3]) + (f" and {len(typing) - 3} more" if len(typing) > 3 else "")
+                parts.append(("", f"| {shown} {'is' if len(typing) == 1 else 'are'} typing… "))
+        if self.scroll:
+            parts.append(("", "| scrolled back: PageDown "))
+        return parts
+
+    # -- keys and lines --------------------------------------------------------------
+
+    def _keys(self) -> KeyBindings:
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        @keys.add("c-d")
+        def _quit(event: KeyPressEvent) -> None:
+            event.app.exit()
+
+        @keys.add("c-n")
+        def _next(event: KeyPressEvent) -> None:
+            self._switch(1)
+
+        @keys.add("c-p")
+        def _previous(event: KeyPressEvent) -> None:
+            self._switch(-1)
+
+        @keys.add("pageup")
+        def _up(event: KeyPressEvent) -> None:
+            if self._at_top:
+                self._load_older()
+            self.scroll += max(1, self._height() - 2)
+
+        @keys.add("pagedown")
+        def _down(event: KeyPressEvent) -> None:
+            self.scroll = max(0, self.scroll - max(1, self._height() - 2))
+
+        return keys
+
+    def _switch(self, step: int) -> None:
+        if self.state.cycle(step) is not None:
+            self.scroll = 0
+            self.application.invalidate()
+
+    def _load_older(self) -> None:
+        room = self.state.active
+        if room is None or (self._loading is not None and not self._loading.done()):
+            return
+        self._loading = asyncio.ensure_future(load_older(self.link, room))
+        self._loading.add_done_callback(lambda _: self.application.invalidate())
+
+    def _typed(self, _buffer: object) -> None:
+        text = self.input.text
+        if text and not text.startswith("/") and self.state.typing(time.monotonic()):
+            self.link.flush()
+
+    def _accept(self, buffer: object) -> bool:
+        self.run_line(self.input.text)
+        return False  # clear the input
+
+    def run_line(self, line: str) -> None:
+        """Do what a typed line says."""
+        command = commands.parse_line(line)
+        state, now = self.state, time.monotonic()
+        match command:
+            case None:
+                return
+            case commands.Say(body) | commands.Action(body) if state.active is None:
+                state.notice("no room open: /join lobby")
+            case commands.Say(body):
+                state.submit(body, _client_id(), now, ts=_now_ms())
+                self.scroll = 0
+            case commands.Action(text):
+                state.submit(f"/me {text}", _client_id(), now, ts=_now_ms())
+                self.scroll = 0
+            case commands.Join(room):
+                state.join(room, now)
+                self.scroll = 0
+            case commands.Leave(room):
+                name = room or state.active
+                if name is None or not state.leave(name):
+                    state.notice(f"not in {name}" if name else "no room open")
+                self.scroll = 0
+            case commands.ListRooms():
+                names = [f"{r.name}{' (' + str(r.unread) + ' unread)' if r.unread else ''}" for r in state.rooms.values()]
+                state.notice("rooms: " + (", ".join(names) if names else "none") + " — /join ROOM or Ctrl+N/Ctrl+P to switch")
+            case commands.ChangeNick(nick):
+                asyncio.ensure_future(self._change_nick(nick))
+            case commands.Quit():
+                self.application.exit()
+            case commands.Help():
+                state.notice(commands.HELP_TEXT)
+            case commands.Invalid(reason):
+                state.notice(reason)
+        self.link.flush()
+        self.application.invalidate()
+
+    async def _change_nick(self, nick: str) -> None:
+        if self.state.queued:
+            self.state.notice(f"/nick waits until your {self.state.queued} queued message(s) are sent")
+            self.application.invalidate()
+            return
+        try:
+            session = await open_session(self.link.base_url, nick)
+        except SessionError as exc:
+            self.state.notice(f"/nick {nick}: {exc}")
+        else:
+            self.state.set_nick(session.nick)
+            self.link.use_session(session)
+            self.state.notice(f"you are now {session.nick} (a guest)")
+        self.application.invalidate()
+
+
+def _client_id() -> str:
+    return "t-" + uuid.uuid4().hex  # one per message, kept across resends (idempotency)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def run_chat(base_url: str, session: Session, rooms: Iterable[str], *, password: str | None = None) -> None:
+    """Run the screen until /quit or Ctrl+C; the session is already open."""
+    state = ChatState(session.nick)
+    link = Link(base_url, session, state, on_change=lambda: None, password=password)
+    names = list(rooms)
+    for room in names:
+        state.join(room, time.monotonic())
+    if names:
+        state.activate(names[0])
+    screen = ChatScreen(link)
+    connection = asyncio.ensure_future(link.run())
+    try:
+        await screen.application.run_async()
+    finally:
+        await link.stop()
+        connection.cancel()
+        try:
+            await connection
+        except asyncio.CancelledError:
+            pass
