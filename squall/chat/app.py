@@ -172,10 +172,10 @@ class ChatScreen:
         room = state.rooms.get(state.active or "")
         if room is not None:
             parts.append(("bold", f"#{room.name}"))
-            parts.append(("", f" ({room.member_count} online)"))
+            parts.append(("", f" ({room.member_count} online) "))
         others = [r for r in state.rooms.values() if r.name != state.active]
         if others:
-            parts.append(("", " | "))
+            parts.append(("", "| "))
             for other in others:
                 style = "class:status.mentioned" if other.mentions else "class:status.unread" if other.unread else ""
                 label = f"{other.name}({other.unread})" if other.unread else other.name
@@ -211,9 +211,11 @@ class ChatScreen:
 
         @keys.add("pageup")
         def _up(event: KeyPressEvent) -> None:
+            step = max(1, self._height() - 2)
             if self._at_top:
-                self._load_older()
-            self.scroll += max(1, self._height() - 2)
+                self._load_older(then_scroll=step)  # the page moves once older messages are in
+            else:
+                self.scroll += step
 
         @keys.add("pagedown")
         def _down(event: KeyPressEvent) -> None:
@@ -226,12 +228,18 @@ class ChatScreen:
             self.scroll = 0
             self.application.invalidate()
 
-    def _load_older(self) -> None:
+    def _load_older(self, *, then_scroll: int) -> None:
         room = self.state.active
         if room is None or (self._loading is not None and not self._loading.done()):
             return
         self._loading = asyncio.ensure_future(load_older(self.link, room))
-        self._loading.add_done_callback(lambda _: self.application.invalidate())
+
+        def loaded(future: asyncio.Future[int]) -> None:
+            if not future.cancelled() and future.exception() is None and future.result() and self.state.active == room:
+                self.scroll += then_scroll
+            self.application.invalidate()
+
+        self._loading.add_done_callback(loaded)
 
     def _typed(self, _buffer: object) -> None:
         text = self.input.text
