@@ -77,9 +77,10 @@ def render_item(item: ChatMessage | Notice, me: str) -> StyleAndTextTuples:
     if mention:
         fragments.append((base, " ◀"))  # a marker that survives a terminal without reverse video
     if item.state is MessageState.PENDING:
-        fragments = [("class:pending", text) for _, text in fragments] + [("class:pending", "  (sending…)")]
+        fragments = [("class:pending", fragment[1]) for fragment in fragments]
+        fragments.append(("class:pending", "  (sending…)"))
     elif item.state is MessageState.FAILED:
-        fragments = [("class:failed", text) for _, text in fragments]
+        fragments = [("class:failed", fragment[1]) for fragment in fragments]
         fragments.append(("class:failed", f"  (not sent: {item.error})"))
     return fragments
 
@@ -88,7 +89,8 @@ def wrap(fragments: StyleAndTextTuples, width: int) -> list[StyleAndTextTuples]:
     """Split fragments into screen rows of at most ``width`` cells (and at newlines)."""
     rows: list[StyleAndTextTuples] = [[]]
     used = 0
-    for style, text in fragments:
+    for fragment in fragments:
+        style, text = fragment[0], fragment[1]
         for char in text:
             if char == "\n":
                 rows.append([])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..backoff import backoff_delay
@@ -342,7 +342,7 @@ class ChatState:
         room.loading_history = True
         return before
 
-    def add_history(self, name: str, events: list[Mapping[str, Any]], *, limit: int = HISTORY_PAGE) -> int:
+    def add_history(self, name: str, events: Sequence[Mapping[str, Any]], *, limit: int = HISTORY_PAGE) -> int:
         """Older messages read with ``before=``; returns how many were new."""
         room = self.rooms.get(name)
         if room is None:
