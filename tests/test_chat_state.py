@@ -310,3 +310,56 @@ class TestScreenFacts:
         state.notice("hello")
         assert state.rooms == {}
         assert list(state.shown.timeline()) == [Notice(0, "hello")]
+
+
+class TestRefusals:
+    def test_a_rate_limited_join_goes_again_after_retry_after(self) -> None:
+        state = ChatState("alice")
+        state.join("lobby", 0)
+        state.connection_opened(0)
+        state.frames_to_send()
+        state.receive({"type": "error", "room": "lobby", "code": "rate_limited", "retry_after": 1.5}, 10)
+        state.tick(11.4)
+        assert state.frames_to_send() == []
+        state.tick(11.5)
+        assert state.frames_to_send() == [{"type": "join", "room": "lobby"}]
+
+    def test_a_refused_join_drops_the_room_and_says_why(self) -> None:
+        state = ChatState("alice")
+        state.join("lobby", 0)
+        state.join("more", 0)
+        state.connection_opened(0)
+        state.submit("queued", "c1", 0)
+        state.frames_to_send()
+        state.receive({"type": "error", "room": "more", "code": "too_many_rooms", "reason": "at most 1"}, 0)
+        assert list(state.rooms) == ["lobby"]
+        assert state.queued == 0
+        assert Notice(0, "cannot join #more: too_many_rooms: at most 1") in list(state.shown.timeline())
+
+    def test_close_1009_fails_what_was_in_flight_instead_of_resending_it(self) -> None:
+        state = ChatState("alice")
+        state.join("lobby", 0)
+        open_in(state, "lobby")
+        state.submit("big", "c1", 0)
+        state.frames_to_send()
+        state.connection_lost(1009)
+        assert state.queued == 0
+        assert state.rooms["lobby"].pending["c1"].state is MessageState.FAILED
+
+
+class TestRendering:
+    def test_a_mention_of_me_is_marked_and_mine_is_not(self) -> None:
+        from squall.chat.app import render_item
+
+        theirs = ChatMessage.from_wire("lobby", message("lobby", 1, nick="bob", body="hi @Alice", mentions=["Alice"]))
+        mine = ChatMessage.from_wire("lobby", message("lobby", 2, nick="alice", body="hi @alice", mentions=["alice"]))
+        marked = render_item(theirs, "alice")
+        assert all("class:mention" in fragment[0] for fragment in marked)
+        assert "".join(fragment[1] for fragment in marked).endswith("hi @Alice ◀")
+        assert not any("class:mention" in fragment[0] for fragment in render_item(mine, "alice"))
+
+    def test_wrap_counts_cells_and_breaks_at_newlines(self) -> None:
+        from squall.chat.app import wrap
+
+        rows = wrap([("", "ab\n漢字漢字x")], 5)
+        assert ["".join(f[1] for f in row) for row in rows] == ["ab", "漢字", "漢字x"]

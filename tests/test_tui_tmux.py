@@ -26,7 +26,7 @@ from support import TIMEOUT, SquallProcess, free_port
 TMUX_SKIP = "tmux is not installed: apt-get install tmux (the terminal client's tests drive it)"
 WIDTH, HEIGHT = 110, 24
 # The history test writes 120 messages at once through HTTP.
-SQUALL_ENV = {"SQUALL_SEND_RATE": "10000", "SQUALL_SEND_BURST": "10000"}
+SQUALL_ENV = {"SQUALL_SEND_RATE": "10000", "SQUALL_SEND_BURST": "10000", "SQUALL_MAX_ROOMS_PER_CONNECTION": "3"}
 
 _names = itertools.count(1)
 
@@ -193,6 +193,57 @@ def test_page_up_reads_older_history_in_order(server: SquallProcess, room: str, 
     assert numbers == list(range(1, 121))  # every message, none missing
     shown = [int(w[2:]) for w in screen.split() if w.startswith("m-")]
     assert shown == sorted(set(shown)) and shown[0] == 1  # in seq order, no duplicate on a screen
+
+
+def test_nick_changes_to_a_new_guest_session(server: SquallProcess, room: str, tmux: Tmux) -> None:
+    alice, bob, carol = nick("alice"), nick("bob"), nick("carol")
+    a = tmux.chat("a", url(server), "--nick", alice, "--room", room)
+    b = tmux.chat("b", url(server), "--nick", bob, "--room", room)
+    tmux.wait_for(a, f"#{room} (2 online)")
+    tmux.wait_for(b, f"#{room} (2 online)")
+    tmux.type(a, f"/nick {carol}")
+    tmux.wait_for(a, f"connected  {carol} #{room}")
+    tmux.type(a, "now as carol")
+    tmux.wait_for(b, f"<{carol}> now as carol")
+    tmux.type(a, f"/nick {bob}")  # online: refused, with the server's reason
+    tmux.wait_for(a, f"/nick {bob}: nick_taken")
+
+
+def test_an_account_signs_in_with_its_password(server: SquallProcess, room: str, tmux: Tmux) -> None:
+    dana = nick("dana")
+    status, _ = server.api("POST", "/api/account", {"nick": dana, "password": "correct horse"})
+    assert status == 201
+    d = tmux.chat("d", url(server), "--nick", dana, "--password", "--room", room)
+    tmux.wait_for(d, f"password for {dana}:")
+    tmux.type(d, "correct horse")
+    tmux.wait_for(d, f"connected  {dana} #{room}")
+    tmux.type(d, "signed in")
+    tmux.wait_for(d, lambda text: f"<{dana}> signed in" in text and "(sending…)" not in text)
+    messages = server.history(room, server.session(nick("reader")))
+    assert [(m["nick"], m["body"]) for m in messages] == [(dana, "signed in")]
+
+
+def test_a_refused_session_is_one_line_and_exit_1(server: SquallProcess, room: str, tmux: Tmux) -> None:
+    erin = nick("erin")
+    status, _ = server.api("POST", "/api/account", {"nick": erin, "password": "correct horse"})
+    assert status == 201
+    result = subprocess.run(
+        [sys.executable, "-m", "squall", "chat", url(server), "--nick", erin], capture_output=True, text=True,
+        timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"squall chat: {url(server)} refused a session for {erin!r}: nick_taken")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_room_over_the_limit_is_refused_by_name(server: SquallProcess, room: str, tmux: Tmux) -> None:
+    frank = nick("frank")
+    f = tmux.chat("f", url(server), "--nick", frank, "--room", f"{room}-1", "--room", f"{room}-2", "--room", f"{room}-3")
+    tmux.wait_for(f, f"#{room}-1 (1 online) | {room}-2 {room}-3")
+    tmux.type(f, f"/join {room}-4")
+    tmux.wait_for(f, f"cannot join #{room}-4: too_many_rooms: a connection may join at most 3 rooms")
+    screen = tmux.wait_for(f, f"#{room}-1 (")
+    assert f"{room}-4" not in screen.splitlines()[-2]  # the status line: the room is gone
 
 
 def test_messages_typed_while_the_server_is_down_arrive_once_after_it_returns(

@@ -29,7 +29,7 @@ from prompt_toolkit.widgets import TextArea
 
 from . import commands
 from .net import Link, Session, SessionError, load_older, open_session
-from .state import ChatMessage, ChatState, ConnectionState, MessageState, Notice, same_nick
+from .state import MAX_BODY_CHARS, ChatMessage, ChatState, ConnectionState, MessageState, Notice, same_nick
 
 __all__ = ["ChatScreen", "run_chat"]
 
@@ -143,13 +143,14 @@ class ChatScreen:
         wanted = height + self.scroll
         rows: list[StyleAndTextTuples] = []
         items = list(room.timeline())
+        exhausted = True
         for item in reversed(items):
             rows[:0] = wrap(render_item(item, self.state.nick), width)
-            if len(rows) >= wanted:
+            if len(rows) > wanted:  # one row more than shown: the top is not on screen
+                exhausted = False
                 break
-        self._at_top = len(rows) < wanted
-        if self._at_top:
-            self.scroll = max(0, len(rows) - height)
+        self.scroll = min(self.scroll, max(0, len(rows) - height))
+        self._at_top = exhausted and len(rows) - self.scroll <= height
         end = len(rows) - self.scroll
         visible = rows[max(0, end - height):end]
         visible[:0] = [[] for _ in range(height - len(visible))]  # newest at the bottom
@@ -249,16 +250,20 @@ class ChatScreen:
             self.link.flush()
 
     def _accept(self, buffer: object) -> bool:
-        self.run_line(self.input.text)
-        return False  # clear the input
+        return not self.run_line(self.input.text)  # True keeps the text in the input
 
-    def run_line(self, line: str) -> None:
-        """Do what a typed line says."""
+    def run_line(self, line: str) -> bool:
+        """Do what a typed line says; False when it was refused and should stay in the input."""
         command = commands.parse_line(line)
         state, now = self.state, time.monotonic()
+        body = command.body if isinstance(command, commands.Say) else f"/me {command.text}" if isinstance(command, commands.Action) else ""
+        if len(body) > MAX_BODY_CHARS:
+            state.notice(f"too long to send: {len(body)} characters, at most {MAX_BODY_CHARS}; shorten it and press Enter")
+            self.application.invalidate()
+            return False
         match command:
             case None:
-                return
+                return True
             case commands.Say(body) | commands.Action(body) if state.active is None:
                 state.notice("no room open: /join lobby")
             case commands.Say(body):
@@ -288,6 +293,7 @@ class ChatScreen:
                 state.notice(reason)
         self.link.flush()
         self.application.invalidate()
+        return True
 
     async def _change_nick(self, nick: str) -> None:
         if self.state.queued:

@@ -188,7 +188,7 @@ class Link:
                 code = await self._serve_once()
                 if self._stopped:
                     break
-                self.state.connection_lost()
+                self.state.connection_lost(code)
                 self.on_change()
                 if code == CLOSE_UNAUTHORIZED:
                     await self._renew()  # then the back-off: a server that keeps refusing is not hammered

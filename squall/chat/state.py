@@ -38,7 +38,7 @@ from ..backoff import backoff_delay
 
 __all__ = [
     "ConnectionState", "MessageState", "ChatMessage", "Notice", "Room", "ChatState", "same_nick",
-    "READY_TIMEOUT", "TYPING_SHOWN", "TYPING_EVERY", "MAX_RETRIES", "HISTORY_PAGE",
+    "READY_TIMEOUT", "TYPING_SHOWN", "TYPING_EVERY", "MAX_RETRIES", "HISTORY_PAGE", "MAX_BODY_CHARS",
 ]
 
 READY_TIMEOUT = 3.0  # s: a room counts as caught up after this even if its seqs have holes
@@ -49,6 +49,8 @@ RETRY_LOW, RETRY_HIGH = 0.5, 15.0  # s, back-off of those retries
 HISTORY_PAGE = 50  # messages per `before=` read, as on the page
 MAX_MESSAGES_PER_ROOM = 5000  # kept in memory; older ones drop off (history reads them again)
 MAX_NOTICES_PER_ROOM = 200
+MAX_BODY_CHARS = 4000  # the server's default `max_body_chars`: longer is refused before sending
+CLOSE_TOO_BIG = 1009  # RFC 6455 §7.4.1: the server refused a frame as too large
 
 
 class ConnectionState(enum.Enum):
@@ -139,6 +141,7 @@ class Room:
         self.join_seq: int | None = None
         self.joined_at = 0.0
         self.ready = False
+        self.rejoin_at: float | None = None  # a join refused as rate_limited goes again then
 
     @property
     def oldest_seq(self) -> int | None:
@@ -231,10 +234,15 @@ class ChatState:
         for room in self.rooms.values():
             self._send_join(room, now)
 
-    def connection_lost(self) -> None:
-        """The socket is gone. Unacknowledged sends go again on the next one."""
+    def connection_lost(self, code: int | None = None) -> None:
+        """The socket is gone (closed with ``code``, if it had opened). Unacknowledged
+        sends go again on the next one — but for a close 1009: a frame we sent was
+        too large, and sending it again would only close the next socket too."""
         self.connection = ConnectionState.OFFLINE
         self._frames.clear()
+        if code == CLOSE_TOO_BIG:
+            for entry in [e for e in self._outbox.values() if e.in_flight]:
+                self._fail(entry, "too_large", "the server closed the connection: a frame was too large")
         for room in self.rooms.values():
             room.joined = room.ready = False
             room.join_seq = None
@@ -401,6 +409,8 @@ class ChatState:
         for room in self.rooms.values():
             if room.joined and not room.ready and now - room.joined_at >= READY_TIMEOUT:
                 room.ready = True
+            if room.rejoin_at is not None and now >= room.rejoin_at and self.connection is ConnectionState.OPEN:
+                self._send_join(room, now)
         self._flush(now)
 
     def mentions_me(self, message: ChatMessage) -> bool:
@@ -414,6 +424,7 @@ class ChatState:
             frame["since"] = room.cursor
         room.joined = room.ready = False
         room.joined_at = now
+        room.rejoin_at = None
         self._frames.append(frame)
 
     def _check_ready(self, room: Room, now: float) -> None:
@@ -463,8 +474,16 @@ class ChatState:
         if entry is None:
             if code == "too_slow":
                 return  # the close (4008) follows; the reconnect resumes from the cursors
-            room = event.get("room")
-            self.notice(f"error {code}: {reason}", room if isinstance(room, str) and room in self.rooms else None)
+            name = event.get("room")
+            room = self.rooms.get(name) if isinstance(name, str) and id is None else None
+            if room is None:
+                self.notice(f"error {code}: {reason}")
+            elif code == "rate_limited":
+                wait = event.get("retry_after")
+                room.rejoin_at = now + (float(wait) if isinstance(wait, (int, float)) else 1.0)
+            else:  # the join was refused (too_many_rooms, forbidden, banned, …): the room goes
+                self.leave(room.name)
+                self.notice(f"cannot join #{room.name}: {code}" + (f": {reason}" if reason else ""))
             return
         retry_after = event.get("retry_after")
         if code in ("unavailable", "rate_limited") and entry.retries < MAX_RETRIES:
@@ -476,6 +495,9 @@ class ChatState:
             entry.in_flight = False
             entry.not_before = now + delay
             return
+        self._fail(entry, code, reason)
+
+    def _fail(self, entry: _Outgoing, code: str, reason: str) -> None:
         del self._outbox[entry.id]
         message = self.rooms[entry.room].pending.get(entry.id) if entry.room in self.rooms else None
         if message is not None:
