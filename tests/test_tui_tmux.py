@@ -194,6 +194,20 @@ def test_page_up_reads_older_history_in_order(server: SquallProcess, room: str, 
     shown = [int(w[2:]) for w in screen.split() if w.startswith("m-")]
     assert shown == sorted(set(shown)) and shown[0] == 1  # in seq order, no duplicate on a screen
 
+    # Scrolled back, a new message does not move what is being read.
+    status, _ = server.api("POST", f"/api/rooms/{room}/messages", {"body": "live one", "id": "w-live"}, token=token)
+    assert status == 200
+    after = tmux.wait_for(reader, "1 new below")
+    assert after.splitlines()[:-2] == screen.splitlines()[:-2]  # every message row
+    tmux.keys(reader, "PageDown")
+    while "live one" not in tmux.screen(reader):
+        assert time.monotonic() < deadline
+        before = tmux.screen(reader)
+        tmux.keys(reader, "PageDown")
+        tmux.wait_for(reader, lambda text, before=before: text != before)
+    bottom = tmux.wait_for(reader, lambda text: "scrolled back" not in text)
+    assert "m-0120" in bottom and bottom.index("m-0120") < bottom.index("live one")
+
 
 def test_nick_changes_to_a_new_guest_session(server: SquallProcess, room: str, tmux: Tmux) -> None:
     alice, bob, carol = nick("alice"), nick("bob"), nick("carol")

@@ -113,6 +113,10 @@ class ChatScreen:
         self.state = link.state
         self.scroll = 0  # rows scrolled up from the newest
         self._at_top = False
+        # While scrolled back, what arrives below moves the view by its rows, so
+        # that the text being read stays still: the newest item at the last draw.
+        self._newest: ChatMessage | Notice | None = None
+        self.new_below = 0
         self._loading: asyncio.Future[int] | None = None
         self.input = TextArea(
             height=1, multiline=False, prompt=self._prompt, accept_handler=self._accept,
@@ -143,6 +147,17 @@ class ChatScreen:
         wanted = height + self.scroll
         rows: list[StyleAndTextTuples] = []
         items = list(room.timeline())
+        if self.scroll == 0:
+            self.new_below = 0
+        elif self._newest is not None:
+            for index in range(len(items) - 1, -1, -1):
+                if items[index] is self._newest:
+                    arrived = items[index + 1:]
+                    self.scroll += sum(len(wrap(render_item(item, self.state.nick), width)) for item in arrived)
+                    self.new_below += sum(isinstance(item, ChatMessage) for item in arrived)
+                    wanted = height + self.scroll
+                    break
+        self._newest = items[-1] if items else None
         exhausted = True
         for item in reversed(items):
             rows[:0] = wrap(render_item(item, self.state.nick), width)
@@ -191,7 +206,8 @@ class ChatScreen:
                 shown = ", ".join(typing[:3]) + (f" and {len(typing) - 3} more" if len(typing) > 3 else "")
                 parts.append(("", f"| {shown} {'is' if len(typing) == 1 else 'are'} typing… "))
         if self.scroll:
-            parts.append(("", "| scrolled back: PageDown "))
+            below = f"{self.new_below} new below, " if self.new_below else ""
+            parts.append(("", f"| scrolled back ({below}PageDown) "))
         return parts
 
     # -- keys and lines --------------------------------------------------------------
