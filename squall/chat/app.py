@@ -48,6 +48,7 @@ STYLE = Style.from_dict({
     "status.mentioned": "bold underline",
     "prompt": "bold",
 })
+MAX_WRAPPED = 20_000  # items whose wrapped rows are cached (a room keeps at most 5000 messages)
 NICK_COLOURS = ("ansired", "ansigreen", "ansiyellow", "ansiblue", "ansimagenta", "ansicyan")
 
 
@@ -117,6 +118,7 @@ class ChatScreen:
         # that the text being read stays still: the newest item at the last draw.
         self._newest: ChatMessage | Notice | None = None
         self.new_below = 0
+        self._wrapped: dict[int, tuple[object, tuple[object, ...], list[StyleAndTextTuples]]] = {}
         self._loading: asyncio.Future[int] | None = None
         self.input = TextArea(
             height=1, multiline=False, prompt=self._prompt, accept_handler=self._accept,
@@ -137,6 +139,18 @@ class ChatScreen:
     def _prompt(self) -> StyleAndTextTuples:
         return [("class:prompt", f"[{self.state.active or '-'}] ")]
 
+    def _rows(self, item: ChatMessage | Notice, width: int) -> list[StyleAndTextTuples]:
+        """``item`` wrapped to ``width``, from a cache: a redraw wraps only what changed."""
+        key = (width, self.state.nick, getattr(item, "state", None), getattr(item, "error", None))
+        cached = self._wrapped.get(id(item))
+        if cached is not None and cached[0] is item and cached[1] == key:
+            return cached[2]
+        if len(self._wrapped) > MAX_WRAPPED:
+            self._wrapped.clear()
+        rows = wrap(render_item(item, self.state.nick), width)
+        self._wrapped[id(item)] = (item, key, rows)
+        return rows
+
     def _height(self) -> int:
         return max(1, self.application.output.get_size().rows - 2)
 
@@ -145,7 +159,6 @@ class ChatScreen:
         width, height = max(10, size.columns), self._height()
         room = self.state.shown
         wanted = height + self.scroll
-        rows: list[StyleAndTextTuples] = []
         items = list(room.timeline())
         if self.scroll == 0:
             self.new_below = 0
@@ -153,17 +166,21 @@ class ChatScreen:
             for index in range(len(items) - 1, -1, -1):
                 if items[index] is self._newest:
                     arrived = items[index + 1:]
-                    self.scroll += sum(len(wrap(render_item(item, self.state.nick), width)) for item in arrived)
+                    self.scroll += sum(len(self._rows(item, width)) for item in arrived)
                     self.new_below += sum(isinstance(item, ChatMessage) for item in arrived)
                     wanted = height + self.scroll
                     break
         self._newest = items[-1] if items else None
         exhausted = True
+        chunks: list[list[StyleAndTextTuples]] = []
+        count = 0
         for item in reversed(items):
-            rows[:0] = wrap(render_item(item, self.state.nick), width)
-            if len(rows) > wanted:  # one row more than shown: the top is not on screen
+            chunks.append(self._rows(item, width))
+            count += len(chunks[-1])
+            if count > wanted:  # one row more than shown: the top is not on screen
                 exhausted = False
                 break
+        rows = [row for chunk in reversed(chunks) for row in chunk]
         self.scroll = min(self.scroll, max(0, len(rows) - height))
         self._at_top = exhausted and len(rows) - self.scroll <= height
         end = len(rows) - self.scroll
