@@ -202,7 +202,8 @@ class ChatScreen:
         elif state.connection is ConnectionState.CONNECTING:
             parts.append(("class:status.connecting", " connecting… "))
         else:
-            parts.append(("class:status.offline", " OFFLINE — reconnecting "))
+            why = f" ({self.link.last_error[:60]})" if self.link.last_error else ""
+            parts.append(("class:status.offline", f" OFFLINE — reconnecting{why} "))
         parts.append(("", f" {state.nick} "))
         room = state.rooms.get(state.active or "")
         if room is not None:
