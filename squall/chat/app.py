@@ -194,21 +194,25 @@ class ChatScreen:
         return out
 
     def _status_text(self) -> StyleAndTextTuples:
+        """Most urgent first, since a narrow terminal cuts the line at the right:
+        connection, queue, where you are, other rooms, typing, why offline."""
         state = self.state
         now = time.monotonic()
         parts: StyleAndTextTuples = []
-        if state.connection is ConnectionState.OPEN:
+        online = state.connection is ConnectionState.OPEN
+        if online:
             parts.append(("", " connected "))
         elif state.connection is ConnectionState.CONNECTING:
             parts.append(("class:status.connecting", " connecting… "))
         else:
-            why = f" ({self.link.last_error[:60]})" if self.link.last_error else ""
-            parts.append(("class:status.offline", f" OFFLINE — reconnecting{why} "))
+            parts.append(("class:status.offline", " OFFLINE — reconnecting "))
+        if state.queued:
+            parts.append(("", f" {state.queued} queued |"))
         parts.append(("", f" {state.nick} "))
         room = state.rooms.get(state.active or "")
         if room is not None:
             parts.append(("bold", f"#{room.name}"))
-            parts.append(("", f" ({room.member_count} online) "))
+            parts.append(("", f" ({room.member_count} online) " if online else " "))
         others = [r for r in state.rooms.values() if r.name != state.active]
         if others:
             parts.append(("", "| "))
@@ -216,8 +220,6 @@ class ChatScreen:
                 style = "class:status.mentioned" if other.mentions else "class:status.unread" if other.unread else ""
                 label = f"{other.name}({other.unread})" if other.unread else other.name
                 parts.append((style, label + " "))
-        if state.queued:
-            parts.append(("", f"| {state.queued} queued "))
         if room is not None:
             typing = room.typing_nicks(now)
             if typing:
@@ -226,6 +228,8 @@ class ChatScreen:
         if self.scroll:
             below = f"{self.new_below} new below, " if self.new_below else ""
             parts.append(("", f"| scrolled back ({below}PageDown) "))
+        if not online and self.link.last_error:
+            parts.append(("", f"| {self.link.last_error[:80]} "))
         return parts
 
     # -- keys and lines --------------------------------------------------------------
