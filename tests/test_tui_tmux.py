@@ -13,6 +13,7 @@ import itertools
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -296,4 +297,41 @@ def test_messages_typed_while_the_server_is_down_arrive_once_after_it_returns(
         assert [m["body"] for m in messages] == ["before the restart", "while down 1", "while down 2"]
         assert [m["seq"] for m in messages] == [1, 2, 3]
     finally:
+        server.stop()
+
+
+def test_a_server_that_stops_answering_is_noticed_by_the_heartbeat(
+    tmp_path_factory: pytest.TempPathFactory, tmux: Tmux
+) -> None:
+    """SIGSTOP freezes the web node with its sockets open, as a vanished network
+    does (no FIN, no RST): only the keep-alive's missing pong tells."""
+    data, port = tmp_path_factory.mktemp("squall"), free_port()
+    server = SquallProcess(data, args=("--port", str(port)))
+    server.start()
+    assert server.process is not None
+    room = "frozen"
+    alice, bob = nick("alice"), nick("bob")
+    stopped = False
+    try:
+        a = tmux.chat("a", url(server), "--nick", alice, "--room", room)
+        b = tmux.chat("b", url(server), "--nick", bob, "--room", room)
+        tmux.wait_for(a, f"#{room} (2 online)")
+        tmux.wait_for(b, f"#{room} (2 online)")
+        os.kill(server.process.pid, signal.SIGSTOP)
+        stopped = True
+        started = time.monotonic()
+        tmux.wait_for(a, "OFFLINE", timeout=2 * TIMEOUT)
+        noticed = time.monotonic() - started
+        assert noticed < 13, f"the heartbeat took {noticed:.1f} s"  # pings every 5 s, 5 s for the pong, 2 s to close
+        tmux.type(a, "typed while frozen")
+        tmux.wait_for(a, "1 queued")
+        os.kill(server.process.pid, signal.SIGCONT)
+        stopped = False
+        tmux.wait_for(b, f"<{alice}> typed while frozen", timeout=3 * TIMEOUT)
+        tmux.wait_for(a, lambda text: "(sending…)" not in text and "queued" not in text)
+        messages = server.history(room, server.session(nick("reader")))
+        assert [m["body"] for m in messages] == ["typed while frozen"]
+    finally:
+        if stopped:
+            os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
