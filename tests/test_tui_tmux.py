@@ -322,7 +322,8 @@ def test_a_server_that_stops_answering_is_noticed_by_the_heartbeat(
         started = time.monotonic()
         tmux.wait_for(a, "OFFLINE", timeout=2 * TIMEOUT)
         noticed = time.monotonic() - started
-        assert noticed < 13, f"the heartbeat took {noticed:.1f} s"  # pings every 5 s, 5 s for the pong, 2 s to close
+        # At most 10 s by the timers (a ping every 5 s, 4 s for its pong, 1 s to close); slack for load.
+        assert noticed < 14, f"the heartbeat took {noticed:.1f} s"
         tmux.type(a, "typed while frozen")
         tmux.wait_for(a, "1 queued")
         os.kill(server.process.pid, signal.SIGCONT)

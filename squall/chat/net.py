@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 HTTP_TIMEOUT = 10.0  # s for each HTTP request
 OPEN_TIMEOUT = 5.0  # s for the WebSocket handshake
 PING_INTERVAL = 5.0  # s between keep-alive pings
-PING_TIMEOUT = 5.0  # s for the pong: a dead network shows within 10 s
+PING_TIMEOUT = 4.0  # s for the pong
+CLOSE_TIMEOUT = 1.0  # s for the close handshake: a dead network shows within 5 + 4 + 1 s
 RECONNECT_LOW, RECONNECT_HIGH = 0.5, 8.0  # s, the reconnect back-off
 MAX_FRAME = 4 * 2**20  # bytes: a frame from the server larger than this closes the socket
 CLOSE_UNAUTHORIZED = 4001
@@ -210,7 +211,7 @@ class Link:
                 websocket_url(self.base_url),
                 additional_headers={"Authorization": f"Bearer {self.session.token}"},
                 open_timeout=OPEN_TIMEOUT, ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT,
-                close_timeout=2.0, max_size=MAX_FRAME, compression=None, proxy=None,
+                close_timeout=CLOSE_TIMEOUT, max_size=MAX_FRAME, compression=None, proxy=None,
             ) as socket:
                 self._socket = socket
                 self.last_error = None
