@@ -363,3 +363,21 @@ class TestRendering:
 
         rows = wrap([("", "ab\n漢字漢字x")], 5)
         assert ["".join(f[1] for f in row) for row in rows] == ["ab", "漢字", "漢字x"]
+
+
+def test_the_history_of_a_first_join_is_neither_unread_nor_a_mention() -> None:
+    state = ChatState("alice")
+    state.join("other", 0)
+    state.join("lobby", 0)
+    state.connection_opened(0)
+    state.receive(joined("other", 2), 0)
+    assert state.receive(message("other", 1, mentions=["alice"]), 0) is None
+    state.receive(message("other", 2), 0)
+    assert state.rooms["other"].unread == 0
+    assert state.receive(message("other", 3, mentions=["alice"]), 0) is not None
+    assert (state.rooms["other"].unread, state.rooms["other"].mentions) == (1, 1)
+    state.connection_lost()
+    state.connection_opened(1)
+    state.receive(joined("other", 4), 1)
+    state.receive(message("other", 4), 1)  # missed while away: unread
+    assert state.rooms["other"].unread == 2

@@ -142,6 +142,7 @@ class Room:
         self.joined_at = 0.0
         self.ready = False
         self.rejoin_at: float | None = None  # a join refused as rate_limited goes again then
+        self.seen_until = 0  # seqs up to here came as the first join's history: not unread, no bell
 
     @property
     def oldest_seq(self) -> int | None:
@@ -381,12 +382,15 @@ class ChatState:
             return None
         elif kind == "joined":
             room.joined = True
-            room.join_seq = event.get("seq") if isinstance(event.get("seq"), int) else 0
+            seq = event.get("seq")
+            join_seq = room.join_seq = seq if isinstance(seq, int) and seq >= 0 else 0
             room.joined_at = now
             count = event.get("count")
             room.member_count = count if isinstance(count, int) else room.member_count
-            if room.cursor is None and room.join_seq == 0:
-                room.cursor = 0  # an empty room: the next join asks for everything from the start
+            if room.cursor is None:
+                room.seen_until = join_seq
+                if join_seq == 0:
+                    room.cursor = 0  # an empty room: the next join asks for everything from the start
             self._check_ready(room, now)
         elif kind == "message" and _has_seq(event):
             return self._message(room, event, now)
@@ -444,7 +448,7 @@ class ChatState:
             self._outbox.pop(message.id, None)  # stored: the echo is as good as an ack
         new = room.insert(message)
         self._check_ready(room, now)
-        if not new or ours:
+        if not new or ours or message.seq <= room.seen_until:
             return None
         room.typing.pop(message.nick, None)
         mention = self.mentions_me(message)
