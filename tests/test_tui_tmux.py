@@ -39,6 +39,7 @@ class Tmux:
         self.socket = f"squall-test-{os.getpid()}-{next(_names)}"
         self.workdir = workdir
         self.windows: list[str] = []
+        self.socket_path: Path | None = None
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
@@ -58,6 +59,7 @@ class Tmux:
         if not self.windows:
             self.tmux("new-session", "-d", "-s", "chat", "-n", name, "-x", str(WIDTH), "-y", str(HEIGHT),
                       shlex.join(command))
+            self.socket_path = Path(self.tmux("display-message", "-p", "#{socket_path}").strip())
         else:
             self.tmux("new-window", "-d", "-t", "chat", "-n", name, shlex.join(command))
         self.windows.append(name)
@@ -96,6 +98,8 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=TIMEOUT)
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)  # tmux leaves the socket file behind
 
 
 @pytest.fixture
