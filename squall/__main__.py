@@ -3,7 +3,8 @@
 ``squall`` / ``squall run``: the processor as a child process (restarted if it
 dies) and the web node in this one. ``squall web`` and ``squall processor`` run
 the two parts apart; ``squall cluster`` runs several of each on this machine.
-Ctrl-C or SIGTERM stops everything cleanly.
+Ctrl-C or SIGTERM stops everything cleanly. ``squall chat [URL] --nick N`` is
+the terminal client (docs/chat.md).
 """
 
 from __future__ import annotations
@@ -49,8 +50,58 @@ def _parser() -> argparse.ArgumentParser:
         if name == "processor":  # `squall run` hands its child the socket it bound
             sub.add_argument("--inherited-sockets", dest="inherited_sockets",
                              default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_chat_parser(commands)
     _add_setting_flags(parser)
     return parser
+
+
+def _add_chat_parser(commands: Any) -> None:
+    port = next(field.default for field in dataclasses.fields(Settings) if field.name == "port")
+    chat = commands.add_parser("chat", help="chat in a terminal (docs/chat.md)")
+    chat.add_argument("url", nargs="?", default=f"http://127.0.0.1:{port}",
+                      help=f"the server's web address (default: http://127.0.0.1:{port})")
+    chat.add_argument("--nick", required=True, help="your nick (a guest session, or an account with --password)")
+    chat.add_argument("--password", action="store_true",
+                      help="sign in to the account NICK: asks for its password (also SQUALL_CHAT_PASSWORD)")
+    chat.add_argument("--room", dest="rooms", action="append", metavar="ROOM",
+                      help="room to join at start; repeat for more (default: lobby)")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from .chat.commands import normalise_room
+
+    rooms = []
+    for text in args.rooms or ["lobby"]:
+        room = normalise_room(text)
+        if room is None:
+            print(f"squall chat: not a room name: {text!r} (a–z, 0–9, _ and -, up to 64)", file=sys.stderr)
+            return 2
+        rooms.append(room)
+    password = None
+    if args.password:
+        password = os.environ.get("SQUALL_CHAT_PASSWORD") or getpass.getpass(f"password for {args.nick}: ")
+    from .chat.app import run_chat
+    from .chat.net import SessionError, open_session, websocket_url
+
+    try:
+        websocket_url(args.url)
+    except ValueError as exc:
+        print(f"squall chat: {exc}", file=sys.stderr)
+        return 2
+
+    async def chat() -> int:
+        try:
+            session = await open_session(args.url, args.nick, password)
+        except SessionError as exc:
+            print(f"squall chat: {args.url} refused a session for {args.nick!r}: {exc}", file=sys.stderr)
+            return 1
+        await run_chat(args.url, session, rooms, password=password)
+        return 0
+
+    return asyncio.run(chat())
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr, never a traceback."""
     args = _parser().parse_args(argv)
     command = args.command or "run"
+    if command == "chat":
+        return _chat(args)
     try:
         settings = _settings(args)
         if command == "cluster":

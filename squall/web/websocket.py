@@ -555,7 +555,7 @@ class ChatConnection:
         room_name = command.room
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
-            self.send_error("too_many_rooms", f"a connection may join at most {limit} rooms")
+            self.send_error("too_many_rooms", f"a connection may join at most {limit} rooms", room=room_name)
             return
         # Each join announces presence to every member: a join/leave flood is a
         # broadcast flood. Leaves need no bucket of their own: each follows a join.
