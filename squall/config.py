@@ -165,6 +165,15 @@ class Settings:
     mail_from: str = "Squall <squall@localhost>"
     mail_retry_min: float = 10.0  # first retry after a failed delivery; doubles up to an hour
 
+    # Uploads (POST /api/files; docs/protocol.md "Files").
+    upload_max_bytes: int = 25 * 1024 * 1024  # largest upload, refused from Content-Length or while streaming
+    upload_quota_bytes: int = 500 * 1024 * 1024  # bytes of stored uploads per user
+    upload_max_pixels: int = 40_000_000  # largest image (width x height x frames) decoded
+    upload_concurrency: int = 2  # uploads one user may stream at once
+    upload_rate: float = 0.5  # uploads per second per user, after a burst of upload_burst
+    upload_burst: int = 10
+    upload_workers: int = 2  # processes re-encoding images for one web node
+
     @property
     def processor_address(self) -> Address:
         """The first of :attr:`processor_addresses` (``squall run`` has one processor)."""
@@ -312,6 +321,9 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("max_http_connections_per_ip", 0, False), ("max_http_connections", 0, False),
     ("ready_timeout", 0, False), ("ready_cache", 0, False),
     ("bus_max_queue", 0, False), ("bus_ping_interval", 0, False),
+    ("upload_max_bytes", 0, False), ("upload_quota_bytes", 0, False), ("upload_max_pixels", 0, False),
+    ("upload_concurrency", 0, False), ("upload_rate", 0, False), ("upload_burst", 0, False),
+    ("upload_workers", 0, False),
 )
 
 
