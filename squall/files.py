@@ -38,7 +38,7 @@ __all__ = [
     "IMAGE_TYPES", "OTHER_TYPES", "OCTET_STREAM", "THUMB_SIZE", "FileRecord", "ImageResult",
     "ImageRefused", "sniff", "extension_of", "clean_name", "new_file_id", "check_file_id",
     "stored_path", "thumb_path", "file_url", "thumb_url", "reencode_image", "MAX_NAME",
-    "FILE_NAME", "is_file_id", "MAX_SNIFF_BYTES",
+    "FILE_NAME", "is_file_id", "MAX_SNIFF_BYTES", "type_of_extension",
 ]
 
 # Served inline (with a CSP sandbox), re-encoded on upload. SVG is not an image

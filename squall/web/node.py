@@ -46,6 +46,7 @@ from ..store import Store, open_store
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
+from .files import Files
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 from .readiness import Canary, Readiness
@@ -155,6 +156,7 @@ class WebNode:
         self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
         self._presence_publishing = False
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
+        self.files = Files(settings, self.store)
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
@@ -288,6 +290,7 @@ class WebNode:
         await self.bus.close()
         await self.store.close()
         self.passwords.close()
+        self.files.close()
 
     def serve_stream(self, stream: IOStream, address: Any) -> None:
         """Serve a connection handed back by a :class:`PollConnection` with Tornado."""
@@ -474,6 +477,7 @@ class WebNode:
         if self._router is not None:
             self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
         self.limits.sweep(now=now)
+        self.files.sweep(now=now)
 
     def _start_forgetting_guests(self) -> None:
         asyncio.ensure_future(self.forget_guests(now=time.time()))
