@@ -113,8 +113,9 @@ class ImageResult:
 class ImageRefused(Exception):
     """An image Pillow cannot or must not decode; ``code`` and ``reason`` go to the client."""
 
-    def __init__(self, reason: str, *, code: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, code: str) -> None:
+        # Both in args: the exception crosses from the worker process by pickle.
+        super().__init__(reason, code)
         self.code = code
         self.reason = reason
 
@@ -216,16 +217,18 @@ def reencode_image(source: str, root: str, kind: str, *, max_pixels: int) -> Ima
                     raise ImageRefused(
                         f"image has {image.width}x{image.height} pixels"
                         f"{f' in {frames} frames' if frames > 1 else ''}, more than the limit of"
-                        f" {max_pixels} pixels", code="too_many_pixels",
+                        f" {max_pixels} pixels", "too_many_pixels",
                     )
                 image.load()
                 data, width, height, thumb, thumb_ext = _reencode(image, kind, Image, ImageOps)
         except ImageRefused:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRefused(f"image is too large to decode: {exc}", code="too_many_pixels") from None
+            raise ImageRefused(
+                f"image has more pixels than the limit of {max_pixels} pixels ({exc})", "too_many_pixels"
+            ) from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageRefused(f"image could not be decoded: {exc}", code="bad_image") from None
+            raise ImageRefused(f"image could not be decoded: {exc}", "bad_image") from None
     sha256 = hashlib.sha256(data).hexdigest()
     ext = IMAGE_TYPES[kind]
     top = Path(root)

@@ -53,7 +53,7 @@ from .base import BaseHandler, JSONErrors, query_argument, token_from_request
 if TYPE_CHECKING:
     from .node import WebNode
 
-__all__ = ["Files", "UploadHandler", "FileHandler", "DRAIN_BYTES", "MAX_ATTACHMENTS"]
+__all__ = ["Files", "UploadHandler", "FileHandler", "DRAIN_BYTES"]
 
 log = logging.getLogger("squall.web")
 
@@ -64,8 +64,6 @@ DRAIN_BYTES = 1024 * 1024
 # How long an upload's body may take: Tornado's body_timeout (idle_timeout,
 # 75 s) is for chat requests, not 25 MiB over a slow phone link.
 UPLOAD_BODY_TIMEOUT = 15 * 60.0
-# Attachments one message may carry.
-MAX_ATTACHMENTS = 8
 
 
 class Files:

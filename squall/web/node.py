@@ -324,16 +324,21 @@ class WebNode:
 
     # -- sends ----------------------------------------------------------
 
-    async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
+    async def send(
+        self, *, room: str, nick: str, body: str, id: str, attachments: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``).
 
+        ``attachments`` (file ids) must be the sender's uploads (else
+        ``bad_attachment``); the message carries their attachment objects.
         Counts it, and its ack or refusal (refusals in :attr:`counters`, by code
         and ``pipeline`` or ``processor``: the rate limits counted theirs already).
         """
         self.metrics.sends.inc()
         try:
+            files = await self.files.attachments(nick_key(nick), room, attachments) if attachments else ()
             message = await self.link.process(
-                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
+                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files,
             )
         except ClientError as exc:
             self.counters.count(exc.code, "processor" if isinstance(exc, Unavailable) else "pipeline")
