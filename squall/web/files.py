@@ -32,8 +32,8 @@ import multiprocessing
 import os
 import secrets
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,9 @@ class Files:
         )
         self.uploading: dict[str, int] = {}  # uploads in flight, by nick key
         self._pool: ProcessPoolExecutor | None = None
+        # Hashes and writes upload chunks (UploadHandler._take); one per upload
+        # the node takes at once would be more threads than cores to run them.
+        self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="squall-upload")
 
     @property
     def pool(self) -> ProcessPoolExecutor:
@@ -97,6 +100,7 @@ class Files:
         return self._pool
 
     def close(self) -> None:
+        self.writer.shutdown(wait=False)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -189,6 +193,7 @@ class UploadHandler(BaseHandler):
         self._used = 0
         self._refused: ClientError | None = None
         self._drained = 0
+        self._pending: asyncio.Future[None] | None = None  # the chunk being hashed and written
 
     def body_limit(self) -> int:
         return self.node.settings.upload_max_bytes
@@ -214,30 +219,39 @@ class UploadHandler(BaseHandler):
         self._tmp = self.files.tmp / f"upload-{secrets.token_hex(12)}"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
-    def data_received(self, chunk: bytes) -> None:
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self._finished:
-            return
+            return None
         if self._refused is not None:
             self._drained += len(chunk)
             if self._drained > DRAIN_BYTES:
                 self._answer_refusal()
-            return
+            return None
         self._received += len(chunk)
         settings = self.node.settings
         if self._received > settings.upload_max_bytes:
             self._refuse(self.files.too_large(f"more than {settings.upload_max_bytes}"))
-            return
+            return None
         if self._used + self._received > settings.upload_quota_bytes:
             self._refuse(self.files.over_quota(self._used, f"more than {self._received}"))
-            return
+            return None
         if len(self._head) < MAX_SNIFF_BYTES:
             self._head += chunk[: MAX_SNIFF_BYTES - len(self._head)]
+        # Hashing and writing in a thread (hashlib and os.write let go of the
+        # GIL): the loop only reads the socket. Tornado reads the next chunk
+        # once this future is done, so a slow disk slows the upload, not chat.
+        self._pending = asyncio.get_running_loop().run_in_executor(self.files.writer, self._take, chunk)
+        return self._pending
+
+    def _take(self, chunk: bytes) -> None:
+        """In :attr:`Files.writer`: hash ``chunk`` and append it to the temporary file."""
+        fd = self._fd
+        if fd is None:  # refused or gone meanwhile
+            return
         self._hash.update(chunk)
-        assert self._fd is not None
-        # A write to the page cache: microseconds for a chunk of Tornado's 64 KiB.
         view = memoryview(chunk)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(fd, view):]
 
     def _refuse(self, exc: ClientError) -> None:
         self._refused = exc
@@ -295,6 +309,11 @@ class UploadHandler(BaseHandler):
         self.write_json({**record.to_wire(), "sha256": record.sha256}, status=201)
 
     def _discard(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            # A chunk is being written: closing its descriptor now could let
+            # the next open() reuse the number under the writing thread.
+            self._pending.add_done_callback(lambda _future: self._discard())
+            return
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
