@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import filetype
+import filetype  # type: ignore[import-untyped]
 
 __all__ = [
     "IMAGE_TYPES", "OTHER_TYPES", "OCTET_STREAM", "THUMB_SIZE", "FileRecord", "ImageResult",

@@ -204,3 +204,38 @@ def test_a_body_that_is_not_an_upload_route_is_still_limited(files_server: Squal
     response = run_async(http(files_server.address, "POST", "/api/rooms/x/messages", token=token,
                               body=b"x" * (100 * 1024)))
     assert response.status == 413
+
+
+def test_a_user_streams_at_most_upload_concurrency_uploads_at_once(tmp_path: Path) -> None:
+    import asyncio
+
+    with squall_server(tmp_path, env={"SQUALL_UPLOAD_CONCURRENCY": "2"}) as server:
+        token = server.session("busy")
+
+        async def scenario() -> None:
+            streams = []
+            try:
+                for n in range(2):
+                    reader, writer = await asyncio.open_connection(*server.address)
+                    streams.append((reader, writer))
+                    writer.write((
+                        f"POST /api/files?name=slow{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+                    ).encode())
+                    # Tornado says Continue once the handler has taken the upload in (prepare ran).
+                    line = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+                    assert line.startswith(b"HTTP/1.1 100"), line
+                refused = await upload(server.address, token, b"third")
+                assert refused.status == 429
+                assert refused.json()["limit"] == "upload_concurrency"
+                # One finishes: the next is taken.
+                reader, writer = streams[0]
+                writer.write(b"y" * 1000)
+                status, headers = await read_head(reader)
+                assert status == 201
+                assert (await upload(server.address, token, b"fourth")).status == 201
+            finally:
+                for _reader, writer in streams:
+                    await close_writer(writer)
+
+        run_async(scenario())

@@ -181,7 +181,7 @@ class UploadHandler(BaseHandler):
     """``POST /api/files?name=N``: the body is the file's bytes. Answers ``201``
     with the file's attachment object (``id`` to put in a send's ``attachments``)."""
 
-    def initialize(self, node: WebNode) -> None:  # type: ignore[override]
+    def initialize(self, node: WebNode) -> None:
         super().initialize(node)
         self.files = node.files
         self._key: str | None = None  # the uploader, once counted in
