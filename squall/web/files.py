@@ -34,6 +34,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,8 @@ import tornado.web
 from ..config import Settings
 from ..errors import BadRequest, ClientError, NotFound, RateLimited, Rejected, TooLarge, Unauthorized
 from ..files import (
-    FILE_NAME, IMAGE_TYPES, MAX_SNIFF_BYTES, OCTET_STREAM, OTHER_TYPES, FileRecord, ImageRefused, clean_name,
+    FILE_NAME, IMAGE_TYPES, MAX_SNIFF_BYTES, OCTET_STREAM, OTHER_TYPES, FileRecord, ImageRefused, ImageResult,
+    clean_name,
     extension_of, new_file_id, reencode_image, sniff, stored_path, type_of_extension,
 )
 from ..limits import Rate, RateTable
@@ -64,6 +66,9 @@ DRAIN_BYTES = 1024 * 1024
 # How long an upload's body may take: Tornado's body_timeout (idle_timeout,
 # 75 s) is for chat requests, not 25 MiB over a slow phone link.
 UPLOAD_BODY_TIMEOUT = 15 * 60.0
+# Seconds one image may take to re-encode: a 40 Mpx photo takes a few; past
+# this the worker is presumed stuck on a hostile file.
+REENCODE_TIMEOUT = 60.0
 
 
 class Files:
@@ -99,11 +104,35 @@ class Files:
             )
         return self._pool
 
+    async def reencode(self, source: Path, kind: str) -> ImageResult:
+        """:func:`~squall.files.reencode_image` in :attr:`pool`; its refusals as client errors."""
+        work = functools.partial(
+            reencode_image, str(source), str(self.root), kind, max_pixels=self.settings.upload_max_pixels
+        )
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self.pool, work), REENCODE_TIMEOUT
+            )
+        except ImageRefused as exc:
+            refusal = TooLarge if exc.code == "too_many_pixels" else BadRequest
+            raise refusal(exc.reason, code=exc.code) from None
+        except (BrokenProcessPool, TimeoutError):
+            # A worker died in the decoder (a crash, the OOM killer) or took too
+            # long: refuse this image and start fresh workers for the next.
+            log.warning("re-encoding an upload failed in the worker (%s); restarting the workers", kind)
+            self.close_pool()
+            raise BadRequest("image could not be decoded (the decoder gave up)", code="bad_image") from None
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()  # one stuck in a decoder would otherwise run on
+
     def close(self) -> None:
         self.writer.shutdown(wait=False)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self.close_pool()
 
     def sweep(self, *, now: float) -> None:
         self.rate.sweep(now=now)
@@ -275,17 +304,7 @@ class UploadHandler(BaseHandler):
         width = height = None
         thumb = None
         if kind in IMAGE_TYPES:
-            try:
-                image = await asyncio.get_running_loop().run_in_executor(
-                    self.files.pool,
-                    functools.partial(
-                        reencode_image, str(self._tmp), str(self.files.root), kind,
-                        max_pixels=settings.upload_max_pixels,
-                    ),
-                )
-            except ImageRefused as exc:
-                status = TooLarge if exc.code == "too_many_pixels" else BadRequest
-                raise status(exc.reason, code=exc.code) from None
+            image = await self.files.reencode(self._tmp, kind)
             sha256, ext, size = image.sha256, image.ext, image.size
             width, height, thumb = image.width, image.height, image.thumb_ext
         else:
