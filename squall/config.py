@@ -205,7 +205,7 @@ FIELD_HELP: dict[str, str] = {
     "processor": "HOST:PORT of the processor, as the web node dials it; several, comma-separated",
     "queue": "redis://HOST:PORT/DB: reach processors through Redis Streams instead of TCP",
     "listen": "HOST:PORT the processor listens on",
-    "data_dir": "folder for the SQLite database, the secret and the outbox",
+    "data_dir": "folder for the SQLite database, the secret, the outbox and uploaded files",
     "database": "sqlite:///PATH or postgresql://… (default: SQLite in the data folder)",
     "database_pool_size": "PostgreSQL connections each process may hold at once",
     "database_timeout": "seconds a PostgreSQL operation may take before it fails as unavailable",
