@@ -1056,7 +1056,9 @@ SCENARIOS: dict[str, Scenario] = {
                  "a pinger's send -> echo every 20 ms while another client uploads 50 MiB "
                  "(and a 12 Mpx photo, re-encoded), then is quiet as long, in turn",
                  (("p50_ms", "p50 ms"), ("alone_p50_ms", "alone p50 ms"), ("alone_p99_ms", "alone p99 ms"),
-                  ("max_ms", "max ms"), ("upload_mib_per_s", "upload MiB/s"), ("photo_s", "photo upload s"),
+                  ("max_ms", "max ms"), ("pong_p99_ms", "web-node pong p99 ms"),
+                  ("pong_alone_p99_ms", "alone pong p99 ms"),
+                  ("upload_mib_per_s", "upload MiB/s"), ("photo_s", "photo upload s"),
                   ("uploads", "50 MiB uploads")),
                  figure="p99 of a lone pinger's send -> echo while uploads stream (alone: before them)"),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,

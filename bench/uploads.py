@@ -104,6 +104,8 @@ class _Pinger:
         self.busy = False
         self.alone: list[float] = []
         self.during: list[float] = []
+        self.pong_alone: list[float] = []
+        self.pong_during: list[float] = []
         self.lost = 0
 
     async def run(self, room: str, done: asyncio.Future[Any] | None = None, *, until: float = 0.0) -> None:
@@ -129,6 +131,13 @@ class _Pinger:
                     self.lost += 1
                     continue
                 (self.during if busy else self.alone).append(time.perf_counter() - sent)
+                # And the web node alone: a ping its loop answers itself, no processor, no store.
+                busy = self.busy
+                sent = time.perf_counter()
+                await ws.send('{"type":"ping"}')
+                while json.loads(await ws.recv()).get("type") != "pong":
+                    pass
+                (self.pong_during if busy else self.pong_alone).append(time.perf_counter() - sent)
                 await asyncio.sleep(PING_INTERVAL)
 
 
@@ -192,6 +201,7 @@ async def upload_latency(target: Target, options: Any) -> dict[str, Any]:
             "upload_mib_per_s": round(size / (1 << 20) / (sum(u[2] for u in blobs) / len(blobs)), 1),
             "photo_s": round(sum(u[2] for u in photos) / len(photos), 3),
             **_percentiles(pinger.alone, "alone_"), **_percentiles(pinger.during, ""),
+            **_percentiles(pinger.pong_alone, "pong_alone_"), **_percentiles(pinger.pong_during, "pong_"),
             "lost": pinger.lost,
         }
         result["ok"] = (all(status == 201 for _kind, status, _s in uploads) and result["lost"] == 0
