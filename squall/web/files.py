@@ -69,6 +69,8 @@ UPLOAD_BODY_TIMEOUT = 15 * 60.0
 # Seconds one image may take to re-encode: a 40 Mpx photo takes a few; past
 # this the worker is presumed stuck on a hostile file.
 REENCODE_TIMEOUT = 60.0
+# How much lower than the web node the re-encoding workers run (nice(2) steps).
+WORKER_NICENESS = 10
 
 
 class Files:
@@ -100,7 +102,9 @@ class Files:
             # spawn, not fork: the web node has threads (SQLite's writer), and a
             # forked child would inherit their locks mid-flight.
             self._pool = ProcessPoolExecutor(
-                max_workers=self.settings.upload_workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.settings.upload_workers, mp_context=multiprocessing.get_context("spawn"),
+                # Re-encoding is background work: chat (this loop, the processor) gets the cores first.
+                initializer=os.nice, initargs=(WORKER_NICENESS,),
             )
         return self._pool
 
