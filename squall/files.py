@@ -206,7 +206,15 @@ def reencode_image(source: str, root: str, kind: str, *, max_pixels: int) -> Ima
 
     # Pillow's own guard, at our limit; its warning (above the limit, below
     # twice it) is an error too. The size is also checked before decoding.
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # A module global: put back afterwards, for a caller in the same process.
+    default_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+    try:
+        return _reencode_file(source, root, kind, max_pixels, Image, ImageOps)
+    finally:
+        Image.MAX_IMAGE_PIXELS = default_limit
+
+
+def _reencode_file(source: str, root: str, kind: str, max_pixels: int, Image: Any, ImageOps: Any) -> ImageResult:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
