@@ -69,6 +69,8 @@ UPLOAD_BODY_TIMEOUT = 15 * 60.0
 # Seconds one image may take to re-encode: a 40 Mpx photo takes a few; past
 # this the worker is presumed stuck on a hostile file.
 REENCODE_TIMEOUT = 60.0
+# An upload's bytes written between two fdatasync calls (in the writer thread).
+SYNC_EVERY_BYTES = 4 * 1024 * 1024
 # How much lower than the web node the re-encoding workers run (nice(2) steps).
 WORKER_NICENESS = 10
 
@@ -227,6 +229,7 @@ class UploadHandler(BaseHandler):
         self._refused: ClientError | None = None
         self._drained = 0
         self._pending: asyncio.Future[None] | None = None  # the chunk being hashed and written
+        self._unsynced = 0  # bytes written since the last fdatasync
 
     def body_limit(self) -> int:
         return self.node.settings.upload_max_bytes
@@ -285,6 +288,13 @@ class UploadHandler(BaseHandler):
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
+        self._unsynced += len(chunk)
+        if self._unsynced >= SYNC_EVERY_BYTES:
+            # Written back a slice at a time: dirty pages piling up by the
+            # hundred megabytes make the store's next fsync wait for all of
+            # them (ext4 commits them with its journal), and that is chat's latency.
+            os.fdatasync(fd)
+            self._unsynced = 0
 
     def _refuse(self, exc: ClientError) -> None:
         self._refused = exc
