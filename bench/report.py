@@ -154,6 +154,15 @@ def _queue_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
     return one >= 5000, evidence
 
 
+def _uploads_goal(rows: dict[str, dict[str, Any]]) -> tuple[bool, str] | None:
+    squall = _goal_rows(rows, "squall")[0]
+    during, alone = _num(squall, "p99_ms"), _num(squall, "alone_p99_ms")
+    if during is None or alone is None:
+        return None
+    # "Within its normal range": the p99 during uploads at most twice alone's, or 5 ms above it.
+    return during <= max(2 * alone, alone + 5.0), f"p99 {during:.2f} ms during uploads vs {alone:.2f} ms alone"
+
+
 GOALS: dict[str, Goal] = {
     "one-in-flight-500": Goal("web node + processor CPU/delivery <= the ceiling's, processor <= 500 us/msg",
                               _one_in_flight_goal),
@@ -177,6 +186,7 @@ GOALS: dict[str, Goal] = {
     "lone-message": Goal("<= 1.0x the ceiling's CPU/delivery (its processor counted)", _lone_message_goal),
     "lone-processor": Goal("<= 0.5 ms of processor CPU per message, one at a time", _lone_processor_goal),
     "idle-10k": Goal("<= 4 KiB/conn, 10,000 in one room", _idle_memory_goal),
+    "uploads": Goal("chat p99 during 50 MiB uploads <= max(2x alone, alone + 5 ms)", _uploads_goal),
 }
 
 _VERSIONED = ["squall", "tornado", "websockets", "uvloop", "orjson", "psutil", "pyahocorasick"]

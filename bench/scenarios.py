@@ -56,6 +56,7 @@ from .loadgen import (
 )
 from . import queue as _queue
 from .cross_node import cross_node
+from .uploads import upload_latency
 from .targets import COALESCING_CEILING, Running, Target
 
 __all__ = ["FANOUT_WINDOW", "SCENARIOS", "Options", "Scenario", "machine_busy_seconds"]
@@ -1052,6 +1053,15 @@ SCENARIOS: dict[str, Scenario] = {
                  (("same_p50_ms", "same p50 ms"), ("other_p50_ms", "other p50 ms"),
                   ("other_p99_ms", "other p99 ms"), ("hop_p50_ms", "bus hop alone p50 ms")),
                  figure="p50 send -> arrival on the other node minus on the sender's node"),
+        Scenario("uploads", "cluster", upload_latency, "p99_ms", "ms p99", False,
+                 "a pinger's send -> echo every 20 ms while another client uploads 50 MiB "
+                 "(and a 12 Mpx photo, re-encoded), then is quiet as long, in turn",
+                 (("p50_ms", "p50 ms"), ("alone_p50_ms", "alone p50 ms"), ("alone_p99_ms", "alone p99 ms"),
+                  ("max_ms", "max ms"), ("pong_p99_ms", "web-node pong p99 ms"),
+                  ("pong_alone_p99_ms", "alone pong p99 ms"),
+                  ("upload_mib_per_s", "upload MiB/s"), ("photo_s", "photo upload s"),
+                  ("uploads", "50 MiB uploads")),
+                 figure="p99 of a lone pinger's send -> echo while uploads stream (alone: before them)"),
         Scenario("rooms", "ws", rooms, "deliveries_per_s", "deliveries/s", True,
                  "2000 clients in 200 rooms of 10, everyone talking, one message in flight per client "
                  "(up to 10 per room)",

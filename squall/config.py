@@ -169,6 +169,15 @@ class Settings:
     mail_from: str = "Squall <squall@localhost>"
     mail_retry_min: float = 10.0  # first retry after a failed delivery; doubles up to an hour
 
+    # Uploads (POST /api/files; docs/protocol.md "Files").
+    upload_max_bytes: int = 25 * 1024 * 1024  # largest upload, refused from Content-Length or while streaming
+    upload_quota_bytes: int = 500 * 1024 * 1024  # bytes of stored uploads per user
+    upload_max_pixels: int = 40_000_000  # largest image (width x height x frames) decoded
+    upload_concurrency: int = 2  # uploads one user may stream at once
+    upload_rate: float = 0.5  # uploads per second per user, after a burst of upload_burst
+    upload_burst: int = 10
+    upload_workers: int = 2  # processes re-encoding images for one web node
+
     @property
     def processor_address(self) -> Address:
         """The first of :attr:`processor_addresses` (``squall run`` has one processor)."""
@@ -200,7 +209,7 @@ FIELD_HELP: dict[str, str] = {
     "processor": "HOST:PORT of the processor, as the web node dials it; several, comma-separated",
     "queue": "redis://HOST:PORT/DB: reach processors through Redis Streams instead of TCP",
     "listen": "HOST:PORT the processor listens on",
-    "data_dir": "folder for the SQLite database, the secret and the outbox",
+    "data_dir": "folder for the SQLite database, the secret, the outbox and uploaded files",
     "database": "sqlite:///PATH or postgresql://… (default: SQLite in the data folder)",
     "database_pool_size": "PostgreSQL connections each process may hold at once",
     "database_timeout": "seconds a PostgreSQL operation may take before it fails as unavailable",
@@ -318,6 +327,10 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("ready_timeout", 0, False), ("ready_cache", 0, False),
     ("bus_max_queue", 0, False), ("bus_ping_interval", 0, False),
     ("presence_heartbeat", 0, False), ("presence_ttl", 0, False),
+
+    ("upload_max_bytes", 0, False), ("upload_quota_bytes", 0, False), ("upload_max_pixels", 0, False),
+    ("upload_concurrency", 0, False), ("upload_rate", 0, False), ("upload_burst", 0, False),
+    ("upload_workers", 0, False),
 )
 
 

@@ -30,6 +30,9 @@ class Draft:
     duplicate: bool = False
     # Link previews (LinkPreview.to_wire() dicts), filled in after delivery.
     previews: tuple[dict[str, Any], ...] = ()
+    # Uploaded files (squall.files.FileRecord.to_wire() dicts), checked and
+    # resolved by the web node: the sender's own uploads.
+    attachments: tuple[dict[str, Any], ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -44,6 +47,7 @@ class Draft:
             "links": list(self.links),
             "ts": self.ts,
             **({"previews": list(self.previews)} if self.previews else {}),
+            **({"attachments": list(self.attachments)} if self.attachments else {}),
         }
 
 

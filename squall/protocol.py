@@ -37,10 +37,13 @@ __all__ = [
     "Join", "Leave", "Send", "Typing", "Ping", "Command",
     "parse_command", "parse_send_body", "check_room", "check_nick", "nick_key", "check_client_id",
     "int_param", "float_param", "member_cursor", "MAX_CLIENT_ID", "MAX_NICK", "MAX_MEMBER_CURSOR",
-    "BIDI_CONTROLS", "CANARY_ROOM", "check_link_room",
+    "BIDI_CONTROLS", "CANARY_ROOM", "check_link_room", "MAX_ATTACHMENTS", "check_attachment_ids",
 ]
 
 MAX_NICK = 32
+# Files one message may carry.
+MAX_ATTACHMENTS = 8
+_FILE_ID = re.compile(r"f_[A-Za-z0-9_-]{22}")
 MAX_CLIENT_ID = 64
 # A members cursor is a casefolded nick, and case folding may triple a
 # character's length ("\ufb03", the ffi ligature, folds to "ffi").
@@ -79,6 +82,7 @@ class Send:
     room: str
     body: str
     id: str
+    attachments: tuple[str, ...] = ()  # file ids from POST /api/files, the sender's own
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,7 +260,27 @@ def _send_fields(room: object, data: Mapping[str, Any], where: str) -> Send:
         raise Rejected(f"body {_lone_surrogate(surrogate)}", code="bad_body")
     if "id" not in data:
         raise BadRequest(f"{where} needs an 'id' field", code="bad_field")
-    return Send(room=room, body=body, id=check_client_id(data["id"]))
+    attachments = check_attachment_ids(data.get("attachments", []))
+    return Send(room=room, body=body, id=check_client_id(data["id"]), attachments=attachments)
+
+
+def check_attachment_ids(value: object) -> tuple[str, ...]:
+    """A send's ``attachments``: at most :data:`MAX_ATTACHMENTS` distinct file ids."""
+    if not isinstance(value, list):
+        raise BadRequest(f"attachments must be an array of file ids, got {_kind(value)}", code="bad_attachment")
+    if len(value) > MAX_ATTACHMENTS:
+        raise BadRequest(
+            f"a message may carry at most {MAX_ATTACHMENTS} attachments, got {len(value)}", code="bad_attachment"
+        )
+    for item in value:
+        if not isinstance(item, str) or not _FILE_ID.fullmatch(item):
+            shown = item[:40] if isinstance(item, str) else _kind(item)
+            raise BadRequest(
+                f"attachment {shown!r} is not a file id (the 'id' POST /api/files answered)", code="bad_attachment"
+            )
+    if len(set(value)) != len(value):
+        raise BadRequest("attachments names a file twice", code="bad_attachment")
+    return tuple(value)
 
 
 def _lone_surrogate(match: re.Match[str]) -> str:

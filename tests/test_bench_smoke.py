@@ -20,7 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll",
-             "processor", "filter", "cross-node"]
+             "processor", "filter", "cross-node", "uploads"]
 COUNTED = {"one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "longpoll"}
 # Where several messages are in flight, the coalescing ceiling is the reference, and runs.
 COALESCED = {"fanout-500", "rooms", "slow-client", "longpoll"}
@@ -47,8 +47,8 @@ def _expected_targets(name: str, targets: list[str]) -> set[str]:
         expected.discard("websockets")
     if name == "processor":
         expected.discard("ceiling-coalescing")
-    if name == "cross-node":
-        expected &= {"squall"}  # two Squall web nodes: nothing to compare
+    if name in ("cross-node", "uploads"):
+        expected &= {"squall"}  # Squall's own features: nothing to compare
     return expected
 
 
@@ -88,6 +88,9 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
             if name == "processor":
                 assert result["processed"] == result["messages"] > 0, (name, target, result)
                 assert result["cpu_us_per_message_at_rate"] > 0, (name, target, result)
+            if name == "uploads":
+                assert result["uploads"] >= 1 and result["photos"] >= 1 and result["lost"] == 0, result
+                assert result["p99_ms"] >= result["p50_ms"] > 0 and result["alone_p99_ms"] > 0, result
             if name == "filter":
                 assert result["hits"] > 0 and result["mb_per_s"] > 0, (name, target, result)
             if name in ("idle-memory", "idle-10k"):

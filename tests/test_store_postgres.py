@@ -395,7 +395,7 @@ def test_storing_keeps_using_the_index_after_the_history_has_grown(postgres_url:
                     rows = await db.fetch(
                         f"EXPLAIN ANALYZE EXECUTE {name}(ARRAY['r1'], ARRAY['n1'], ARRAY['n1'], ARRAY['new'],"
                         " ARRAY['x'], ARRAY['x'], ARRAY['[]'], ARRAY['[]'], ARRAY[1], ARRAY[]::bigint[],"
-                        " ARRAY[]::text[], 0)"
+                        " ARRAY[]::text[], 0, ARRAY['[]'])"
                     )
                     raise _RollBack("\n".join(row[0] for row in rows))
         except _RollBack as plan:

@@ -116,7 +116,9 @@ class ProcessorPool:
         up = [link for link in self.links if link.connected.is_set()] or self.links
         return up[choose([link.address for link in up], room)]
 
-    async def process(self, *, room: str, nick: str, id: str, body: str, ts: int) -> dict[str, Any]:
+    async def process(
+        self, *, room: str, nick: str, id: str, body: str, ts: int, attachments: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
         """The processed message as a processor returned it.
 
         Raises :class:`~squall.errors.Rejected` when the pipeline refuses it and
@@ -129,7 +131,7 @@ class ProcessorPool:
                 raise Unavailable("the server is shutting down; retry with the same id")
             send = self.sends.start(room, nick, id, lambda ref: encode_line({
                 "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts,
+                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}),
             }))
             self._link_for(room).carry(send)
         return await answer_of(

@@ -36,7 +36,8 @@ from ..errors import BadRequest, HandshakeFailed, Rejected
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_web_hello, new_nonce, processor_hello, welcome
 from ..lines import Line, LineReader, encode_line
 from ..message import Draft
-from ..protocol import check_client_id, check_link_room, check_nick, check_room
+from ..files import MAX_NAME, is_file_id
+from ..protocol import MAX_ATTACHMENTS, check_client_id, check_link_room, check_nick, check_room
 from ..throttled_log import ThrottledLog
 from .pipeline import Pipeline
 
@@ -168,12 +169,38 @@ def parse_process(request: dict[str, Any], *, max_body_chars: int) -> Draft | di
     if not MIN_TS <= ts <= MAX_TS:
         return {"op": "rejected", "ref": ref, "code": "bad_ts",
                 "reason": f"ts {ts} is not milliseconds between {MIN_TS} and {MAX_TS}"}
+    attachments = _attachments(request.get("attachments", []))
+    if attachments is None:
+        return {"op": "rejected", "ref": ref, "code": "bad_attachment",
+                "reason": f"attachments must be at most {MAX_ATTACHMENTS} attachment objects"}
     length = len(body.strip())
     if length > max_body_chars:
         return {"op": "rejected", "ref": ref, "code": "body_too_long",
                 "reason": f"message body has {length} characters, more than the limit"
                           f" of {max_body_chars}"}
-    return Draft(room=room, nick=nick, id=cid, body=body, ts=ts)
+    return Draft(room=room, nick=nick, id=cid, body=body, ts=ts, attachments=attachments)
+
+
+# An attachment object's fields (squall.files.FileRecord.to_wire), as a web node sends them.
+_ATTACHMENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,), "name": (str,), "type": (str,), "size": (int,), "url": (str,),
+    "thumb": (str, type(None)), "width": (int, type(None)), "height": (int, type(None)),
+}
+
+
+def _attachments(value: object) -> tuple[dict[str, Any], ...] | None:
+    """A process request's ``attachments``, or None if they are not what a web node sends."""
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        return None
+    for item in value:
+        if not isinstance(item, dict) or item.keys() != _ATTACHMENT_FIELDS.keys():
+            return None
+        for name, kinds in _ATTACHMENT_FIELDS.items():
+            if not isinstance(item[name], kinds) or isinstance(item[name], bool):
+                return None
+        if not is_file_id(item["id"]) or not item["url"].startswith("/files/") or len(item["name"]) > MAX_NAME:
+            return None
+    return tuple(value)
 
 
 def parse_seen(request: dict[str, Any]) -> tuple[str, str, int] | dict[str, Any]:

@@ -42,15 +42,16 @@ UNKNOWN_USER_SECONDS = 2.0
 
 
 class Validate:
-    """Trims the body and refuses empty, overlong or control-character bodies."""
+    """Trims the body and refuses empty (unless the message carries files),
+    overlong or control-character bodies."""
 
     def __init__(self, *, max_chars: int = 4000) -> None:
         self.max_chars = max_chars
 
     def __call__(self, message: Draft) -> Draft:
         body = message.body.strip()
-        if not body:
-            raise Rejected("message body is empty", code="empty_body")
+        if not body and not message.attachments:
+            raise Rejected("message body is empty (and it carries no attachments)", code="empty_body")
         if len(body) > self.max_chars:
             raise Rejected(
                 f"message body has {len(body)} characters, more than the limit of {self.max_chars}",

@@ -24,7 +24,7 @@ import logging
 import random
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -148,7 +148,9 @@ class QueueClient:
         self._redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True)
         self._tasks = [asyncio.ensure_future(self._write_loop()), asyncio.ensure_future(self._read_loop())]
 
-    async def process(self, *, room: str, nick: str, id: str, body: str, ts: int) -> dict[str, Any]:
+    async def process(
+        self, *, room: str, nick: str, id: str, body: str, ts: int, attachments: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
         """The processed message as a processor returned it.
 
         Raises :class:`~squall.errors.Rejected` when the pipeline refuses it and
@@ -162,7 +164,7 @@ class QueueClient:
             node = self.node
             send = self.sends.start(room, nick, id, lambda ref: orjson.dumps({
                 "op": "process", "ref": ref, "node": node, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts,
+                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}),
             }))
             if len(self._unwritten) >= self.sends.max_pending:
                 # Sends that timed out while Redis was away stay here until the

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ..config import redacted_url
 from ..errors import ConfigError
+from ..files import FileRecord
 from ..message import Draft
 from ..search import Candidate, SearchQuery
 
@@ -206,6 +207,23 @@ class Store(Protocol):
         """Delete session rows older than any token could be (they are expired)."""
 
     async def set_email(self, key: str, email: str | None) -> None: ...
+
+    # Uploads (squall/files.py).
+    async def save_file(self, record: FileRecord) -> FileRecord:
+        """Keep ``record``; if its owner already has this content, the row
+        they have (with the new name) is kept and returned instead."""
+
+    async def files_of(self, owner: str, ids: Sequence[str]) -> list[FileRecord]:
+        """Those of the files ``ids`` that ``owner`` (a nick key) uploaded, in no order."""
+
+    async def upload_bytes(self, owner: str) -> int:
+        """Bytes of the files ``owner`` keeps (their quota's use)."""
+
+    async def file_access(self, sha256: str) -> tuple[list[str], list[str]]:
+        """Who uploaded content ``sha256`` (nick keys), and the rooms it was posted to."""
+
+    async def share_files(self, room: str, sha256s: Sequence[str]) -> None:
+        """Content ``sha256s`` is posted to ``room``: its readers may fetch it."""
 
     async def room_posters(self, room: str, limit: int) -> list[str]:
         """Canonical nicks of users who have posted in ``room`` (for ``@room``)."""

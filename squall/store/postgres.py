@@ -67,6 +67,7 @@ import asyncpg
 import orjson
 
 from ..errors import ConfigError, StoreUnavailable
+from ..files import FileRecord
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHORT_QUERY_WINDOW, Candidate, SearchQuery
@@ -163,6 +164,30 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX messages_search ON messages USING gin (body gin_trgm_ops) WHERE room <> '_canary';
     CREATE INDEX messages_by_ts ON messages (ts);
     """,
+    # 6: uploads: as SQLite's (files, file_rooms, messages.attachments).
+    """
+    ALTER TABLE messages ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        owner_key TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        ext TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        name TEXT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        thumb TEXT,
+        created BIGINT NOT NULL,
+        UNIQUE (owner_key, sha256)
+    );
+    CREATE INDEX files_by_sha256 ON files (sha256);
+    CREATE TABLE file_rooms (
+        sha256 TEXT NOT NULL,
+        room TEXT NOT NULL,
+        PRIMARY KEY (sha256, room)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -195,25 +220,27 @@ def _is_conflict(exc: BaseException) -> bool:
 
 _T = TypeVar("_T")
 
-_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments"
 _EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+_FILE_COLUMNS = "id, owner_key, sha256, ext, size, type, name, created, width, height, thumb"
 _NOTIFICATION_COLUMNS = (
     "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
 )
 
 # A batch in one statement, so in one transaction and one round trip: the
 # module's "Seq allocation". $1–$9: the batch's distinct messages, one array
-# per column; $10, $11: (position in the batch, 1-based; mentioned nick_key)
+# per column ($13: attachments, added later); $10, $11: (position in the batch, 1-based; mentioned nick_key)
 # pairs for the notifications to queue; $12: their delay in ms. Answers one
 # row per message: its position, then room and seq; room is NULL for a message
 # stored now, and set, with the other columns, for one stored before.
 SAVE_BATCH_SQL = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY
-        AS b(room, nick, nick_key, cid, body, html, mentions, links, ts, n)
+                         $7::text[], $8::text[], $9::bigint[], $13::text[]) WITH ORDINALITY
+        AS b(room, nick, nick_key, cid, body, html, mentions, links, ts, attachments, n)
 ), earlier AS (
-    SELECT b.n, m.room, m.seq, m.nick, m.cid, m.body, m.html, m.mentions, m.links, m.ts, m.previews
+    SELECT b.n, m.room, m.seq, m.nick, m.cid, m.body, m.html, m.mentions, m.links, m.ts, m.previews,
+           m.attachments
     FROM batch b JOIN messages m ON m.room = b.room AND m.nick_key = b.nick_key AND m.cid = b.cid
 ), fresh AS (
     SELECT b.*, row_number() OVER (PARTITION BY b.room ORDER BY b.n) AS k,
@@ -228,8 +255,8 @@ WITH batch AS (
 ), numbered AS (
     SELECT f.*, c.last_seq - f.total + f.k AS seq FROM fresh f JOIN counters c ON c.name = f.room
 ), stored AS (
-    INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts)
-    SELECT room, seq, nick, nick_key, cid, body, html, mentions, links, ts FROM numbered
+    INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts, attachments)
+    SELECT room, seq, nick, nick_key, cid, body, html, mentions, links, ts, attachments FROM numbered
 ), queued AS (
     INSERT INTO notifications (nick_key, room, seq, sender, body, ts, due)
     SELECT u.nick_key, x.room, x.seq, x.nick, x.body, x.ts, x.ts + $12::bigint
@@ -240,10 +267,10 @@ WITH batch AS (
     ON CONFLICT (nick_key, room, seq) DO NOTHING
 )
 SELECT n, NULL::text AS room, seq, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
-       NULL::text, NULL::bigint, NULL::text
+       NULL::text, NULL::bigint, NULL::text, NULL::text
 FROM numbered
 UNION ALL
-SELECT n, room, seq, nick, cid, body, html, mentions, links, ts, previews FROM earlier
+SELECT n, room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments FROM earlier
 """
 # The unique index a copy stored meanwhile by another processor runs into.
 _CLIENT_ID_INDEX = "messages_by_client_id"
@@ -267,12 +294,16 @@ def _check_author(nick: str, what: str) -> None:
 
 
 def _row_to_draft(row: Any) -> Draft:
-    room, seq, nick, cid, body, html, mentions, links, ts, previews = (row[i] for i in range(10))
+    room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments = (row[i] for i in range(11))
     return Draft(
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
-        previews=tuple(orjson.loads(previews)),
+        previews=tuple(orjson.loads(previews)), attachments=tuple(orjson.loads(attachments)),
     )
+
+
+def _row_to_file(row: Any) -> FileRecord:
+    return FileRecord(*(row[i] for i in range(11)))
 
 
 async def _keep_session(db: asyncpg.Connection) -> None:
@@ -468,6 +499,7 @@ class PostgresStore:
             [d.id for d in distinct], [d.body for d in distinct], [d.html for d in distinct],
             [_json(d.mentions) for d in distinct], [_json(d.links) for d in distinct],
             [d.ts for d in distinct], *mentioned, notify_delay_ms or 0,
+            [_json(d.attachments) for d in distinct],
         )
         saved: list[Draft] = list(distinct)
         for row in rows:
@@ -671,6 +703,47 @@ class PostgresStore:
             "reading users", "SELECT nick_key, nick FROM users WHERE nick_key = ANY($1::text[])", wanted
         )
         return {key: nick for key, nick in rows}
+
+    # -- files -------------------------------------------------------------
+
+    async def save_file(self, record: FileRecord) -> FileRecord:
+        rows = await self._fetch(
+            "storing a file",
+            f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " ON CONFLICT (owner_key, sha256) DO UPDATE SET name = excluded.name"
+            f" RETURNING {_FILE_COLUMNS}",
+            *dataclasses.astuple(record),
+        )
+        return _row_to_file(rows[0])
+
+    async def files_of(self, owner: str, ids: Sequence[str]) -> list[FileRecord]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        rows = await self._fetch(
+            "reading files",
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner_key = $1 AND id = ANY($2::text[])", owner, wanted,
+        )
+        return [_row_to_file(row) for row in rows]
+
+    async def upload_bytes(self, owner: str) -> int:
+        rows = await self._fetch(
+            "reading a quota", "SELECT COALESCE(SUM(size), 0) FROM files WHERE owner_key = $1", owner
+        )
+        return int(rows[0][0])
+
+    async def file_access(self, sha256: str) -> tuple[list[str], list[str]]:
+        owners = await self._fetch("reading a file's owners", "SELECT owner_key FROM files WHERE sha256 = $1", sha256)
+        rooms = await self._fetch("reading a file's rooms", "SELECT room FROM file_rooms WHERE sha256 = $1", sha256)
+        return [row[0] for row in owners], [row[0] for row in rooms]
+
+    async def share_files(self, room: str, sha256s: Sequence[str]) -> None:
+        await self._execute(
+            "sharing files",
+            "INSERT INTO file_rooms (sha256, room) SELECT s, $2 FROM unnest($1::text[]) AS s"
+            " ON CONFLICT DO NOTHING",
+            list(dict.fromkeys(sha256s)), room,
+        )
 
     async def get_user(self, key: str) -> User | None:
         rows = await self._fetch(

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from ..files import FileRecord
 from ..message import Draft
 from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
@@ -158,6 +159,32 @@ _MIGRATIONS: list[str] = [
     INSERT INTO message_search (rowid, body)
     SELECT r.id, m.body FROM search_rows r JOIN messages m ON m.room = r.room AND m.seq = r.seq;
     """,
+    # 6: uploads (squall/files.py): one row per user and content; a message's
+    # attachments (FileRecord.to_wire() dicts, JSON); the rooms a file was
+    # posted to, which decide who may fetch it besides its uploaders.
+    """
+    ALTER TABLE messages ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        owner_key TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        ext TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        name TEXT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        thumb TEXT,
+        created INTEGER NOT NULL,
+        UNIQUE (owner_key, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX files_by_sha256 ON files (sha256);
+    CREATE TABLE file_rooms (
+        sha256 TEXT NOT NULL,
+        room TEXT NOT NULL,
+        PRIMARY KEY (sha256, room)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Tables (and prefixes of FTS5's shadow tables) that are the search index
@@ -168,7 +195,8 @@ _T = TypeVar("_T")
 # How long a connection waits for the other process's lock before failing.
 _BUSY_TIMEOUT_MS = 10_000
 
-_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews"
+_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments"
+_FILE_COLUMNS = "id, owner_key, sha256, ext, size, type, name, created, width, height, thumb"
 # A Notification's fields, from notifications n JOIN users u LEFT JOIN seen s.
 _NOTIFICATION_COLUMNS = (
     "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
@@ -216,12 +244,16 @@ def _check_author(nick: str, what: str) -> None:
 
 
 def _row_to_draft(row: Any) -> Draft:
-    room, seq, nick, cid, body, html, mentions, links, ts, previews = row
+    room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments = row
     return Draft(
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
-        previews=tuple(orjson.loads(previews)),
+        previews=tuple(orjson.loads(previews)), attachments=tuple(orjson.loads(attachments)),
     )
+
+
+def _row_to_file(row: Any) -> FileRecord:
+    return FileRecord(*row)
 
 
 # Guest rows deleted per write transaction by forget_guests.
@@ -382,11 +414,12 @@ class SQLiteStore:
                 saved.room, seq, saved.nick, key[1], saved.id, saved.body, saved.html,
                 orjson.dumps(list(saved.mentions)).decode(),
                 orjson.dumps(list(saved.links)).decode(), saved.ts,
+                orjson.dumps(list(saved.attachments)).decode(),
             ))
         if rows:
             db.executemany(
                 "INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions,"
-                " links, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " links, ts, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             db.executemany(
@@ -470,6 +503,50 @@ class SQLiteStore:
         await self._write(
             "UPDATE messages SET previews = ? WHERE room = ? AND seq = ?",
             [(orjson.dumps(list(previews)).decode(), room, seq)],
+        )
+
+    # -- files -----------------------------------------------------------
+
+    async def save_file(self, record: FileRecord) -> FileRecord:
+        return await self._in_writer(self._save_file, record)
+
+    def _save_file(self, record: FileRecord) -> FileRecord:
+        with self._transaction() as db:
+            row = db.execute(
+                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (owner_key, sha256) DO UPDATE SET name = excluded.name"
+                f" RETURNING {_FILE_COLUMNS}",
+                dataclasses.astuple(record),
+            ).fetchone()
+        return _row_to_file(row)
+
+    async def files_of(self, owner: str, ids: Sequence[str]) -> list[FileRecord]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        async with self.db.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner_key = ? AND id IN ({marks})", [owner, *wanted]
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_file(row) for row in rows]
+
+    async def upload_bytes(self, owner: str) -> int:
+        async with self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner_key = ?", (owner,)) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def file_access(self, sha256: str) -> tuple[list[str], list[str]]:
+        async with self.db.execute("SELECT owner_key FROM files WHERE sha256 = ?", (sha256,)) as cursor:
+            owners = [row[0] for row in await cursor.fetchall()]
+        async with self.db.execute("SELECT room FROM file_rooms WHERE sha256 = ?", (sha256,)) as cursor:
+            rooms = [row[0] for row in await cursor.fetchall()]
+        return owners, rooms
+
+    async def share_files(self, room: str, sha256s: Sequence[str]) -> None:
+        await self._write(
+            "INSERT INTO file_rooms (sha256, room) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(sha, room) for sha in dict.fromkeys(sha256s)],
         )
 
     async def set_email(self, key: str, email: str | None) -> None:

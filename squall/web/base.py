@@ -147,7 +147,7 @@ class BaseHandler(JSONErrors):
     async def prepare(self) -> None:
         self.node.check_host(self.request.headers.get("Host"))
         length = self.request.headers.get("Content-Length")
-        limit = self.node.settings.max_body_bytes
+        limit = self.body_limit()
         if length is not None and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body has {length} bytes, more than the limit of {limit}")
         # Whether the session is live may take a store read (the first time this
@@ -155,6 +155,10 @@ class BaseHandler(JSONErrors):
         self._token, self._by_cookie = token_from_request(self.request)
         if self._token:
             self.session = await self.node.tokens.check(self._token, now=time.monotonic())
+
+    def body_limit(self) -> int:
+        """The largest request body this handler takes, in bytes (``max_body_bytes``)."""
+        return self.node.settings.max_body_bytes
 
     def current_nick(self) -> str:
         """The caller's nick, or :class:`Unauthorized`."""

@@ -25,6 +25,7 @@ _ROOM = r"/api/rooms/([^/]+)"
 
 def routes(node: WebNode) -> list[Any]:
     from .accounts import AccountHandler, LogoutHandler, PasswordHandler, SessionHandler
+    from .files import FileHandler, UploadHandler
     from .longpoll import MessagesHandler
     from .operations import HealthzHandler, MetricsHandler, ReadyzHandler
     from .search import SearchHandler
@@ -45,6 +46,8 @@ def routes(node: WebNode) -> list[Any]:
         (_ROOM + r"/events", EventsHandler, args),
         (_ROOM + r"/members", MembersHandler, args),
         (_ROOM + r"/typing", TypingHandler, args),
+        (r"/api/files", UploadHandler, args),
+        (r"/files/((?:thumbs/)?[0-9a-f]{64}(?:\.[a-z0-9]{1,5})?)", FileHandler, args),
         (r"/api/health", HealthHandler, args),
         (r"/healthz", HealthzHandler, args),
         (r"/readyz", ReadyzHandler, args),

@@ -592,7 +592,9 @@ class MessagesHandler(BaseHandler):
         send = parse_send_body(room_name, self.request.body)
         try:
             self.node.limits.check_send(nick_key(nick), self.address_key, now=time.monotonic())
-            message = await self.node.send(room=send.room, nick=nick, body=send.body, id=send.id)
+            message = await self.node.send(
+                room=send.room, nick=nick, body=send.body, id=send.id, attachments=send.attachments
+            )
         except ClientError as exc:
             exc.id = send.id  # the answer names the send it refuses
             raise

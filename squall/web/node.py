@@ -48,6 +48,7 @@ from ..store import Store, open_store
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
+from .files import Files
 from .passwords import Passwords
 from .longpoll import PollConnection, PollFirst
 from .readiness import Canary, Readiness
@@ -163,6 +164,7 @@ class WebNode:
         self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
         self._presence_publishing = False
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
+        self.files = Files(settings, self.store)
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
@@ -312,6 +314,7 @@ class WebNode:
         await self.bus.close()
         await self.store.close()
         self.passwords.close()
+        self.files.close()
 
     def serve_stream(self, stream: IOStream, address: Any) -> None:
         """Serve a connection handed back by a :class:`PollConnection` with Tornado."""
@@ -345,16 +348,21 @@ class WebNode:
 
     # -- sends ----------------------------------------------------------
 
-    async def send(self, *, room: str, nick: str, body: str, id: str) -> dict[str, Any]:
+    async def send(
+        self, *, room: str, nick: str, body: str, id: str, attachments: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``).
 
+        ``attachments`` (file ids) must be the sender's uploads (else
+        ``bad_attachment``); the message carries their attachment objects.
         Counts it, and its ack or refusal (refusals in :attr:`counters`, by code
         and ``pipeline`` or ``processor``: the rate limits counted theirs already).
         """
         self.metrics.sends.inc()
         try:
+            files = await self.files.attachments(nick_key(nick), room, attachments) if attachments else ()
             message = await self.link.process(
-                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
+                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files,
             )
         except ClientError as exc:
             self.counters.count(exc.code, "processor" if isinstance(exc, Unavailable) else "pipeline")
@@ -502,6 +510,7 @@ class WebNode:
         if self._router is not None:
             self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
         self.limits.sweep(now=now)
+        self.files.sweep(now=now)
 
     def _start_forgetting_guests(self) -> None:
         asyncio.ensure_future(self.forget_guests(now=time.time()))

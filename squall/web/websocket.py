@@ -535,7 +535,8 @@ class ChatConnection:
         try:
             self.node.limits.check_send(self.nick_key, self.address, now=time.monotonic())
             message = await self.node.send(
-                room=command.room, nick=self.nick, body=command.body, id=command.id
+                room=command.room, nick=self.nick, body=command.body, id=command.id,
+                attachments=command.attachments,
             )
         except ClientError as exc:
             self.send_json({"type": "error", "id": command.id, **exc.to_dict()})

@@ -128,8 +128,37 @@ export function searchMessages(token, q, { room, cursor, limit, signal } = {}) {
 }
 
 /** POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code. */
-export function postMessage(token, room, body, id, { signal } = {}) {
-  return request("POST", roomPath(room, "messages"), { token, body: { body, id }, signal });
+export function postMessage(token, room, body, id, { signal, attachments = [] } = {}) {
+  const payload = attachments.length ? { body, id, attachments } : { body, id };
+  return request("POST", roomPath(room, "messages"), { token, body: payload, signal });
+}
+
+/**
+ * POST /api/files?name=N with the file as the body → its attachment object
+ * (`{id, name, type, size, url, thumb, width, height}`). XMLHttpRequest, not
+ * fetch: only it reports upload progress (`onProgress(sent, total)`).
+ * Returns `{promise, abort}`; the promise rejects with ApiError.
+ */
+export function uploadFile(token, file, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const promise = new Promise((resolve, reject) => {
+    const url = new URL("/api/files", location.origin);
+    url.searchParams.set("name", file.name || "file");
+    xhr.open("POST", url);
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.total || file.size);
+    xhr.onload = () => {
+      const data = xhr.response;
+      if (xhr.status === 201 && data) resolve(data);
+      else reject(new ApiError(xhr.status, data?.code ?? `http_${xhr.status}`, data?.reason ?? "", null));
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network", "", null));
+    xhr.onabort = () => reject(new ApiError(0, "aborted", "", null));
+    xhr.send(file);
+  });
+  return { promise, abort: () => xhr.abort() };
 }
 
 export function postTyping(token, room) {

@@ -4,6 +4,7 @@ import { Completer } from "./autocomplete.js";
 import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SearchPanel } from "./search.js";
+import { Uploads, Viewer } from "./files.js";
 import { SettingsPanel } from "./settings.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
@@ -259,6 +260,7 @@ class App {
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
     this.search.bind();
+    this.bindFiles();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     v.settingsLang.addEventListener("change", () => this.setLanguage(v.settingsLang.value));
     const theme = THEMES.includes(localStorage.getItem(THEME_KEY)) ? localStorage.getItem(THEME_KEY) : "system";
@@ -277,7 +279,7 @@ class App {
   }
 
   onShortcut(event) {
-    if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
+    if (this.settings.isOpen || this.viewer?.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
     if (this.session && this.search.onShortcut(event)) return;
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
@@ -383,6 +385,8 @@ class App {
   stopChat() {
     this.settings.close();
     this.search.reset();
+    this.viewer?.close();
+    this.uploads?.clear();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
@@ -556,7 +560,12 @@ class App {
   sendComposer() {
     const room = this.store?.active;
     const body = this.view.composer.value;
-    if (!room || !body.trim()) return;
+    if (this.uploads.busy) {
+      this.view.announce(this.t("files.wait"));
+      return;
+    }
+    const files = this.uploads.ready;
+    if (!room || (!body.trim() && !files.length)) return;
     const length = characters(body.trim());
     if (length > this.maxBodyChars) {
       // Refused here, with the text kept: the server would refuse it too.
@@ -565,12 +574,13 @@ class App {
       return;
     }
     const id = crypto.randomUUID();
-    const message = this.store.addOwn(room, body, id);
+    const message = this.store.addOwn(room, body, id, files);
     this.view.placeMessage(message, { me: this.store.me, ownAction: true });
     this.view.composer.value = "";
     this.onComposerInput();
+    this.uploads.clear();
     this.lastTypingSent = 0; // the next keystroke starts a new "is typing"
-    this.connection.send(room, body, id);
+    this.connection.send(room, body, id, files.map((file) => file.id));
     this.renderQueue();
   }
 
@@ -583,7 +593,7 @@ class App {
     const message = this.store.retry(room, id);
     if (!message) return;
     this.view.placeMessage(message, { replaced: message, me: this.store.me, ownAction: true });
-    this.connection.send(room, message.body, id);
+    this.connection.send(room, message.body, id, (message.attachments ?? []).map((file) => file.id));
     this.renderQueue();
   }
 
@@ -602,6 +612,62 @@ class App {
     if (!this.store.discard(room, id)) return;
     this.view.removeMessage(id);
     this.view.composer.focus();
+  }
+
+  /** Upload `files` (a FileList or array) into the composer's tray. */
+  attach(files) {
+    if (!this.store?.active || !this.session) return;
+    const list = [...files].filter((file) => file instanceof File);
+    if (list.length) this.uploads.add(list);
+  }
+
+  bindFiles() {
+    const v = this.view;
+    this.uploads = new Uploads({
+      tray: v.uploadTray, input: v.fileInput, t: this.translator,
+      token: () => this.session?.token, onChange: () => {}, announce: (text) => v.announce(text),
+    });
+    this.viewer = new Viewer(v.viewerDialog, this.translator);
+    v.attachButton.addEventListener("click", () => v.fileInput.click());
+    v.fileInput.addEventListener("change", () => {
+      this.attach(v.fileInput.files);
+      v.fileInput.value = "";
+    });
+    v.uploadTray.addEventListener("click", (event) => {
+      const remove = event.target.closest("button.upload-remove");
+      if (remove) this.uploads.remove(Number(remove.dataset.key));
+    });
+    v.messages.addEventListener("click", (event) => {
+      const image = event.target.closest("button.attachment-image");
+      if (image) this.viewer.open(image.dataset.url, image.dataset.name, image);
+    });
+    v.composer.addEventListener("paste", (event) => {
+      const files = [...(event.clipboardData?.files ?? [])];
+      if (!files.length) return;
+      event.preventDefault(); // the file, not its name as text
+      this.attach(files);
+    });
+    const chat = v.scroller.closest(".chat");
+    const dragging = (event) => [...(event.dataTransfer?.types ?? [])].includes("Files");
+    chat.addEventListener("dragover", (event) => {
+      if (!dragging(event) || !this.store?.active) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      chat.classList.add("dropping");
+      v.dropHint.hidden = false;
+    });
+    chat.addEventListener("dragleave", (event) => {
+      if (chat.contains(event.relatedTarget)) return;
+      chat.classList.remove("dropping");
+      v.dropHint.hidden = true;
+    });
+    chat.addEventListener("drop", (event) => {
+      chat.classList.remove("dropping");
+      v.dropHint.hidden = true;
+      if (!dragging(event)) return;
+      event.preventDefault();
+      this.attach(event.dataTransfer.files);
+    });
   }
 
   sendTyping() {
@@ -807,6 +873,8 @@ class App {
     this.view.setTranslator(this.translator);
     this.settings.setTranslator(this.translator);
     this.search.setTranslator(this.translator);
+    this.uploads.setTranslator(this.translator);
+    this.viewer.t = this.translator;
     this.view.langSelect.value = lang;
     this.view.settingsLang.value = lang;
     if (this.session) this.view.renderMe(this.session.nick);

@@ -106,6 +106,7 @@ function fromWire(event) {
     mentions: Array.isArray(event.mentions) ? event.mentions.map(String) : [],
     links,
     previews,
+    attachments: Array.isArray(event.attachments) ? event.attachments : [],
     ts: typeof event.ts === "number" ? event.ts : Date.now(),
     state: MessageState.SENT,
     error: null,
@@ -161,12 +162,12 @@ export class ChatStore {
     return message.mentions.some((nick) => sameNick(nick, this.me));
   }
 
-  /** A message written here, shown as pending until its ack. */
-  addOwn(roomName, body, id) {
+  /** A message written here (with `attachments`, upload answers), shown as pending until its ack. */
+  addOwn(roomName, body, id, attachments = []) {
     const room = this.room(roomName);
     const message = {
       room: roomName, seq: null, id, nick: this.me, body, html: null, mentions: [], links: [],
-      previews: [], ts: Date.now(), state: MessageState.PENDING, error: null,
+      previews: [], attachments, ts: Date.now(), state: MessageState.PENDING, error: null,
     };
     room.pending.set(id, message);
     return message;

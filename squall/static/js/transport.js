@@ -153,8 +153,10 @@ class WebSocketAdapter {
     return this._send({ type: "leave", room });
   }
 
-  send(room, body, id) {
-    return this._send({ type: "send", room, body, id });
+  send(room, body, id, attachments = []) {
+    const frame = { type: "send", room, body, id };
+    if (attachments.length) frame.attachments = attachments;
+    return this._send(frame);
   }
 
   typing(room) {
@@ -260,11 +262,11 @@ class HttpAdapter {
     return true;
   }
 
-  send(room, body, id) {
+  send(room, body, id, attachments = []) {
     if (this._dead) return false;
     // Not tied to the adapter's lifetime: an answer that comes after an upgrade
     // still acknowledges the message.
-    postMessage(this._token, room, body, id).then(
+    postMessage(this._token, room, body, id, { attachments }).then(
       (answer) => this._sink.event(this, { type: "ack", id, room, seq: answer.seq }),
       (error) => {
         if (error instanceof ApiError && error.status < 500 && !error.unauthorized) {
@@ -540,15 +542,15 @@ export class Connection {
     }
   }
 
-  /** Queue a message; it goes out now if the room is ready, else on (re)connect. */
-  send(room, body, id) {
+  /** Queue a message (with `attachments`, file ids); it goes out now if the room is ready, else on (re)connect. */
+  send(room, body, id, attachments = []) {
     const existing = this._outbox.get(id);
     if (existing) {
       clearTimeout(existing.timer);
       existing.timer = null;
       existing.unavailable = 0;
     } else {
-      this._outbox.set(id, { room, body, id, inFlight: false, sentOn: null, unavailable: 0, timer: null });
+      this._outbox.set(id, { room, body, id, attachments, inFlight: false, sentOn: null, unavailable: 0, timer: null });
     }
     this._flush();
   }
@@ -705,7 +707,7 @@ export class Connection {
         continue;
       }
       if (!adapter.squallReady.has(entry.room)) continue;
-      if (adapter.send(entry.room, entry.body, entry.id)) {
+      if (adapter.send(entry.room, entry.body, entry.id, entry.attachments)) {
         entry.inFlight = true;
         entry.sentOn = adapter;
         if (ordered) busy.add(entry.room);

@@ -3,6 +3,7 @@
 // server's `html`, which the server has sanitised (nh3) and which is the reason
 // the server renders at all.
 
+import { renderAttachments } from "./files.js";
 import { MessageState, sameNick } from "./store.js";
 
 /** Where a message item sits in time: its seq; a failed one just after the seq it followed; pending last. */
@@ -130,6 +131,11 @@ export class ChatView {
     this.composerLabel = byId("composer-label");
     this.composer = byId("composer");
     this.sendButton = byId("send-button");
+    this.attachButton = byId("attach-button");
+    this.fileInput = byId("file-input");
+    this.uploadTray = byId("upload-tray");
+    this.dropHint = byId("drop-hint");
+    this.viewerDialog = byId("viewer");
     this.liveRegion = byId("live-region");
     this._status = null;
     this._scrollTopSeen = 0; // see takeScrollUp()
@@ -329,6 +335,7 @@ export class ChatView {
     this.scroller.hidden = room === null;
     this.composer.disabled = room === null;
     this.sendButton.disabled = room === null;
+    this.attachButton.disabled = room === null;
     this.roomTitle.textContent = room ? `#${room.name}` : "";
     this.messages.replaceChildren();
     this._oldestShownSeq = null;
@@ -487,6 +494,10 @@ export class ChatView {
       });
       item.append(expand);
     }
+
+    if (!message.body && message.attachments?.length) body.hidden = true; // files only
+    const attachments = renderAttachments(message.attachments, this.t);
+    if (attachments) item.append(attachments);
 
     const previews = this._renderPreviews(message.previews);
     if (previews) item.append(previews);
