@@ -14,7 +14,8 @@ The rules, each with the code a refusal carries:
 * the target must be a message of the room, not a change and not deleted
   (``not_found``; a delete of a deleted message too: there is nothing left);
 * only its author edits (``forbidden``), within ``edit_window_ms`` of the
-  message's ``ts`` as the edit's own ``ts`` says (``edit_window``);
+  message's ``ts`` as the edit's own ``ts`` says (``edit_window``; a window
+  of 0 allows no edit at all);
 * its author or a moderator deletes (``forbidden``);
 * a reaction adds one nick under one emoji, at most ``max_reactions``
   distinct emoji per message (``too_many_reactions``); reacting twice with the
@@ -64,7 +65,7 @@ def apply_change(target: Draft | None, change: Draft, rules: ChangeRules) -> App
     if change.kind == "edit":
         if not author:
             return Applied(refusal=("forbidden", "only its author may edit a message"))
-        if change.ts - target.ts > rules.edit_window_ms:
+        if rules.edit_window_ms <= 0 or change.ts - target.ts > rules.edit_window_ms:
             return Applied(refusal=(
                 "edit_window",
                 f"a message may be edited for {rules.edit_window_ms / 1000:g} s after it was sent",
