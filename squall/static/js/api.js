@@ -118,9 +118,12 @@ export function fetchMessages(token, room, { since, before, wait, limit, signal 
   });
 }
 
-/** POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code. */
-export function postMessage(token, room, body, id, { signal } = {}) {
-  return request("POST", roomPath(room, "messages"), { token, body: { body, id }, signal });
+/**
+ * POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code.
+ * `extra` makes it a reply (`{reply_to}`) or a change (`{type, target, emoji}`).
+ */
+export function postMessage(token, room, body, id, { signal, extra = null } = {}) {
+  return request("POST", roomPath(room, "messages"), { token, body: { body, id, ...(extra ?? {}) }, signal });
 }
 
 export function postTyping(token, room) {
