@@ -301,7 +301,7 @@ def _row_to_draft(row: Any) -> Draft:
         state = _row_to_draft(tuple(row[i] for i in range(_NUM_COLUMNS, 2 * _NUM_COLUMNS)))
     return dataclasses.replace(
         draft, kind=kind, target=target, emoji=emoji, reply_to=reply_to,
-        reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,  # type: ignore[arg-type]
+        reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,
         edited=edited, deleted=bool(deleted), reactions=reactions_from_json(orjson.loads(reactions)),
         state=state,
     )

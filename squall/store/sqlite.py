@@ -199,7 +199,7 @@ def _row_to_draft(row: Any) -> Draft:
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
         previews=tuple(orjson.loads(previews)), kind=kind, target=target, emoji=emoji,
-        reply_to=reply_to, reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,  # type: ignore[arg-type]
+        reply_to=reply_to, reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,
         edited=edited, deleted=bool(deleted), reactions=reactions_from_json(orjson.loads(reactions)),
         state=state,
     )
