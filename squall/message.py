@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "Draft", "LinkPreview", "ChangeRules", "MESSAGE", "CHANGE_KINDS", "BODY_KINDS", "SNIPPET_CHARS",
-    "reactions_from_json", "wire_mentions",
+    "reactions_from_json", "wire_mentions", "REACTORS_LISTED",
 ]
 
 MESSAGE = "message"
@@ -31,6 +31,12 @@ CHANGE_KINDS = ("edit", "delete", "react", "unreact")
 BODY_KINDS = (MESSAGE, "edit")
 # How much of the message a reply quotes (characters of its body).
 SNIPPET_CHARS = 100
+# Nicks listed per emoji in a message's `reactions` on the wire (the first to
+# react); `reaction_counts` has the full counts. The store keeps them all. It
+# bounds the frame a reaction costs every member: at most max_reactions x this
+# nicks, however many thousands react (a frame must stay far below the
+# outbound_bytes a slow member's buffer is cut at, and the link's line limit).
+REACTORS_LISTED = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,7 +118,8 @@ class Draft:
         if self.deleted:
             wire["deleted"] = True
         if self.reactions:
-            wire["reactions"] = {emoji: list(nicks) for emoji, nicks in self.reactions}
+            wire["reactions"] = {emoji: list(nicks[:REACTORS_LISTED]) for emoji, nicks in self.reactions}
+            wire["reaction_counts"] = {emoji: len(nicks) for emoji, nicks in self.reactions}
         return wire
 
     def _change_to_wire(self) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def test_changes_live_over_websocket_and_in_history(
             assert (react["type"], react["kind"], react["seq"], react["target"], react["nick"]) == (
                 "change", "react", 2, 1, "bob")
             assert react["message"]["reactions"] == {"👍": ["bob"]}
+            assert react["message"]["reaction_counts"] == {"👍": 1}
             assert react["message"]["seq"] == 1 and react["message"]["body"] == "hello @bob"
 
             refused = await ws_ask(b, {"type": "edit", "room": room, "id": "e0", "target": 1, "body": "mine"})

@@ -87,3 +87,11 @@ def test_edit_window_is_by_the_edits_ts() -> None:
     assert apply_change(message, edit, rules).refusal is None  # the author, case-insensitively, just in time
     late = apply_change(message, Draft(room="r", nick="alice", id="e", body="x", ts=1501, kind="edit", target=1), rules)
     assert late.refusal is not None and late.refusal[0] == "edit_window"
+
+
+def test_a_messages_reactions_are_bounded_on_the_wire() -> None:
+    nicks = tuple(f"user{n}" for n in range(250))
+    message = Draft(room="r", nick="alice", id="m", body="hi", ts=1, seq=1, reactions=(("👍", nicks), ("🎉", ("bob",))))
+    wire = message.to_wire()
+    assert wire["reactions"] == {"👍": list(nicks[:100]), "🎉": ["bob"]}
+    assert wire["reaction_counts"] == {"👍": 250, "🎉": 1}

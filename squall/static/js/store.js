@@ -21,6 +21,12 @@ export function sameNick(a, b) {
   return typeof a === "string" && typeof b === "string" && a.toLowerCase() === b.toLowerCase();
 }
 
+/** Whether `me` reacted to `message` with `emoji` (listed, or known from our own changes). */
+export function reactedBy(message, emoji, me) {
+  if (message.myReactions?.has(emoji)) return true;
+  return (message.reactions.get(emoji) ?? []).some((nick) => sameNick(nick, me));
+}
+
 export class Room {
   constructor(name) {
     this.name = name;
@@ -97,10 +103,15 @@ function fromWire(event) {
 /** What edits, deletes, reactions and replies add to a message (docs/protocol.md, "Changes"). */
 function eventFields(event) {
   const snippet = event.reply_snippet;
+  // `reactions` lists the first 100 nicks per emoji; `reaction_counts` counts them all.
   const reactions = new Map();
+  const reactionCounts = new Map();
+  const counts = event.reaction_counts && typeof event.reaction_counts === "object" ? event.reaction_counts : {};
   if (event.reactions && typeof event.reactions === "object") {
     for (const [emoji, nicks] of Object.entries(event.reactions)) {
-      if (Array.isArray(nicks) && nicks.length) reactions.set(emoji, nicks.map(String));
+      if (!Array.isArray(nicks) || !nicks.length) continue;
+      reactions.set(emoji, nicks.map(String));
+      reactionCounts.set(emoji, typeof counts[emoji] === "number" ? counts[emoji] : nicks.length);
     }
   }
   return {
@@ -109,6 +120,7 @@ function eventFields(event) {
     edited: event.edited === true,
     deleted: event.deleted === true,
     reactions,
+    reactionCounts,
   };
 }
 
@@ -261,7 +273,16 @@ export class ChatStore {
     Object.assign(target, {
       body: state.body, html: state.html, mentions: state.mentions, links: state.links, previews: state.previews,
       replySnippet: state.replySnippet, edited: state.edited, deleted: state.deleted, reactions: state.reactions,
+      reactionCounts: state.reactionCounts,
     });
+    // Our own reactions, remembered from our changes: past the first 100 reactors
+    // the state does not list us.
+    if (sameNick(event.nick, this.me) && (event.kind === "react" || event.kind === "unreact")) {
+      target.myReactions ??= new Set();
+      if (event.kind === "react") target.myReactions.add(event.emoji);
+      else target.myReactions.delete(event.emoji);
+    }
+    for (const emoji of target.myReactions ?? []) if (!target.reactions.has(emoji)) target.myReactions.delete(emoji);
     const touched = [target];
     if (target.deleted) {
       for (const message of room.messages) {
@@ -285,7 +306,7 @@ export class ChatStore {
 
   /** Whether we reacted to `message` with `emoji`. */
   reacted(message, emoji) {
-    return (message.reactions.get(emoji) ?? []).some((nick) => sameNick(nick, this.me));
+    return reactedBy(message, emoji, this.me);
   }
 
   /** An `update` with link previews; returns the message it belongs to (an edit's: `target`). */

@@ -3,7 +3,7 @@
 // server's `html`, which the server has sanitised (nh3) and which is the reason
 // the server renders at all.
 
-import { COMMON_EMOJI, MessageState, sameNick } from "./store.js";
+import { COMMON_EMOJI, MessageState, reactedBy, sameNick } from "./store.js";
 
 const NEAR_BOTTOM_PX = 80;
 const NICK_COLOURS = 8;
@@ -348,7 +348,8 @@ export class ChatView {
     const box = el("div", "reactions");
     box.dataset.testid = "reactions";
     for (const [emoji, nicks] of message.reactions) {
-      const mine = nicks.some((nick) => sameNick(nick, me));
+      const mine = reactedBy(message, emoji, me);
+      const count = message.reactionCounts.get(emoji) ?? nicks.length;
       const chip = el("button", "reaction");
       chip.type = "button";
       chip.dataset.testid = "reaction";
@@ -356,8 +357,8 @@ export class ChatView {
       chip.dataset.seq = String(message.seq);
       chip.setAttribute("aria-pressed", mine ? "true" : "false");
       chip.title = nicks.join(", ");
-      chip.setAttribute("aria-label", this.t.t("events.reactionLabel", { emoji, count: nicks.length, nicks: nicks.join(", ") }));
-      chip.append(el("span", "reaction-emoji", emoji), el("span", "reaction-count", String(nicks.length)));
+      chip.setAttribute("aria-label", this.t.t("events.reactionLabel", { emoji, count, nicks: nicks.join(", ") }));
+      chip.append(el("span", "reaction-emoji", emoji), el("span", "reaction-count", String(count)));
       box.append(chip);
     }
     return box;
