@@ -21,7 +21,7 @@ from squall.processor.stages import BatchWriter, Render, Validate
 from squall.queue.client import QueueClient
 from squall.queue.worker import QueueWorker
 from squall.store.sqlite import SQLiteStore
-from support import REDIS_URL, TIMEOUT, run_async
+from support import REDIS_URL, TIMEOUT, ChatClient, SquallProcess, http, run_async
 
 pytestmark = pytest.mark.redis
 
@@ -81,3 +81,41 @@ def test_changes_through_the_queue(tmp_path: Path, redis_prefix: str) -> None:
         assert sorted({m["seq"] for m in published}) == [1, 2, 3, 4, 5, 6]
 
     run_async(scenario())
+
+
+def test_changes_through_squall_web_and_processor_with_queue(tmp_path: Path, redis_prefix: str) -> None:
+    """``squall processor --queue`` and ``squall web --queue`` as real processes:
+    an edit and a reaction go through Redis Streams, with the edit_window the
+    processor was given, and come back to a member as changes."""
+    env = {"SQUALL_QUEUE": REDIS_URL, "SQUALL_QUEUE_PREFIX": redis_prefix, "SQUALL_EDIT_WINDOW": "600"}
+    processor = SquallProcess(tmp_path, "processor", env=env)
+    processor.start()
+    web = SquallProcess(tmp_path, "web", env=env)
+    try:
+        web.start()
+        alice, bob = web.session("alice"), web.session("bob")
+
+        async def scenario() -> list[dict[str, Any]]:
+            member = await ChatClient.connect(web.address, bob)
+            try:
+                await member.join("queued")
+                for token, body in (
+                    (alice, {"body": "hello", "id": "q1"}),
+                    (bob, {"type": "react", "id": "q2", "target": 1, "emoji": "👍"}),
+                    (alice, {"type": "edit", "id": "q3", "target": 1, "body": "hello there"}),
+                ):
+                    response = await http(web.address, "POST", "/api/rooms/queued/messages", token=token, json_body=body)
+                    assert response.status == 200, response.body
+                forbidden = await http(web.address, "POST", "/api/rooms/queued/messages", token=bob,
+                                       json_body={"type": "edit", "id": "q4", "target": 1, "body": "mine"})
+                assert forbidden.status == 403 and forbidden.json()["code"] == "forbidden"
+                return [await member.recv_until(lambda f: f["type"] in ("message", "change")) for _ in range(3)]
+            finally:
+                await member.close()
+
+        events = run_async(scenario())
+    finally:
+        web.stop()
+        processor.stop()
+    assert [(e["type"], e["seq"]) for e in events] == [("message", 1), ("change", 2), ("change", 3)]
+    assert events[2]["message"]["body"] == "hello there" and events[2]["message"]["reactions"] == {"👍": ["bob"]}
