@@ -1,7 +1,7 @@
 """Edits, deletes, reactions and replies in real Chromium pages (issue 12,
-items 3-5): one person over WebSocket, one over long-polling (and one page in
-Chinese), each seeing the other's changes live; keyboard only where a person
-would use the keyboard (Up-arrow edit, Escape, the emoji picker)."""
+items 3-5): one person over WebSocket, one over long-polling or SSE (that page
+in Chinese), each seeing the other's changes live; keyboard only where a
+person would use the keyboard (Up-arrow edit, Escape, the emoji picker)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ def item(chat: Any, text: str) -> Any:
     return chat.page.locator("#messages li[data-seq]").filter(has=body)
 
 
-def test_edit_delete_react_and_reply(server: Any, open_chat: Any) -> None:
-    alice = open_chat(server, "alice-ev")
-    bob = open_chat(server, "bob-ev", transport="longpoll", locale="zh-CN")
+@pytest.mark.parametrize("transport", ["longpoll", "sse"])
+def test_edit_delete_react_and_reply(server: Any, open_chat: Any, transport: str) -> None:
+    alice = open_chat(server, f"alice-{transport}")
+    bob = open_chat(server, f"bob-{transport}", transport=transport, locale="zh-CN")
     for chat in (alice, bob):
-        chat.join("events")
+        chat.join(f"events-{transport}")
         chat.wait_open()
     alice.send_confirmed("teh first message")
     alice.send_confirmed("second one")
@@ -72,7 +73,7 @@ def test_edit_delete_react_and_reply(server: Any, open_chat: Any) -> None:
     # Bob replies to the edited message; both see the quote, which jumps to the original.
     target.hover()
     target.locator("[data-testid=reply-button]").click()
-    expect(bob.page.locator("#composer-context")).to_contain_text("alice-ev")
+    expect(bob.page.locator("#composer-context")).to_contain_text(f"alice-{transport}")
     bob.page.locator("#composer").fill("agreed")
     bob.page.locator("#composer").press("Enter")
     for chat in (alice, bob):
