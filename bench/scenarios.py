@@ -353,6 +353,11 @@ class _SendClock:
         self._sent_at[cid] = time.perf_counter()
         sender.send_message(room, cid, body)
 
+    def send_frame(self, sender: WSClient, frame: dict[str, Any]) -> None:
+        """Any frame with an ``id`` that is acked like a send (a reaction, an edit)."""
+        self._sent_at[str(frame["id"])] = time.perf_counter()
+        sender.send_json(frame)
+
     def on_ack(self, client: WSClient, cid: str, seq: int) -> None:
         self._seq_sent_at[seq] = self._sent_at[cid]
 
@@ -467,6 +472,97 @@ async def one_in_flight_500(target: Target, options: Options) -> dict[str, Any]:
 
 async def one_in_flight_2000(target: Target, options: Options) -> dict[str, Any]:
     return await _one_in_flight(target, options, 2000)
+
+
+# Message events: one room, N subscribers, ONE in flight as in one-in-flight;
+# first new messages, then reactions (react and unreact by turns) to the first
+# message. A change is a room event like a message (docs/protocol.md,
+# "Changes"): the same path through processor, store, bus and fan-out, and a
+# frame of about the same size (the target's state, here a short message with
+# one reaction). So per delivery a reaction should cost what a message does;
+# the headline is the ratio.
+
+EVENTS_EMOJI = "\U0001f44d"
+
+
+async def _events(target: Target, options: Options, n: int) -> dict[str, Any]:
+    n = options.clients or n
+    server = await target.start("ws")
+    clients: list[WSClient] = []
+    try:
+        loop = asyncio.get_running_loop()
+        tally = Tally(n)
+        clock = _SendClock()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def on_ack(client: WSClient, cid: str, seq: int) -> None:
+            clock.on_ack(client, cid, seq)
+            if not acked.done():
+                acked.set_result(None)
+
+        timings: dict[str, float] = {}
+        clients = await _timed_clients(target, server, n, "events", tally, clock, on_ack, timings)
+        sender = clients[n]
+        sent = 0
+        stalled = False
+        phases: dict[str, dict[str, Any]] = {}
+        with _collector_paused():
+            for phase in ("message", "change"):
+                meter = _Meter(server)
+                end = meter.start + options.duration / 2
+                first_sent, first_arrival = sent, len(clock.arrivals)
+                while time.perf_counter() < end and not stalled:
+                    acked = loop.create_future()
+                    if phase == "message":
+                        clock.send(sender, "events", f"m{sent}", BODY + str(sent))
+                    else:
+                        kind = "react" if (sent - first_sent) % 2 == 0 else "unreact"
+                        clock.send_frame(sender, {
+                            "type": kind, "room": "events", "id": f"c{sent}", "target": 1, "emoji": EVENTS_EMOJI,
+                        })
+                    sent += 1
+                    if not await tally.wait_completed(sent, STALL_TIMEOUT):
+                        stalled = True
+                        break
+                    try:
+                        await asyncio.wait_for(acked, STALL_TIMEOUT)
+                    except TimeoutError:
+                        stalled = True
+                figures = meter.figures()
+                count = sent - first_sent
+                phases[phase] = {
+                    "messages": count, **figures, **_per_delivery(figures, count * n, count),
+                    **_percentiles(clock.latencies(first_arrival)),
+                }
+        result = {"clients": n, "messages": sent, **timings}
+        result |= _counts(clients[:n], [sent] * n)
+        result["ok"] = result["ok"] and not stalled and not sender.errors and phases["change"]["messages"] > 0
+        for phase, figures in phases.items():
+            for key in ("cpu_us_per_delivery", "web_cpu_us_per_delivery", "p50_ms", "p99_ms", "messages"):
+                if key in figures:
+                    result[f"{phase}_{key}"] = figures[key]
+        total_s = sum(figures["elapsed_s"] for figures in phases.values())
+        total = {
+            "elapsed_s": total_s,
+            "server_cpu_s": sum(f["server_cpu_s"] for f in phases.values()),
+            "web_cpu_s": sum(f["web_cpu_s"] for f in phases.values()),
+            "loadgen_cpu": sum(f["loadgen_cpu"] * f["elapsed_s"] for f in phases.values()) / max(total_s, 1e-9),
+        }
+        if all("processor_cpu_s" in f for f in phases.values()):
+            total["processor_cpu_s"] = sum(f["processor_cpu_s"] for f in phases.values())
+            result["processor_cpu_s"] = round(total["processor_cpu_s"], 4)
+        result |= _per_delivery(total, int(result["deliveries"]), sent)
+        result["change_vs_message"] = round(
+            phases["change"]["cpu_us_per_delivery"] / max(phases["message"]["cpu_us_per_delivery"], 1e-9), 3
+        )
+        return result
+    finally:
+        _close_all(clients)
+        await server.stop()
+
+
+async def events_2000(target: Target, options: Options) -> dict[str, Any]:
+    return await _events(target, options, 2000)
 
 
 # Latency: 2 messages a second to 2000 subscribers, send -> arrival at each.
@@ -1044,6 +1140,15 @@ SCENARIOS: dict[str, Scenario] = {
                  (("messages_per_s", "msgs/s"),),
                  figure="deliveries/s: subscribers x messages / time from first send to last delivery",
                  reference=COALESCING_CEILING),
+        Scenario("events-2000", "events", events_2000, "change_vs_message", "x message", False,
+                 "one room, 2000 subscribers, ONE in flight: new messages, then reactions to the first "
+                 "(react/unreact by turns), half the time each",
+                 (("message_cpu_us_per_delivery", "message us/deliv"),
+                  ("change_cpu_us_per_delivery", "reaction us/deliv"),
+                  ("message_p50_ms", "message p50 ms"), ("change_p50_ms", "reaction p50 ms")),
+                 figure="CPU us per delivery of a reaction / of a new message (web node + processor);"
+                        " goal: at most about 1",
+                 reference="squall"),
         Scenario("latency", "ws", None, "p99_ms", "ms p99", False,
                  "2 msg/s to 2000 subscribers, one message at a time; targets side by side, taking turns",
                  (("p50_ms", "p50 ms"), ("max_ms", "max ms")), together=latency,

@@ -269,7 +269,8 @@ class WebsocketsTarget(Target):
 
 class SquallTarget(Target):
     name = "squall"
-    kinds = frozenset({"ws", "longpoll", "processor", "processors", "cluster"})
+    # "events": edits and reactions, which only Squall speaks.
+    kinds = frozenset({"ws", "longpoll", "processor", "processors", "cluster", "events"})
 
     def _command(self) -> str | None:
         sibling = Path(sys.executable).with_name("squall")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import BadRequest, ConfigError
 from .identity import MAX_PASSWORD_CHARS
 
 __all__ = [
@@ -160,6 +160,11 @@ class Settings:
     filter_file: str = ""  # "" → no keyword filter
     filter_action: str = "mask"  # for terms without their own action: mask or reject
     room_mentions: bool = True  # @room mentions everyone who has posted in the room
+
+    # Message events (docs/protocol.md, "Changes"): edits, deletes, reactions.
+    edit_window: float = 900.0  # seconds after sending during which its author may edit a message; 0: never
+    max_reactions: int = 20  # distinct emoji one message may carry
+    admins: tuple[str, ...] = ()  # nicks of server admins, who may moderate (delete in) every room
     preview_allow: tuple[str, ...] = ()  # CIDRs or host[:port] exempt from the SSRF rules
     preview_timeout: float = 5.0
     preview_max_bytes: int = 1024 * 1024
@@ -331,6 +336,8 @@ _AT_LEAST: tuple[tuple[str, float, bool], ...] = (
     ("upload_max_bytes", 0, False), ("upload_quota_bytes", 0, False), ("upload_max_pixels", 0, False),
     ("upload_concurrency", 0, False), ("upload_rate", 0, False), ("upload_burst", 0, False),
     ("upload_workers", 0, False),
+
+    ("edit_window", 0, True), ("max_reactions", 0, False),
 )
 
 
@@ -352,6 +359,13 @@ def _check(settings: Settings) -> None:
             f"presence_ttl ({settings.presence_ttl}) must be at least twice presence_heartbeat"
             f" ({settings.presence_heartbeat}): a node must miss a heartbeat before it counts as dead"
         )
+    from .protocol import check_nick  # protocol imports nothing of config; config loads first
+
+    for nick in settings.admins:
+        try:
+            check_nick(nick)
+        except BadRequest as exc:
+            raise ConfigError(f"admins: {exc.reason}") from None
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be 0-65535, got {settings.port}")
     for name in ("host", "data_dir"):

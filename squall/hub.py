@@ -62,6 +62,14 @@ its cursor; parked pollers wait for a message after theirs anyway.
 Link-preview updates come once per web node that heard of them from a
 processor: the hub passes on the first for each message and drops the rest,
 and holds one that arrives before its message until the message is delivered.
+An edit's previews come as an update with the edit's own seq (and the edited
+message as ``target``), so an edited message's new previews are not taken for
+a second copy of its first ones.
+
+Edits, deletes and reactions (``{"type": "change"}``) are messages to the hub:
+each has its seq in the room's one order and goes through all of the above,
+ordering, gap filling, catch-up and polls, with nothing of its own. That is
+what makes a resume with ``since`` bring the changes to what a client holds.
 
 Long-pollers wait on a room by cursor; every poller waiting on the same cursor
 is answered with the same encoded body. An answer's ``seq`` is the cursor to
@@ -82,7 +90,7 @@ import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -393,11 +401,25 @@ class Hub:
 
     def _apply_update(self, room: Room, update: Broadcast) -> None:
         """Link previews arrived for a message: the copy in memory gets them too,
-        so later joins and polls served from memory carry them, as the store does."""
+        so later joins and polls served from memory carry them, as the store does.
+        An edit's previews (``target`` set) go to the edited message and to the
+        state the edit carries."""
         self._forget_pages(room.name)  # shared catch-up pages hold the old copy
         event = orjson.loads(update.payload)
-        seq = event.get("seq")
-        if not room.recent or not isinstance(seq, int):
+        seq, target, links = event.get("seq"), event.get("target"), event.get("links", [])
+        if not isinstance(seq, int):
+            return
+        if isinstance(target, int):
+            self._patch_recent(room, target, lambda message: message.__setitem__("previews", links))
+            self._patch_recent(room, seq, lambda change: isinstance(change.get("message"), dict)
+                               and change["message"].__setitem__("previews", links))
+        else:
+            self._patch_recent(room, seq, lambda message: message.__setitem__("previews", links))
+
+    @staticmethod
+    def _patch_recent(room: Room, seq: int, patch: Callable[[dict[str, Any]], object]) -> None:
+        """Change the copy of message ``seq`` in the room's recent buffer, if it is there."""
+        if not room.recent:
             return
         first = room.recent[0].seq
         if first is None or not first <= seq <= room.last_seq:
@@ -407,7 +429,7 @@ class Hub:
         if old.seq != seq:
             return
         message = orjson.loads(old.payload)
-        message["previews"] = event.get("links", [])
+        patch(message)
         room.recent[index] = Broadcast(room.name, seq, orjson.dumps(message), mentions=old.mentions)
 
     def _advance(self, room: Room, broadcast: Broadcast) -> None:

@@ -18,6 +18,12 @@ a lone surrogate escape (``"\ud83d"``), which is no Unicode text and which
 orjson refuses with the whole frame. Only then is the text read again with the
 standard parser, to find the id and say "bad body"; a command read that way is
 never returned.
+
+Changes to a message — ``edit``, ``delete``, ``react``, ``unreact`` — are one
+command, :class:`Change`, with the ``kind`` and the ``target`` seq; they take
+a client ``id`` as sends do, and a refusal carries it the same way. A reaction
+is one emoji as Unicode's emoji data (the ``emoji`` package) has it, skin tones
+and ZWJ sequences included.
 """
 
 from __future__ import annotations
@@ -27,14 +33,16 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+import emoji as emoji_data
 import orjson
 
 from .errors import BadRequest, ClientError, Rejected
 
 __all__ = [
-    "Join", "Leave", "Send", "Typing", "Ping", "Command",
+    "Join", "Leave", "Send", "Change", "Typing", "Ping", "Command", "check_seq", "check_emoji",
+    "MAX_EMOJI_CHARS", "MAX_SEQ",
     "parse_command", "parse_send_body", "check_room", "check_nick", "nick_key", "check_client_id",
     "int_param", "float_param", "member_cursor", "MAX_CLIENT_ID", "MAX_NICK", "MAX_MEMBER_CURSOR",
     "BIDI_CONTROLS", "CANARY_ROOM", "check_link_room", "MAX_ATTACHMENTS", "check_attachment_ids",
@@ -44,6 +52,11 @@ MAX_NICK = 32
 # Files one message may carry.
 MAX_ATTACHMENTS = 8
 _FILE_ID = re.compile(r"f_[A-Za-z0-9_-]{22}")
+# The longest emoji sequence Unicode lists is 10 code points (a family or a
+# kiss with skin tones); anything much longer is no single emoji.
+MAX_EMOJI_CHARS = 16
+# A seq a client may name: JSON numbers past 2**53 lose precision in browsers.
+MAX_SEQ = 2**53
 MAX_CLIENT_ID = 64
 # A members cursor is a casefolded nick, and case folding may triple a
 # character's length ("\ufb03", the ffi ligature, folds to "ffi").
@@ -83,6 +96,20 @@ class Send:
     body: str
     id: str
     attachments: tuple[str, ...] = ()  # file ids from POST /api/files, the sender's own
+    reply_to: int | None = None  # the seq of the message this one answers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """An ``edit`` (with ``body``), ``delete``, ``react`` or ``unreact`` (with
+    ``emoji``) of message ``target`` in ``room``."""
+
+    kind: str
+    room: str
+    id: str
+    target: int
+    body: str = ""
+    emoji: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,7 +122,7 @@ class Ping:
     pass
 
 
-Command = Join | Leave | Send | Typing | Ping
+Command = Join | Leave | Send | Change | Typing | Ping
 
 
 def _refuse_bidi(text: str, what: str, code: str) -> None:
@@ -177,20 +204,30 @@ def parse_command(text: str | bytes) -> Command:
         raise BadRequest(f"unknown type {kind!r}; known types are {known}", code="unknown_type")
     command = parser(data)
     if refused is not None:  # read by the lenient parser: refused all the same
-        if isinstance(command, Send):
+        if isinstance(command, (Send, Change)):
             refused.id = command.id
         raise refused
     return command
 
 
-def parse_send_body(room: str, body: bytes) -> Send:
-    """``POST /api/rooms/<room>/messages``: the path's room and the JSON body's
-    ``body`` and ``id`` as a :class:`Send`, or :class:`ClientError` (with the
-    ``id`` whenever it could be read)."""
+def parse_send_body(room: str, body: bytes) -> Send | Change:
+    """``POST /api/rooms/<room>/messages``: the path's room and the JSON body as
+    a :class:`Send` (``type`` absent or ``"send"``: ``body``, ``id``, optional
+    ``reply_to``) or a :class:`Change` (``type`` edit, delete, react or unreact),
+    or :class:`ClientError` (with the ``id`` whenever it could be read)."""
     data, refused = _load(body, "request body")
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {_kind(data)}", code="bad_json")
-    command = _with_readable_id(data, lambda: _send_fields(room, data, "the request body"))
+    kind = data.get("type", "send")
+    command: Send | Change
+    if kind == "send":
+        command = _with_readable_id(data, lambda: _send_fields(room, data, "the request body"))
+    elif isinstance(kind, str) and kind in _CHANGE_KINDS:
+        command = _with_readable_id(data, lambda: _change_fields(kind, room, data))
+    else:
+        raise BadRequest(
+            f"type must be send, {', '.join(_CHANGE_KINDS)}; got {str(kind)[:40]!r}", code="unknown_type"
+        )
     if refused is not None:
         refused.id = command.id
         raise refused
@@ -236,7 +273,10 @@ def _parse_send(data: Mapping[str, Any]) -> Send:
     return _with_readable_id(data, lambda: _send_fields(_required(data, "room"), data, "'send' frame"))
 
 
-def _with_readable_id(data: Mapping[str, Any], parse: Callable[[], Send]) -> Send:
+_T = TypeVar("_T", Send, Change)
+
+
+def _with_readable_id(data: Mapping[str, Any], parse: Callable[[], _T]) -> _T:
     """``parse()``; a refusal it raises names ``data``'s id if that is a valid one."""
     try:
         return parse()
@@ -261,8 +301,12 @@ def _send_fields(room: object, data: Mapping[str, Any], where: str) -> Send:
     if "id" not in data:
         raise BadRequest(f"{where} needs an 'id' field", code="bad_field")
     attachments = check_attachment_ids(data.get("attachments", []))
-    return Send(room=room, body=body, id=check_client_id(data["id"]), attachments=attachments)
-
+    cid = check_client_id(data["id"])
+    reply_to = data.get("reply_to")
+    return Send(
+        room=room, body=body, id=cid, attachments=attachments,
+        reply_to=None if reply_to is None else check_seq(reply_to, "reply_to"),
+    )
 
 def check_attachment_ids(value: object) -> tuple[str, ...]:
     """A send's ``attachments``: at most :data:`MAX_ATTACHMENTS` distinct file ids."""
@@ -281,6 +325,51 @@ def check_attachment_ids(value: object) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise BadRequest("attachments names a file twice", code="bad_attachment")
     return tuple(value)
+
+
+
+_CHANGE_KINDS = ("edit", "delete", "react", "unreact")
+
+
+def _parse_change(data: Mapping[str, Any]) -> Change:
+    kind = str(data["type"])
+    return _with_readable_id(data, lambda: _change_fields(kind, _required(data, "room"), data))
+
+
+def _change_fields(kind: str, room: object, data: Mapping[str, Any]) -> Change:
+    room = check_room(room)
+    cid = check_client_id(_required(data, "id", kind))
+    target = check_seq(_required(data, "target", kind), "target")
+    if kind == "edit":
+        body = _required(data, "body", kind)
+        if not isinstance(body, str):
+            raise BadRequest(f"body must be a string, got {_kind(body)}", code="bad_field")
+        surrogate = _SURROGATE.search(body)
+        if surrogate is not None:
+            raise Rejected(f"body {_lone_surrogate(surrogate)}", code="bad_body")
+        return Change(kind=kind, room=room, id=cid, target=target, body=body)
+    if kind in ("react", "unreact"):
+        return Change(kind=kind, room=room, id=cid, target=target, emoji=check_emoji(_required(data, "emoji", kind)))
+    return Change(kind=kind, room=room, id=cid, target=target)
+
+
+def check_seq(value: object, name: str) -> int:
+    """A message seq a client names (``target``, ``reply_to``): a whole number 1 to 2**53."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be a message's seq (a whole number), got {_kind(value)}", code="bad_field")
+    if not 1 <= value <= MAX_SEQ:
+        raise BadRequest(f"{name} must be between 1 and {MAX_SEQ}, got {value}", code="bad_field")
+    return value
+
+
+def check_emoji(value: object) -> str:
+    """One emoji, or :class:`BadRequest` ``bad_emoji``."""
+    if not isinstance(value, str):
+        raise BadRequest(f"emoji must be a string, got {_kind(value)}", code="bad_emoji")
+    if not 1 <= len(value) <= MAX_EMOJI_CHARS or not emoji_data.is_emoji(value):
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        raise BadRequest(f"{shown!r} is not one emoji", code="bad_emoji")
+    return value
 
 
 def _lone_surrogate(match: re.Match[str]) -> str:
@@ -302,14 +391,18 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
     "join": _parse_join,
     "leave": _parse_leave,
     "send": _parse_send,
+    "edit": _parse_change,
+    "delete": _parse_change,
+    "react": _parse_change,
+    "unreact": _parse_change,
     "typing": _parse_typing,
     "ping": _parse_ping,
 }
 
 
-def _required(data: Mapping[str, Any], name: str) -> Any:
+def _required(data: Mapping[str, Any], name: str, kind: str | None = None) -> Any:
     if name not in data:
-        raise BadRequest(f"{data.get('type')!r} frame needs a {name!r} field", code="bad_field")
+        raise BadRequest(f"{kind or data.get('type')!r} needs a {name!r} field", code="bad_field")
     return data[name]
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "idle-memory", "longpoll",
-             "processor", "filter", "cross-node", "uploads"]
-COUNTED = {"one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "longpoll"}
+             "processor", "filter", "cross-node", "uploads", "events-2000"]
+COUNTED = {"one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "longpoll", "events-2000"}
 # Where several messages are in flight, the coalescing ceiling is the reference, and runs.
 COALESCED = {"fanout-500", "rooms", "slow-client", "longpoll"}
-PER_DELIVERY = {"one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "longpoll"}
+PER_DELIVERY = {"one-in-flight-500", "fanout-500", "latency", "rooms", "slow-client", "longpoll", "events-2000"}
 CLIENTS = 4
 
 
@@ -47,8 +47,8 @@ def _expected_targets(name: str, targets: list[str]) -> set[str]:
         expected.discard("websockets")
     if name == "processor":
         expected.discard("ceiling-coalescing")
-    if name in ("cross-node", "uploads"):
-        expected &= {"squall"}  # Squall's own features: nothing to compare
+    if name in ("cross-node", "uploads", "events-2000"):
+        expected &= {"squall"}  # Squall's own features (two web nodes, uploads, reactions): nothing to compare
     return expected
 
 
@@ -74,7 +74,10 @@ def _check_counts(record: dict[str, Any], targets: list[str]) -> None:
             if name in ("one-in-flight-500", "fanout-500") and target != "websockets":
                 # Hundreds of messages stored, each batch fsync'd: well above the 10 ms the kernel counts in.
                 assert result["processor_cpu_s"] > 0, (name, target, result)
-            if name in ("one-in-flight-500", "fanout-500", "latency", "slow-client", "longpoll"):
+            if name == "events-2000":
+                assert result["message_messages"] > 0 and result["change_messages"] > 0, (target, result)
+                assert result["change_vs_message"] > 0, (target, result)
+            if name in ("one-in-flight-500", "fanout-500", "latency", "slow-client", "longpoll", "events-2000"):
                 assert result["expected"] == result["messages"] * CLIENTS, (name, target, result)
             if name == "one-in-flight-500":
                 assert result["p99_ms"] >= result["p50_ms"] > 0, (target, result)

@@ -83,7 +83,7 @@ def test_parse_command_refuses(frame: str | bytes, code: str) -> None:
 
 
 def test_unknown_type_names_the_known_ones() -> None:
-    with pytest.raises(BadRequest, match="join, leave, ping, send, typing"):
+    with pytest.raises(BadRequest, match="delete, edit, join, leave, ping, react, send, typing, unreact"):
         parse_command('{"type":"dance"}')
 
 

@@ -24,6 +24,7 @@ from ..config import Settings, parse_address
 from ..errors import ConfigError
 from ..handshake import link_key
 from ..metrics import ProcessorMetrics
+from ..message import ChangeRules
 from ..pipeline.mail import Deliverer, OutboxDeliverer, SmtpDeliverer
 from ..store import Store, open_store, redacted_url
 from ..web.auth import load_or_create_secret
@@ -195,6 +196,9 @@ def _storing(settings: Settings, metrics: ProcessorMetrics | None) -> tuple[Stor
     writer = BatchWriter(
         store, max_batch=settings.store_batch,
         notify_delay_ms=int(settings.notify_delay * 1000), on_commit=notifier.stored, metrics=metrics,
+        rules=ChangeRules(
+            edit_window_ms=int(settings.edit_window * 1000), max_reactions=settings.max_reactions
+        ),
     )
     return store, notifier, writer
 

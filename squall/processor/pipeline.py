@@ -8,6 +8,10 @@ from :data:`BUILTIN_STAGES`, or ``module:callable`` for a stage of your own.
 A named class is instantiated with the :class:`StageContext`; anything else
 callable is used as it is. docs/pipeline.md has a worked example.
 
+A change without a body (``delete``, ``react``, ``unreact``) runs through the
+``store`` stage alone: there is no text to filter, render or preview. An
+``edit`` runs through every stage, as a new message does.
+
 A stage that raises anything but ``Rejected`` is logged and the message is
 rejected with code ``internal``; the next message runs through the chain as
 usual. :class:`~squall.errors.StoreUnavailable` (the database could not be
@@ -26,7 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError, Rejected, StoreUnavailable
-from ..message import Draft
+from ..message import BODY_KINDS, Draft
 from ..store import Store
 from . import stages
 
@@ -105,6 +109,7 @@ class Pipeline:
 
     def __init__(self, stage_list: list[tuple[str, Stage]]) -> None:
         self.stages = stage_list
+        self._store_only = [(name, stage) for name, stage in stage_list if name == "store"]
 
     @classmethod
     def from_settings(cls, ctx: StageContext) -> Pipeline:
@@ -145,7 +150,8 @@ class Pipeline:
 
     async def run(self, message: Draft) -> Draft:
         """The processed message, or :class:`Rejected`."""
-        for name, stage in self.stages:
+        stages = self.stages if message.kind in BODY_KINDS else self._store_only
+        for name, stage in stages:
             try:
                 result = stage(message)
                 if not isinstance(result, Draft) and inspect.isawaitable(result):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config import Address
@@ -117,9 +117,13 @@ class ProcessorPool:
         return up[choose([link.address for link in up], room)]
 
     async def process(
-        self, *, room: str, nick: str, id: str, body: str, ts: int, attachments: Sequence[dict[str, Any]] = ()
+        self, *, room: str, nick: str, id: str, body: str, ts: int,
+        attachments: Sequence[dict[str, Any]] = (), event: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The processed message as a processor returned it.
+        """The processed message (or change) as a processor returned it.
+
+        ``event`` holds a change's or a reply's own fields (``kind``, ``target``,
+        ``emoji``, ``reply_to``, ``moderator``), sent along as they are.
 
         Raises :class:`~squall.errors.Rejected` when the pipeline refuses it and
         :class:`~squall.errors.Unavailable` when the table is full or no answer
@@ -131,7 +135,7 @@ class ProcessorPool:
                 raise Unavailable("the server is shutting down; retry with the same id")
             send = self.sends.start(room, nick, id, lambda ref: encode_line({
                 "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}),
+                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}), **(event or {}),
             }))
             self._link_for(room).carry(send)
         return await answer_of(

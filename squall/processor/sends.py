@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import Internal, Rejected, Unavailable
+from ..errors import ClientError, Forbidden, Internal, NotFound, Rejected, Unavailable
 from ..protocol import nick_key
 
 log = logging.getLogger("squall.link")
@@ -106,6 +106,14 @@ class PendingSends:
             del self._by_key[send.key]
 
 
+# The HTTP status of a refusal follows its code: a change to no message is 404,
+# one its sender may not make 403; the rest of the pipeline's refusals are 422.
+_ERRORS: dict[str, type[ClientError]] = {
+    "internal": Internal, "unavailable": Unavailable, "not_found": NotFound,
+    "forbidden": Forbidden, "edit_window": Forbidden,
+}
+
+
 def unavailable_answer(reason: str) -> dict[str, Any]:
     """An answer that makes :func:`answer_of` raise :class:`Unavailable` with ``reason``."""
     return {"op": "rejected", "code": "unavailable", "reason": reason}
@@ -129,7 +137,7 @@ async def answer_of(
         ) from None
     if answer["op"] == "rejected":
         code = str(answer.get("code", "rejected"))
-        error = {"internal": Internal, "unavailable": Unavailable}.get(code, Rejected)
+        error = _ERRORS.get(code, Rejected)
         raise error(str(answer.get("reason", "")), code=code)
     message: dict[str, Any] = answer["message"]
     return message

@@ -26,6 +26,7 @@ answers pile up all the same is cut off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -35,13 +36,15 @@ from typing import Any, cast
 from ..errors import BadRequest, HandshakeFailed, Rejected
 from ..handshake import HELLO_TIMEOUT_SECONDS, check_web_hello, new_nonce, processor_hello, welcome
 from ..lines import Line, LineReader, encode_line
-from ..message import Draft
 from ..files import MAX_NAME, is_file_id
-from ..protocol import MAX_ATTACHMENTS, check_client_id, check_link_room, check_nick, check_room
+from ..message import CHANGE_KINDS, MESSAGE, Draft
+from ..protocol import (
+    MAX_ATTACHMENTS, check_client_id, check_emoji, check_link_room, check_nick, check_room, check_seq,
+)
 from ..throttled_log import ThrottledLog
 from .pipeline import Pipeline
 
-__all__ = ["ProcessorServer", "MIN_TS", "MAX_TS", "parse_process", "parse_seen"]
+__all__ = ["ProcessorServer", "MIN_TS", "MAX_TS", "parse_process", "parse_seen", "parse_event_fields"]
 
 log = logging.getLogger("squall.processor")
 
@@ -178,7 +181,40 @@ def parse_process(request: dict[str, Any], *, max_body_chars: int) -> Draft | di
         return {"op": "rejected", "ref": ref, "code": "body_too_long",
                 "reason": f"message body has {length} characters, more than the limit"
                           f" of {max_body_chars}"}
-    return Draft(room=room, nick=nick, id=cid, body=body, ts=ts, attachments=attachments)
+    draft = Draft(room=room, nick=nick, id=cid, body=body, ts=ts, attachments=attachments)
+    event = parse_event_fields(request)
+    if isinstance(event, BadRequest):
+        return {"op": "rejected", "ref": ref, "code": event.code, "reason": event.reason}
+    return dataclasses.replace(draft, **event) if event else draft
+
+
+def parse_event_fields(request: dict[str, Any]) -> dict[str, Any] | BadRequest:
+    """The optional fields of a ``process`` that is a change or a reply
+    (``kind``, ``target``, ``emoji``, ``reply_to``, ``moderator``), checked as
+    the web node checks them, as :class:`Draft` fields; or the refusal."""
+    fields: dict[str, Any] = {}
+    kind = request.get("kind", MESSAGE)
+    if kind != MESSAGE:
+        if kind not in CHANGE_KINDS:
+            return BadRequest(f"kind must be one of {', '.join(CHANGE_KINDS)}", code="bad_field")
+        fields["kind"] = kind
+        try:
+            fields["target"] = check_seq(request.get("target"), "target")
+            if kind in ("react", "unreact"):
+                fields["emoji"] = check_emoji(request.get("emoji"))
+        except BadRequest as exc:
+            return exc
+        if request.get("moderator") is True:
+            fields["moderator"] = True
+    if request.get("reply_to") is not None:
+        if kind != MESSAGE:
+            return BadRequest("only a new message may be a reply", code="bad_field")
+        try:
+            fields["reply_to"] = check_seq(request["reply_to"], "reply_to")
+        except BadRequest as exc:
+            return exc
+    return fields
+
 
 
 # An attachment object's fields (squall.files.FileRecord.to_wire), as a web node sends them.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError, FilterFileError, Rejected, StoreUnavailable
-from ..message import Draft
+from ..message import ChangeRules, Draft
 from ..metrics import ProcessorMetrics
 from ..pipeline.filter import Action, FilterFile
 from ..pipeline.mentions import find_mentions, mark_mentions
@@ -173,23 +173,30 @@ class Previews:
         self.fetcher.close()
 
     def __call__(self, message: Draft) -> Draft:
-        if message.links and not message.duplicate and message.seq is not None:
-            task = asyncio.ensure_future(self._fetch(message.room, message.seq, message.links))
+        # An edit's links are previewed again: stored with the message it
+        # edited, and announced with the edit's own seq and that `target`, so
+        # that each update names a seq of its own (web nodes pass on one per seq).
+        links = message.state.links if message.kind == "edit" and message.state else message.links
+        if links and not message.duplicate and message.seq is not None and message.kind in ("message", "edit"):
+            task = asyncio.ensure_future(self._fetch(message.room, message.seq, links, message.target))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return message
 
-    async def _fetch(self, room: str, seq: int, links: tuple[str, ...]) -> None:
+    async def _fetch(self, room: str, seq: int, links: tuple[str, ...], target: int | None = None) -> None:
         results = await asyncio.gather(*(self.fetcher.fetch(url) for url in links))
         previews = [p.to_wire() for p in results if p is not None]
         if not previews:
             return
         try:
-            await self.store.save_previews(room, seq, previews)
+            await self.store.save_previews(room, target if target is not None else seq, previews)
         except Exception:
             log.exception("could not store previews for %s/%d", room, seq)
             return
-        self.send_update({"op": "updated", "room": room, "seq": seq, "links": previews})
+        update: dict[str, Any] = {"op": "updated", "room": room, "seq": seq, "links": previews}
+        if target is not None:
+            update["target"] = target
+        self.send_update(update)
 
 
 def make_fetcher(*, allow: tuple[str, ...], timeout: float, max_bytes: int, concurrency: int) -> PreviewFetcher:
@@ -210,8 +217,10 @@ class BatchWriter:
     def __init__(
         self, store: Store, *, max_batch: int = 512, notify_delay_ms: int | None = None,
         on_commit: Callable[[list[Draft]], None] | None = None, metrics: ProcessorMetrics | None = None,
+        rules: ChangeRules = ChangeRules(),
     ) -> None:
         self.store = store
+        self.rules = rules
         self.max_batch = max_batch
         self.notify_delay_ms = notify_delay_ms
         self.on_commit = on_commit
@@ -220,12 +229,17 @@ class BatchWriter:
         self._running = False
 
     async def save(self, message: Draft) -> Draft:
+        """``message`` as stored (with its seq), once committed; :class:`Rejected`
+        for a change or reply the store refused (no such target, not allowed)."""
         future: asyncio.Future[Draft] = asyncio.get_running_loop().create_future()
         self._queue.append((message, future))
         if not self._running:
             self._running = True
             asyncio.ensure_future(self._drain())
-        return await future
+        saved = await future
+        if saved.refusal is not None:
+            raise Rejected(saved.refusal[1], code=saved.refusal[0])
+        return saved
 
     async def _drain(self) -> None:
         try:
@@ -268,14 +282,16 @@ class BatchWriter:
         """One transaction: ``drafts`` as stored."""
         started = time.perf_counter()
         try:
-            saved = await self.store.save_messages(drafts, notify_delay_ms=self.notify_delay_ms)
+            saved = await self.store.save_messages(drafts, notify_delay_ms=self.notify_delay_ms, rules=self.rules)
         except Exception:
             if self.metrics is not None:
                 self.metrics.failed_commits.inc()
             raise
         if self.metrics is not None:
             self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
-            self.metrics.stored_messages.inc(sum(not message.duplicate for message in saved))
+            self.metrics.stored_messages.inc(
+                sum(not message.duplicate and message.refusal is None for message in saved)
+            )
         return saved
 
     def _committed(self, batch: list[tuple[Draft, asyncio.Future[Draft]]], saved: list[Draft]) -> None:

@@ -24,7 +24,7 @@ import logging
 import random
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -149,9 +149,13 @@ class QueueClient:
         self._tasks = [asyncio.ensure_future(self._write_loop()), asyncio.ensure_future(self._read_loop())]
 
     async def process(
-        self, *, room: str, nick: str, id: str, body: str, ts: int, attachments: Sequence[dict[str, Any]] = ()
+        self, *, room: str, nick: str, id: str, body: str, ts: int,
+        attachments: Sequence[dict[str, Any]] = (), event: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The processed message as a processor returned it.
+        """The processed message (or change) as a processor returned it.
+
+        ``event`` holds a change's or a reply's own fields (``kind``, ``target``,
+        ``emoji``, ``reply_to``, ``moderator``), sent along as they are.
 
         Raises :class:`~squall.errors.Rejected` when the pipeline refuses it and
         :class:`~squall.errors.Unavailable` when the table or the stream is
@@ -164,7 +168,7 @@ class QueueClient:
             node = self.node
             send = self.sends.start(room, nick, id, lambda ref: orjson.dumps({
                 "op": "process", "ref": ref, "node": node, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}),
+                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}), **(event or {}),
             }))
             if len(self._unwritten) >= self.sends.max_pending:
                 # Sends that timed out while Redis was away stay here until the

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..config import redacted_url
 from ..errors import ConfigError
 from ..files import FileRecord
-from ..message import Draft
+from ..message import ChangeRules, Draft
 from ..search import Candidate, SearchQuery
 
 __all__ = [
@@ -108,9 +108,16 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def save_messages(
-        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None,
+        rules: ChangeRules = ChangeRules(),
     ) -> list[Draft]:
         """Store a batch in one transaction and return it with ``seq`` filled in.
+
+        Changes (edits, deletes, reactions) and replies are checked against
+        their target inside the transaction (:func:`squall.changes.apply_change`,
+        under ``rules``): a refused one comes back with ``refusal`` set and no
+        seq, and nothing of it is stored; an accepted change comes back with
+        ``state``, its target as it is now, and the target row holds that state.
 
         A draft whose ``(room, nick, id)`` is already stored comes back as the
         stored original, with ``duplicate=True``. With ``notify_delay_ms``, each
@@ -122,10 +129,12 @@ class Store(Protocol):
         """The room's newest seq, 0 for a room with no messages."""
 
     async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
-        """Up to ``limit`` messages with seq > ``since``, oldest first."""
+        """Up to ``limit`` messages and changes with seq > ``since``, oldest
+        first; each change with ``state``, its target's current state."""
 
     async def messages_before(self, room: str, before: int | None, limit: int) -> list[Draft]:
-        """The ``limit`` newest messages with seq < ``before`` (all when None), oldest first."""
+        """The ``limit`` newest messages with seq < ``before`` (all when None),
+        oldest first, each in its current state; change rows are left out."""
 
     async def search(
         self, query: SearchQuery, *, room: str | None, pin: int | None, window: int

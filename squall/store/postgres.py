@@ -67,8 +67,9 @@ import asyncpg
 import orjson
 
 from ..errors import ConfigError, StoreUnavailable
+from ..changes import apply_change, reply_snippet
 from ..files import FileRecord
-from ..message import Draft
+from ..message import MESSAGE, ChangeRules, Draft, reactions_from_json
 from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHORT_QUERY_WINDOW, Candidate, SearchQuery
 from . import GuestSession, Notification, Registration, SearchWindow, User, like_escape, redacted_url
@@ -188,6 +189,22 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (sha256, room)
     );
     """,
+    # 7: message events (squall/changes.py): edits, deletes and reactions are rows
+    # of their own (kind, target, emoji) in the room's seq order; the target row
+    # holds the message's current state (edited, deleted, reactions). Replies
+    # carry the seq they answer and a snippet of it (JSON [nick, body] or NULL).
+    """
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    ALTER TABLE messages ADD COLUMN target BIGINT;
+    ALTER TABLE messages ADD COLUMN emoji TEXT;
+    ALTER TABLE messages ADD COLUMN reply_to BIGINT;
+    ALTER TABLE messages ADD COLUMN reply_snippet TEXT;
+    ALTER TABLE messages ADD COLUMN edited BIGINT;
+    ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX messages_by_target ON messages (room, target) WHERE target IS NOT NULL;
+    CREATE INDEX messages_by_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -220,8 +237,18 @@ def _is_conflict(exc: BaseException) -> bool:
 
 _T = TypeVar("_T")
 
-_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments"
-_EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+_COLUMNS = (
+    "room, seq, nick, cid, body, html, mentions, links, ts, previews,"
+    " kind, target, emoji, reply_to, reply_snippet, edited, deleted, reactions, attachments"
+)
+_NUM_COLUMNS = len(_COLUMNS.split(","))
+_M_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+_T_COLUMNS = ", ".join(f"t.{name.strip()}" for name in _COLUMNS.split(","))
+# A row and, for a change, its target's current state (history reads, resumes).
+_WITH_TARGET = (
+    f"SELECT {_M_COLUMNS}, {_T_COLUMNS} FROM messages AS m"
+    " LEFT JOIN messages AS t ON t.room = m.room AND t.seq = m.target"
+)
 _FILE_COLUMNS = "id, owner_key, sha256, ext, size, type, name, created, width, height, thumb"
 _NOTIFICATION_COLUMNS = (
     "n.id, n.nick_key, u.nick, u.email, n.room, n.seq, n.sender, n.body, n.ts, n.due, n.attempts, s.seq"
@@ -294,11 +321,28 @@ def _check_author(nick: str, what: str) -> None:
 
 
 def _row_to_draft(row: Any) -> Draft:
-    room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments = (row[i] for i in range(11))
-    return Draft(
+    """A row of :data:`_COLUMNS`; or of its first 10 and attachments (a batch's
+    earlier copy); followed (for a change read with :data:`_WITH_TARGET`) by its target's."""
+    room, seq, nick, cid, body, html, mentions, links, ts, previews = (row[i] for i in range(10))
+    attachments = row[10] if len(row) == 11 else row[_NUM_COLUMNS - 1] if len(row) >= _NUM_COLUMNS else "[]"
+    draft = Draft(
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
         previews=tuple(orjson.loads(previews)), attachments=tuple(orjson.loads(attachments)),
+    )
+    if len(row) < _NUM_COLUMNS:
+        return draft
+    kind, target, emoji, reply_to, snippet, edited, deleted, reactions = (
+        row[i] for i in range(10, _NUM_COLUMNS - 1)
+    )
+    state = None
+    if kind != MESSAGE and len(row) >= 2 * _NUM_COLUMNS and row[_NUM_COLUMNS + 1] is not None:
+        state = _row_to_draft(tuple(row[i] for i in range(_NUM_COLUMNS, 2 * _NUM_COLUMNS)))
+    return dataclasses.replace(
+        draft, kind=kind, target=target, emoji=emoji, reply_to=reply_to,
+        reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,
+        edited=edited, deleted=bool(deleted), reactions=reactions_from_json(orjson.loads(reactions)),
+        state=state,
     )
 
 
@@ -463,13 +507,19 @@ class PostgresStore:
     # -- messages ---------------------------------------------------------
 
     async def save_messages(
-        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None,
+        rules: ChangeRules = ChangeRules(),
     ) -> list[Draft]:
         if not drafts:
             return []
         for draft in drafts:
             _check_author(draft.nick, f"message {draft.room}/{draft.id}")
         batch = list(drafts)
+        if any(d.is_change or d.reply_to is not None for d in batch):
+            async def one_by_one(db: _DB) -> list[Draft]:
+                return await self._save_with_changes(db, batch, notify_delay_ms, rules)
+
+            return await self._run(f"storing {len(batch)} messages and changes", one_by_one, idempotent=True)
 
         async def work(db: _DB) -> list[Draft]:
             return await self._save_batch(db, batch, notify_delay_ms)
@@ -516,6 +566,105 @@ class PostgresStore:
             answered.add(key)
         return result
 
+    @staticmethod
+    async def _save_with_changes(
+        db: _DB, drafts: Sequence[Draft], notify_delay_ms: int | None, rules: ChangeRules
+    ) -> list[Draft]:
+        """A batch holding changes or replies, one draft at a time in one
+        transaction (a change reads what came before it). Each room's counter
+        row is locked before its target is read, so changes to one message
+        take turns, and a refused change takes no seq."""
+        result: list[Draft] = []
+        stored: dict[tuple[str, str, str], Draft] = {}
+        for draft in drafts:
+            key = (draft.room, nick_key(draft.nick), draft.id)
+            earlier = stored.get(key)
+            if earlier is None:
+                row = await db.fetchrow(
+                    f"{_WITH_TARGET} WHERE m.room = $1 AND m.nick_key = $2 AND m.cid = $3", *key
+                )
+                earlier = _row_to_draft(tuple(row)) if row is not None else None
+            if earlier is not None:
+                result.append(dataclasses.replace(earlier, duplicate=True))
+                continue
+            # Locks the room's counter (creating it): changes to one room take turns.
+            last = await db.fetchval(
+                "INSERT INTO rooms AS r (name, last_seq) VALUES ($1, 0)"
+                " ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq RETURNING last_seq", draft.room,
+            )
+            if draft.is_change or draft.reply_to is not None:
+                wanted = draft.target if draft.is_change else draft.reply_to
+                row = await db.fetchrow(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq = $2", draft.room, wanted
+                )
+                target = _row_to_draft(tuple(row)) if row is not None else None
+                if draft.is_change:
+                    applied = apply_change(target, draft, rules)
+                    if applied.refusal is not None or applied.state is None:
+                        result.append(dataclasses.replace(draft, refusal=applied.refusal))
+                        continue
+                    draft = dataclasses.replace(draft, state=applied.state, mentions=applied.added_mentions)
+                else:
+                    snippet, refusal = reply_snippet(draft, target)
+                    if refusal is not None:
+                        result.append(dataclasses.replace(draft, refusal=refusal))
+                        continue
+                    draft = dataclasses.replace(draft, reply_snippet=snippet)
+            seq = (last or 0) + 1
+            await db.execute(
+                "INSERT INTO rooms (name, last_seq) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq", draft.room, seq,
+            )
+            saved = dataclasses.replace(draft, seq=seq)
+            await db.execute(
+                "INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts,"
+                " kind, target, emoji, reply_to, reply_snippet, attachments)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                saved.room, seq, saved.nick, key[1], saved.id,
+                "" if saved.is_change else saved.body, "" if saved.is_change else saved.html,
+                _json(saved.mentions), _json(() if saved.is_change else saved.links), saved.ts,
+                saved.kind, saved.target, saved.emoji, saved.reply_to,
+                _json(saved.reply_snippet) if saved.reply_snippet else None,
+                _json(() if saved.is_change else saved.attachments),
+            )
+            if saved.state is not None:
+                await PostgresStore._write_state(db, saved)
+            if notify_delay_ms is not None and saved.mentions:
+                await db.execute(
+                    "INSERT INTO notifications (nick_key, room, seq, sender, body, ts, due)"
+                    " SELECT nick_key, $1, $2, $3, $4, $5, $6 FROM users"
+                    " WHERE nick_key = ANY($7::text[]) AND nick_key <> $8 AND email IS NOT NULL"
+                    " ON CONFLICT (nick_key, room, seq) DO NOTHING",
+                    saved.room, seq, saved.nick, saved.body, saved.ts, saved.ts + notify_delay_ms,
+                    [nick_key(n) for n in saved.mentions], key[1],
+                )
+            stored[key] = saved
+            result.append(saved)
+        return result
+
+    @staticmethod
+    async def _write_state(db: _DB, change: Draft) -> None:
+        """The target row takes the state ``change`` left it in (see SQLite's ``_resolve``)."""
+        state = change.state
+        assert state is not None
+        await db.execute(
+            "UPDATE messages SET body = $1, html = $2, mentions = $3, links = $4, previews = $5, edited = $6,"
+            " deleted = $7, reactions = $8, reply_snippet = $9 WHERE room = $10 AND seq = $11",
+            state.body, state.html, _json(state.mentions), _json(state.links), _json(state.previews),
+            state.edited, state.deleted, orjson.dumps({e: list(n) for e, n in state.reactions}).decode(),
+            _json(state.reply_snippet) if state.reply_snippet else None, change.room, change.target,
+        )
+        if change.kind == "delete":
+            await db.execute(
+                "UPDATE messages SET reply_snippet = NULL WHERE room = $1 AND reply_to = $2",
+                change.room, change.target,
+            )
+            await db.execute(
+                "UPDATE notifications SET state = 'skipped' WHERE room = $1 AND state = 'pending' AND"
+                " (seq = $2 OR seq IN (SELECT seq FROM messages WHERE room = $1 AND target = $2 AND kind = 'edit'))",
+                change.room, change.target,
+            )
+
     async def last_seq(self, room: str) -> int:
         rows = await self._fetch("reading a room's last seq", "SELECT last_seq FROM rooms WHERE name = $1", room)
         return int(rows[0][0]) if rows else 0
@@ -523,7 +672,7 @@ class PostgresStore:
     async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
         rows = await self._fetch(
             "reading history",
-            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            f"{_WITH_TARGET} WHERE m.room = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
             room, since, limit,
         )
         return [_row_to_draft(row) for row in rows]
@@ -532,7 +681,8 @@ class PostgresStore:
         bound = before if before is not None else 2**62
         rows = await self._fetch(
             "reading history",
-            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 AND kind = 'message'"
+            " ORDER BY seq DESC LIMIT $3",
             room, bound, limit,
         )
         return [_row_to_draft(row) for row in reversed(rows)]
@@ -572,7 +722,7 @@ class PostgresStore:
             return []
         rows = await self._fetch(
             "reading messages",
-            f"SELECT {_EARLIER_COLUMNS} FROM unnest($1::text[], $2::bigint[]) AS k(room, seq)"
+            f"SELECT {_M_COLUMNS} FROM unnest($1::text[], $2::bigint[]) AS k(room, seq)"
             " JOIN messages m ON m.room = k.room AND m.seq = k.seq",
             [k[0] for k in keys], [k[1] for k in keys],
         )
@@ -589,7 +739,7 @@ class PostgresStore:
         rows = await self._fetch(
             "reading a room's posters",
             "SELECT u.nick FROM users u WHERE u.nick_key IN"
-            " (SELECT DISTINCT m.nick_key FROM messages m WHERE m.room = $1) LIMIT $2",
+            " (SELECT DISTINCT m.nick_key FROM messages m WHERE m.room = $1 AND m.kind = 'message') LIMIT $2",
             room, limit,
         )
         return [row[0] for row in rows]

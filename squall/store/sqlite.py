@@ -42,8 +42,9 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from ..changes import apply_change, reply_snippet
 from ..files import FileRecord
-from ..message import Draft
+from ..message import MESSAGE, ChangeRules, Draft, reactions_from_json
 from ..protocol import CANARY_ROOM, nick_key
 from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
 from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
@@ -185,6 +186,22 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (sha256, room)
     ) WITHOUT ROWID;
     """,
+    # 7: message events (squall/changes.py): edits, deletes and reactions are rows
+    # of their own (kind, target, emoji) in the room's seq order; the target row
+    # holds the message's current state (edited, deleted, reactions). Replies
+    # carry the seq they answer and a snippet of it (JSON [nick, body] or NULL).
+    """
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    ALTER TABLE messages ADD COLUMN target INTEGER;
+    ALTER TABLE messages ADD COLUMN emoji TEXT;
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN reply_snippet TEXT;
+    ALTER TABLE messages ADD COLUMN edited INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX messages_by_target ON messages (room, target) WHERE target IS NOT NULL;
+    CREATE INDEX messages_by_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Tables (and prefixes of FTS5's shadow tables) that are the search index
@@ -195,7 +212,11 @@ _T = TypeVar("_T")
 # How long a connection waits for the other process's lock before failing.
 _BUSY_TIMEOUT_MS = 10_000
 
-_COLUMNS = "room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments"
+_COLUMNS = (
+    "room, seq, nick, cid, body, html, mentions, links, ts, previews,"
+    " kind, target, emoji, reply_to, reply_snippet, edited, deleted, reactions, attachments"
+)
+_NUM_COLUMNS = len(_COLUMNS.split(","))
 _FILE_COLUMNS = "id, owner_key, sha256, ext, size, type, name, created, width, height, thumb"
 # A Notification's fields, from notifications n JOIN users u LEFT JOIN seen s.
 _NOTIFICATION_COLUMNS = (
@@ -204,6 +225,12 @@ _NOTIFICATION_COLUMNS = (
 
 
 _EARLIER_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))
+_TARGET_COLUMNS = ", ".join(f"t.{name.strip()}" for name in _COLUMNS.split(","))
+# A row and, for a change, its target's current state (history reads, resumes).
+_WITH_TARGET = (
+    f"SELECT {_EARLIER_COLUMNS}, {_TARGET_COLUMNS} FROM messages AS m"
+    " LEFT JOIN messages AS t ON t.room = m.room AND t.seq = m.target"
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -217,8 +244,9 @@ def earlier_copies_sql(keys: int) -> str:
     marks = ",".join(["(?, ?, ?)"] * keys)
     columns = _EARLIER_COLUMNS
     return (
-        f"SELECT {columns}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
+        f"SELECT {columns}, {_TARGET_COLUMNS}, m.nick_key FROM (VALUES {marks}) AS k JOIN messages AS m"
         " ON m.room = k.column1 AND m.nick_key = k.column2 AND m.cid = k.column3"
+        " LEFT JOIN messages AS t ON t.room = m.room AND t.seq = m.target"
     )
 
 
@@ -244,12 +272,43 @@ def _check_author(nick: str, what: str) -> None:
 
 
 def _row_to_draft(row: Any) -> Draft:
-    room, seq, nick, cid, body, html, mentions, links, ts, previews, attachments = row
+    """A row of :data:`_COLUMNS`, followed (for a change) by its target's."""
+    (room, seq, nick, cid, body, html, mentions, links, ts, previews,
+     kind, target, emoji, reply_to, snippet, edited, deleted, reactions, attachments) = row[:_NUM_COLUMNS]
+    state = None
+    if kind != MESSAGE and len(row) >= 2 * _NUM_COLUMNS and row[_NUM_COLUMNS + 1] is not None:
+        state = _row_to_draft(row[_NUM_COLUMNS: 2 * _NUM_COLUMNS])
     return Draft(
         room=room, seq=seq, nick=nick, id=cid, body=body, html=html,
         mentions=tuple(orjson.loads(mentions)), links=tuple(orjson.loads(links)), ts=ts,
-        previews=tuple(orjson.loads(previews)), attachments=tuple(orjson.loads(attachments)),
+        previews=tuple(orjson.loads(previews)), kind=kind, target=target, emoji=emoji,
+        reply_to=reply_to, reply_snippet=tuple(orjson.loads(snippet)) if snippet else None,
+        edited=edited, deleted=bool(deleted), reactions=reactions_from_json(orjson.loads(reactions)),
+        state=state, attachments=tuple(orjson.loads(attachments)),
     )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _message_row(saved: Draft, key: str) -> tuple[Any, ...]:
+    """The INSERT values (:data:`_INSERT`) of a stored message or change."""
+    return (
+        saved.room, saved.seq, saved.nick, key, saved.id,
+        "" if saved.is_change else saved.body, "" if saved.is_change else saved.html,
+        _json(list(saved.mentions)), _json([] if saved.is_change else list(saved.links)), saved.ts,
+        saved.kind, saved.target, saved.emoji, saved.reply_to,
+        _json(list(saved.reply_snippet)) if saved.reply_snippet else None,
+        _json([] if saved.is_change else list(saved.attachments)),
+    )
+
+
+_INSERT = (
+    "INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions, links, ts,"
+    " kind, target, emoji, reply_to, reply_snippet, attachments)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _row_to_file(row: Any) -> FileRecord:
@@ -360,17 +419,18 @@ class SQLiteStore:
             self._write_thread.shutdown(wait=False)
 
     async def save_messages(
-        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None
+        self, drafts: Sequence[Draft], *, notify_delay_ms: int | None = None,
+        rules: ChangeRules = ChangeRules(),
     ) -> list[Draft]:
         if not drafts:
             return []
         for draft in drafts:
             _check_author(draft.nick, f"message {draft.room}/{draft.id}")
-        return await self._in_writer(self._save_batch, list(drafts), notify_delay_ms)
+        return await self._in_writer(self._save_batch, list(drafts), notify_delay_ms, rules)
 
-    def _save_batch(self, drafts: list[Draft], notify_delay_ms: int | None) -> list[Draft]:
+    def _save_batch(self, drafts: list[Draft], notify_delay_ms: int | None, rules: ChangeRules) -> list[Draft]:
         with self._transaction() as db:
-            result = self._save_in_transaction(db, drafts)
+            result = self._save_in_transaction(db, drafts, rules)
             if notify_delay_ms is not None:
                 self._queue_notifications(db, result, notify_delay_ms)
         return result
@@ -382,7 +442,9 @@ class SQLiteStore:
         with self._transaction() as db:
             db.executemany(sql, rows)
 
-    def _save_in_transaction(self, db: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Draft]:
+    def _save_in_transaction(
+        self, db: sqlite3.Connection, drafts: Sequence[Draft], rules: ChangeRules = ChangeRules()
+    ) -> list[Draft]:
         keys = [(d.room, nick_key(d.nick), d.id) for d in drafts]
         stored: dict[tuple[str, str, str], Draft] = {}
         # One query per batch finds earlier copies of these client ids.
@@ -406,22 +468,23 @@ class SQLiteStore:
             if original is not None:
                 result.append(dataclasses.replace(original, duplicate=True))
                 continue
+            if draft.is_change or draft.reply_to is not None:
+                # Changes read what came before them, this batch's messages too.
+                if rows:
+                    db.executemany(_INSERT, rows)
+                    rows.clear()
+                draft = self._resolve(db, draft, rules)
+                if draft.refusal is not None:
+                    result.append(draft)
+                    continue
             seq = last[draft.room] = last[draft.room] + 1
             saved = dataclasses.replace(draft, seq=seq)
             stored[key] = saved
             result.append(saved)
-            rows.append((
-                saved.room, seq, saved.nick, key[1], saved.id, saved.body, saved.html,
-                orjson.dumps(list(saved.mentions)).decode(),
-                orjson.dumps(list(saved.links)).decode(), saved.ts,
-                orjson.dumps(list(saved.attachments)).decode(),
-            ))
+            rows.append(_message_row(saved, key[1]))
         if rows:
-            db.executemany(
-                "INSERT INTO messages (room, seq, nick, nick_key, cid, body, html, mentions,"
-                " links, ts, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            db.executemany(_INSERT, rows)
+        if any(d.seq is not None and not d.duplicate for d in result):
             db.executemany(
                 "INSERT INTO rooms (name, last_seq) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq",
@@ -429,12 +492,48 @@ class SQLiteStore:
             )
         return result
 
+    def _target(self, db: sqlite3.Connection, room: str, seq: int | None) -> Draft | None:
+        row = db.execute(f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq = ?", (room, seq)).fetchone()
+        return _row_to_draft(row) if row else None
+
+    def _resolve(self, db: sqlite3.Connection, draft: Draft, rules: ChangeRules) -> Draft:
+        """A reply with its snippet, or a change applied to its target (the
+        target row updated); either with ``refusal`` set, and nothing written."""
+        if not draft.is_change:
+            snippet, refusal = reply_snippet(draft, self._target(db, draft.room, draft.reply_to))
+            return dataclasses.replace(draft, reply_snippet=snippet, refusal=refusal)
+        applied = apply_change(self._target(db, draft.room, draft.target), draft, rules)
+        if applied.refusal is not None or applied.state is None:
+            return dataclasses.replace(draft, refusal=applied.refusal)
+        state = applied.state
+        db.execute(
+            "UPDATE messages SET body = ?, html = ?, mentions = ?, links = ?, previews = ?, edited = ?,"
+            " deleted = ?, reactions = ?, reply_snippet = ? WHERE room = ? AND seq = ?",
+            (state.body, state.html, _json(list(state.mentions)), _json(list(state.links)),
+             _json(list(state.previews)), state.edited, int(state.deleted),
+             _json({emoji: list(nicks) for emoji, nicks in state.reactions}),
+             _json(list(state.reply_snippet)) if state.reply_snippet else None, draft.room, draft.target),
+        )
+        if draft.kind == "delete":
+            # Nothing of a deleted message survives: not the quotes of it in
+            # replies, not the mail about it (or about its edits) not yet sent.
+            db.execute(
+                "UPDATE messages SET reply_snippet = NULL WHERE room = ? AND reply_to = ?",
+                (draft.room, draft.target),
+            )
+            db.execute(
+                "UPDATE notifications SET state = 'skipped' WHERE room = ? AND state = 'pending' AND"
+                " (seq = ? OR seq IN (SELECT seq FROM messages WHERE room = ? AND target = ? AND kind = 'edit'))",
+                (draft.room, draft.target, draft.room, draft.target),
+            )
+        return dataclasses.replace(draft, state=state, mentions=applied.added_mentions)
+
     def _queue_notifications(self, db: sqlite3.Connection, saved: Sequence[Draft], delay_ms: int) -> None:
         # In the message's own transaction: a stored mention always has its
         # pending notification, whatever happens to the processor next.
         rows = [
             (d.room, d.seq, d.nick, d.body, d.ts, d.ts + delay_ms, nick_key(mentioned), nick_key(d.nick))
-            for d in saved if not d.duplicate
+            for d in saved if not d.duplicate and d.refusal is None
             for mentioned in d.mentions
         ]
         if rows:
@@ -684,7 +783,7 @@ class SQLiteStore:
     async def room_posters(self, room: str, limit: int) -> list[str]:
         async with self.db.execute(
             "SELECT DISTINCT u.nick FROM messages m JOIN users u ON u.nick_key = m.nick_key"
-            " WHERE m.room = ? LIMIT ?",
+            " WHERE m.room = ? AND m.kind = 'message' LIMIT ?",
             (room, limit),
         ) as cursor:
             rows = await cursor.fetchall()
@@ -697,7 +796,7 @@ class SQLiteStore:
 
     async def messages_after(self, room: str, since: int, limit: int) -> list[Draft]:
         async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq>? ORDER BY seq LIMIT ?",
+            f"{_WITH_TARGET} WHERE m.room=? AND m.seq>? ORDER BY m.seq LIMIT ?",
             (room, since, limit),
         ) as cursor:
             rows = await cursor.fetchall()
@@ -706,7 +805,8 @@ class SQLiteStore:
     async def messages_before(self, room: str, before: int | None, limit: int) -> list[Draft]:
         bound = before if before is not None else 2**62
         async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq<? ORDER BY seq DESC LIMIT ?",
+            f"SELECT {_COLUMNS} FROM messages WHERE room=? AND seq<? AND kind='message'"
+            " ORDER BY seq DESC LIMIT ?",
             (room, bound, limit),
         ) as cursor:
             rows = list(await cursor.fetchall())

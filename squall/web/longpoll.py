@@ -51,7 +51,7 @@ from ..errors import BadRequest, ClientError, Misdirected, RateLimited, Unauthor
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
-from ..protocol import check_room, float_param, int_param, nick_key, parse_send_body
+from ..protocol import Change, check_room, float_param, int_param, nick_key, parse_send_body
 from .auth import SessionUnchecked
 from .base import BaseHandler, find_token, redact_uri
 from .streams import give_socket, read_buffered, receive, take_socket
@@ -585,16 +585,21 @@ class PollConnection:
 
 
 class MessagesHandler(BaseHandler):
-    """``POST /api/rooms/R/messages``: a send that answers once the message is stored."""
+    """``POST /api/rooms/R/messages``: a send, or a change (``type`` edit, delete,
+    react, unreact), that answers once it is stored: ``{"id", "seq"}``."""
 
     async def post(self, room_name: str) -> None:
         nick = self.current_nick()
         send = parse_send_body(room_name, self.request.body)
         try:
             self.node.limits.check_send(nick_key(nick), self.address_key, now=time.monotonic())
-            message = await self.node.send(
-                room=send.room, nick=nick, body=send.body, id=send.id, attachments=send.attachments
-            )
+            if isinstance(send, Change):
+                message = await self.node.change(send, nick=nick)
+            else:
+                message = await self.node.send(
+                    room=send.room, nick=nick, body=send.body, id=send.id, reply_to=send.reply_to,
+                    attachments=send.attachments,
+                )
         except ClientError as exc:
             exc.id = send.id  # the answer names the send it refuses
             raise

@@ -42,7 +42,8 @@ from ..metrics import NodeMetrics
 from ..presence import LocalPresence, Presence, PresenceTable, Reach, Transition
 from ..processor.pool import ProcessorPool
 from ..turns import Turns
-from ..protocol import nick_key
+from ..message import wire_mentions
+from ..protocol import Change as MessageChange, nick_key
 from ..queue.client import QueueClient
 from ..store import Store, open_store
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
@@ -163,6 +164,7 @@ class WebNode:
         self._presence_timer: asyncio.TimerHandle | None = None
         self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
         self._presence_publishing = False
+        self._admins = frozenset(nick_key(nick) for nick in settings.admins)
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
         self.files = Files(settings, self.store)
         self.websockets: set[Any] = set()  # open WebSocket handlers
@@ -349,7 +351,8 @@ class WebNode:
     # -- sends ----------------------------------------------------------
 
     async def send(
-        self, *, room: str, nick: str, body: str, id: str, attachments: Sequence[str] = ()
+        self, *, room: str, nick: str, body: str, id: str,
+        reply_to: int | None = None, attachments: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Hand a message to the processor; returns it once stored (with ``seq``).
 
@@ -358,11 +361,42 @@ class WebNode:
         Counts it, and its ack or refusal (refusals in :attr:`counters`, by code
         and ``pipeline`` or ``processor``: the rate limits counted theirs already).
         """
+        return await self._process(
+            room=room, nick=nick, body=body, id=id, attachments=attachments,
+            event=None if reply_to is None else {"reply_to": reply_to},
+        )
+
+    async def change(self, command: MessageChange, *, nick: str) -> dict[str, Any]:
+        """Hand an edit, delete or reaction to the processor; returns the stored
+        change (``{"type": "change", "seq": ...}``), or raises as :meth:`send` does.
+
+        A delete carries ``moderator: true`` when :meth:`may_moderate` says the
+        sender may moderate the room; the processor's store decides the rest
+        (author, edit window, target) in the transaction that stores it.
+        """
+        event: dict[str, Any] = {"kind": command.kind, "target": command.target}
+        if command.emoji is not None:
+            event["emoji"] = command.emoji
+        if command.kind == "delete" and await self.may_moderate(command.room, nick_key(nick)):
+            event["moderator"] = True
+        return await self._process(room=command.room, nick=nick, body=command.body, id=command.id, event=event)
+
+    async def may_moderate(self, room: str, key: str) -> bool:
+        """Whether the user ``key`` (a casefolded nick) may moderate ``room``:
+        delete anyone's message there. The one moderation check of message
+        events; for now the server's ``admins``. (Room owners and moderators
+        belong here once rooms have them: ``node.access.may_moderate``.)"""
+        return key in self._admins
+
+    async def _process(
+        self, *, room: str, nick: str, body: str, id: str, event: dict[str, Any] | None,
+        attachments: Sequence[str] = (),
+    ) -> dict[str, Any]:
         self.metrics.sends.inc()
         try:
             files = await self.files.attachments(nick_key(nick), room, attachments) if attachments else ()
             message = await self.link.process(
-                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files,
+                room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files, event=event,
             )
         except ClientError as exc:
             self.counters.count(exc.code, "processor" if isinstance(exc, Unavailable) else "pipeline")
@@ -374,7 +408,7 @@ class WebNode:
         self.bus.publish_all([
             Broadcast(
                 message["room"], message["seq"], orjson.dumps(message),
-                mentions=frozenset(nick_key(n) for n in message.get("mentions", ())),
+                mentions=frozenset(nick_key(n) for n in wire_mentions(message)),
             )
             for message in messages
         ])
@@ -387,6 +421,8 @@ class WebNode:
 
     def _on_updated(self, value: dict[str, Any]) -> None:
         event = {"type": "update", "room": value["room"], "seq": value["seq"], "links": value["links"]}
+        if isinstance(value.get("target"), int):  # previews of an edit: they belong to the message it edited
+            event["target"] = value["target"]
         self.bus.publish(Broadcast(value["room"], None, orjson.dumps(event), kind="update"))
 
     # -- from the bus (squall.bus.Receiver) ------------------------------

@@ -62,7 +62,7 @@ from ..errors import (
 from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..presence import members_fields
-from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
+from ..protocol import Change, Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
 from .base import BaseHandler
 from .framing import between_frames, new_framing
 from .streams import receive, take_socket
@@ -520,7 +520,7 @@ class ChatConnection:
     # -- chat commands --------------------------------------------------
 
     def _dispatch(self, command: Command) -> None:
-        if isinstance(command, Send):
+        if isinstance(command, (Send, Change)):
             asyncio.ensure_future(self._send(command))
         elif isinstance(command, Join):
             asyncio.ensure_future(self._join(command))
@@ -531,13 +531,18 @@ class ChatConnection:
         elif isinstance(command, Ping):
             self.send_json({"type": "pong"})
 
-    async def _send(self, command: Send) -> None:
+    async def _send(self, command: Send | Change) -> None:
+        # A change (edit, delete, reaction) is answered as a send is: an ack
+        # with its own seq, or an error with its id; it counts as a send.
         try:
             self.node.limits.check_send(self.nick_key, self.address, now=time.monotonic())
-            message = await self.node.send(
-                room=command.room, nick=self.nick, body=command.body, id=command.id,
-                attachments=command.attachments,
-            )
+            if isinstance(command, Change):
+                message = await self.node.change(command, nick=self.nick)
+            else:
+                message = await self.node.send(
+                    room=command.room, nick=self.nick, body=command.body, id=command.id,
+                    reply_to=command.reply_to, attachments=command.attachments,
+                )
         except ClientError as exc:
             self.send_json({"type": "error", "id": command.id, **exc.to_dict()})
             return

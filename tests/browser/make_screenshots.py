@@ -1,4 +1,4 @@
-"""Regenerate docs/screenshots/{desktop,phone,search}.png from a real server and Chromium.
+"""Regenerate docs/screenshots/{desktop,phone,search,events}.png from a real server and Chromium.
 
 Run from the repository root: ``.venv/bin/python tests/browser/make_screenshots.py``.
 Not a test (pytest does not collect it); it reuses the test fixtures' server class.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -85,11 +86,54 @@ def main() -> int:
             alice.keyboard.press("Enter")
             expect(alice.locator("#search-results button.search-hit")).to_have_count(2)
             alice.screenshot(path=str(OUT / "search.png"))
+            alice.set_viewport_size({"width": 1280, "height": 760})
+            _message_events(pages)
+            alice.screenshot(path=str(OUT / "events.png"))
             browser.close()
         finally:
             server.stop()
-    print(f"wrote {OUT / 'desktop.png'}, {OUT / 'phone.png'} and {OUT / 'search.png'}")
+    print(f"wrote {OUT / 'desktop.png'}, {OUT / 'phone.png'}, {OUT / 'search.png'} and {OUT / 'events.png'}")
     return 0
+
+
+def _message_events(pages: dict[str, Any]) -> None:
+    """A room with an edit, reactions, a reply and a deleted message (events.png)."""
+    for page in pages.values():
+        page.fill("#join-input", "launch")
+        page.press("#join-input", "Enter")
+    alice, bob, lilei = pages["alice"], pages["bob"], pages["李雷"]
+    script = [(alice, "Launch is at 15:00, checklist is final"), (lilei, "发布前我再检查一遍"),
+              (bob, "oops, wrong room")]
+    for count, (page, text) in enumerate(script, start=1):
+        page.fill("#composer", text)
+        page.press("#composer", "Enter")
+        expect(alice.locator("#messages li[data-seq]")).to_have_count(count)
+
+    def message(page: Any, text: str) -> Any:
+        body = page.locator("[data-testid=message-body]", has_text=text)
+        return page.locator("#messages li[data-seq]").filter(has=body)
+
+    # Alice fixes the time with Up-arrow; bob deletes his stray message.
+    alice.locator("#composer").press("ArrowUp")
+    alice.fill("#composer", "Launch is at 16:00, checklist is final")
+    alice.press("#composer", "Enter")
+    stray = message(bob, "oops, wrong room")
+    stray.hover()
+    stray.locator("[data-testid=delete-button]").click()
+    for page, emoji in ((bob, "👍"), (lilei, "👍"), (lilei, "🎉")):
+        target = message(page, "16:00")
+        target.hover()
+        target.locator("[data-testid=react-add]").click()
+        target.locator(f'.picker-emoji[data-emoji="{emoji}"]').click()
+    target = message(bob, "16:00")
+    target.hover()
+    target.locator("[data-testid=reply-button]").click()
+    bob.fill("#composer", "Works for me, I'll be around")
+    bob.press("#composer", "Enter")
+    expect(message(alice, "I'll be around").locator("[data-testid=reply-quote]")).to_be_visible()
+    expect(message(alice, "16:00").locator("[data-testid=reaction]").first).to_contain_text("👍2")
+    expect(alice.locator("#messages li.deleted")).to_have_count(1)
+    alice.mouse.move(0, 0)
 
 
 if __name__ == "__main__":

@@ -127,9 +127,13 @@ export function searchMessages(token, q, { room, cursor, limit, signal } = {}) {
   return request("GET", "/api/search", { token, signal, query: { q, room, cursor, limit } });
 }
 
-/** POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code. */
-export function postMessage(token, room, body, id, { signal, attachments = [] } = {}) {
-  const payload = attachments.length ? { body, id, attachments } : { body, id };
+/**
+ * POST /api/rooms/R/messages → `{id, seq}`; ApiError carries the send error code.
+ * `attachments` are file ids; `extra` makes it a reply (`{reply_to}`) or a change
+ * (`{type, target, emoji}`).
+ */
+export function postMessage(token, room, body, id, { signal, attachments = [], extra = null } = {}) {
+  const payload = { body, id, ...(attachments.length ? { attachments } : {}), ...(extra ?? {}) };
   return request("POST", roomPath(room, "messages"), { token, body: payload, signal });
 }
 

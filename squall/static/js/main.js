@@ -31,6 +31,16 @@ const LOAD_OLDER_AT_PX = 60;
 // A member list that no longer adds up to the room's count is fetched again after
 // a random delay up to this: every page in the room noticed at once.
 const MEMBERS_REFETCH_SPREAD_MS = 1000;
+// A quote jumps to its message, loading older history at most this many pages for it.
+const MAX_JUMP_PAGES = 20;
+
+/** What a send carries besides its text: its files' ids, the seq it answers. */
+function sendExtra(message) {
+  const extra = {};
+  if (message.attachments?.length) extra.attachments = message.attachments.map((file) => file.id);
+  if (message.replyTo !== null && message.replyTo !== undefined) extra.reply_to = message.replyTo;
+  return Object.keys(extra).length ? extra : null;
+}
 
 /** Characters as the server counts them (code points, not UTF-16 units). */
 function characters(text) {
@@ -90,6 +100,8 @@ class App {
     this.connection = null;
     this.lastTypingSent = 0;
     this.composing = false;
+    this.composerContext = null; // editing or replying: {kind, room, message}
+    this.changeIds = new Set(); // ids of our edits, deletes and reactions not yet answered
     this.typingTimer = null;
     this.signingIn = false;
     // A phone or tablet: Enter makes a new line there, and the send button sends.
@@ -209,11 +221,25 @@ class App {
     });
     v.messages.addEventListener("click", (event) => {
       const action = event.target.closest(".failure button");
-      if (!action) return;
+      if (!action) {
+        this.onMessageAction(event.target.closest("button"));
+        return;
+      }
       const { room, id } = action.dataset;
       if (action.classList.contains("retry")) this.retry(room, id);
       else if (action.classList.contains("edit")) this.editFailed(room, id);
       else if (action.classList.contains("discard")) this.discardFailed(room, id);
+    });
+    v.messages.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && event.target.closest(".picker")) {
+        const seq = Number(event.target.dataset.seq);
+        this.view.closePickers();
+        this.view.messages.querySelector(`li[data-seq="${seq}"] .react-add`)?.focus();
+      }
+    });
+    v.composerCancel.addEventListener("click", () => {
+      this.setComposerContext(null);
+      v.composer.focus();
     });
     v.composerForm.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -231,6 +257,21 @@ class App {
       this.composing = false;
     });
     v.composer.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && this.composerContext) {
+        event.preventDefault();
+        event.stopPropagation();
+        this.setComposerContext(null);
+        return;
+      }
+      // Up in an empty composer edits your last message in the room, as in most chats.
+      if (event.key === "ArrowUp" && !v.composer.value && !event.altKey && !this.composing) {
+        const last = this.store?.lastOwn(this.store.active);
+        if (last) {
+          event.preventDefault();
+          this.startEdit(last);
+        }
+        return;
+      }
       if (event.key !== "Enter" || event.shiftKey) return;
       // On a touch screen Enter is a new line, as in the platform's own apps; the button sends.
       if (this.touch) return;
@@ -516,6 +557,7 @@ class App {
 
   switchRoom(name) {
     if (!this.store.room(name)) return;
+    if (this.composerContext && this.composerContext.room !== name) this.setComposerContext(null);
     this.store.activate(name);
     this.saveRooms();
     this.view.renderRoomList(this.store);
@@ -574,13 +616,20 @@ class App {
       return;
     }
     const id = crypto.randomUUID();
-    const message = this.store.addOwn(room, body, id, files);
-    this.view.placeMessage(message, { me: this.store.me, ownAction: true });
+    const context = this.composerContext?.room === room ? this.composerContext : null;
+    if (context?.kind === "edit") {
+      this.sendChange(room, { type: "edit", target: context.message.seq }, body);
+    } else {
+      const replyTo = context?.kind === "reply" ? context.message : null;
+      const message = this.store.addOwn(room, body, id, { attachments: files, replyTo });
+      this.view.placeMessage(message, { me: this.store.me, ownAction: true });
+      this.connection.send(room, body, id, sendExtra(message));
+    }
+    this.setComposerContext(null);
     this.view.composer.value = "";
     this.onComposerInput();
     this.uploads.clear();
     this.lastTypingSent = 0; // the next keystroke starts a new "is typing"
-    this.connection.send(room, body, id, files.map((file) => file.id));
     this.renderQueue();
   }
 
@@ -589,11 +638,73 @@ class App {
     if (this.connection) this.view.renderConnection(this.connection.state, this.connection.queued);
   }
 
+  /** An edit, delete or reaction: sent like a message (outbox, retries); its error is announced. */
+  sendChange(room, extra, body = "") {
+    const id = crypto.randomUUID();
+    this.changeIds.add(id);
+    this.connection.send(room, body, id, extra);
+  }
+
+  /** Editing or replying in the composer (`{kind, room, message}`), or neither (null). */
+  setComposerContext(context) {
+    this.composerContext = context;
+    this.view.renderComposerContext(context);
+    if (!context) return;
+    if (context.kind === "edit") {
+      this.view.composer.value = context.message.body;
+      this.view.composer.classList.toggle("multiline", context.message.body.includes("\n"));
+    }
+    this.view.composer.focus();
+  }
+
+  startEdit(message) {
+    this.setComposerContext({ kind: "edit", room: message.room, message });
+  }
+
+  /** A click on a message's buttons: reactions, the picker, reply, edit, delete, a quote. */
+  onMessageAction(button) {
+    const room = this.store?.active;
+    if (!button || !room) return;
+    const message = this.store.room(room)?.bySeq(Number(button.dataset.seq ?? button.dataset.target));
+    if (button.classList.contains("quote")) {
+      this.jumpTo(room, Number(button.dataset.target));
+      return;
+    }
+    if (!message) return;
+    if (button.classList.contains("react-add")) {
+      this.view.togglePicker(message.seq);
+    } else if (button.classList.contains("picker-emoji") || button.classList.contains("reaction")) {
+      const emoji = button.dataset.emoji;
+      const type = this.store.reacted(message, emoji) ? "unreact" : "react";
+      this.sendChange(room, { type, target: message.seq, emoji });
+      if (button.classList.contains("picker-emoji")) {
+        this.view.closePickers();
+        this.view.messages.querySelector(`li[data-seq="${message.seq}"] .react-add`)?.focus();
+      }
+    } else if (button.classList.contains("reply-button")) {
+      this.setComposerContext({ kind: "reply", room, message });
+    } else if (button.classList.contains("edit-button")) {
+      this.startEdit(message);
+    } else if (button.classList.contains("delete-button")) {
+      this.sendChange(room, { type: "delete", target: message.seq });
+    }
+  }
+
+  /** Show message `seq`, loading older history until it is on screen (or there is none). */
+  async jumpTo(roomName, seq) {
+    for (let pages = 0; pages < MAX_JUMP_PAGES; pages += 1) {
+      if (this.view.jumpTo(seq)) return;
+      const room = this.store?.room(roomName);
+      if (!room || room.historyDone || this.store.active !== roomName || (room.oldestSeq ?? 0) < seq) return;
+      await this.loadOlder();
+    }
+  }
+
   retry(room, id) {
     const message = this.store.retry(room, id);
     if (!message) return;
     this.view.placeMessage(message, { replaced: message, me: this.store.me, ownAction: true });
-    this.connection.send(room, message.body, id, (message.attachments ?? []).map((file) => file.id));
+    this.connection.send(room, message.body, id, sendExtra(message));
     this.renderQueue();
   }
 
@@ -768,6 +879,14 @@ class App {
       case "message":
         this.onMessage(event, active);
         return;
+      case "change": {
+        this.changeIds.delete(event.id);
+        const touched = store.applyChange(event);
+        if (active) for (const message of touched) this.view.refreshMessage(message, store.me);
+        const editing = this.composerContext;
+        if (editing && touched.length && touched[0].deleted && editing.message === touched[0]) this.setComposerContext(null);
+        return;
+      }
       case "ack": {
         this.renderQueue();
         const result = store.acknowledge(event);
@@ -776,7 +895,9 @@ class App {
       }
       case "error": {
         this.renderQueue();
-        if (event.id) {
+        if (event.id && this.changeIds.delete(event.id)) {
+          this.view.announce(this.t("events.failed", { reason: this.view.errorText(event) }));
+        } else if (event.id) {
           const message = store.fail(event);
           if (message && message.room === store.active) {
             this.view.placeMessage(message, { replaced: message, me: store.me });

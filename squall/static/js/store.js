@@ -14,6 +14,9 @@ export function retryAt(error, now) {
   return error.code === "rate_limited" && Number.isFinite(wait) && wait > 0 ? now + wait * 1000 : now;
 }
 
+/** The emoji the reaction picker offers. */
+export const COMMON_EMOJI = Object.freeze(["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"]);
+
 export const TYPING_SHOWN_MS = 6000; // the server sends typing at most every few seconds
 const ROOM_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
@@ -26,6 +29,12 @@ export function normaliseRoom(text) {
 /** Nicks compare case-insensitively, as the server's nick_key (str.casefold) does. */
 export function sameNick(a, b) {
   return typeof a === "string" && typeof b === "string" && a.toLowerCase() === b.toLowerCase();
+}
+
+/** Whether `me` reacted to `message` with `emoji` (listed, or known from our own changes). */
+export function reactedBy(message, emoji, me) {
+  if (message.myReactions?.has(emoji)) return true;
+  return (message.reactions.get(emoji) ?? []).some((nick) => sameNick(nick, me));
 }
 
 export class Room {
@@ -110,6 +119,31 @@ function fromWire(event) {
     ts: typeof event.ts === "number" ? event.ts : Date.now(),
     state: MessageState.SENT,
     error: null,
+    ...eventFields(event),
+  };
+}
+
+/** What edits, deletes, reactions and replies add to a message (docs/protocol.md, "Changes"). */
+function eventFields(event) {
+  const snippet = event.reply_snippet;
+  // `reactions` lists the first 100 nicks per emoji; `reaction_counts` counts them all.
+  const reactions = new Map();
+  const reactionCounts = new Map();
+  const counts = event.reaction_counts && typeof event.reaction_counts === "object" ? event.reaction_counts : {};
+  if (event.reactions && typeof event.reactions === "object") {
+    for (const [emoji, nicks] of Object.entries(event.reactions)) {
+      if (!Array.isArray(nicks) || !nicks.length) continue;
+      reactions.set(emoji, nicks.map(String));
+      reactionCounts.set(emoji, typeof counts[emoji] === "number" ? counts[emoji] : nicks.length);
+    }
+  }
+  return {
+    replyTo: typeof event.reply_to === "number" ? event.reply_to : null,
+    replySnippet: snippet && typeof snippet === "object" ? { nick: String(snippet.nick ?? ""), body: String(snippet.body ?? "") } : null,
+    edited: event.edited === true,
+    deleted: event.deleted === true,
+    reactions,
+    reactionCounts,
   };
 }
 
@@ -162,12 +196,18 @@ export class ChatStore {
     return message.mentions.some((nick) => sameNick(nick, this.me));
   }
 
-  /** A message written here (with `attachments`, upload answers), shown as pending until its ack. */
-  addOwn(roomName, body, id, attachments = []) {
+  /**
+   * A message written here, shown as pending until its ack: with `attachments`
+   * (upload answers), and `replyTo` the message it answers.
+   */
+  addOwn(roomName, body, id, { attachments = [], replyTo = null } = {}) {
     const room = this.room(roomName);
     const message = {
       room: roomName, seq: null, id, nick: this.me, body, html: null, mentions: [], links: [],
       previews: [], attachments, ts: Date.now(), state: MessageState.PENDING, error: null,
+      ...eventFields({}),
+      replyTo: replyTo ? replyTo.seq : null,
+      replySnippet: replyTo ? { nick: replyTo.nick, body: replyTo.body.slice(0, 100) } : null,
     };
     room.pending.set(id, message);
     return message;
@@ -187,7 +227,9 @@ export class ChatStore {
     const known = room.bySeq(message.seq);
     if (known) {
       // Our own message, placed by its ack before the echo: take the rendered html.
-      Object.assign(known, { html: message.html, mentions: message.mentions, links: message.links });
+      Object.assign(known, {
+        html: message.html, mentions: message.mentions, links: message.links, replySnippet: message.replySnippet,
+      });
       return { message: known, replaced: pending, isNew: false, counted: false };
     }
     room.insert(message);
@@ -269,9 +311,58 @@ export class ChatStore {
     return added;
   }
 
-  /** An `update` with link previews; returns the message it belongs to. */
+  /**
+   * A `change` (edit, delete, reaction): the message it targets takes the state it
+   * carries, if we hold that message. Returns the messages to draw again: the
+   * target, and for a delete the replies that quoted it.
+   */
+  applyChange(event) {
+    const room = this.room(event.room);
+    const target = room?.bySeq(event.target);
+    if (!target || !event.message || typeof event.message !== "object") return [];
+    const state = fromWire({ ...event.message, room: room.name });
+    Object.assign(target, {
+      body: state.body, html: state.html, mentions: state.mentions, links: state.links, previews: state.previews,
+      replySnippet: state.replySnippet, edited: state.edited, deleted: state.deleted, reactions: state.reactions,
+      reactionCounts: state.reactionCounts,
+    });
+    // Our own reactions, remembered from our changes: past the first 100 reactors
+    // the state does not list us.
+    if (sameNick(event.nick, this.me) && (event.kind === "react" || event.kind === "unreact")) {
+      target.myReactions ??= new Set();
+      if (event.kind === "react") target.myReactions.add(event.emoji);
+      else target.myReactions.delete(event.emoji);
+    }
+    for (const emoji of target.myReactions ?? []) if (!target.reactions.has(emoji)) target.myReactions.delete(emoji);
+    const touched = [target];
+    if (target.deleted) {
+      for (const message of room.messages) {
+        if (message.replyTo === target.seq && message.replySnippet) {
+          message.replySnippet = null;
+          touched.push(message);
+        }
+      }
+    }
+    return touched;
+  }
+
+  /** Our newest confirmed message in `roomName` that is not deleted (Up-arrow edits it), or null. */
+  lastOwn(roomName) {
+    const messages = this.room(roomName)?.messages ?? [];
+    for (let i = messages.length - 1; i >= 0; i -= 1) {
+      if (sameNick(messages[i].nick, this.me) && !messages[i].deleted) return messages[i];
+    }
+    return null;
+  }
+
+  /** Whether we reacted to `message` with `emoji`. */
+  reacted(message, emoji) {
+    return reactedBy(message, emoji, this.me);
+  }
+
+  /** An `update` with link previews; returns the message it belongs to (an edit's: `target`). */
   update(event) {
-    const message = this.room(event.room)?.bySeq(event.seq);
+    const message = this.room(event.room)?.bySeq(event.target ?? event.seq);
     if (!message) return null;
     if (Array.isArray(event.links)) message.previews = event.links;
     return message;

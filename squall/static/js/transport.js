@@ -153,10 +153,8 @@ class WebSocketAdapter {
     return this._send({ type: "leave", room });
   }
 
-  send(room, body, id, attachments = []) {
-    const frame = { type: "send", room, body, id };
-    if (attachments.length) frame.attachments = attachments;
-    return this._send(frame);
+  send(room, body, id, extra = null) {
+    return this._send({ type: "send", room, body, id, ...(extra ?? {}) });
   }
 
   typing(room) {
@@ -262,11 +260,11 @@ class HttpAdapter {
     return true;
   }
 
-  send(room, body, id, attachments = []) {
+  send(room, body, id, extra = null) {
     if (this._dead) return false;
     // Not tied to the adapter's lifetime: an answer that comes after an upgrade
     // still acknowledges the message.
-    postMessage(this._token, room, body, id, { attachments }).then(
+    postMessage(this._token, room, body, id, { extra }).then(
       (answer) => this._sink.event(this, { type: "ack", id, room, seq: answer.seq }),
       (error) => {
         if (error instanceof ApiError && error.status < 500 && !error.unauthorized) {
@@ -308,7 +306,7 @@ class HttpAdapter {
     });
     let cursor = since ?? null;
     for (const message of page.messages) {
-      this._sink.event(this, { ...message, type: "message", room });
+      this._sink.event(this, roomEvent(message, room));
       cursor = Math.max(cursor ?? 0, message.seq);
     }
     if (since === null || since === undefined) cursor = Math.max(cursor ?? 0, page.seq ?? 0);
@@ -350,7 +348,7 @@ class LongPollAdapter extends HttpAdapter {
         since: cursor ?? 0, wait: POLL_WAIT_S, limit: CATCHUP_LIMIT, signal,
       });
       for (const message of page.messages) {
-        this._sink.event(this, { ...message, type: "message", room });
+        this._sink.event(this, roomEvent(message, room));
         cursor = Math.max(cursor ?? 0, message.seq);
       }
     }
@@ -393,7 +391,7 @@ class EventSourceAdapter extends HttpAdapter {
       } catch {
         return;
       }
-      this._sink.event(this, { ...data, type, room });
+      this._sink.event(this, type === "message" ? roomEvent(data, room) : { ...data, type, room });
     };
     source.addEventListener("message", forward("message"));
     source.addEventListener("presence", forward("presence"));
@@ -415,12 +413,17 @@ class EventSourceAdapter extends HttpAdapter {
   }
 }
 
+/** A message or a change (edit, delete, reaction) of `room`, as every adapter hands it on. */
+function roomEvent(data, room) {
+  return { ...data, type: data.type === "change" ? "change" : "message", room };
+}
+
 const ADAPTERS = { [Kind.WS]: WebSocketAdapter, [Kind.SSE]: EventSourceAdapter, [Kind.LONGPOLL]: LongPollAdapter };
 
 /**
  * The adaptive connection for one session.
  *
- * `onEvent(ev)` gets de-duplicated, seq-ordered `message`s per room, and `joined`,
+ * `onEvent(ev)` gets de-duplicated, seq-ordered `message`s and `change`s per room, and `joined`,
  * `ack`, `error`, `presence`, `typing`, `members`, `update`. `onStatus({kind, state, forced,
  * fellBack, upgraded})` is called on every transport or state change.
  * `renewToken()` must resolve to a fresh token (or reject) when the server says
@@ -437,7 +440,7 @@ export class Connection {
     this._kind = this._forced ?? (globalThis.WebSocket ? Kind.WS : fallbackKind(Kind.WS));
     this._cursor = new SeqCursor();
     this._rooms = new Set();
-    this._outbox = new Map(); // id → {room, body, id, inFlight, sentOn, unavailable, timer}
+    this._outbox = new Map(); // id → {room, body, id, extra, inFlight, sentOn, unavailable, timer}
     this._active = null;
     this._probe = null;
     this._state = State.CONNECTING;
@@ -542,15 +545,20 @@ export class Connection {
     }
   }
 
-  /** Queue a message (with `attachments`, file ids); it goes out now if the room is ready, else on (re)connect. */
-  send(room, body, id, attachments = []) {
+  /**
+   * Queue a message; it goes out now if the room is ready, else on (re)connect.
+   * `extra`: its `attachments` (file ids), or a reply (`{reply_to}`) or a change
+   * (`{type, target, emoji}`),
+   * answered and retried like a send.
+   */
+  send(room, body, id, extra = null) {
     const existing = this._outbox.get(id);
     if (existing) {
       clearTimeout(existing.timer);
       existing.timer = null;
       existing.unavailable = 0;
     } else {
-      this._outbox.set(id, { room, body, id, attachments, inFlight: false, sentOn: null, unavailable: 0, timer: null });
+      this._outbox.set(id, { room, body, id, extra, inFlight: false, sentOn: null, unavailable: 0, timer: null });
     }
     this._flush();
   }
@@ -639,7 +647,7 @@ export class Connection {
       if (adapter === this._active) this._onEvent(event);
       return;
     }
-    if (event.type === "message") {
+    if (event.type === "message" || event.type === "change") {
       if (typeof event.seq !== "number" || !this._cursor.accept(event.room, event.seq)) return;
       if (this._outbox.has(event.id)) this._acknowledged(event.id);
       this._onEvent(event);
@@ -707,7 +715,7 @@ export class Connection {
         continue;
       }
       if (!adapter.squallReady.has(entry.room)) continue;
-      if (adapter.send(entry.room, entry.body, entry.id, entry.attachments)) {
+      if (adapter.send(entry.room, entry.body, entry.id, entry.extra)) {
         entry.inFlight = true;
         entry.sentOn = adapter;
         if (ordered) busy.add(entry.room);

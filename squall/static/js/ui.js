@@ -4,7 +4,7 @@
 // the server renders at all.
 
 import { renderAttachments } from "./files.js";
-import { MessageState, sameNick } from "./store.js";
+import { COMMON_EMOJI, MessageState, reactedBy, sameNick } from "./store.js";
 
 /** Where a message item sits in time: its seq; a failed one just after the seq it followed; pending last. */
 function position(node) {
@@ -136,6 +136,9 @@ export class ChatView {
     this.uploadTray = byId("upload-tray");
     this.dropHint = byId("drop-hint");
     this.viewerDialog = byId("viewer");
+    this.composerContext = byId("composer-context");
+    this.composerContextText = byId("composer-context-text");
+    this.composerCancel = byId("composer-cancel");
     this.liveRegion = byId("live-region");
     this._status = null;
     this._scrollTopSeen = 0; // see takeScrollUp()
@@ -466,21 +469,31 @@ export class ChatView {
     time.dateTime = when.toISOString();
     time.title = this._formatDate(when);
     meta.append(nick, time);
+    if (message.edited && !message.deleted) {
+      const edited = el("span", "edited", this.t.t("events.edited"));
+      edited.dataset.testid = "edited";
+      meta.append(edited);
+    }
     if (mentionsMe) meta.append(el("span", "visually-hidden", this.t.t("messages.mentionsYou")));
     if (message.state === MessageState.PENDING) {
       meta.append(el("span", "status", this.t.t("messages.pending")));
     }
 
+    item.classList.toggle("deleted", message.deleted);
     const body = el("div", "body");
     body.dataset.testid = "message-body";
-    if (message.html !== null) {
+    if (message.deleted) {
+      body.append(el("em", "tombstone", this.t.t("events.deleted")));
+    } else if (message.html !== null) {
       body.innerHTML = message.html; // sanitised by the server
     } else {
       body.classList.add("plain"); // newlines kept by CSS, as the server's <br> would
       body.textContent = message.body;
     }
-    item.append(meta, body);
-    if (isLong(message.body)) {
+    item.append(meta);
+    if (message.replyTo !== null) item.append(this._renderQuote(message));
+    item.append(body);
+    if (isLong(message.body) && !message.deleted) {
       body.classList.toggle("collapsed", !message.expanded);
       const expand = el("button", "expand", this.t.t(message.expanded ? "messages.showLess" : "messages.showMore"));
       expand.type = "button";
@@ -496,11 +509,12 @@ export class ChatView {
     }
 
     if (!message.body && message.attachments?.length) body.hidden = true; // files only
-    const attachments = renderAttachments(message.attachments, this.t);
+    const attachments = message.deleted ? null : renderAttachments(message.attachments, this.t);
     if (attachments) item.append(attachments);
 
     const previews = this._renderPreviews(message.previews);
     if (previews) item.append(previews);
+    if (message.seq !== null && !message.deleted) item.append(this._renderReactions(message, me), this._renderActions(message, me));
 
     if (message.state === MessageState.FAILED) item.append(this._renderFailure(message));
   }
@@ -540,6 +554,118 @@ export class ChatView {
     button("discard", "discardLabel");
     failure.append(actions);
     return failure;
+  }
+
+  /** The quoted message a reply answers: a button that jumps to it. */
+  _renderQuote(message) {
+    const quote = el("button", "quote");
+    quote.type = "button";
+    quote.dataset.testid = "reply-quote";
+    quote.dataset.target = String(message.replyTo);
+    if (message.replySnippet) {
+      quote.append(el("span", "quote-nick", message.replySnippet.nick), " ", el("span", "quote-body", message.replySnippet.body));
+      quote.setAttribute("aria-label", this.t.t("events.jump", { nick: message.replySnippet.nick }));
+    } else {
+      quote.append(el("em", null, this.t.t("events.quoteDeleted")));
+    }
+    return quote;
+  }
+
+  /** Reaction chips (click toggles yours) and the button that opens the emoji picker. */
+  _renderReactions(message, me) {
+    const box = el("div", "reactions");
+    box.dataset.testid = "reactions";
+    for (const [emoji, nicks] of message.reactions) {
+      const mine = reactedBy(message, emoji, me);
+      const count = message.reactionCounts.get(emoji) ?? nicks.length;
+      const chip = el("button", "reaction");
+      chip.type = "button";
+      chip.dataset.testid = "reaction";
+      chip.dataset.emoji = emoji;
+      chip.dataset.seq = String(message.seq);
+      chip.setAttribute("aria-pressed", mine ? "true" : "false");
+      chip.title = nicks.join(", ");
+      chip.setAttribute("aria-label", this.t.t("events.reactionLabel", { emoji, count, nicks: nicks.join(", ") }));
+      chip.append(el("span", "reaction-emoji", emoji), el("span", "reaction-count", String(count)));
+      box.append(chip);
+    }
+    return box;
+  }
+
+  _renderActions(message, me) {
+    const actions = el("div", "message-actions");
+    const button = (className, key, testid) => {
+      const node = el("button", className, this.t.t(key));
+      node.type = "button";
+      node.dataset.testid = testid;
+      node.dataset.seq = String(message.seq);
+      actions.append(node);
+      return node;
+    };
+    button("react-add", "events.react", "react-add").setAttribute("aria-expanded", "false");
+    button("reply-button", "events.reply", "reply-button");
+    if (sameNick(message.nick, me)) {
+      button("edit-button", "events.edit", "edit-button");
+      button("delete-button", "events.delete", "delete-button");
+    }
+    return actions;
+  }
+
+  /** The emoji picker under message `seq`'s actions (toggled); focus goes to its first emoji. */
+  togglePicker(seq) {
+    const item = this._bySeq(seq);
+    if (!item) return;
+    const open = item.querySelector(".picker");
+    const opener = item.querySelector(".react-add");
+    this.closePickers();
+    if (open) {
+      opener?.focus();
+      return;
+    }
+    const picker = el("div", "picker");
+    picker.dataset.testid = "picker";
+    picker.setAttribute("role", "group");
+    picker.setAttribute("aria-label", this.t.t("events.react"));
+    for (const emoji of COMMON_EMOJI) {
+      const choice = el("button", "picker-emoji", emoji);
+      choice.type = "button";
+      choice.dataset.emoji = emoji;
+      choice.dataset.seq = String(seq);
+      choice.setAttribute("aria-label", this.t.t("events.reactWith", { emoji }));
+      picker.append(choice);
+    }
+    opener?.setAttribute("aria-expanded", "true");
+    item.append(picker);
+    picker.querySelector("button").focus();
+  }
+
+  closePickers() {
+    for (const picker of this.messages.querySelectorAll(".picker")) picker.remove();
+    for (const opener of this.messages.querySelectorAll(".react-add")) opener.setAttribute("aria-expanded", "false");
+  }
+
+  /** What the composer is doing besides a new message: `{kind: "edit"|"reply", message}` or null. */
+  renderComposerContext(context) {
+    this.composerContext.hidden = !context;
+    this.composerContext.classList.toggle("editing", context?.kind === "edit");
+    if (!context) return;
+    this.composerContextText.textContent = context.kind === "edit"
+      ? this.t.t("events.editing")
+      : this.t.t("events.replyingTo", { nick: context.message.nick, body: context.message.body.slice(0, 100) });
+    this.composerCancel.textContent = this.t.t("events.cancel");
+  }
+
+  /** Scroll message `seq` into view and flash it; false if it is not on screen. */
+  jumpTo(seq) {
+    const item = this._bySeq(seq);
+    if (!item) return false;
+    item.scrollIntoView({ block: "center" });
+    item.classList.remove("flash");
+    void item.offsetWidth; // restart the animation
+    item.classList.add("flash");
+    item.tabIndex = -1;
+    item.focus({ preventScroll: true });
+    return true;
   }
 
   _renderPreviews(previews) {
