@@ -381,3 +381,39 @@ def test_the_history_of_a_first_join_is_neither_unread_nor_a_mention() -> None:
     state.receive(joined("other", 4), 1)
     state.receive(message("other", 4), 1)  # missed while away: unread
     assert state.rooms["other"].unread == 2
+
+
+class TestChanges:
+    """Edits, deletes and reactions (docs/protocol.md §2, *Changes*) take seqs of their own."""
+
+    def change(self, seq: int, kind: str, target: int, **state: Any) -> dict[str, Any]:
+        return {"type": "change", "kind": kind, "room": "lobby", "seq": seq, "id": f"x{seq}", "nick": "bob",
+                "ts": 1, "target": target, "message": message("lobby", target, **state)}
+
+    def test_a_change_replaces_what_is_held_and_moves_the_cursor(self) -> None:
+        state = ChatState("alice")
+        state.join("lobby", 0)
+        open_in(state, "lobby")
+        state.receive(message("lobby", 1, body="helo"), 0)
+        state.receive(self.change(2, "edit", 1, body="hello", edited=True), 0)
+        state.receive(self.change(3, "react", 1, body="hello", edited=True, reaction_counts={"👍": 2}), 0)
+        [held] = state.rooms["lobby"].messages
+        assert (held.body, held.edited, held.reactions) == ("hello", True, (("👍", 2),))
+        assert state.rooms["lobby"].cursor == 3
+        state.receive(self.change(4, "delete", 1, body="", deleted=True), 0)
+        assert state.rooms["lobby"].messages[0].deleted
+        state.receive(self.change(4, "delete", 1, body="", deleted=True), 0)  # a resume's overlap: once
+        assert seqs(state, "lobby") == [1]
+
+    def test_a_room_whose_newest_event_is_a_change_is_ready_at_once(self) -> None:
+        """Without this, sends waited READY_TIMEOUT after each join into such a room."""
+        state = ChatState("alice")
+        state.join("lobby", 0)
+        state.connection_lost()
+        state.submit("queued", "c1", 0)
+        state.connection_opened(0)
+        state.frames_to_send()
+        state.receive(joined("lobby", 2), 0)
+        state.receive(message("lobby", 1), 0)
+        state.receive(self.change(2, "react", 1, reaction_counts={"🎉": 1}), 0)
+        assert sends(state.frames_to_send()) == [("lobby", "c1")]

@@ -70,11 +70,18 @@ def render_item(item: ChatMessage | Notice, me: str) -> StyleAndTextTuples:
     mention = any(same_nick(n, me) for n in item.mentions) and not same_nick(item.nick, me)
     base = "class:mention " if mention else ""
     fragments: StyleAndTextTuples = [(base + "class:time", _clock(item.ts) + " ")]
+    if item.deleted:
+        fragments += [(nick_style(item.nick), f"<{item.nick}>"), ("class:notice", " (message deleted)")]
+        return fragments
     if item.action is not None:
         fragments += [(base + "class:action", "* "), (base + nick_style(item.nick), item.nick),
                       (base + "class:action", " " + item.action)]
     else:
         fragments += [(base + nick_style(item.nick), f"<{item.nick}>"), (base, " " + item.body)]
+    if item.edited:
+        fragments.append(("class:notice", " (edited)"))
+    if item.reactions:
+        fragments.append(("class:notice", "  " + " ".join(f"{emoji} {count}" for emoji, count in item.reactions)))
     if mention:
         fragments.append((base, " ◀"))  # a marker that survives a terminal without reverse video
     if item.state is MessageState.PENDING:

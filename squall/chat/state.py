@@ -81,6 +81,9 @@ class ChatMessage:
     mentions: tuple[str, ...] = ()
     state: MessageState = MessageState.SENT
     error: str | None = None
+    edited: bool = False
+    deleted: bool = False
+    reactions: tuple[tuple[str, int], ...] = ()  # (emoji, how many), in first-use order
 
     @property
     def action(self) -> str | None:
@@ -98,6 +101,9 @@ class ChatMessage:
             nick=str(event.get("nick", "")),
             body=str(event.get("body", "")),
             ts=ts if isinstance(ts, int) else 0,
+            edited=event.get("edited") is True,
+            deleted=event.get("deleted") is True,
+            reactions=_reaction_counts(event.get("reaction_counts")),
             mentions=tuple(str(n) for n in mentions) if isinstance(mentions, list) else (),
         )
 
@@ -394,6 +400,8 @@ class ChatState:
             self._check_ready(room, now)
         elif kind == "message" and _has_seq(event):
             return self._message(room, event, now)
+        elif kind == "change" and _has_seq(event):
+            self._change(room, event, now)
         elif kind == "typing":
             for nick in event.get("nicks") or ():
                 if isinstance(nick, str) and not same_nick(nick, self.nick):
@@ -457,6 +465,25 @@ class ChatState:
             room.mentions += mention
         return message if mention else None
 
+    def _change(self, room: Room, event: Mapping[str, Any], now: float) -> None:
+        """An edit, delete or reaction: it takes its own seq in the room's order
+        (the cursor moves past it, as past a message), and carries the whole new
+        state of the message it changes, which replaces what is held."""
+        seq = event["seq"]
+        if room.cursor is not None and seq <= room.cursor:
+            return
+        room.cursor = seq
+        ours = same_nick(str(event.get("nick", "")), self.nick)
+        if ours and event.get("id") is not None:
+            self._outbox.pop(str(event["id"]), None)
+        state, target = event.get("message"), event.get("target")
+        if isinstance(state, Mapping) and _has_seq(state) and isinstance(target, int):
+            held = room.by_seq(target)
+            if held is not None:
+                index = room.messages.index(held)
+                room.messages[index] = ChatMessage.from_wire(room.name, state)
+        self._check_ready(room, now)
+
     def _acknowledged(self, event: Mapping[str, Any]) -> None:
         id = str(event.get("id"))
         entry = self._outbox.pop(id, None)
@@ -517,6 +544,12 @@ class ChatState:
                 continue
             entry.in_flight = True
             self._frames.append({"type": "send", "room": entry.room, "body": entry.body, "id": entry.id})
+
+
+def _reaction_counts(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, Mapping):
+        return ()
+    return tuple((str(emoji), count) for emoji, count in value.items() if isinstance(count, int) and count > 0)
 
 
 def _has_seq(event: Mapping[str, Any]) -> bool:
