@@ -32,13 +32,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
+
+from squall.store import Store, open_store
 
 __all__ = [
     "TIMEOUT", "PROCESSOR_LINE", "free_port", "SquallProcess", "squall_server", "run_async",
@@ -326,6 +328,17 @@ class SquallProcess:
         status, body = self.api("GET", f"/api/rooms/{room}/messages?since=0&limit=1000&wait=0", token=token)
         assert status == 200, (status, body)
         return list(body["messages"])
+
+
+# A store at ``url`` (sqlite:///… or postgresql://…), open for the block.
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @contextmanager

@@ -6,27 +6,15 @@ idempotency of changes (issue 12, items 3-5)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from support import run_async
+from support import opened, run_async
 
 from squall.message import ChangeRules, Draft
-from squall.store import Store, open_store
+from squall.store import Store
 
 RULES = ChangeRules(edit_window_ms=60_000, max_reactions=2)
-
-
-@asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def msg(cid: str, nick: str = "alice", *, ts: int = 1000, body: str | None = None, **fields: object) -> Draft:

@@ -5,30 +5,18 @@ equals (``store_url``: SQLite, then PostgreSQL)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 
 from pg_support import query
-from support import run_async
+from support import opened, run_async
 
 from squall.message import Draft
 from squall.protocol import CANARY_ROOM
 from squall.search import parse_query, rank
-from squall.store import Store, open_store
+from squall.store import Store
 from squall.store import postgres as pg_store
 from squall.store import sqlite as sqlite_store
-
-
-@asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def hits(store: Store, q: str, room: str | None = None) -> list[tuple[str, int]]:

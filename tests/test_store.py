@@ -6,14 +6,12 @@ test_store_postgres.py."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from pg_support import query
-from support import run_async
+from support import opened, run_async
 
 from squall.errors import ConfigError
 from squall.message import Draft
@@ -30,16 +28,6 @@ async def raw(url: str, statement: str) -> list[tuple[Any, ...]]:
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             return db.execute(statement).fetchall()
     return [tuple(row) for row in await query(url, statement)]
-
-
-@asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def test_batches_store_each_client_id_once(store_url: str) -> None:
