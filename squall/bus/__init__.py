@@ -38,6 +38,11 @@ class Receiver(Protocol):
     def sessions_ended(self, session_ids: Collection[str]) -> None:
         """Another node ended these sessions: refuse their tokens here too."""
 
+    def access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        """Another node changed rooms or memberships: ``(room, key, evict)``
+        (``key`` "" for the room itself; ``evict`` the code to close that
+        user's open subscriptions to the room with, or "")."""
+
 
 class Bus(Protocol):
     async def start(self, receiver: Receiver) -> None:
@@ -64,6 +69,9 @@ class Bus(Protocol):
 
     def publish_sessions_ended(self, session_ids: Collection[str]) -> None:
         """Tell the other nodes these sessions have ended (this node knows already)."""
+
+    def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        """Tell the other nodes rooms or memberships changed (this node knows already)."""
 
     def status(self) -> dict[str, Any]:
         """A summary for ``/api/health``."""

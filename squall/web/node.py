@@ -43,6 +43,7 @@ from ..turns import Turns
 from ..protocol import nick_key
 from ..queue.client import QueueClient
 from ..store import Store, open_store
+from .access import Access
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
@@ -127,6 +128,8 @@ class WebNode:
             size=max(10_000, settings.max_connections),
         )
         self.passwords = Passwords()
+        # Who may read, post in and moderate which room (squall/rooms.py has the rules).
+        self.access = Access(self.store, admins=settings.admins)
         self.bus: Bus = open_bus(
             settings.bus, prefix=settings.bus_prefix, max_queue=settings.bus_max_queue,
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
@@ -285,6 +288,7 @@ class WebNode:
                     connection.close()
         if self._server is not None:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
+        await self.access.flush_joins()
         await self.bus.close()
         await self.store.close()
         self.passwords.close()
@@ -329,6 +333,8 @@ class WebNode:
         """
         self.metrics.sends.inc()
         try:
+            # Every send, whatever its transport, passes here: one check for all.
+            await self.access.may_post(room, nick_key(nick))
             message = await self.link.process(
                 room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000)
             )
@@ -372,6 +378,36 @@ class WebNode:
 
     def sessions_ended(self, session_ids: Collection[str]) -> None:
         self.end_sessions(session_ids, tell_others=False)
+
+    def access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        self.change_access(changes, tell_others=False)
+
+    # -- rooms and memberships -------------------------------------------
+
+    def change_access(self, changes: Sequence[tuple[str, str, str]], *, tell_others: bool = True) -> None:
+        """Rooms or memberships changed: ``(room, key, evict)``. Forget the cached
+        facts, close ``key``'s subscriptions to ``room`` with code ``evict``
+        (when set) and, unless the news came from the bus, tell the other nodes."""
+        self.access.forget((room, key) for room, key, _ in changes)
+        for room, key, evict in changes:
+            if key and evict:
+                self.evict(room, key, evict)
+        if tell_others:
+            self.bus.publish_access_changed(list(changes))
+
+    def evict(self, room: str, key: str, code: str) -> None:
+        """End user ``key``'s open subscriptions to ``room`` on this node, each
+        told why with an error (``code``: not_member, banned)."""
+        reason = (f"you were banned from room {room}" if code == "banned"
+                  else f"you are no longer a member of room {room}")
+        for connection in list(self.websockets):
+            if connection.nick_key == key:
+                connection.evict(room, code, reason)
+        for stream in list(self.event_streams):
+            if stream.key == key:
+                stream.evict(room, code, reason)
+        for poll in list(self.poll_connections):
+            poll.evict(room, key, code, reason)
 
     # -- sessions -------------------------------------------------------
 
@@ -474,6 +510,7 @@ class WebNode:
         if self._router is not None:
             self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
         self.limits.sweep(now=now)
+        asyncio.ensure_future(self.access.flush_joins())
 
     def _start_forgetting_guests(self) -> None:
         asyncio.ensure_future(self.forget_guests(now=time.time()))

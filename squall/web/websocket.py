@@ -63,6 +63,8 @@ from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..presence import members_fields
 from ..protocol import Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
+from ..rooms import Refusal
+from .access import UNKNOWN
 from .base import BaseHandler
 from .framing import between_frames, new_framing
 from .streams import receive, take_socket
@@ -568,9 +570,20 @@ class ChatConnection:
         except ClientError as exc:
             self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
             return
+        node = self.node
+        try:
+            await node.access.may_read(room_name, self.nick_key)
+        except ClientError as exc:
+            self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
+            return
+        except Exception:
+            log.exception("checking access to %s failed", room_name)
+            self.send_error("internal", f"could not join {room_name}", room=room_name)
+            return
+        if self.closed:
+            return
         if room_name in self.rooms:
             self._leave(room_name)  # a re-join restarts from its own `since`
-        node = self.node
         self.rooms[room_name] = command.since or 0
         try:
             room, cursor = await node.hub.join(room_name, command.since)
@@ -582,6 +595,7 @@ class ChatConnection:
         if self.closed or room_name not in self.rooms:
             return
         self.rooms[room_name] = cursor
+        node.access.note_join(room_name, self.nick_key)
         node.announce(node.presence.connect(room_name, self.nick, self.nick_key))
         # The member count and a first page: a room's whole list would make
         # filling it O(N²). The rest is paged from /members.
@@ -606,7 +620,36 @@ class ChatConnection:
         self.node.hub.leave(self, room_name, now=time.monotonic())
         self.node.announce(self.node.presence.disconnect(room_name, self.nick_key))
 
+    def evict(self, room_name: str, code: str, reason: str) -> None:
+        """Membership of ``room_name`` ended (kick, ban, removal): leave it and say why."""
+        if room_name in self.rooms and not self.closed:
+            self._leave(room_name)
+            self.send_error(code, reason, room=room_name)
+
     def _typing(self, room_name: str) -> None:
+        verdict = self.node.access.cached_refusal(room_name, self.nick_key, now=time.monotonic())
+        if verdict is UNKNOWN:
+            asyncio.ensure_future(self._typing_checked(room_name))
+            return
+        if verdict is not None:
+            assert isinstance(verdict, Refusal)
+            self.send_error(verdict.code, verdict.reason, room=room_name)
+            return
+        self._typing_allowed(room_name)
+
+    async def _typing_checked(self, room_name: str) -> None:
+        try:
+            await self.node.access.may_read(room_name, self.nick_key)
+        except ClientError as exc:
+            self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
+            return
+        except Exception:
+            log.exception("checking access to %s failed", room_name)
+            return
+        if not self.closed:
+            self._typing_allowed(room_name)
+
+    def _typing_allowed(self, room_name: str) -> None:
         now = time.monotonic()
         if self.typing_at is None:
             self.typing_at = {}
