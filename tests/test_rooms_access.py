@@ -109,7 +109,7 @@ def test_a_member_kicked_or_banned_loses_the_room_at_once(server: SquallProcess)
             assert response.status == 200, response.json()
             evicted = await client.recv_until(lambda f: f.get("type") == "error")
             assert evicted["code"] == "not_member" and evicted["room"] == "secret", evicted
-            ended = await stream.next_of("error")
+            ended = await stream.next_of("refused")
             assert ended.json()["code"] == "not_member"
             with pytest.raises(EOFError):
                 await stream.next_event()

@@ -87,7 +87,7 @@ class EventsHandler(BaseHandler):
         """Membership of the room ended (kick, ban, removal): say why, and end the stream."""
         if room != self._room or self.closed:
             return
-        self._write(b"event: error\ndata: " + orjson.dumps({"type": "error", "room": room, "code": code,
+        self._write(b"event: refused\ndata: " + orjson.dumps({"type": "error", "room": room, "code": code,
                                                            "reason": reason}) + b"\n\n")
         self.end()
 

@@ -148,3 +148,23 @@ export function websocketUrl(token) {
   url.searchParams.set("token", token);
   return url.href;
 }
+
+/** GET /api/rooms → `{rooms: [{name, topic, private, members, last_activity}], next}`. */
+export function fetchRooms(token, { q = "", cursor = null, limit = 50, signal } = {}) {
+  return request("GET", "/api/rooms", { token, query: { q: q || undefined, cursor, limit }, signal });
+}
+
+/** POST /api/rooms → `{name, topic, private, owner}`; ApiError `room_exists`, `bad_room`, `not_registered`. */
+export function createRoom(token, name, topic, isPrivate) {
+  return request("POST", "/api/rooms", { token, body: { name, topic, private: isPrivate } });
+}
+
+/** GET /api/dms → `{dms: [{room, nicks, last_activity}]}`. */
+export function fetchDms(token) {
+  return request("GET", "/api/dms", { token });
+}
+
+/** POST /api/dms → `{room, nicks}`; ApiError `unknown_user`, `not_registered`, `bad_field`. */
+export function startDm(token, nicks) {
+  return request("POST", "/api/dms", { token, body: { nicks } });
+}

@@ -1,8 +1,9 @@
 // The page: wires the session, the Connection, the store and the view together.
 
-import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
+import { ApiError, createAccount, createSession, fetchMe, fetchMembers, fetchMessages, logout } from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SettingsPanel } from "./settings.js";
+import { RoomsPanel } from "./rooms.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
@@ -70,6 +71,39 @@ class App {
       signOut: () => this.signOut(),
       sessionEnded: () => this.sessionEnded(),
     });
+    this.rooms = new RoomsPanel(translator, {
+      token: () => this.token,
+      open: (room) => this.openRoom(room),
+      labelsChanged: () => {
+        this.view.roomLabels = this.rooms.labels;
+        if (!this.store) return;
+        this.view.renderRoomList(this.store);
+        this.view.roomTitle.textContent = this.store.active ? this.view.roomLabel(this.store.active) : "";
+      },
+    });
+  }
+
+  /** Join `room` (if need be) and show it: from the room browser and the DM list. */
+  openRoom(room) {
+    if (!this.store) return;
+    this.joinRoom(room);
+    this.switchRoom(room);
+    if (this.view.sidebarOpen) this.view.setSidebarOpen(false);
+    this.view.composer.focus();
+  }
+
+  /** A first sign-in lands in the server's default room rather than an empty pane. */
+  async joinDefaultRoom() {
+    const token = this.token;
+    let me;
+    try {
+      me = await fetchMe(token);
+    } catch {
+      return; // offline: the empty state says to join a room
+    }
+    if (this.token !== token || !this.store || this.store.rooms.size) return;
+    const room = normaliseRoom(me.default_room ?? "");
+    if (room) this.openRoom(room);
   }
 
   t(key, params) {
@@ -149,6 +183,7 @@ class App {
     v.membersMore.addEventListener("click", () => this.loadMoreMembers());
     v.roomsToggle.addEventListener("click", () => v.setSidebarOpen(!v.sidebarOpen));
     this.settings.bind();
+    this.rooms.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     document.addEventListener("keydown", (event) => this.onShortcut(event));
     document.addEventListener("visibilitychange", () => {
@@ -158,7 +193,7 @@ class App {
   }
 
   onShortcut(event) {
-    if (this.settings.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
+    if (this.settings.isOpen || this.rooms.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
       this.view.roomsToggle.focus();
@@ -260,6 +295,7 @@ class App {
 
   stopChat() {
     this.settings.close();
+    this.rooms.close();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
@@ -327,6 +363,8 @@ class App {
     if (active) this.switchRoom(active);
     else this.view.renderRoom(this.store);
     this.connection.start();
+    if (!this.store.rooms.size) this.joinDefaultRoom();
+    this.rooms.refreshDms();
   }
 
   openLinkedRoom() {
@@ -354,6 +392,10 @@ class App {
 
   leaveRoom(name) {
     this.connection.leave(name);
+    this.dropRoom(name);
+  }
+
+  dropRoom(name) {
     const wasActive = this.store.active === name;
     this.store.removeRoom(name);
     if (wasActive && this.store.active) this.store.activate(this.store.active);
@@ -510,6 +552,11 @@ class App {
           const message = store.fail(event);
           if (message && message.room === store.active) this.view.refreshMessage(message, store.me);
           if (message) this.view.announce(this.t("messages.failed", { reason: this.view.errorText(event) }));
+        } else if (event.room && ["not_member", "banned"].includes(event.code) && store.room(event.room)) {
+          // Refused, or put out (kick, ban, removal): the room goes from the list, and we say why.
+          const label = this.view.roomLabel(event.room);
+          this.dropRoom(event.room);
+          this.view.announce(this.t("rooms.evicted", { room: label, reason: this.view.errorText(event) }));
         } else {
           this.view.announce(this.view.errorText(event));
         }
@@ -600,6 +647,7 @@ class App {
     this.view.setTranslator(this.translator);
     this.settings.setTranslator(this.translator);
     this.view.langSelect.value = lang;
+    this.rooms.setTranslator(this.translator);
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();
     if (this.store) {

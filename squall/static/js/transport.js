@@ -228,6 +228,12 @@ class HttpAdapter {
     this._rooms.set(room, controller);
     this._run(room, since, controller.signal).catch((error) => {
       if (controller.signal.aborted || this._dead) return;
+      if (error instanceof ApiError && error.status === 403 && ROOM_REFUSALS.includes(error.code)) {
+        // This room is closed to us (private, banned, kicked): only it stops, told as on WebSocket.
+        this._rooms.delete(room);
+        this._sink.event(this, { type: "error", room, code: error.code, reason: error.reason });
+        return;
+      }
       this._fail({ unauthorized: error instanceof ApiError && error.unauthorized });
     });
     return true;
@@ -313,6 +319,9 @@ class HttpAdapter {
   }
 }
 
+// Refusals of one room (docs/protocol.md, "Rooms"): that room stops, the connection stays.
+const ROOM_REFUSALS = ["not_member", "banned", "forbidden"];
+
 class LongPollAdapter extends HttpAdapter {
   constructor(token, sink) {
     super(token, sink);
@@ -376,6 +385,13 @@ class EventSourceAdapter extends HttpAdapter {
     source.addEventListener("presence", forward("presence"));
     source.addEventListener("typing", forward("typing"));
     source.addEventListener("update", forward("update"));
+    // Put out of the room (kick, ban, removal): the server ends the stream after this.
+    source.addEventListener("refused", (event) => {
+      source.close();
+      this._rooms.get(room)?.abort();
+      this._rooms.delete(room);
+      forward("error")(event);
+    });
     source.onopen = () => {
       this._streamOpened = true;
     };

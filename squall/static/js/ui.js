@@ -69,6 +69,9 @@ export class ChatView {
     this.membersCount = byId("members-count");
     this.membersMore = byId("members-more");
     this.emptyState = byId("empty-state");
+    this.roomEmpty = byId("room-empty");
+    /** Room name → what to call it instead of #name (a direct message: the other people). */
+    this.roomLabels = new Map();
     this.scroller = byId("scroller");
     this.loadOlder = byId("load-older");
     this.historyStart = byId("history-start");
@@ -199,7 +202,7 @@ export class ChatView {
       button.type = "button";
       button.dataset.room = room.name;
       if (active) button.setAttribute("aria-current", "true");
-      button.append(el("span", "room-name", `#${room.name}`));
+      button.append(el("span", "room-name", this.roomLabel(room.name)));
       const badge = el("span", "unread-badge", String(room.unread));
       badge.dataset.testid = "unread-badge";
       badge.hidden = room.unread === 0;
@@ -230,7 +233,7 @@ export class ChatView {
     this.scroller.hidden = room === null;
     this.composer.disabled = room === null;
     this.sendButton.disabled = room === null;
-    this.roomTitle.textContent = room ? `#${room.name}` : "";
+    this.roomTitle.textContent = room ? this.roomLabel(room.name) : "";
     this.messages.replaceChildren();
     this.members.replaceChildren();
     this.membersCount.textContent = "";
@@ -248,7 +251,14 @@ export class ChatView {
     this.scrollToBottom();
   }
 
+  roomLabel(name) {
+    return this.roomLabels.get(name) ?? `#${name}`;
+  }
+
   renderHistoryState(room) {
+    // An empty room says what to do rather than showing a blank pane.
+    this.roomEmpty.hidden = room.messages.length > 0 || room.pending.size > 0;
+    this.roomEmpty.textContent = this.t.t("rooms.emptyRoom", { room: this.roomLabel(room.name) });
     this.loadOlder.hidden = room.historyDone || room.messages.length === 0;
     this.loadOlder.disabled = room.loadingHistory;
     this.loadOlder.textContent = this.t.t(room.loadingHistory ? "messages.loadingOlder" : "messages.loadOlder");
@@ -362,6 +372,7 @@ export class ChatView {
    * messages stay at the bottom).
    */
   placeMessage(message, { replaced = null, me, ownAction = false } = {}) {
+    this.roomEmpty.hidden = true;
     const stick = ownAction || this.isNearBottom();
     let item = replaced ? this._byId(replaced.id) : null;
     const existing = message.seq !== null ? this._bySeq(message.seq) : null;
