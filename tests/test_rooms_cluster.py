@@ -41,3 +41,24 @@ def test_a_kick_on_one_node_closes_the_membership_on_another(tmp_path: Path, red
                 await client.close()
 
         run_async(scenario())
+
+
+@pytest.mark.redis
+def test_a_read_position_reaches_the_users_connections_on_another_node(tmp_path: Path, redis_prefix: str) -> None:
+    env = {"SQUALL_BUS": REDIS_URL, "SQUALL_BUS_PREFIX": f"{redis_prefix}:"}
+    with squall_cluster(tmp_path, web=2, env=env) as (first, second):
+        token = first.session("dora")
+        assert first.api("POST", "/api/rooms/lobby/messages", {"id": "1", "body": "hi"}, token=token)[0] == 200
+
+        async def scenario() -> None:
+            other_device = await ChatClient.connect(second.address, token)
+            try:
+                assert (await other_device.join("lobby"))["type"] == "joined"
+                response = await http(first.address, "POST", "/api/rooms/lobby/seen", token=token,
+                                      json_body={"seq": 1})
+                assert response.status == 200, response.json()
+                assert await other_device.recv_type("seen") == {"type": "seen", "room": "lobby", "seq": 1}
+            finally:
+                await other_device.close()
+
+        run_async(scenario())

@@ -73,6 +73,9 @@ class Bus(Protocol):
     def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
         """Tell the other nodes rooms or memberships changed (this node knows already)."""
 
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        """Tell the other nodes users read up to a message: ``(room, key, seq as text)``."""
+
     def status(self) -> dict[str, Any]:
         """A summary for ``/api/health``."""
 

@@ -38,6 +38,9 @@ class LocalBus:
     def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
         pass
 
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        pass
+
     def status(self) -> dict[str, Any]:
         return {"kind": "local"}
 

@@ -217,6 +217,12 @@ class RedisBus:
             self._idle.clear()
             self._queued.set()
 
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        if marks:
+            self._notices.append(encode_control(self.origin, "seen", changes=marks))
+            self._idle.clear()
+            self._queued.set()
+
     def _trim_queue(self) -> None:
         excess = len(self._queue) - self.max_queue
         if excess <= 0:
@@ -443,6 +449,8 @@ class RedisBus:
                     receiver.sessions_ended(control.sessions)
                 elif control.op == "access":
                     receiver.access_changed(control.changes)
+                elif control.op == "seen":
+                    receiver.marked_seen(control.changes)
                 return
             room = room_of(self.prefix, channel)
             if room is None:

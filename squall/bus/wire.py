@@ -17,7 +17,8 @@ Node-wide notices go on the control channel (:func:`control_channel`) as a JSON
 object with an ``op``: ``resync`` (a node could not publish everything: read
 every open room from the store), ``ended`` (sessions that have ended) and
 ``access`` (rooms or memberships that changed: ``changes``, a list of
-``[room, nick key or "", eviction code or ""]``).
+``[room, nick key or "", eviction code or ""]``) and ``seen`` (read markers
+that moved: ``changes`` of ``[room, nick key, seq]``, all text).
 
 Everything read from the bus is checked: a message that does not parse raises
 :class:`BadBusMessage`, which the caller logs and drops.
@@ -172,7 +173,7 @@ def decode_control(data: bytes) -> Control:
     if not isinstance(value, dict):
         raise BadBusMessage("control message is not a JSON object")
     origin, op, sessions = value.get("origin"), value.get("op"), value.get("sessions", [])
-    if not isinstance(origin, str) or op not in ("resync", "ended", "access"):
+    if not isinstance(origin, str) or op not in ("resync", "ended", "access", "seen"):
         raise BadBusMessage(f"control message with origin {origin!r} and unknown op {op!r}")
     if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
         raise BadBusMessage("control message: sessions are not a list of strings")

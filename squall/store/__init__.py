@@ -246,6 +246,13 @@ class Store(Protocol):
     async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
         """``(nick, role, muted_until, banned)`` of a room's membership rows, by casefolded nick."""
 
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        """User ``key`` read ``room`` up to ``seq`` on some device: raise their read
+        position (never lowers it), and the mail marker with it (no mail for what was read)."""
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        """User ``key``'s read positions, room → seq (at most ``limit`` rooms)."""
+
     # -- the mention-mail queue (squall/processor/notifier.py) --
     #
     # Several notifiers (one per processor) may share the queue. A notifier

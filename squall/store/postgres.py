@@ -169,6 +169,12 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (room, nick_key)
     );
     CREATE INDEX members_by_user ON members (nick_key);
+    CREATE TABLE reads (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    );
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -622,6 +628,7 @@ class PostgresStore:
             )]
             if keys:
                 await db.execute("DELETE FROM seen WHERE nick_key = ANY($1::text[])", keys)
+                await db.execute("DELETE FROM reads WHERE nick_key = ANY($1::text[])", keys)
                 # The next holder of a guest nick inherits nothing from the last one.
                 await db.execute("DELETE FROM members WHERE nick_key = ANY($1::text[])", keys)
             return len(keys)
@@ -762,6 +769,24 @@ class PostgresStore:
             DirectMessages(r[0], tuple(sorted(r[2] or (), key=nick_key)), int(r[1] or 0))
             for r in rows if is_dm(r[0])
         ]
+
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        async def work(db: _DB) -> None:
+            for table in ("reads", "seen"):
+                await db.execute(
+                    f"INSERT INTO {table} (nick_key, room, seq) VALUES ($1, $2, $3)"
+                    f" ON CONFLICT (nick_key, room) DO UPDATE SET seq = GREATEST({table}.seq, excluded.seq)",
+                    key, room, seq,
+                )
+
+        await self._run("storing a read position", work, idempotent=True)
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        rows = await self._fetch(
+            "reading read positions",
+            "SELECT room, seq FROM reads WHERE nick_key = $1 ORDER BY room COLLATE \"C\" LIMIT $2", key, limit,
+        )
+        return {row[0]: int(row[1]) for row in rows}
 
     async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
         rows = await self._fetch(

@@ -137,6 +137,12 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (room, nick_key)
     ) WITHOUT ROWID;
     CREATE INDEX members_by_user ON members (nick_key);
+    CREATE TABLE reads (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -626,6 +632,7 @@ class SQLiteStore:
                     " AND created < ? LIMIT ?", (last_session_before, _FORGET_SLICE),
                 )]
                 db.executemany("DELETE FROM seen WHERE nick_key = ?", [(k,) for k in keys])
+                db.executemany("DELETE FROM reads WHERE nick_key = ?", [(k,) for k in keys])
                 # The next holder of a guest nick inherits nothing from the last one.
                 db.executemany("DELETE FROM members WHERE nick_key = ?", [(k,) for k in keys])
                 db.executemany("DELETE FROM users WHERE nick_key = ?", [(k,) for k in keys])
@@ -764,6 +771,25 @@ class SQLiteStore:
                            int(last or 0))
             for name, last, others in rows if is_dm(name)
         ]
+
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        await self._in_writer(self._mark_read, key, room, seq)
+
+    def _mark_read(self, key: str, room: str, seq: int) -> None:
+        with self._transaction() as db:
+            for table in ("reads", "seen"):
+                db.execute(
+                    f"INSERT INTO {table} (nick_key, room, seq) VALUES (?, ?, ?)"
+                    f" ON CONFLICT (nick_key, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (key, room, seq),
+                )
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        async with self.db.execute(
+            "SELECT room, seq FROM reads WHERE nick_key = ? ORDER BY room LIMIT ?", (key, limit)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {room: int(seq) for room, seq in rows}
 
     async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
         async with self.db.execute(

@@ -30,7 +30,9 @@ def routes(node: WebNode) -> list[Any]:
     from .accounts import AccountHandler, LogoutHandler, PasswordHandler, SessionHandler
     from .longpoll import MessagesHandler
     from .operations import HealthzHandler, MetricsHandler, ReadyzHandler
-    from .rooms import DMsHandler, ModerationHandler, RoomHandler, RoomMemberHandler, RoomsHandler
+    from .rooms import (
+        DMsHandler, ModerationHandler, ReadHandler, ReadMarkersHandler, RoomHandler, RoomMemberHandler, RoomsHandler,
+    )
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
 
@@ -45,6 +47,8 @@ def routes(node: WebNode) -> list[Any]:
         (r"/ws", WebSocketEndpoint, args),
         (r"/api/rooms", RoomsHandler, args),
         (r"/api/dms", DMsHandler, args),
+        (r"/api/seen", ReadMarkersHandler, args),
+        (_ROOM + r"/seen", ReadHandler, args),
         (_ROOM, RoomHandler, args),
         (_ROOM + r"/members/([^/]+)", RoomMemberHandler, args),
         (_ROOM + r"/moderation", ModerationHandler, args),

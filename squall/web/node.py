@@ -382,6 +382,30 @@ class WebNode:
     def access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
         self.change_access(changes, tell_others=False)
 
+    def marked_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        for room, key, seq in marks:
+            if seq.isdigit():
+                self._tell_seen(room, key, int(seq))
+
+    # -- read positions (one per user, whatever the device) ---------------
+
+    async def mark_read(self, room: str, key: str, seq: int) -> None:
+        """User ``key`` read ``room`` up to ``seq``: store it, and tell their
+        connections in that room, here and on every node, so that every device
+        of theirs clears what was read."""
+        await self.store.mark_read(key, room, seq)
+        self._tell_seen(room, key, seq)
+        self.bus.publish_seen([(room, key, str(seq))])
+
+    def _tell_seen(self, room: str, key: str, seq: int) -> None:
+        event = {"type": "seen", "room": room, "seq": seq}
+        for connection in list(self.websockets):
+            if connection.nick_key == key and room in connection.rooms:
+                connection.send_json(event)
+        for stream in list(self.event_streams):
+            if stream.key == key:
+                stream.tell(room, "seen", event)
+
     # -- rooms and memberships -------------------------------------------
 
     def change_access(self, changes: Sequence[tuple[str, str, str]], *, tell_others: bool = True) -> None:

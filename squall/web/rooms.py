@@ -28,7 +28,7 @@ from ..rooms import (
 )
 from .base import BaseHandler, query_argument
 
-__all__ = ["RoomsHandler", "RoomHandler", "RoomMemberHandler", "ModerationHandler", "DMsHandler",
+__all__ = ["ReadHandler", "ReadMarkersHandler", "RoomsHandler", "RoomHandler", "RoomMemberHandler", "ModerationHandler", "DMsHandler",
            "MAX_TOPIC_CHARS", "MAX_DM_OTHERS"]
 
 MAX_TOPIC_CHARS = 200
@@ -275,3 +275,32 @@ class DMsHandler(_RoomsBase):
         await self.node.store.create_dm(room, [key, *others], now_ms=_now_ms())
         self.node.change_access([(room, "", "")])
         self.write_json({"room": room, "nicks": sorted(others.values(), key=nick_key)})
+
+
+MAX_READ_MARKERS = 1000
+_MAX_SEQ = 2**53 - 1
+
+
+class ReadHandler(BaseHandler):
+    """``POST /api/rooms/R/seen {"seq": N}``: I read ``R`` up to ``N``, on this device."""
+
+    async def post(self, room: str) -> None:
+        key = nick_key(self.current_nick())
+        room = check_room(room)
+        await self.node.access.may_read(room, key)
+        seq = self.json_body().get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= _MAX_SEQ:
+            raise BadRequest("seq must be the seq of a message, a whole number from 1", code="bad_field")
+        # Never past the room's end: a read position ahead of it would hide what comes next.
+        seq = min(seq, await self.node.store.last_seq(room))
+        if seq > 0:
+            await self.node.mark_read(room, key, seq)
+        self.write_json({"room": room, "seq": seq})
+
+
+class ReadMarkersHandler(BaseHandler):
+    """``GET /api/seen``: my read position in each room, the same on every device."""
+
+    async def get(self) -> None:
+        key = nick_key(self.current_nick())
+        self.write_json({"rooms": await self.node.store.read_markers(key, MAX_READ_MARKERS)})

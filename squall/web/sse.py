@@ -83,6 +83,11 @@ class EventsHandler(BaseHandler):
         """The casefolded nick of the stream's user."""
         return self._key
 
+    def tell(self, room: str, name: str, value: dict[str, object]) -> None:
+        """An event for this stream's user alone (``seen``), if it reads ``room``."""
+        if room == self._room and not self.closed:
+            self._write(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(value) + b"\n\n")
+
     def evict(self, room: str, code: str, reason: str) -> None:
         """Membership of the room ended (kick, ban, removal): say why, and end the stream."""
         if room != self._room or self.closed:
