@@ -104,3 +104,34 @@ def test_rooms_browser_default_room_and_direct_messages(server: Any, open_page: 
     expect(page.locator("#room-empty")).to_contain_text("#lobby 里还没有消息")
     alice.assert_no_errors()
     bob.assert_no_errors()
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_reading_on_one_device_clears_the_unread_count_on_another(
+    server: Any, open_page: Any, transport: str
+) -> None:
+    nick = f"uma-{transport}"
+    phone = open_page(server, transport=transport)
+    create_account(phone, nick)
+    phone.wait_open()
+    laptop = open_page(server, transport=transport)
+    laptop.page.check("#mode-signin")
+    laptop.page.fill("#nick-input", nick)
+    laptop.page.fill("#password-input", PASSWORD)
+    laptop.page.press("#password-input", "Enter")
+    expect(laptop.page.locator("#room-title")).to_have_text("#lobby")
+    laptop.wait_open()
+    # Both look at another room while a message comes to the lobby: both count it.
+    laptop.join(f"elsewhere-{transport}")
+    phone.join(f"elsewhere-{transport}")
+    writer = server.api("POST", "/api/session", {"nick": f"vic-{transport}"})["token"]
+    server.api("POST", "/api/rooms/lobby/messages", {"id": f"r-{transport}", "body": "news"}, token=writer)
+    lobby = '#room-list li[data-room="lobby"] [data-testid=unread-badge]'
+    expect(phone.page.locator(lobby)).to_have_text("1")
+    expect(laptop.page.locator(lobby)).to_have_text("1")
+    # Read on the phone: the laptop's count clears, with no click there.
+    phone.page.click('#room-list li[data-room="lobby"] .room-button')
+    expect(phone.page.locator("#messages li[data-seq]").last).to_contain_text("news")
+    expect(laptop.page.locator(lobby)).to_be_hidden()
+    phone.assert_no_errors()
+    laptop.assert_no_errors()

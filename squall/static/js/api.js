@@ -168,3 +168,13 @@ export function fetchDms(token) {
 export function startDm(token, nicks) {
   return request("POST", "/api/dms", { token, body: { nicks } });
 }
+
+/** POST /api/rooms/R/seen → `{room, seq}`: read up to `seq` here; the user's other devices are told. */
+export function postSeen(token, room, seq) {
+  return request("POST", roomPath(room, "seen"), { token, body: { seq } });
+}
+
+/** GET /api/seen → `{rooms: {room: seq}}`: the user's read positions, the same on every device. */
+export function fetchSeen(token, { signal } = {}) {
+  return request("GET", "/api/seen", { token, signal });
+}

@@ -1,6 +1,8 @@
 // The page: wires the session, the Connection, the store and the view together.
 
-import { ApiError, createAccount, createSession, fetchMe, fetchMembers, fetchMessages, logout } from "./api.js";
+import {
+  ApiError, createAccount, createSession, fetchMe, fetchMembers, fetchMessages, fetchSeen, logout, postSeen,
+} from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SettingsPanel } from "./settings.js";
 import { RoomsPanel } from "./rooms.js";
@@ -10,6 +12,8 @@ import { ChatView } from "./ui.js";
 
 const SESSION_KEY = "squall.session";
 const ROOMS_KEY = "squall.rooms";
+// A read position is reported at most this often per room (the newest wins).
+const SEEN_EVERY_MS = 1000;
 const HISTORY_PAGE = 50;
 const TYPING_EVERY_MS = 3000; // matches what the server relays at most
 const LOAD_OLDER_AT_PX = 60;
@@ -65,6 +69,7 @@ class App {
     this.composing = false;
     this.typingTimer = null;
     this.signingIn = false;
+    this.seenTimers = new Map(); // room → pending report of the read position
     this.settings = new SettingsPanel(translator, {
       session: () => this.session,
       update: (changes) => this.updateSession(changes),
@@ -90,6 +95,45 @@ class App {
     this.switchRoom(room);
     if (this.view.sidebarOpen) this.view.setSidebarOpen(false);
     this.view.composer.focus();
+  }
+
+  /** The user's read positions, shared by every device: unread counts start from them. */
+  async loadReadPositions() {
+    const token = this.token;
+    let answer;
+    try {
+      answer = await fetchSeen(token);
+    } catch {
+      return;
+    }
+    if (this.token !== token || !this.store) return;
+    for (const [room, seq] of Object.entries(answer.rooms ?? {})) this.onSeen(room, seq);
+  }
+
+  onSeen(roomName, seq) {
+    if (!this.store?.applySeen(roomName, seq)) return;
+    this.view.renderRoomList(this.store);
+    this.updateTitle();
+  }
+
+  /** The active room is on screen: report what is read, so the user's other devices clear it. */
+  reportRead(roomName) {
+    const room = this.store?.room(roomName);
+    const newest = room?.messages.length ? room.messages[room.messages.length - 1].seq : null;
+    if (!newest || newest <= (room.readUpTo ?? 0) || this.seenTimers.has(roomName)) return;
+    this.seenTimers.set(roomName, setTimeout(async () => {
+      this.seenTimers.delete(roomName);
+      const current = this.store?.room(roomName);
+      if (!current || !this.isSeen(roomName)) return;
+      const seq = current.messages.length ? current.messages[current.messages.length - 1].seq : null;
+      if (!seq || seq <= (current.readUpTo ?? 0)) return;
+      current.readUpTo = seq;
+      try {
+        await postSeen(this.token, roomName, seq);
+      } catch {
+        current.readUpTo = null; // the next message or switch tries again
+      }
+    }, SEEN_EVERY_MS));
   }
 
   /** A first sign-in lands in the server's default room rather than an empty pane. */
@@ -365,6 +409,7 @@ class App {
     this.connection.start();
     if (!this.store.rooms.size) this.joinDefaultRoom();
     this.rooms.refreshDms();
+    this.loadReadPositions();
   }
 
   openLinkedRoom() {
@@ -408,6 +453,7 @@ class App {
   switchRoom(name) {
     if (!this.store.room(name)) return;
     this.store.activate(name);
+    this.reportRead(name);
     this.saveRooms();
     this.view.renderRoomList(this.store);
     this.view.renderRoom(this.store);
@@ -416,6 +462,7 @@ class App {
 
   markSeen() {
     const room = this.store.room(this.store.active);
+    if (room) this.reportRead(room.name);
     if (room && (room.unread || room.mentions)) {
       this.store.activate(room.name);
       this.view.renderRoomList(this.store);
@@ -581,6 +628,9 @@ class App {
         if (room && active) this.view.renderMembers(room, store.me);
         return;
       }
+      case "seen":
+        this.onSeen(event.room, event.seq);
+        return;
       case "update": {
         const message = store.update(event);
         if (message && active) this.view.refreshMessage(message, store.me);
@@ -598,6 +648,7 @@ class App {
     const live = room.historyUpTo !== undefined && event.seq > room.historyUpTo;
     const result = store.receive(event, { live, seen: this.isSeen(event.room) });
     if (!result) return;
+    if (this.isSeen(event.room)) this.reportRead(event.room);
     const { message } = result;
     if (active) {
       this.view.placeMessage(message, { replaced: result.replaced, me: store.me });

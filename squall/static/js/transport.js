@@ -30,7 +30,7 @@
 // `timers`/`random` options, so the policy can be exercised without a network.
 
 import {
-  ApiError, eventsUrl, fetchMembers, fetchMessages, postMessage, postTyping, websocketUrl,
+  ApiError, eventsUrl, fetchMembers, fetchMessages, fetchSeen, postMessage, postTyping, websocketUrl,
 } from "./api.js";
 
 export const Kind = Object.freeze({ WS: "ws", SSE: "sse", LONGPOLL: "longpoll" });
@@ -343,6 +343,19 @@ class LongPollAdapter extends HttpAdapter {
   }
 
   _pollMembers() {
+    // Long-poll gets no `seen` events either: read positions come with the member poll.
+    if (this._rooms.size) {
+      fetchSeen(this._token).then(
+        (answer) => {
+          if (this._dead) return;
+          for (const room of this._rooms.keys()) {
+            const seq = answer.rooms?.[room];
+            if (seq) this._sink.event(this, { type: "seen", room, seq });
+          }
+        },
+        () => {},
+      );
+    }
     for (const [room, controller] of this._rooms) {
       fetchMembers(this._token, room, { signal: controller.signal }).then(
         (answer) => {
@@ -385,6 +398,7 @@ class EventSourceAdapter extends HttpAdapter {
     source.addEventListener("presence", forward("presence"));
     source.addEventListener("typing", forward("typing"));
     source.addEventListener("update", forward("update"));
+    source.addEventListener("seen", forward("seen"));
     // Put out of the room (kick, ban, removal): the server ends the stream after this.
     source.addEventListener("refused", (event) => {
       source.close();
