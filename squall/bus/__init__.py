@@ -43,6 +43,10 @@ class Receiver(Protocol):
         (``key`` "" for the room itself; ``evict`` the code to close that
         user's open subscriptions to the room with, or "")."""
 
+    def marked_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        """Users read up to a message on another node: ``(room, key, seq as text)``;
+        tell those users' connections here."""
+
 
 class Bus(Protocol):
     async def start(self, receiver: Receiver) -> None:

@@ -181,5 +181,5 @@ def decode_control(data: bytes) -> Control:
     if not isinstance(raw_changes, list) or not all(
         isinstance(c, list) and len(c) == 3 and all(isinstance(part, str) for part in c) for c in raw_changes
     ):
-        raise BadBusMessage("control message: changes are not a list of [room, key, evict] strings")
-    return Control(origin.encode(), op, sessions, [tuple(c) for c in raw_changes])  # type: ignore[misc]
+        raise BadBusMessage("control message: changes are not a list of [room, key, value] strings")
+    return Control(origin.encode(), op, sessions, [(c[0], c[1], c[2]) for c in raw_changes])
