@@ -169,6 +169,8 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (room, nick_key)
     );
     CREATE INDEX members_by_user ON members (nick_key);
+    -- The directory pages public rooms by name in byte order (GET /api/rooms).
+    CREATE INDEX rooms_public_by_name ON rooms (name COLLATE "C") WHERE NOT private;
     CREATE TABLE reads (
         nick_key TEXT NOT NULL,
         room TEXT NOT NULL,
