@@ -240,3 +240,35 @@ def test_direct_messages(server: SquallProcess) -> None:
         assert status == 400, (bad, body)
     status, body = server.api("POST", "/api/dms", {"nicks": ["ghost"]}, token=tokens["alice"])
     assert status == 404 and body["code"] == "unknown_user", body
+
+
+def test_a_ban_and_a_mute_in_a_public_room(server: SquallProcess) -> None:
+    alice, bob = account(server, "alice"), account(server, "bob")
+    assert server.api("POST", "/api/rooms", {"name": "agora"}, token=alice)[0] == 201
+    assert server.api("POST", "/api/rooms/agora/messages", {"id": "1", "body": "hi"}, token=bob)[0] == 200
+
+    def moderate(action: str) -> None:
+        status, body = server.api("POST", "/api/rooms/agora/moderation", {"action": action, "nick": "bob"},
+                                  token=alice)
+        assert status == 200, body
+
+    moderate("mute")
+    status, body = server.api("POST", "/api/rooms/agora/messages", {"id": "2", "body": "hm"}, token=bob)
+    assert (status, body["code"]) == (403, "muted")
+    assert server.api("GET", "/api/rooms/agora/messages", token=bob)[0] == 200  # muted still reads
+    moderate("ban")
+
+    async def banned_join() -> None:
+        client = await ChatClient.connect(server.address, bob)
+        try:
+            refused = await client.join("agora")
+            assert refused["type"] == "error" and refused["code"] == "banned", refused
+        finally:
+            await client.close()
+
+    run_async(banned_join())
+    status, body = server.api("GET", "/api/rooms/agora/messages?since=0&wait=0", token=bob)
+    assert (status, body["code"]) == (403, "banned")
+    moderate("unban")
+    moderate("unmute")
+    assert server.api("POST", "/api/rooms/agora/messages", {"id": "3", "body": "back"}, token=bob)[0] == 200

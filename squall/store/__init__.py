@@ -212,6 +212,9 @@ class Store(Protocol):
     async def room_info(self, room: str) -> RoomInfo:
         """The room's row (``exists=False`` when it has none)."""
 
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        """``(key, muted_until, banned)`` of the room's bans and running mutes (at most ``limit``)."""
+
     async def membership(self, room: str, key: str) -> Membership:
         """User ``key``'s standing in ``room`` (``NO_MEMBERSHIP`` when no row)."""
 

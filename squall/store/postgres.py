@@ -652,6 +652,14 @@ class PostgresStore:
             return RoomInfo(room, exists=False)
         return RoomInfo(room, private=bool(rows[0][0]), owner=rows[0][1], topic=rows[0][2])
 
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        rows = await self._fetch(
+            "reading a room's bans and mutes",
+            "SELECT nick_key, muted_until, banned FROM members WHERE room = $1 AND (banned OR muted_until > $2)"
+            " LIMIT $3", room, now_ms, limit,
+        )
+        return [(r[0], int(r[1]), bool(r[2])) for r in rows]
+
     async def membership(self, room: str, key: str) -> Membership:
         rows = await self._fetch(
             "reading a membership",

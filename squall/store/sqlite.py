@@ -651,6 +651,14 @@ class SQLiteStore:
             return RoomInfo(room, exists=False)
         return RoomInfo(room, private=bool(row[0]), owner=row[1], topic=row[2])
 
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        async with self.db.execute(
+            "SELECT nick_key, muted_until, banned FROM members WHERE room = ? AND (banned = 1 OR muted_until > ?)"
+            " LIMIT ?", (room, now_ms, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(key, int(muted), bool(banned)) for key, muted, banned in rows]
+
     async def membership(self, room: str, key: str) -> Membership:
         async with self.db.execute(
             "SELECT role, muted_until, banned FROM members WHERE room = ? AND nick_key = ?", (room, key)

@@ -32,8 +32,11 @@ from collections.abc import Iterable
 from ..errors import Forbidden
 from ..protocol import nick_key
 from ..rooms import (
+    NO_MEMBERSHIP,
     Membership,
     Refusal,
+    Role,
+    is_dm,
     RoomInfo,
     manage_refusal,
     moderate_refusal,
@@ -52,6 +55,9 @@ ACCESS_TTL = 60.0
 # Memberships remembered at once (the least recently used go first).
 MAX_CACHED_MEMBERSHIPS = 100_000
 MAX_CACHED_ROOMS = 20_000
+# Bans and running mutes of a public room held with its row: reading or posting
+# in a public room then needs no read per user. A room with more is read per user.
+MAX_RESTRICTIONS = 10_000
 # Joins noted before a flush is forced; past it the oldest are written anyway.
 MAX_PENDING_JOINS = 50_000
 
@@ -77,6 +83,8 @@ class Access:
         self.admins = frozenset(nick_key(nick) for nick in admins)
         self.ttl = ttl
         self._rooms: OrderedDict[str, tuple[RoomInfo, float]] = OrderedDict()
+        # A public room's bans and mutes, key → Membership (None: too many, read per user).
+        self._restrictions: dict[str, dict[str, Membership] | None] = {}
         self._members: OrderedDict[tuple[str, str], tuple[Membership, float]] = OrderedDict()
         self._joins: set[tuple[str, str]] = set()
         self._joined: set[tuple[str, str]] = set()  # written already (bounded like _members)
@@ -88,11 +96,11 @@ class Access:
 
     async def may_read(self, room: str, key: str) -> None:
         """Return if user ``key`` (casefolded nick) may read ``room``; else raise Forbidden."""
-        info, member = await self.facts(room, key)
+        info, member = await self.facts(room, key, roles=False)
         _raise(read_refusal(info, member, admin=self.is_admin(key)))
 
     async def may_post(self, room: str, key: str) -> None:
-        info, member = await self.facts(room, key)
+        info, member = await self.facts(room, key, roles=False)
         _raise(post_refusal(info, member, admin=self.is_admin(key), now_ms=int(time.time() * 1000)))
 
     async def may_moderate(self, room: str, key: str) -> None:
@@ -109,19 +117,49 @@ class Access:
         if key in self.admins:
             return None
         info = self._fresh(self._rooms, room, now)
-        member = self._fresh(self._members, (room, key), now)
-        if info is None or member is None:
+        if info is None:
+            return UNKNOWN
+        member = self._restricted(info, key)
+        if member is None:
+            member = self._fresh(self._members, (room, key), now)
+        if member is None:
             return UNKNOWN
         return read_refusal(info, member, admin=False)
 
+    def _restricted(self, info: RoomInfo, key: str) -> Membership | None:
+        """A public room's standing of ``key`` from its bans and mutes, or None (read per user)."""
+        if info.private or (not info.exists and is_dm(info.name)):
+            return None
+        restrictions = self._restrictions.get(info.name)
+        if restrictions is None:
+            return None
+        return restrictions.get(key, NO_MEMBERSHIP)
+
     # -- facts ---------------------------------------------------------------
 
-    async def facts(self, room: str, key: str) -> tuple[RoomInfo, Membership]:
+    async def facts(self, room: str, key: str, *, roles: bool = True) -> tuple[RoomInfo, Membership]:
+        """The room's row and ``key``'s membership. Without ``roles`` (reading,
+        posting), a public room's answer may come from its bans and mutes alone."""
         now = time.monotonic()
         info = self._fresh(self._rooms, room, now)
         if info is None:
             info = await self.store.room_info(room)
+            restrictions: dict[str, Membership] | None = None
+            if not info.private and not (not info.exists and is_dm(room)):
+                rows = await self.store.room_restrictions(
+                    room, now_ms=int(time.time() * 1000), limit=MAX_RESTRICTIONS + 1
+                )
+                if len(rows) <= MAX_RESTRICTIONS:
+                    restrictions = {k: Membership(Role.MEMBER, muted_until=muted, banned=banned)
+                                    for k, muted, banned in rows}
             _remember(self._rooms, room, info, now + self.ttl, MAX_CACHED_ROOMS)
+            self._restrictions[room] = restrictions
+            if len(self._restrictions) > MAX_CACHED_ROOMS:
+                self._restrictions = {name: self._restrictions[name] for name in self._rooms if name in self._restrictions}
+        if not roles:
+            member = self._restricted(info, key)
+            if member is not None:
+                return info, member
         member = self._fresh(self._members, (room, key), now)
         if member is None:
             member = await self.store.membership(room, key)
@@ -138,11 +176,13 @@ class Access:
     def forget(self, changes: Iterable[tuple[str, str]]) -> None:
         """Drop cached facts: ``(room, key)`` a membership, ``(room, "")`` the room and all its memberships."""
         for room, key in changes:
+            # A ban or mute changes the room's restrictions: read them again.
+            self._rooms.pop(room, None)
+            self._restrictions.pop(room, None)
             if key:
                 self._members.pop((room, key), None)
                 self._joined.discard((room, key))
             else:
-                self._rooms.pop(room, None)
                 for cached in [k for k in self._members if k[0] == room]:
                     del self._members[cached]
 
