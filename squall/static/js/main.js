@@ -147,7 +147,11 @@ class App {
     }
     if (this.token !== token || !this.store || this.store.rooms.size) return;
     const room = normaliseRoom(me.default_room ?? "");
-    if (room) this.openRoom(room);
+    // No focus move: this answer may come while the person is typing elsewhere.
+    if (room) {
+      this.joinRoom(room);
+      this.switchRoom(room);
+    }
   }
 
   t(key, params) {
