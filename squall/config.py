@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import BadRequest, ConfigError
+from .errors import ClientError, ConfigError
 from .identity import MAX_PASSWORD_CHARS
 
 __all__ = [
@@ -130,6 +130,9 @@ class Settings:
     # Accounts and identity (docs/protocol.md, "Accounts and sessions").
     guests: bool = True  # False: POST /api/session needs a password (403 guests_disabled)
     password_min_length: int = 8  # shortest password an account may have
+    admins: tuple[str, ...] = ()  # nicks of server admins: they may do anything in any room
+    default_room: str = "lobby"  # the room a new user lands in (the page joins it on first sign-in)
+    max_rooms_listed: int = 100  # the largest GET /api/rooms page (?limit=)
 
     # The link from web node to processor.
     max_pending_sends: int = 10_000  # queue of sends waiting for the processor
@@ -164,7 +167,6 @@ class Settings:
     # Message events (docs/protocol.md, "Changes"): edits, deletes, reactions.
     edit_window: float = 900.0  # seconds after sending during which its author may edit a message; 0: never
     max_reactions: int = 20  # distinct emoji one message may carry
-    admins: tuple[str, ...] = ()  # nicks of server admins, who may moderate (delete in) every room
     preview_allow: tuple[str, ...] = ()  # CIDRs or host[:port] exempt from the SSRF rules
     preview_timeout: float = 5.0
     preview_max_bytes: int = 1024 * 1024
@@ -359,13 +361,6 @@ def _check(settings: Settings) -> None:
             f"presence_ttl ({settings.presence_ttl}) must be at least twice presence_heartbeat"
             f" ({settings.presence_heartbeat}): a node must miss a heartbeat before it counts as dead"
         )
-    from .protocol import check_nick  # protocol imports nothing of config; config loads first
-
-    for nick in settings.admins:
-        try:
-            check_nick(nick)
-        except BadRequest as exc:
-            raise ConfigError(f"admins: {exc.reason}") from None
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be 0-65535, got {settings.port}")
     for name in ("host", "data_dir"):
@@ -400,6 +395,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"password_min_length must be between 1 and {MAX_PASSWORD_CHARS}, got {settings.password_min_length}"
         )
+    from .protocol import check_nick, check_room  # protocol imports errors only; config is imported first
+
+    for admin in settings.admins:
+        try:
+            check_nick(admin)
+        except ClientError as exc:
+            raise ConfigError(f"admins: {exc.reason}") from None
+    try:
+        check_room(settings.default_room)
+    except ClientError as exc:
+        raise ConfigError(f"default_room: {exc.reason}") from None
+    if settings.default_room.startswith("dm-"):
+        raise ConfigError("default_room: names starting with 'dm-' are kept for direct messages")
+    if not 1 <= settings.max_rooms_listed <= 1000:
+        raise ConfigError(f"max_rooms_listed must be between 1 and 1000, got {settings.max_rooms_listed}")
     if settings.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ConfigError("loop = 'uvloop' needs the uvloop package: pip install 'squall[uvloop]'")
     if settings.log_level.lower() not in LOG_LEVELS:

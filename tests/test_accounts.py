@@ -80,7 +80,8 @@ def test_register_answers_201_with_a_token_and_the_session_cookie(server: Squall
     assert {"squall_token", "_xsrf"} <= names, cookies
     assert any(cookie.startswith(f"squall_token=\"{body['token']}\"") or
                cookie.startswith(f"squall_token={body['token']}") for cookie in cookies), cookies
-    assert me(server, body["token"]) == (200, {"nick": "Reggie", "email": None, "registered": True})
+    assert me(server, body["token"]) == (200, {"nick": "Reggie", "email": None, "registered": True,
+                                            "default_room": "lobby", "admin": False})
 
 
 def test_sign_in_with_the_password_gives_a_new_session(server: SquallProcess) -> None:
@@ -185,13 +186,15 @@ def test_a_guest_nick_taken_over_ends_its_earlier_holders_sessions(server: Squal
 def test_a_guest_may_register_the_nick_it_holds_while_online(server: SquallProcess, room: str) -> None:
     async def scenario() -> None:
         guest = server.session("fritz")
-        assert me(server, guest) == (200, {"nick": "fritz", "email": None, "registered": False})
+        assert me(server, guest) == (200, {"nick": "fritz", "email": None, "registered": False,
+                                               "default_room": "lobby", "admin": False})
         connection = await ChatClient.connect(server.address, guest)
         await connection.join(room)
         account = register(server, "fritz", token=guest)
         assert await close_code(connection) == 4001  # the guest session has ended
         assert me(server, guest)[0] == 401
-        assert me(server, account) == (200, {"nick": "fritz", "email": None, "registered": True})
+        assert me(server, account) == (200, {"nick": "fritz", "email": None, "registered": True,
+                                                 "default_room": "lobby", "admin": False})
 
     run_async(scenario())
 

@@ -319,8 +319,7 @@ def test_bad_room_in_the_path_is_400(server: SquallProcess, token: str, path: st
     ("GET", "/api"),
     ("GET", "/api/nope"),
     ("POST", "/api/nope"),
-    ("GET", f"/api/rooms/{ROOM}"),
-    ("GET", f"/api/rooms/{ROOM}/nope"),
+    ("GET", f"/api/rooms/{ROOM}/nope"),  # (GET /api/rooms/R is the room: docs/protocol.md §2a)
     ("DELETE", "/api/rooms/x/y/messages"),
     ("GET", "/ws/extra"),
 ])

@@ -38,6 +38,15 @@ class Receiver(Protocol):
     def sessions_ended(self, session_ids: Collection[str]) -> None:
         """Another node ended these sessions: refuse their tokens here too."""
 
+    def access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        """Another node changed rooms or memberships: ``(room, key, evict)``
+        (``key`` "" for the room itself; ``evict`` the code to close that
+        user's open subscriptions to the room with, or "")."""
+
+    def marked_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        """Users read up to a message on another node: ``(room, key, seq as text)``;
+        tell those users' connections here."""
+
 
 class Bus(Protocol):
     async def start(self, receiver: Receiver) -> None:
@@ -64,6 +73,12 @@ class Bus(Protocol):
 
     def publish_sessions_ended(self, session_ids: Collection[str]) -> None:
         """Tell the other nodes these sessions have ended (this node knows already)."""
+
+    def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        """Tell the other nodes rooms or memberships changed (this node knows already)."""
+
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        """Tell the other nodes users read up to a message: ``(room, key, seq as text)``."""
 
     def status(self) -> dict[str, Any]:
         """A summary for ``/api/health``."""

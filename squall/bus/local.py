@@ -35,6 +35,12 @@ class LocalBus:
     def publish_sessions_ended(self, session_ids: Collection[str]) -> None:
         pass
 
+    def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        pass
+
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        pass
+
     def status(self) -> dict[str, Any]:
         return {"kind": "local"}
 

@@ -214,6 +214,18 @@ class RedisBus:
             self._idle.clear()
             self._queued.set()
 
+    def publish_access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        if changes:
+            self._notices.append(encode_control(self.origin, "access", changes=changes))
+            self._idle.clear()
+            self._queued.set()
+
+    def publish_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        if marks:
+            self._notices.append(encode_control(self.origin, "seen", changes=marks))
+            self._idle.clear()
+            self._queued.set()
+
     def _trim_queue(self) -> None:
         excess = len(self._queue) - self.max_queue
         if excess <= 0:
@@ -439,6 +451,10 @@ class RedisBus:
                     self._resync(self._wanted)
                 elif control.op == "ended":
                     receiver.sessions_ended(control.sessions)
+                elif control.op == "access":
+                    receiver.access_changed(control.changes)
+                elif control.op == "seen":
+                    receiver.marked_seen(control.changes)
                 return
             room = room_of(self.prefix, channel)
             if room is None:

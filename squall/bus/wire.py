@@ -17,7 +17,10 @@ is accepted.
 
 Node-wide notices go on the control channel (:func:`control_channel`) as a JSON
 object with an ``op``: ``resync`` (a node could not publish everything: read
-every open room from the store) and ``ended`` (sessions that have ended).
+every open room from the store), ``ended`` (sessions that have ended) and
+``access`` (rooms or memberships that changed: ``changes``, a list of
+``[room, nick key or "", eviction code or ""]``) and ``seen`` (read markers
+that moved: ``changes`` of ``[room, nick key, seq]``, all text).
 
 Everything read from the bus is checked: a message that does not parse raises
 :class:`BadBusMessage`, which the caller logs and drops.
@@ -159,18 +162,26 @@ def _check_header(header: Any, index: int) -> tuple[int | None, str, frozenset[s
 class Control:
     """A node-wide notice from the control channel."""
 
-    __slots__ = ("origin", "op", "sessions")
+    __slots__ = ("origin", "op", "sessions", "changes")
 
-    def __init__(self, origin: bytes, op: str, sessions: Sequence[str] = ()) -> None:
+    def __init__(
+        self, origin: bytes, op: str, sessions: Sequence[str] = (),
+        changes: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
         self.origin = origin
         self.op = op
         self.sessions = tuple(sessions)
+        self.changes = tuple(changes)
 
 
-def encode_control(origin: bytes, op: str, sessions: Sequence[str] = ()) -> bytes:
+def encode_control(
+    origin: bytes, op: str, sessions: Sequence[str] = (), *, changes: Sequence[tuple[str, str, str]] = ()
+) -> bytes:
     value: dict[str, Any] = {"origin": origin.decode(), "op": op}
     if sessions:
         value["sessions"] = list(sessions)
+    if changes:
+        value["changes"] = [list(change) for change in changes]
     return orjson.dumps(value)
 
 
@@ -182,8 +193,13 @@ def decode_control(data: bytes) -> Control:
     if not isinstance(value, dict):
         raise BadBusMessage("control message is not a JSON object")
     origin, op, sessions = value.get("origin"), value.get("op"), value.get("sessions", [])
-    if not isinstance(origin, str) or op not in ("resync", "ended"):
+    if not isinstance(origin, str) or op not in ("resync", "ended", "access", "seen"):
         raise BadBusMessage(f"control message with origin {origin!r} and unknown op {op!r}")
     if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
         raise BadBusMessage("control message: sessions are not a list of strings")
-    return Control(origin.encode(), op, sessions)
+    raw_changes = value.get("changes", [])
+    if not isinstance(raw_changes, list) or not all(
+        isinstance(c, list) and len(c) == 3 and all(isinstance(part, str) for part in c) for c in raw_changes
+    ):
+        raise BadBusMessage("control message: changes are not a list of [room, key, value] strings")
+    return Control(origin.encode(), op, sessions, [(c[0], c[1], c[2]) for c in raw_changes])

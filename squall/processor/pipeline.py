@@ -33,6 +33,7 @@ from ..errors import ConfigError, Rejected, StoreUnavailable
 from ..message import BODY_KINDS, Draft
 from ..store import Store
 from . import stages
+from .guard import AccessGuard
 
 __all__ = ["Pipeline", "StageContext", "Stage", "BUILTIN_STAGES", "load_stage"]
 
@@ -127,6 +128,9 @@ class Pipeline:
                 raise ConfigError(
                     f"stages: setting up stage {name!r} failed: {type(exc).__name__}: {exc}"
                 ) from None
+        # Always first, whatever the configured stages: nothing reaches a
+        # stage (or the store) from someone who may not post in the room.
+        built.insert(0, ("access", AccessGuard(ctx.store, admins=ctx.settings.admins)))
         return cls(built)
 
     def reload(self) -> None:

@@ -18,11 +18,12 @@ from ..config import redacted_url
 from ..errors import ConfigError
 from ..files import FileRecord
 from ..message import ChangeRules, Draft
+from ..rooms import Membership, RoomInfo
 from ..search import Candidate, SearchQuery
 
 __all__ = [
     "Store", "open_store", "redacted_url", "Notification", "User", "GuestSession", "Registration",
-    "NOTIFICATION_CLAIM_MS", "SearchWindow", "like_escape", "fts_query",
+    "NOTIFICATION_CLAIM_MS", "SearchWindow", "like_escape", "fts_query", "RoomListing", "DirectMessages",
 ]
 
 # How long a notifier owns the notifications it claimed (ms): another notifier
@@ -99,6 +100,30 @@ def fts_query(terms: Sequence[str]) -> str:
     """An FTS5 MATCH expression finding every one of ``terms`` as a substring
     (trigram tokenizer): each a quoted string, so no user text is syntax."""
     return " AND ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomListing:
+    """A room as the directory shows it. Times are ms since the epoch."""
+
+    name: str
+    topic: str
+    private: bool
+    members: int  # membership rows that are not bans
+    last_activity: int  # the newest message's ts, else when the room was created (0: unknown)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "topic": self.topic, "private": self.private,
+                "members": self.members, "last_activity": self.last_activity}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DirectMessages:
+    """A direct-message room of one user: who else is in it (canonical nicks)."""
+
+    room: str
+    others: tuple[str, ...]
+    last_activity: int
 
 
 class Store(Protocol):
@@ -241,6 +266,58 @@ class Store(Protocol):
 
     async def mark_seen(self, marks: Sequence[tuple[str, str, int]]) -> None:
         """Raise users' read markers: ``(nick_key, room, seq)``; never lowers one."""
+
+    # -- rooms and memberships (squall/rooms.py has the rules) --
+    #
+    # A room row exists once a room is created, joined or posted to; one
+    # nobody created is public with no owner. Times are ms since the epoch.
+
+    async def room_info(self, room: str) -> RoomInfo:
+        """The room's row (``exists=False`` when it has none)."""
+
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        """``(key, muted_until, banned)`` of the room's bans and running mutes (at most ``limit``)."""
+
+    async def membership(self, room: str, key: str) -> Membership:
+        """User ``key``'s standing in ``room`` (``NO_MEMBERSHIP`` when no row)."""
+
+    async def create_room(self, room: str, *, topic: str, private: bool, owner: str, now_ms: int) -> bool:
+        """Create a room owned by ``owner`` (who becomes its member, role owner);
+        False, and nothing changed, if a room of that name exists."""
+
+    async def create_dm(self, room: str, keys: Collection[str], *, now_ms: int) -> None:
+        """Create (or keep) the private room ``room`` with exactly these members."""
+
+    async def add_members(self, rows: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        """``(room, key)``: make each user a member of a public room it joined,
+        creating the room's row if need be; existing rows (bans too) stay."""
+
+    async def set_member(self, room: str, key: str, role: str, *, now_ms: int) -> None:
+        """Make ``key`` a member of ``room`` with ``role`` (lifting any ban)."""
+
+    async def remove_member(self, room: str, key: str) -> bool:
+        """Delete ``key``'s membership row (a ban too); whether there was one."""
+
+    async def moderate_member(
+        self, room: str, key: str, *, muted_until: int | None = None, banned: bool | None = None, now_ms: int
+    ) -> None:
+        """Set a user's mute end or ban flag, making a row if need be."""
+
+    async def list_rooms(self, *, query: str, after: str | None, limit: int) -> list[RoomListing]:
+        """Public rooms whose name holds ``query`` ("" for all), by name, after ``after``."""
+
+    async def dm_rooms(self, key: str, limit: int) -> list[DirectMessages]:
+        """The direct-message rooms ``key`` belongs to, newest activity first."""
+
+    async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
+        """``(nick, role, muted_until, banned)`` of a room's membership rows, by casefolded nick."""
+
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        """User ``key`` read ``room`` up to ``seq`` on some device: raise their read
+        position (never lowers it), and the mail marker with it (no mail for what was read)."""
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        """User ``key``'s read positions, room → seq (at most ``limit`` rooms)."""
 
     # -- the mention-mail queue (squall/processor/notifier.py) --
     #

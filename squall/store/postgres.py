@@ -71,8 +71,12 @@ from ..changes import apply_change, reply_snippet
 from ..files import FileRecord
 from ..message import MESSAGE, ChangeRules, Draft, reactions_from_json
 from ..protocol import CANARY_ROOM, nick_key
+from ..rooms import NO_MEMBERSHIP, Membership, Role, RoomInfo, is_dm
 from ..search import SHORT_QUERY_WINDOW, Candidate, SearchQuery
-from . import GuestSession, Notification, Registration, SearchWindow, User, like_escape, redacted_url
+from . import (
+    DirectMessages, GuestSession, Notification, Registration, RoomListing, SearchWindow, User, like_escape,
+    redacted_url,
+)
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION", "SAVE_BATCH_SQL"]
 
@@ -205,6 +209,31 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX messages_by_target ON messages (room, target) WHERE target IS NOT NULL;
     CREATE INDEX messages_by_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
     """,
+    # 8: rooms: topic, owner, private, created (ms); memberships with roles, mutes, bans.
+    """
+    ALTER TABLE rooms ADD COLUMN topic TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN owner TEXT;
+    ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE rooms ADD COLUMN created BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE members (
+        room TEXT NOT NULL,
+        nick_key TEXT NOT NULL,
+        role TEXT NOT NULL DEFAULT 'member',
+        muted_until BIGINT NOT NULL DEFAULT 0,
+        banned BOOLEAN NOT NULL DEFAULT FALSE,
+        since BIGINT NOT NULL,
+        PRIMARY KEY (room, nick_key)
+    );
+    CREATE INDEX members_by_user ON members (nick_key);
+    -- The directory pages public rooms by name in byte order (GET /api/rooms).
+    CREATE INDEX rooms_public_by_name ON rooms (name COLLATE "C") WHERE NOT private;
+    CREATE TABLE reads (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -291,6 +320,10 @@ WITH batch AS (
     JOIN numbered x ON x.n = mention.n
     JOIN users u ON u.nick_key = mention.nick_key
     WHERE u.nick_key <> x.nick_key AND u.email IS NOT NULL
+      -- A private room's mentions are mailed to its members only.
+      AND (NOT EXISTS (SELECT FROM rooms pr WHERE pr.name = x.room AND pr.private)
+           OR EXISTS (SELECT FROM members pm WHERE pm.room = x.room AND pm.nick_key = u.nick_key
+                      AND NOT pm.banned))
     ON CONFLICT (nick_key, room, seq) DO NOTHING
 )
 SELECT n, NULL::text AS room, seq, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
@@ -836,6 +869,9 @@ class PostgresStore:
             )]
             if keys:
                 await db.execute("DELETE FROM seen WHERE nick_key = ANY($1::text[])", keys)
+                await db.execute("DELETE FROM reads WHERE nick_key = ANY($1::text[])", keys)
+                # The next holder of a guest nick inherits nothing from the last one.
+                await db.execute("DELETE FROM members WHERE nick_key = ANY($1::text[])", keys)
             return len(keys)
 
         forgotten = 0
@@ -844,6 +880,172 @@ class PostgresStore:
             forgotten += deleted
             if deleted < _FORGET_SLICE:
                 return forgotten
+
+    # -- rooms and memberships ------------------------------------------
+
+    async def room_info(self, room: str) -> RoomInfo:
+        rows = await self._fetch(
+            "reading a room", "SELECT private, owner, topic FROM rooms WHERE name = $1", room
+        )
+        if not rows:
+            return RoomInfo(room, exists=False)
+        return RoomInfo(room, private=bool(rows[0][0]), owner=rows[0][1], topic=rows[0][2])
+
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        rows = await self._fetch(
+            "reading a room's bans and mutes",
+            "SELECT nick_key, muted_until, banned FROM members WHERE room = $1 AND (banned OR muted_until > $2)"
+            " LIMIT $3", room, now_ms, limit,
+        )
+        return [(r[0], int(r[1]), bool(r[2])) for r in rows]
+
+    async def membership(self, room: str, key: str) -> Membership:
+        rows = await self._fetch(
+            "reading a membership",
+            "SELECT role, muted_until, banned FROM members WHERE room = $1 AND nick_key = $2", room, key,
+        )
+        if not rows:
+            return NO_MEMBERSHIP
+        return Membership(Role(rows[0][0]), muted_until=int(rows[0][1]), banned=bool(rows[0][2]))
+
+    async def create_room(self, room: str, *, topic: str, private: bool, owner: str, now_ms: int) -> bool:
+        async def work(db: _DB) -> bool:
+            created = await db.fetchval(
+                "INSERT INTO rooms (name, last_seq, topic, owner, private, created) VALUES ($1, 0, $2, $3, $4, $5)"
+                " ON CONFLICT (name) DO NOTHING RETURNING name",
+                room, topic, owner, private, now_ms,
+            )
+            if created is None:
+                return False
+            await db.execute(
+                "INSERT INTO members (room, nick_key, role, since) VALUES ($1, $2, 'owner', $3)"
+                " ON CONFLICT (room, nick_key) DO UPDATE SET role = 'owner', banned = FALSE",
+                room, owner, now_ms,
+            )
+            return True
+
+        return await self._run("creating a room", work)
+
+    async def create_dm(self, room: str, keys: Collection[str], *, now_ms: int) -> None:
+        async def work(db: _DB) -> None:
+            await db.execute(
+                "INSERT INTO rooms (name, last_seq, private, created) VALUES ($1, 0, TRUE, $2)"
+                " ON CONFLICT (name) DO NOTHING",
+                room, now_ms,
+            )
+            await db.execute(
+                "INSERT INTO members (room, nick_key, since) SELECT $1, k, $3 FROM unnest($2::text[]) AS k"
+                " ON CONFLICT DO NOTHING",
+                room, sorted(keys), now_ms,
+            )
+
+        await self._run("creating a direct-message room", work, idempotent=True)
+
+    async def add_members(self, rows: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        if not rows:
+            return
+        ordered = sorted(set(rows))  # one lock order for every writer
+        rooms = sorted({room for room, _ in ordered})
+
+        async def work(db: _DB) -> None:
+            await db.execute(
+                "INSERT INTO rooms (name, last_seq, created) SELECT r, 0, $2 FROM unnest($1::text[]) AS r"
+                " ON CONFLICT DO NOTHING",
+                rooms, now_ms,
+            )
+            # Only into public rooms: a private room's members are chosen by its owner.
+            await db.execute(
+                "INSERT INTO members (room, nick_key, since)"
+                " SELECT x.room, x.key, $3 FROM unnest($1::text[], $2::text[]) AS x(room, key)"
+                " JOIN rooms r ON r.name = x.room AND NOT r.private ON CONFLICT DO NOTHING",
+                [room for room, _ in ordered], [key for _, key in ordered], now_ms,
+            )
+
+        await self._run("adding room members", work, idempotent=True)
+
+    async def set_member(self, room: str, key: str, role: str, *, now_ms: int) -> None:
+        await self._execute(
+            "storing a membership",
+            "INSERT INTO members (room, nick_key, role, since) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (room, nick_key) DO UPDATE SET role = excluded.role, banned = FALSE",
+            room, key, role, now_ms,
+        )
+
+    async def remove_member(self, room: str, key: str) -> bool:
+        rows = await self._fetch(
+            "removing a member", "DELETE FROM members WHERE room = $1 AND nick_key = $2 RETURNING 1", room, key
+        )
+        return bool(rows)
+
+    async def moderate_member(
+        self, room: str, key: str, *, muted_until: int | None = None, banned: bool | None = None, now_ms: int
+    ) -> None:
+        await self._execute(
+            "moderating a member",
+            "INSERT INTO members (room, nick_key, muted_until, banned, since)"
+            " VALUES ($1, $2, coalesce($3::bigint, 0), coalesce($4::boolean, FALSE), $5)"
+            " ON CONFLICT (room, nick_key) DO UPDATE SET"
+            " muted_until = coalesce($3::bigint, members.muted_until),"
+            " banned = coalesce($4::boolean, members.banned)",
+            room, key, muted_until, banned, now_ms,
+        )
+
+    async def list_rooms(self, *, query: str, after: str | None, limit: int) -> list[RoomListing]:
+        rows = await self._fetch(
+            "listing rooms",
+            "SELECT r.name, r.topic,"
+            " (SELECT count(*) FROM members m WHERE m.room = r.name AND NOT m.banned),"
+            " coalesce((SELECT ts FROM messages m WHERE m.room = r.name AND m.seq = r.last_seq), r.created)"
+            " FROM rooms r WHERE NOT r.private AND r.name COLLATE \"C\" > $1 AND strpos(r.name, $2) > 0"
+            " AND left(r.name, 1) <> '_' ORDER BY r.name COLLATE \"C\" LIMIT $3",
+            after or "", query, limit,
+        )
+        return [RoomListing(r[0], r[1], False, int(r[2]), int(r[3] or 0)) for r in rows]
+
+    async def dm_rooms(self, key: str, limit: int) -> list[DirectMessages]:
+        rows = await self._fetch(
+            "listing direct messages",
+            "SELECT r.name,"
+            " coalesce((SELECT ts FROM messages m WHERE m.room = r.name AND m.seq = r.last_seq), r.created) AS last,"
+            " (SELECT array_agg(u.nick) FROM members o JOIN users u ON u.nick_key = o.nick_key"
+            "  WHERE o.room = r.name AND o.nick_key <> $1)"
+            " FROM members me JOIN rooms r ON r.name = me.room"
+            " WHERE me.nick_key = $1 AND NOT me.banned AND r.private AND r.name LIKE 'dm-%'"
+            " ORDER BY last DESC LIMIT $2",
+            key, limit,
+        )
+        return [
+            DirectMessages(r[0], tuple(sorted(r[2] or (), key=nick_key)), int(r[1] or 0))
+            for r in rows if is_dm(r[0])
+        ]
+
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        async def work(db: _DB) -> None:
+            for table in ("reads", "seen"):
+                await db.execute(
+                    f"INSERT INTO {table} (nick_key, room, seq) VALUES ($1, $2, $3)"
+                    f" ON CONFLICT (nick_key, room) DO UPDATE SET seq = GREATEST({table}.seq, excluded.seq)",
+                    key, room, seq,
+                )
+
+        await self._run("storing a read position", work, idempotent=True)
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        rows = await self._fetch(
+            "reading read positions",
+            "SELECT room, seq FROM reads WHERE nick_key = $1 ORDER BY room COLLATE \"C\" LIMIT $2", key, limit,
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
+        rows = await self._fetch(
+            "listing room members",
+            "SELECT coalesce(u.nick, m.nick_key), m.role, m.muted_until, m.banned FROM members m"
+            " LEFT JOIN users u ON u.nick_key = m.nick_key WHERE m.room = $1"
+            " ORDER BY m.nick_key COLLATE \"C\" LIMIT $2",
+            room, limit,
+        )
+        return [(r[0], r[1], int(r[2]), bool(r[3])) for r in rows]
 
     async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
         wanted = list(set(keys))

@@ -46,8 +46,12 @@ from ..changes import apply_change, reply_snippet
 from ..files import FileRecord
 from ..message import MESSAGE, ChangeRules, Draft, reactions_from_json
 from ..protocol import CANARY_ROOM, nick_key
+from ..rooms import NO_MEMBERSHIP, Membership, Role, RoomInfo, is_dm
 from ..search import SHARE_SAMPLE, SHORT_QUERY_WINDOW, Candidate, SearchQuery, contains
-from . import GuestSession, Notification, Registration, SearchWindow, User, fts_query, like_escape
+from . import (
+    DirectMessages, GuestSession, Notification, Registration, RoomListing, SearchWindow, User, fts_query,
+    like_escape,
+)
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION", "SEARCH_INDEX_TABLES", "earlier_copies_sql"]
 
@@ -201,6 +205,29 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '{}';
     CREATE INDEX messages_by_target ON messages (room, target) WHERE target IS NOT NULL;
     CREATE INDEX messages_by_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
+    """,
+    # 8: rooms: topic, owner, private, created (ms); memberships with roles, mutes, bans.
+    """
+    ALTER TABLE rooms ADD COLUMN topic TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN owner TEXT;
+    ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE members (
+        room TEXT NOT NULL,
+        nick_key TEXT NOT NULL,
+        role TEXT NOT NULL DEFAULT 'member',
+        muted_until INTEGER NOT NULL DEFAULT 0,
+        banned INTEGER NOT NULL DEFAULT 0,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (room, nick_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (nick_key);
+    CREATE TABLE reads (
+        nick_key TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (nick_key, room)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -539,8 +566,11 @@ class SQLiteStore:
         if rows:
             db.executemany(
                 "INSERT OR IGNORE INTO notifications (nick_key, room, seq, sender, body, ts, due)"
-                " SELECT nick_key, ?, ?, ?, ?, ?, ? FROM users"
-                " WHERE nick_key = ? AND nick_key != ? AND email IS NOT NULL",
+                " SELECT nick_key, ?1, ?2, ?3, ?4, ?5, ?6 FROM users"
+                " WHERE nick_key = ?7 AND nick_key != ?8 AND email IS NOT NULL"
+                # A private room's mentions are mailed to its members only.
+                " AND (NOT EXISTS (SELECT 1 FROM rooms WHERE name = ?1 AND private = 1)"
+                " OR EXISTS (SELECT 1 FROM members m WHERE m.room = ?1 AND m.nick_key = ?7 AND m.banned = 0))",
                 rows,
             )
 
@@ -918,10 +948,181 @@ class SQLiteStore:
                     " AND created < ? LIMIT ?", (last_session_before, _FORGET_SLICE),
                 )]
                 db.executemany("DELETE FROM seen WHERE nick_key = ?", [(k,) for k in keys])
+                db.executemany("DELETE FROM reads WHERE nick_key = ?", [(k,) for k in keys])
+                # The next holder of a guest nick inherits nothing from the last one.
+                db.executemany("DELETE FROM members WHERE nick_key = ?", [(k,) for k in keys])
                 db.executemany("DELETE FROM users WHERE nick_key = ?", [(k,) for k in keys])
             forgotten += len(keys)
             if len(keys) < _FORGET_SLICE:
                 return forgotten
+
+    # -- rooms and memberships ------------------------------------------
+
+    async def room_info(self, room: str) -> RoomInfo:
+        async with self.db.execute(
+            "SELECT private, owner, topic FROM rooms WHERE name = ?", (room,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return RoomInfo(room, exists=False)
+        return RoomInfo(room, private=bool(row[0]), owner=row[1], topic=row[2])
+
+    async def room_restrictions(self, room: str, *, now_ms: int, limit: int) -> list[tuple[str, int, bool]]:
+        async with self.db.execute(
+            "SELECT nick_key, muted_until, banned FROM members WHERE room = ? AND (banned = 1 OR muted_until > ?)"
+            " LIMIT ?", (room, now_ms, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(key, int(muted), bool(banned)) for key, muted, banned in rows]
+
+    async def membership(self, room: str, key: str) -> Membership:
+        async with self.db.execute(
+            "SELECT role, muted_until, banned FROM members WHERE room = ? AND nick_key = ?", (room, key)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return NO_MEMBERSHIP
+        return Membership(Role(row[0]), muted_until=int(row[1]), banned=bool(row[2]))
+
+    async def create_room(self, room: str, *, topic: str, private: bool, owner: str, now_ms: int) -> bool:
+        return await self._in_writer(self._create_room, room, topic, private, owner, now_ms)
+
+    def _create_room(self, room: str, topic: str, private: bool, owner: str, now_ms: int) -> bool:
+        with self._transaction() as db:
+            created = db.execute(
+                "INSERT INTO rooms (name, last_seq, topic, owner, private, created) VALUES (?, 0, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING RETURNING name",
+                (room, topic, owner, int(private), now_ms),
+            ).fetchone()
+            if created is None:
+                return False
+            db.execute(
+                "INSERT INTO members (room, nick_key, role, since) VALUES (?, ?, 'owner', ?)"
+                " ON CONFLICT (room, nick_key) DO UPDATE SET role = 'owner', banned = 0",
+                (room, owner, now_ms),
+            )
+        return True
+
+    async def create_dm(self, room: str, keys: Collection[str], *, now_ms: int) -> None:
+        await self._in_writer(self._create_dm, room, sorted(keys), now_ms)
+
+    def _create_dm(self, room: str, keys: list[str], now_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO rooms (name, last_seq, private, created) VALUES (?, 0, 1, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (room, now_ms),
+            )
+            db.executemany(
+                "INSERT INTO members (room, nick_key, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(room, key, now_ms) for key in keys],
+            )
+
+    async def add_members(self, rows: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        if rows:
+            await self._in_writer(self._add_members, list(rows), now_ms)
+
+    def _add_members(self, rows: list[tuple[str, str]], now_ms: int) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO rooms (name, last_seq, created) VALUES (?, 0, ?) ON CONFLICT DO NOTHING",
+                [(room, now_ms) for room in {room for room, _ in rows}],
+            )
+            # Only into public rooms: a private room's members are chosen by its owner.
+            db.executemany(
+                "INSERT INTO members (room, nick_key, since) SELECT ?1, ?2, ?3"
+                " WHERE NOT EXISTS (SELECT 1 FROM rooms WHERE name = ?1 AND private = 1)"
+                " ON CONFLICT DO NOTHING",
+                [(room, key, now_ms) for room, key in rows],
+            )
+
+    async def set_member(self, room: str, key: str, role: str, *, now_ms: int) -> None:
+        await self._write(
+            "INSERT INTO members (room, nick_key, role, since) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (room, nick_key) DO UPDATE SET role = excluded.role, banned = 0",
+            [(room, key, role, now_ms)],
+        )
+
+    async def remove_member(self, room: str, key: str) -> bool:
+        return await self._in_writer(self._remove_member, room, key)
+
+    def _remove_member(self, room: str, key: str) -> bool:
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM members WHERE room = ? AND nick_key = ? RETURNING 1", (room, key)
+            ).fetchone() is not None
+
+    async def moderate_member(
+        self, room: str, key: str, *, muted_until: int | None = None, banned: bool | None = None, now_ms: int
+    ) -> None:
+        mute = -1 if muted_until is None else muted_until
+        ban = -1 if banned is None else int(banned)
+        await self._write(
+            "INSERT INTO members (room, nick_key, muted_until, banned, since)"
+            " VALUES (?1, ?2, max(?3, 0), max(?4, 0), ?5)"
+            " ON CONFLICT (room, nick_key) DO UPDATE SET"
+            " muted_until = CASE WHEN ?3 < 0 THEN muted_until ELSE ?3 END,"
+            " banned = CASE WHEN ?4 < 0 THEN banned ELSE ?4 END",
+            [(room, key, mute, ban, now_ms)],
+        )
+
+    async def list_rooms(self, *, query: str, after: str | None, limit: int) -> list[RoomListing]:
+        async with self.db.execute(
+            "SELECT r.name, r.topic,"
+            " (SELECT count(*) FROM members m WHERE m.room = r.name AND m.banned = 0),"
+            " coalesce((SELECT ts FROM messages m WHERE m.room = r.name AND m.seq = r.last_seq), r.created)"
+            " FROM rooms r WHERE r.private = 0 AND r.name > ? AND instr(r.name, ?) > 0"
+            " AND substr(r.name, 1, 1) != '_' ORDER BY r.name LIMIT ?",
+            (after or "", query, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [RoomListing(name, topic, False, int(members), int(last or 0)) for name, topic, members, last in rows]
+
+    async def dm_rooms(self, key: str, limit: int) -> list[DirectMessages]:
+        async with self.db.execute(
+            "SELECT r.name,"
+            " coalesce((SELECT ts FROM messages m WHERE m.room = r.name AND m.seq = r.last_seq), r.created) AS last,"
+            " (SELECT group_concat(u.nick, char(10)) FROM members o JOIN users u ON u.nick_key = o.nick_key"
+            "  WHERE o.room = r.name AND o.nick_key != ?1)"
+            " FROM members me JOIN rooms r ON r.name = me.room"
+            " WHERE me.nick_key = ?1 AND me.banned = 0 AND r.private = 1 AND r.name LIKE 'dm-%'"
+            " ORDER BY last DESC LIMIT ?2",
+            (key, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            DirectMessages(name, tuple(sorted((others or "").split("\n"), key=nick_key)) if others else (),
+                           int(last or 0))
+            for name, last, others in rows if is_dm(name)
+        ]
+
+    async def mark_read(self, key: str, room: str, seq: int) -> None:
+        await self._in_writer(self._mark_read, key, room, seq)
+
+    def _mark_read(self, key: str, room: str, seq: int) -> None:
+        with self._transaction() as db:
+            for table in ("reads", "seen"):
+                db.execute(
+                    f"INSERT INTO {table} (nick_key, room, seq) VALUES (?, ?, ?)"
+                    f" ON CONFLICT (nick_key, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (key, room, seq),
+                )
+
+    async def read_markers(self, key: str, limit: int) -> dict[str, int]:
+        async with self.db.execute(
+            "SELECT room, seq FROM reads WHERE nick_key = ? ORDER BY room LIMIT ?", (key, limit)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {room: int(seq) for room, seq in rows}
+
+    async def room_members(self, room: str, limit: int) -> list[tuple[str, str, int, bool]]:
+        async with self.db.execute(
+            "SELECT coalesce(u.nick, m.nick_key), m.role, m.muted_until, m.banned FROM members m"
+            " LEFT JOIN users u ON u.nick_key = m.nick_key WHERE m.room = ? ORDER BY m.nick_key LIMIT ?",
+            (room, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(nick, role, int(muted), bool(banned)) for nick, role, muted, banned in rows]
 
     async def find_users(self, keys: Iterable[str]) -> dict[str, str]:
         wanted = list(set(keys))

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from ..config import Settings
-from ..errors import BadRequest, ClientError, NotFound, RateLimited, Rejected, TooLarge, Unauthorized
+from ..errors import BadRequest, ClientError, Forbidden, NotFound, RateLimited, Rejected, TooLarge, Unauthorized
 from ..files import (
     FILE_NAME, IMAGE_TYPES, MAX_SNIFF_BYTES, OCTET_STREAM, OTHER_TYPES, FileRecord, ImageRefused, ImageResult,
     clean_name,
@@ -53,6 +53,7 @@ from ..store import Store
 from .base import BaseHandler, JSONErrors, query_argument, token_from_request
 
 if TYPE_CHECKING:
+    from .access import Access
     from .node import WebNode
 
 __all__ = ["Files", "UploadHandler", "FileHandler", "DRAIN_BYTES"]
@@ -82,9 +83,10 @@ class Files:
     :param store: the ``files`` table.
     """
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, access: Access | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.access = access  # rooms' readers (None: every room readable, as in tests of files alone)
         self.root = Path(settings.data_dir).resolve() / "files"
         self.tmp = self.root / "tmp"
         self.rate = RateTable(
@@ -157,9 +159,14 @@ class Files:
         return False
 
     async def may_read_room(self, room: str, key: str) -> bool:
-        """Whether ``key`` may read ``room``'s messages. Every room is public
-        until private rooms exist: point this at ``node.access.may_read``
-        (which raises :class:`~squall.errors.Forbidden`) then."""
+        """Whether ``key`` may read ``room``'s messages: the node's access check
+        (:meth:`squall.web.access.Access.may_read`), which says no by raising."""
+        if self.access is None:
+            return True
+        try:
+            await self.access.may_read(room, key)
+        except Forbidden:
+            return False
         return True
 
     # -- attachments -----------------------------------------------------

@@ -9,11 +9,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from tornado.web import HTTPError
+
 from ..errors import BadRequest
 from ..pipeline.mail import validate_email
 from ..presence import members_fields
 from ..protocol import check_room, int_param, member_cursor, nick_key
 from .base import BaseHandler, query_argument
+from .rooms import RoomMemberHandler
 
 if TYPE_CHECKING:
     from .node import WebNode
@@ -28,6 +31,9 @@ def routes(node: WebNode) -> list[Any]:
     from .files import FileHandler, UploadHandler
     from .longpoll import MessagesHandler
     from .operations import HealthzHandler, MetricsHandler, ReadyzHandler
+    from .rooms import (
+        DMsHandler, ModerationHandler, ReadHandler, ReadMarkersHandler, RoomHandler, RoomMemberHandler, RoomsHandler,
+    )
     from .search import SearchHandler
     from .sse import EventsHandler
     from .websocket import WebSocketEndpoint
@@ -42,6 +48,13 @@ def routes(node: WebNode) -> list[Any]:
         (r"/api/me", MeHandler, args),
         (r"/api/search", SearchHandler, args),
         (r"/ws", WebSocketEndpoint, args),
+        (r"/api/rooms", RoomsHandler, args),
+        (r"/api/dms", DMsHandler, args),
+        (r"/api/seen", ReadMarkersHandler, args),
+        (_ROOM + r"/seen", ReadHandler, args),
+        (_ROOM, RoomHandler, args),
+        (_ROOM + r"/members/([^/]+)", RoomMemberHandler, args),
+        (_ROOM + r"/moderation", ModerationHandler, args),
         (_ROOM + r"/messages", MessagesHandler, args),
         (_ROOM + r"/events", EventsHandler, args),
         (_ROOM + r"/members", MembersHandler, args),
@@ -63,7 +76,9 @@ class MeHandler(BaseHandler):
         user = await self.node.store.get_user(key)
         self.write_json({"nick": user.nick if user else self.current_nick(),
                          "email": user.email if user else None,
-                         "registered": user.registered if user else False})
+                         "registered": user.registered if user else False,
+                         "default_room": self.node.settings.default_room,
+                         "admin": self.node.access.is_admin(key)})
 
     async def patch(self) -> None:
         nick = self.current_nick()
@@ -81,13 +96,20 @@ class MeHandler(BaseHandler):
         self.write_json({"nick": nick, "email": email})
 
 
-class MembersHandler(BaseHandler):
+class MembersHandler(RoomMemberHandler):
     """``GET /api/rooms/R/members?cursor=C&limit=L``: a page of who is online,
-    sorted by casefolded nick; ``next`` is the cursor of the page after it."""
+    sorted by casefolded nick; ``next`` is the cursor of the page after it.
+    ``POST`` adds a member (:class:`~squall.web.rooms.RoomMemberHandler`)."""
+
+    async def delete(self, room: str, who: str | None = None) -> None:
+        if who is None:
+            raise HTTPError(405, "DELETE /api/rooms/R/members/NICK removes one member")
+        await super().delete(room, who)
 
     async def get(self, room: str) -> None:
-        self.current_nick()
+        nick = self.current_nick()
         room = check_room(room)
+        await self.node.access.may_read(room, nick_key(nick))
         settings = self.node.settings
         cursor = member_cursor(query_argument(self.request, "cursor"))
         limit = int_param(
@@ -100,9 +122,10 @@ class MembersHandler(BaseHandler):
 
 
 class TypingHandler(BaseHandler):
-    def post(self, room: str) -> None:
+    async def post(self, room: str) -> None:
         nick = self.current_nick()
         room = check_room(room)
+        await self.node.access.may_read(room, nick_key(nick))
         if self.node.limits.allow_typing(nick_key(nick), room, now=time.monotonic()):
             self.node.typing(room, nick)
         self.set_status(204)

@@ -47,11 +47,13 @@ from tornado.web import Application
 import orjson
 
 from ..address import rate_key
-from ..errors import BadRequest, ClientError, Misdirected, RateLimited, Unauthorized
+from ..errors import BadRequest, ClientError, Forbidden, Misdirected, RateLimited, Unauthorized
 from ..frames import Broadcast
 from ..http1 import MAX_HEAD_BYTES, RequestHead, head_end, parse_simple_get, query_params, response
 from ..hub import PollAnswer, Room, encode_poll_body
 from ..protocol import Change, check_room, float_param, int_param, nick_key, parse_send_body
+from ..rooms import Refusal
+from .access import UNKNOWN
 from .auth import SessionUnchecked
 from .base import BaseHandler, find_token, redact_uri
 from .streams import give_socket, read_buffered, receive, take_socket
@@ -373,6 +375,33 @@ class PollConnection:
         except ClientError as exc:
             self._refuse(head.target, exc)
             return
+        verdict = self.node.access.cached_refusal(poll.room, poll.nick_key, now=time.monotonic())
+        if verdict is UNKNOWN:
+            self.task = asyncio.ensure_future(self._check_access(poll))
+            return
+        if verdict is not None:
+            assert isinstance(verdict, Refusal)
+            self._refuse(head.target, Forbidden(verdict.reason, code=verdict.code))
+            return
+        self._serve_poll(poll)
+
+    async def _check_access(self, poll: Poll) -> None:
+        """The first poll of a user in a room this node has no fresh facts about: ask the store."""
+        try:
+            await self.node.access.may_read(poll.room, poll.nick_key)
+        except ClientError as exc:
+            self.task = None
+            self._refuse(poll.target, exc)
+        except Exception:
+            log.exception("GET %s failed", redact_uri(poll.target))
+            self.task = None
+            self._finish(500, _INTERNAL)
+        else:
+            self.task = None
+            self._serve_poll(poll)
+        self._next()
+
+    def _serve_poll(self, poll: Poll) -> None:
         node = self.node
         if poll.since is not None:
             node.announce(node.presence.poll(
@@ -450,6 +479,15 @@ class PollConnection:
         """The hub's answer to the parked poll (the hub has let go of it)."""
         self._unpark()
         self._answer(answer.body, answer.messages, shared=answer)
+        self._next()
+
+    def evict(self, room: str, key: str, code: str, reason: str) -> None:
+        """Membership of ``room`` ended for user ``key``: a poll of theirs parked there is refused now."""
+        poll = self.poll
+        if poll is None or self.room is None or poll.room != room or poll.nick_key != key:
+            return
+        self._unpark()
+        self._refuse(poll.target, Forbidden(reason, code=code))
         self._next()
 
     def _time_out(self) -> None:

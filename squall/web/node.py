@@ -32,7 +32,7 @@ from ..address import HostPolicy, client_address, default_allowed_hosts, forward
 from ..bus import Bus, open_bus
 from ..coalesce import BIG_ROOM_SPACING, Change, Coalescer, encode_presence, encode_typing
 from ..config import Settings
-from ..errors import ClientError, Misdirected, Unavailable
+from ..errors import ClientError, Forbidden, Misdirected, Unavailable
 from ..frames import Broadcast
 from ..handshake import link_key
 from ..hub import Hub
@@ -46,6 +46,7 @@ from ..message import wire_mentions
 from ..protocol import Change as MessageChange, nick_key
 from ..queue.client import QueueClient
 from ..store import Store, open_store
+from .access import Access
 from .auth import MAX_CLOCK_SKEW, TokenCache, load_or_create_secret
 from .base import JSONErrors, redact_uri
 from .connections import CountingHTTPServer
@@ -137,6 +138,8 @@ class WebNode:
             size=max(10_000, settings.max_connections),
         )
         self.passwords = Passwords()
+        # Who may read, post in and moderate which room (squall/rooms.py has the rules).
+        self.access = Access(self.store, admins=settings.admins)
         self.bus: Bus = open_bus(
             settings.bus, prefix=settings.bus_prefix, max_queue=settings.bus_max_queue,
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
@@ -164,9 +167,8 @@ class WebNode:
         self._presence_timer: asyncio.TimerHandle | None = None
         self._presence_due = 0.0  # when _presence_timer fires (time.monotonic())
         self._presence_publishing = False
-        self._admins = frozenset(nick_key(nick) for nick in settings.admins)
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
-        self.files = Files(settings, self.store)
+        self.files = Files(settings, self.store, self.access)
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
@@ -313,6 +315,7 @@ class WebNode:
         if self._server is not None:
             await asyncio.wait_for(self._server.close_all_connections(), self.settings.shutdown_timeout)
         await self.room_presence.close()
+        await self.access.flush_joins()
         await self.bus.close()
         await self.store.close()
         self.passwords.close()
@@ -383,10 +386,13 @@ class WebNode:
 
     async def may_moderate(self, room: str, key: str) -> bool:
         """Whether the user ``key`` (a casefolded nick) may moderate ``room``:
-        delete anyone's message there. The one moderation check of message
-        events; for now the server's ``admins``. (Room owners and moderators
-        belong here once rooms have them: ``node.access.may_moderate``.)"""
-        return key in self._admins
+        delete anyone's message there (its owner and moderators, and the
+        server's ``admins``). The one moderation check of message events."""
+        try:
+            await self.access.may_moderate(room, key)
+        except Forbidden:
+            return False
+        return True
 
     async def _process(
         self, *, room: str, nick: str, body: str, id: str, event: dict[str, Any] | None,
@@ -394,6 +400,8 @@ class WebNode:
     ) -> dict[str, Any]:
         self.metrics.sends.inc()
         try:
+            # Every send, whatever its transport, passes here: one check for all.
+            await self.access.may_post(room, nick_key(nick))
             files = await self.files.attachments(nick_key(nick), room, attachments) if attachments else ()
             message = await self.link.process(
                 room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files, event=event,
@@ -440,6 +448,60 @@ class WebNode:
 
     def sessions_ended(self, session_ids: Collection[str]) -> None:
         self.end_sessions(session_ids, tell_others=False)
+
+    def access_changed(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        self.change_access(changes, tell_others=False)
+
+    def marked_seen(self, marks: Sequence[tuple[str, str, str]]) -> None:
+        for room, key, seq in marks:
+            if seq.isdigit():
+                self._tell_seen(room, key, int(seq))
+
+    # -- read positions (one per user, whatever the device) ---------------
+
+    async def mark_read(self, room: str, key: str, seq: int) -> None:
+        """User ``key`` read ``room`` up to ``seq``: store it, and tell their
+        connections in that room, here and on every node, so that every device
+        of theirs clears what was read."""
+        await self.store.mark_read(key, room, seq)
+        self._tell_seen(room, key, seq)
+        self.bus.publish_seen([(room, key, str(seq))])
+
+    def _tell_seen(self, room: str, key: str, seq: int) -> None:
+        event = {"type": "seen", "room": room, "seq": seq}
+        for connection in list(self.websockets):
+            if connection.nick_key == key and room in connection.rooms:
+                connection.send_json(event)
+        for stream in list(self.event_streams):
+            if stream.key == key:
+                stream.tell(room, "seen", event)
+
+    # -- rooms and memberships -------------------------------------------
+
+    def change_access(self, changes: Sequence[tuple[str, str, str]], *, tell_others: bool = True) -> None:
+        """Rooms or memberships changed: ``(room, key, evict)``. Forget the cached
+        facts, close ``key``'s subscriptions to ``room`` with code ``evict``
+        (when set) and, unless the news came from the bus, tell the other nodes."""
+        self.access.forget((room, key) for room, key, _ in changes)
+        for room, key, evict in changes:
+            if key and evict:
+                self.evict(room, key, evict)
+        if tell_others:
+            self.bus.publish_access_changed(list(changes))
+
+    def evict(self, room: str, key: str, code: str) -> None:
+        """End user ``key``'s open subscriptions to ``room`` on this node, each
+        told why with an error (``code``: not_member, banned)."""
+        reason = (f"you were banned from room {room}" if code == "banned"
+                  else f"you are no longer a member of room {room}")
+        for connection in list(self.websockets):
+            if connection.nick_key == key:
+                connection.evict(room, code, reason)
+        for stream in list(self.event_streams):
+            if stream.key == key:
+                stream.evict(room, code, reason)
+        for poll in list(self.poll_connections):
+            poll.evict(room, key, code, reason)
 
     # -- sessions -------------------------------------------------------
 
@@ -547,6 +609,7 @@ class WebNode:
             self._router.close_slow_heads(now=now, head_for=settings.header_timeout)
         self.limits.sweep(now=now)
         self.files.sweep(now=now)
+        asyncio.ensure_future(self.access.flush_joins())
 
     def _start_forgetting_guests(self) -> None:
         asyncio.ensure_future(self.forget_guests(now=time.time()))

@@ -51,6 +51,7 @@ class EventsHandler(BaseHandler):
         if since_raw is None:  # present but empty is a bad since, not a missing one
             since_raw = self.request.headers.get("Last-Event-ID")
         since = int_param(since_raw, "since", default=None, low=0, high=MAX_SEQ)
+        await self.node.access.may_read(room_name, nick_key(nick))  # 403 before the stream starts
 
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
@@ -66,6 +67,7 @@ class EventsHandler(BaseHandler):
         try:
             room, cursor = await node.hub.join(room_name, since)
             node.event_streams.add(self)
+            node.access.note_join(room_name, self._key)
             node.announce(node.presence.connect(room_name, nick, self._key))
             page = await node.room_presence.page(room_name, after=None, limit=node.settings.members_page)
             joined = {"type": "joined", "room": room_name, "seq": room.last_seq, **members_fields(page)}
@@ -75,6 +77,24 @@ class EventsHandler(BaseHandler):
         finally:
             self._leave()
             node.limits.close_connection(address)
+
+    @property
+    def key(self) -> str:
+        """The casefolded nick of the stream's user."""
+        return self._key
+
+    def tell(self, room: str, name: str, value: dict[str, object]) -> None:
+        """An event for this stream's user alone (``seen``), if it reads ``room``."""
+        if room == self._room and not self.closed:
+            self._write(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(value) + b"\n\n")
+
+    def evict(self, room: str, code: str, reason: str) -> None:
+        """Membership of the room ended (kick, ban, removal): say why, and end the stream."""
+        if room != self._room or self.closed:
+            return
+        self._write(b"event: refused\ndata: " + orjson.dumps({"type": "error", "room": room, "code": code,
+                                                           "reason": reason}) + b"\n\n")
+        self.end()
 
     # -- hub.Member -----------------------------------------------------
 

@@ -63,6 +63,8 @@ from ..frames import Batch, Broadcast, encode_text_frame
 from ..limits import Outbound, TokenBucket, high_water, low_water, outbound_verdict
 from ..presence import members_fields
 from ..protocol import Change, Command, Join, Leave, Ping, Send, Typing, nick_key, parse_command
+from ..rooms import Refusal
+from .access import UNKNOWN
 from .base import BaseHandler
 from .framing import between_frames, new_framing
 from .streams import receive, take_socket
@@ -251,7 +253,7 @@ class ChatConnection:
     __slots__ = (
         "node", "sock", "fd", "loop", "protocol", "nick", "nick_key", "address", "rooms", "joins",
         "typing_at", "closed", "_out", "_out_marks", "_out_size", "_writing", "_paused",
-        "_fragments", "_drained", "_abort_handle", "session_id", "_catching_up",
+        "_fragments", "_drained", "_abort_handle", "session_id", "_catching_up", "_ordered",
     )
 
     def __init__(self, node: WebNode, sock: socket.socket, nick: str, address: str) -> None:
@@ -287,6 +289,7 @@ class ChatConnection:
         self._abort_handle: asyncio.TimerHandle | None = None
         self.session_id = ""  # ends with that session: WebNode.end_sessions
         self._catching_up = 0  # rooms being caught up: deliveries there note the position
+        self._ordered: asyncio.Lock | None = None  # joins and leaves, in order (made on the first)
 
     # -- socket I/O -----------------------------------------------------
 
@@ -552,17 +555,32 @@ class ChatConnection:
             return
         self.send_json({"type": "ack", "id": command.id, "room": command.room, "seq": message["seq"]})
 
+    def _gate(self) -> asyncio.Lock:
+        if self._ordered is None:
+            self._ordered = asyncio.Lock()
+        return self._ordered
+
     async def _join(self, command: Join) -> None:
+        # The access check may read the store: the gate keeps a connection's joins
+        # and leaves in the order it sent them while one waits (FIFO), as the
+        # turns alone do when nothing waits.
+        async with self._gate():
+            if not await self._admit(command):
+                return
+        await self._joined(command)
+
+    async def _admit(self, command: Join) -> bool:
+        """Turn, limits and access: whether the join may go on (``rooms`` then holds the room)."""
         # A storm of joins takes turns with live messages (squall/turns.py).
         # Leaves queue behind them, so a connection's joins and leaves keep their order.
         await self.node.joins.wait_turn()
         if self.closed:
-            return
+            return False
         room_name = command.room
         limit = self.node.settings.max_rooms_per_connection
         if room_name not in self.rooms and len(self.rooms) >= limit:
             self.send_error("too_many_rooms", f"a connection may join at most {limit} rooms", room=room_name)
-            return
+            return False
         # Each join announces presence to every member: a join/leave flood is a
         # broadcast flood. Leaves need no bucket of their own: each follows a join.
         # Limited per connection, and per user so that reconnecting gains nothing.
@@ -573,11 +591,30 @@ class ChatConnection:
             self.node.limits.check_join(self.nick_key, self.joins, now=now)
         except ClientError as exc:
             self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
-            return
+            return False
+        node = self.node
+        try:
+            await node.access.may_read(room_name, self.nick_key)
+        except ClientError as exc:
+            self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
+            return False
+        except Exception:
+            log.exception("checking access to %s failed", room_name)
+            self.send_error("internal", f"could not join {room_name}", room=room_name)
+            return False
+        if self.closed:
+            return False
         if room_name in self.rooms:
             self._leave(room_name)  # a re-join restarts from its own `since`
-        node = self.node
         self.rooms[room_name] = command.since or 0
+        return True
+
+    async def _joined(self, command: Join) -> None:
+        """The rest of an admitted join: the hub, presence, ``joined``, the catch-up."""
+        node = self.node
+        room_name = command.room
+        if room_name not in self.rooms:
+            return  # left meanwhile
         try:
             room, cursor = await node.hub.join(room_name, command.since)
         except Exception:
@@ -588,6 +625,7 @@ class ChatConnection:
         if self.closed or room_name not in self.rooms:
             return
         self.rooms[room_name] = cursor
+        node.access.note_join(room_name, self.nick_key)
         node.announce(node.presence.connect(room_name, self.nick, self.nick_key))
         # The member count and a first page: a room's whole list would make
         # filling it O(N²). The rest is paged from /members.
@@ -603,8 +641,9 @@ class ChatConnection:
 
     async def _leave_in_turn(self, room_name: str) -> None:
         """A ``leave`` frame: after the joins the connection sent before it."""
-        await self.node.joins.wait_turn()
-        self._leave(room_name)
+        async with self._gate():
+            await self.node.joins.wait_turn()
+            self._leave(room_name)
 
     def _leave(self, room_name: str) -> None:
         if self.rooms.pop(room_name, None) is None:
@@ -612,7 +651,36 @@ class ChatConnection:
         self.node.hub.leave(self, room_name, now=time.monotonic())
         self.node.announce(self.node.presence.disconnect(room_name, self.nick_key))
 
+    def evict(self, room_name: str, code: str, reason: str) -> None:
+        """Membership of ``room_name`` ended (kick, ban, removal): leave it and say why."""
+        if room_name in self.rooms and not self.closed:
+            self._leave(room_name)
+            self.send_error(code, reason, room=room_name)
+
     def _typing(self, room_name: str) -> None:
+        verdict = self.node.access.cached_refusal(room_name, self.nick_key, now=time.monotonic())
+        if verdict is UNKNOWN:
+            asyncio.ensure_future(self._typing_checked(room_name))
+            return
+        if verdict is not None:
+            assert isinstance(verdict, Refusal)
+            self.send_error(verdict.code, verdict.reason, room=room_name)
+            return
+        self._typing_allowed(room_name)
+
+    async def _typing_checked(self, room_name: str) -> None:
+        try:
+            await self.node.access.may_read(room_name, self.nick_key)
+        except ClientError as exc:
+            self.send_json({"type": "error", "room": room_name, **exc.to_dict()})
+            return
+        except Exception:
+            log.exception("checking access to %s failed", room_name)
+            return
+        if not self.closed:
+            self._typing_allowed(room_name)
+
+    def _typing_allowed(self, room_name: str) -> None:
         now = time.monotonic()
         if self.typing_at is None:
             self.typing_at = {}

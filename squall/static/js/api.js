@@ -190,3 +190,33 @@ export function websocketUrl(token) {
   url.searchParams.set("token", token);
   return url.href;
 }
+
+/** GET /api/rooms → `{rooms: [{name, topic, private, members, last_activity}], next}`. */
+export function fetchRooms(token, { q = "", cursor = null, limit = 50, signal } = {}) {
+  return request("GET", "/api/rooms", { token, query: { q: q || undefined, cursor, limit }, signal });
+}
+
+/** POST /api/rooms → `{name, topic, private, owner}`; ApiError `room_exists`, `bad_room`, `not_registered`. */
+export function createRoom(token, name, topic, isPrivate) {
+  return request("POST", "/api/rooms", { token, body: { name, topic, private: isPrivate } });
+}
+
+/** GET /api/dms → `{dms: [{room, nicks, last_activity}]}`. */
+export function fetchDms(token) {
+  return request("GET", "/api/dms", { token });
+}
+
+/** POST /api/dms → `{room, nicks}`; ApiError `unknown_user`, `not_registered`, `bad_field`. */
+export function startDm(token, nicks) {
+  return request("POST", "/api/dms", { token, body: { nicks } });
+}
+
+/** POST /api/rooms/R/seen → `{room, seq}`: read up to `seq` here; the user's other devices are told. */
+export function postSeen(token, room, seq) {
+  return request("POST", roomPath(room, "seen"), { token, body: { seq } });
+}
+
+/** GET /api/seen → `{rooms: {room: seq}}`: the user's read positions, the same on every device. */
+export function fetchSeen(token, { signal } = {}) {
+  return request("GET", "/api/seen", { token, signal });
+}

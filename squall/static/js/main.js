@@ -1,11 +1,14 @@
 // The page: wires the session, the Connection, the store and the view together.
 
 import { Completer } from "./autocomplete.js";
-import { ApiError, createAccount, createSession, fetchMembers, fetchMessages, logout } from "./api.js";
+import {
+  ApiError, createAccount, createSession, fetchMe, fetchMembers, fetchMessages, fetchSeen, logout, postSeen,
+} from "./api.js";
 import { loadTranslator, negotiateLanguage, saveLanguage, savedLanguage, LANGUAGES } from "./i18n.js";
 import { SearchPanel } from "./search.js";
 import { Uploads, Viewer } from "./files.js";
 import { SettingsPanel } from "./settings.js";
+import { RoomsPanel } from "./rooms.js";
 import { ChatStore, normaliseRoom, sameNick } from "./store.js";
 import { Connection, Kind } from "./transport.js";
 import { ChatView } from "./ui.js";
@@ -25,6 +28,8 @@ function applyTheme(theme) {
   else delete root.dataset.theme;
 }
 const ROOMS_KEY = "squall.rooms";
+// A read position is reported at most this often per room (the newest wins).
+const SEEN_EVERY_MS = 1000;
 const HISTORY_PAGE = 50;
 const TYPING_EVERY_MS = 3000; // matches what the server relays at most
 const LOAD_OLDER_AT_PX = 60;
@@ -108,6 +113,7 @@ class App {
     this.touch = globalThis.matchMedia?.("(pointer: coarse)").matches ?? false;
     this.view.touch = this.touch;
     this.maxBodyChars = Number(document.querySelector('meta[name="squall-max-body-chars"]')?.content) || 4000;
+    this.seenTimers = new Map(); // room → pending report of the read position
     this.settings = new SettingsPanel(translator, {
       session: () => this.session,
       update: (changes) => this.updateSession(changes),
@@ -117,6 +123,16 @@ class App {
     this.search = new SearchPanel(translator, {
       token: () => this.session?.token ?? null,
       openRoom: (room, seq) => this.openFoundMessage(room, seq),
+    });
+    this.rooms = new RoomsPanel(translator, {
+      token: () => this.token,
+      open: (room) => this.openRoom(room),
+      labelsChanged: () => {
+        this.view.roomLabels = this.rooms.labels;
+        if (!this.store) return;
+        this.view.renderRoomList(this.store);
+        this.view.roomTitle.textContent = this.store.active ? this.view.roomLabel(this.store.active) : "";
+      },
     });
   }
 
@@ -171,6 +187,72 @@ class App {
       timer = setTimeout(() => finish(null), OPEN_FOUND_MS);
       check();
     });
+  }
+
+  /** Join `room` (if need be) and show it: from the room browser and the DM list. */
+  openRoom(room) {
+    if (!this.store) return;
+    this.joinRoom(room);
+    this.switchRoom(room);
+    if (this.view.sidebarOpen) this.view.setSidebarOpen(false);
+    this.view.composer.focus();
+  }
+
+  /** The user's read positions, shared by every device: unread counts start from them. */
+  async loadReadPositions() {
+    const token = this.token;
+    let answer;
+    try {
+      answer = await fetchSeen(token);
+    } catch {
+      return;
+    }
+    if (this.token !== token || !this.store) return;
+    for (const [room, seq] of Object.entries(answer.rooms ?? {})) this.onSeen(room, seq);
+  }
+
+  onSeen(roomName, seq) {
+    if (!this.store?.applySeen(roomName, seq)) return;
+    this.view.renderRoomList(this.store);
+    this.updateTitle();
+  }
+
+  /** The active room is on screen: report what is read, so the user's other devices clear it. */
+  reportRead(roomName) {
+    const room = this.store?.room(roomName);
+    const newest = room?.messages.length ? room.messages[room.messages.length - 1].seq : null;
+    if (!newest || newest <= (room.readUpTo ?? 0) || this.seenTimers.has(roomName)) return;
+    this.seenTimers.set(roomName, setTimeout(async () => {
+      this.seenTimers.delete(roomName);
+      const current = this.store?.room(roomName);
+      if (!current || !this.isSeen(roomName)) return;
+      const seq = current.messages.length ? current.messages[current.messages.length - 1].seq : null;
+      if (!seq || seq <= (current.readUpTo ?? 0)) return;
+      current.readUpTo = seq;
+      try {
+        await postSeen(this.token, roomName, seq);
+      } catch {
+        current.readUpTo = null; // the next message or switch tries again
+      }
+    }, SEEN_EVERY_MS));
+  }
+
+  /** A first sign-in lands in the server's default room rather than an empty pane. */
+  async joinDefaultRoom() {
+    const token = this.token;
+    let me;
+    try {
+      me = await fetchMe(token);
+    } catch {
+      return; // offline: the empty state says to join a room
+    }
+    if (this.token !== token || !this.store || this.store.rooms.size) return;
+    const room = normaliseRoom(me.default_room ?? "");
+    // No focus move: this answer may come while the person is typing elsewhere.
+    if (room) {
+      this.joinRoom(room);
+      this.switchRoom(room);
+    }
   }
 
   t(key, params) {
@@ -302,6 +384,7 @@ class App {
     this.settings.bind();
     this.search.bind();
     this.bindFiles();
+    this.rooms.bind();
     v.langSelect.addEventListener("change", () => this.setLanguage(v.langSelect.value));
     v.settingsLang.addEventListener("change", () => this.setLanguage(v.settingsLang.value));
     const theme = THEMES.includes(localStorage.getItem(THEME_KEY)) ? localStorage.getItem(THEME_KEY) : "system";
@@ -320,7 +403,7 @@ class App {
   }
 
   onShortcut(event) {
-    if (this.settings.isOpen || this.viewer?.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
+    if (this.settings.isOpen || this.viewer?.isOpen || this.rooms.isOpen) return; // a modal dialog: its Escape closes it, and nothing else
     if (this.session && this.search.onShortcut(event)) return;
     if (event.key === "Escape" && this.view.sidebarOpen) {
       this.view.setSidebarOpen(false);
@@ -428,6 +511,7 @@ class App {
     this.search.reset();
     this.viewer?.close();
     this.uploads?.clear();
+    this.rooms.close();
     this.connection?.stop();
     this.connection = null;
     this.store = null;
@@ -495,6 +579,9 @@ class App {
     if (active) this.switchRoom(active);
     else this.view.renderRoom(this.store);
     this.connection.start();
+    if (!this.store.rooms.size) this.joinDefaultRoom();
+    this.rooms.refreshDms();
+    this.loadReadPositions();
   }
 
   /** The browser's word on the network, and a tab waking up, reach the connection at once. */
@@ -546,6 +633,10 @@ class App {
 
   leaveRoom(name) {
     this.connection.leave(name);
+    this.dropRoom(name);
+  }
+
+  dropRoom(name) {
     const wasActive = this.store.active === name;
     this.store.removeRoom(name);
     if (wasActive && this.store.active) this.store.activate(this.store.active);
@@ -559,6 +650,7 @@ class App {
     if (!this.store.room(name)) return;
     if (this.composerContext && this.composerContext.room !== name) this.setComposerContext(null);
     this.store.activate(name);
+    this.reportRead(name);
     this.saveRooms();
     this.view.renderRoomList(this.store);
     this.view.renderRoom(this.store);
@@ -567,6 +659,7 @@ class App {
 
   markSeen() {
     const room = this.store.room(this.store.active);
+    if (room) this.reportRead(room.name);
     if (room && (room.unread || room.mentions)) {
       this.store.activate(room.name);
       this.view.renderRoomList(this.store);
@@ -903,6 +996,11 @@ class App {
             this.view.placeMessage(message, { replaced: message, me: store.me });
           }
           if (message) this.view.announce(this.t("messages.failed", { reason: this.view.errorText(event) }));
+        } else if (event.room && ["not_member", "banned"].includes(event.code) && store.room(event.room)) {
+          // Refused, or put out (kick, ban, removal): the room goes from the list, and we say why.
+          const label = this.view.roomLabel(event.room);
+          this.dropRoom(event.room);
+          this.view.announce(this.t("rooms.evicted", { room: label, reason: this.view.errorText(event) }));
         } else {
           this.view.announce(this.view.errorText(event));
         }
@@ -927,6 +1025,9 @@ class App {
         if (room && active) this.view.renderMembers(room, store.me);
         return;
       }
+      case "seen":
+        this.onSeen(event.room, event.seq);
+        return;
       case "update": {
         const message = store.update(event);
         if (message && active) this.view.refreshMessage(message, store.me);
@@ -944,6 +1045,7 @@ class App {
     const live = room.historyUpTo !== undefined && event.seq > room.historyUpTo;
     const result = store.receive(event, { live, seen: this.isSeen(event.room) });
     if (!result) return;
+    if (this.isSeen(event.room)) this.reportRead(event.room);
     const { message } = result;
     if (active) {
       this.view.placeMessage(message, { replaced: result.replaced, me: store.me });
@@ -998,6 +1100,7 @@ class App {
     this.viewer.t = this.translator;
     this.view.langSelect.value = lang;
     this.view.settingsLang.value = lang;
+    this.rooms.setTranslator(this.translator);
     if (this.session) this.view.renderMe(this.session.nick);
     this.view.renderTransport();
     if (this.store) {

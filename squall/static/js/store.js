@@ -57,6 +57,7 @@ export class Room {
     this.historyDone = false;
     this.loadingHistory = false;
     this.joined = false;
+    this.readUpTo = null; // the user's read position (any device), once known
   }
 
   get oldestSeq() {
@@ -186,6 +187,28 @@ export class ChatStore {
     }
   }
 
+  /**
+   * The user read `roomName` up to `seq`, here or on another device: what is
+   * unread is counted again from the messages held. True if anything changed.
+   */
+  applySeen(roomName, seq) {
+    const room = this.room(roomName);
+    if (!room || !(seq > (room.readUpTo ?? 0))) return false;
+    room.readUpTo = seq;
+    let unread = 0;
+    let mentions = 0;
+    for (const message of room.messages) {
+      if (message.seq > seq && !sameNick(message.nick, this.me)) {
+        unread += 1;
+        if (this.mentionsMe(message)) mentions += 1;
+      }
+    }
+    const changed = unread !== room.unread || mentions !== room.mentions;
+    room.unread = Math.min(room.unread, unread);
+    room.mentions = Math.min(room.mentions, mentions);
+    return changed;
+  }
+
   totalMentions() {
     let total = 0;
     for (const room of this.rooms.values()) if (!room.muted) total += room.mentions;
@@ -234,8 +257,10 @@ export class ChatStore {
     }
     room.insert(message);
     let counted = false;
-    if (live && !sameNick(message.nick, this.me)) {
-      room.typing.delete(message.nick);
+    // Past the user's read position (known from any device), history counts as unread too.
+    const unreadHistory = !live && room.readUpTo !== null && message.seq > room.readUpTo;
+    if ((live || unreadHistory) && !sameNick(message.nick, this.me)) {
+      if (live) room.typing.delete(message.nick);
       if (!seen) {
         room.unread += 1;
         if (room.unread === 1) room.firstUnreadSeq = message.seq;

@@ -30,7 +30,7 @@
 // `timers`/`random` options, so the policy can be exercised without a network.
 
 import {
-  ApiError, eventsUrl, fetchMembers, fetchMessages, postMessage, postTyping, websocketUrl,
+  ApiError, eventsUrl, fetchMembers, fetchMessages, fetchSeen, postMessage, postTyping, websocketUrl,
 } from "./api.js";
 
 export const Kind = Object.freeze({ WS: "ws", SSE: "sse", LONGPOLL: "longpoll" });
@@ -249,6 +249,12 @@ class HttpAdapter {
     this._rooms.set(room, controller);
     this._run(room, since, controller.signal).catch((error) => {
       if (controller.signal.aborted || this._dead) return;
+      if (error instanceof ApiError && error.status === 403 && ROOM_REFUSALS.includes(error.code)) {
+        // This room is closed to us (private, banned, kicked): only it stops, told as on WebSocket.
+        this._rooms.delete(room);
+        this._sink.event(this, { type: "error", room, code: error.code, reason: error.reason });
+        return;
+      }
       this._fail({ unauthorized: error instanceof ApiError && error.unauthorized });
     });
     return true;
@@ -334,6 +340,9 @@ class HttpAdapter {
   }
 }
 
+// Refusals of one room (docs/protocol.md, "Rooms"): that room stops, the connection stays.
+const ROOM_REFUSALS = ["not_member", "banned", "forbidden"];
+
 class LongPollAdapter extends HttpAdapter {
   constructor(token, sink) {
     super(token, sink);
@@ -355,6 +364,19 @@ class LongPollAdapter extends HttpAdapter {
   }
 
   _pollMembers() {
+    // Long-poll gets no `seen` events either: read positions come with the member poll.
+    if (this._rooms.size) {
+      fetchSeen(this._token).then(
+        (answer) => {
+          if (this._dead) return;
+          for (const room of this._rooms.keys()) {
+            const seq = answer.rooms?.[room];
+            if (seq) this._sink.event(this, { type: "seen", room, seq });
+          }
+        },
+        () => {},
+      );
+    }
     for (const [room, controller] of this._rooms) {
       fetchMembers(this._token, room, { signal: controller.signal }).then(
         (answer) => {
@@ -397,6 +419,14 @@ class EventSourceAdapter extends HttpAdapter {
     source.addEventListener("presence", forward("presence"));
     source.addEventListener("typing", forward("typing"));
     source.addEventListener("update", forward("update"));
+    source.addEventListener("seen", forward("seen"));
+    // Put out of the room (kick, ban, removal): the server ends the stream after this.
+    source.addEventListener("refused", (event) => {
+      source.close();
+      this._rooms.get(room)?.abort();
+      this._rooms.delete(room);
+      forward("error")(event);
+    });
     source.onopen = () => {
       this._streamOpened = true;
     };

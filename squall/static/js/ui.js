@@ -122,6 +122,9 @@ export class ChatView {
     this.membersCount = byId("members-count");
     this.membersMore = byId("members-more");
     this.emptyState = byId("empty-state");
+    this.roomEmpty = byId("room-empty");
+    /** Room name → what to call it instead of #name (a direct message: the other people). */
+    this.roomLabels = new Map();
     this.scroller = byId("scroller");
     this.loadOlder = byId("load-older");
     this.historyStart = byId("history-start");
@@ -301,7 +304,7 @@ export class ChatView {
       button.type = "button";
       button.dataset.room = room.name;
       if (active) button.setAttribute("aria-current", "true");
-      button.append(el("span", "room-name", `#${room.name}`));
+      button.append(el("span", "room-name", this.roomLabel(room.name)));
       const badge = el("span", "unread-badge", String(room.unread));
       badge.dataset.testid = "unread-badge";
       badge.hidden = room.unread === 0;
@@ -339,7 +342,7 @@ export class ChatView {
     this.composer.disabled = room === null;
     this.sendButton.disabled = room === null;
     this.attachButton.disabled = room === null;
-    this.roomTitle.textContent = room ? `#${room.name}` : "";
+    this.roomTitle.textContent = room ? this.roomLabel(room.name) : "";
     this.messages.replaceChildren();
     this._oldestShownSeq = null;
     this._itemBySeq.clear();
@@ -379,7 +382,14 @@ export class ChatView {
     this.prependMessages(older, me);
   }
 
+  roomLabel(name) {
+    return this.roomLabels.get(name) ?? `#${name}`;
+  }
+
   renderHistoryState(room) {
+    // An empty room says what to do rather than showing a blank pane.
+    this.roomEmpty.hidden = room.messages.length > 0 || room.pending.size > 0;
+    this.roomEmpty.textContent = this.t.t("rooms.emptyRoom", { room: this.roomLabel(room.name) });
     this.loadOlder.hidden = (room.historyDone && this.hiddenOlder(room) === 0) || room.messages.length === 0;
     this.loadOlder.disabled = room.loadingHistory;
     this.loadOlder.textContent = this.t.t(room.loadingHistory ? "messages.loadingOlder" : "messages.loadOlder");
@@ -717,6 +727,7 @@ export class ChatView {
    * the seq the room had reached when it failed.
    */
   placeMessage(message, { replaced = null, me, ownAction = false } = {}) {
+    this.roomEmpty.hidden = true;
     const stick = ownAction || this._followsBottom();
     let item = replaced ? this._byId(replaced.id) : null;
     const existing = message.seq !== null ? this._bySeq(message.seq) : null;
