@@ -3,6 +3,7 @@ lists, and a very long message is folded until asked for."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -51,3 +52,18 @@ def test_code_quotes_lists_and_long_messages(server: Any, open_chat: Any) -> Non
     assert body.evaluate("b => b.clientHeight") > folded
     expect(items.nth(0).locator("button.expand")).to_have_count(0)  # short ones are never folded
     reader.assert_no_errors()
+
+
+def test_a_me_action_reads_as_an_action(server: Any, open_chat: Any) -> None:
+    """`squall chat`'s /me arrives as a body starting "/me ": the page shows "* nick waves"."""
+    actor = open_chat(server, "actor")
+    actor.join("actions")
+    actor.wait_open()
+    actor.send_confirmed("/me waves at **everyone**")
+    item = actor.page.locator("#messages li[data-seq]").first
+    expect(item).to_have_class(re.compile(r"\baction\b"))
+    expect(item.locator("[data-testid=message-body]")).to_have_text("* actor waves at everyone")
+    expect(item.locator("[data-testid=message-body] strong")).to_have_text("everyone")  # the server's html kept
+    actor.send_confirmed("/mention is not an action")
+    expect(actor.page.locator("#messages li.action")).to_have_count(1)
+    actor.assert_no_errors()

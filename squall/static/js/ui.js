@@ -60,6 +60,16 @@ export function initials(nick) {
   return letters.join("").toUpperCase();
 }
 
+/** Turn the body's leading "/me " into "* nick " (text nodes only: the html stays the server's). */
+function stripActionPrefix(body, nick) {
+  const walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT);
+  const first = walker.nextNode();
+  if (!first || !first.nodeValue.startsWith("/me ")) return;
+  first.nodeValue = first.nodeValue.slice(4);
+  const who = el("span", "action-nick", `* ${nick} `);
+  first.parentNode.insertBefore(who, first);
+}
+
 function localDay(ts) {
   const date = new Date(ts);
   return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
@@ -500,6 +510,10 @@ export class ChatView {
       body.classList.add("plain"); // newlines kept by CSS, as the server's <br> would
       body.textContent = message.body;
     }
+    // "/me waves" (IRC's action, as `squall chat` sends it) reads "* nick waves".
+    const action = !message.deleted && message.body.startsWith("/me ");
+    item.classList.toggle("action", action);
+    if (action) stripActionPrefix(body, message.nick);
     item.append(meta);
     if (message.replyTo !== null) item.append(this._renderQuote(message));
     item.append(body);
