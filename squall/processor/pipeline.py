@@ -31,6 +31,8 @@ from typing import Any
 from ..config import Settings
 from ..errors import ConfigError, Rejected, StoreUnavailable
 from ..message import BODY_KINDS, Draft
+from ..order import InOrder
+from ..protocol import nick_key
 from ..store import Store
 from . import stages
 from .guard import AccessGuard
@@ -111,6 +113,10 @@ class Pipeline:
     def __init__(self, stage_list: list[tuple[str, Stage]]) -> None:
         self.stages = stage_list
         self._store_only = [(name, stage) for name, stage in stage_list if name == "store"]
+        # One sender's messages to a room reach the store in the order they came,
+        # whatever the stages before it waited on (the access guard's first read
+        # of a room, a mention's user lookup): the store's seqs are that order.
+        self._arrival = InOrder()
 
     @classmethod
     def from_settings(cls, ctx: StageContext) -> Pipeline:
@@ -154,8 +160,21 @@ class Pipeline:
 
     async def run(self, message: Draft) -> Draft:
         """The processed message, or :class:`Rejected`."""
+        key = (message.room, nick_key(message.nick))
+        earlier, mine = self._arrival.enter(key)
+        try:
+            return await self._run(message, earlier, mine, key)
+        finally:
+            self._arrival.leave(key, mine)
+
+    async def _run(
+        self, message: Draft, earlier: asyncio.Future[None] | None, mine: asyncio.Future[None], key: object
+    ) -> Draft:
         stages = self.stages if message.kind in BODY_KINDS else self._store_only
         for name, stage in stages:
+            if name == "store":
+                await InOrder.turn(earlier)
+                self._arrival.leave(key, mine)  # the writer queues it before its first await
             try:
                 result = stage(message)
                 if not isinstance(result, Draft) and inspect.isawaitable(result):

@@ -39,6 +39,7 @@ from ..hub import Hub
 from ..limits import Counters, Limits, Rate
 from ..listener import Listener
 from ..metrics import NodeMetrics
+from ..order import InOrder
 from ..presence import LocalPresence, Presence, PresenceTable, Reach, Transition
 from ..processor.pool import ProcessorPool
 from ..turns import Turns
@@ -169,6 +170,7 @@ class WebNode:
         self._presence_publishing = False
         self.link = _processors(settings, link_key(self.secret), self._on_processed, self._on_updated)
         self.files = Files(settings, self.store, self.access)
+        self._send_order = InOrder()  # one user's sends reach the processor in the order they came
         self.websockets: set[Any] = set()  # open WebSocket handlers
         self.event_streams: set[Any] = set()  # open SSE handlers
         self.poll_connections: set[PollConnection] = set()  # connections serving long-polls
@@ -380,9 +382,10 @@ class WebNode:
         event: dict[str, Any] = {"kind": command.kind, "target": command.target}
         if command.emoji is not None:
             event["emoji"] = command.emoji
-        if command.kind == "delete" and await self.may_moderate(command.room, nick_key(nick)):
-            event["moderator"] = True
-        return await self._process(room=command.room, nick=nick, body=command.body, id=command.id, event=event)
+        return await self._process(
+            room=command.room, nick=nick, body=command.body, id=command.id, event=event,
+            moderated=command.kind == "delete",
+        )
 
     async def may_moderate(self, room: str, key: str) -> bool:
         """Whether the user ``key`` (a casefolded nick) may moderate ``room``:
@@ -396,19 +399,30 @@ class WebNode:
 
     async def _process(
         self, *, room: str, nick: str, body: str, id: str, event: dict[str, Any] | None,
-        attachments: Sequence[str] = (),
+        attachments: Sequence[str] = (), moderated: bool = False,
     ) -> dict[str, Any]:
         self.metrics.sends.inc()
+        key = nick_key(nick)
+        # The checks below may wait on the store; one user's sends still reach
+        # the processor in the order they came (a send waits for the earlier
+        # ones to be handed over, or refused), so a room's seqs keep it.
+        earlier, mine = self._send_order.enter(key)
         try:
             # Every send, whatever its transport, passes here: one check for all.
-            await self.access.may_post(room, nick_key(nick))
-            files = await self.files.attachments(nick_key(nick), room, attachments) if attachments else ()
+            await self.access.may_post(room, key)
+            if moderated and event is not None and await self.may_moderate(room, key):
+                event["moderator"] = True
+            files = await self.files.attachments(key, room, attachments) if attachments else ()
+            await InOrder.turn(earlier)
+            self._send_order.leave(key, mine)  # link.process queues the send before its first await
             message = await self.link.process(
                 room=room, nick=nick, id=id, body=body, ts=int(time.time() * 1000), attachments=files, event=event,
             )
         except ClientError as exc:
             self.counters.count(exc.code, "processor" if isinstance(exc, Unavailable) else "pipeline")
             raise
+        finally:
+            self._send_order.leave(key, mine)
         self.metrics.acks.inc()
         return message
 
