@@ -153,6 +153,18 @@ local function went(prefix, node, room, key)
   return nick
 end
 
+-- A change that altered `room`: rooms in the order they first changed, each
+-- with its (nick, state) pairs in order.
+local function note(order, changed, room, nick, state)
+  if changed[room] == nil then
+    changed[room] = {}
+    order[#order + 1] = room
+  end
+  local list = changed[room]
+  list[#list + 1] = nick
+  list[#list + 1] = state
+end
+
 local function finish(prefix, origin, detail_max, order, changed, extra)
   -- publish each changed room's event; reply {room, count, {nick, state, ...}} per room
   local reply = {}
@@ -218,13 +230,7 @@ for i = 7 + n, #ARGV, 5 do
     end
   end
   if altered then
-    if changed[room] == nil then
-      changed[room] = {}
-      order[#order + 1] = room
-    end
-    local list = changed[room]
-    list[#list + 1] = nick
-    list[#list + 1] = state
+    note(order, changed, room, nick, state)
   end
 end
 return {alive, finish(prefix, origin, detail_max, order, changed, extra)}
@@ -251,13 +257,7 @@ for _, node in ipairs(redis.call('SMEMBERS', nodes_key)) do
       local room, key = string.sub(pair, 1, colon - 1), string.sub(pair, colon + 1)
       local nick = went(prefix, node, room, key)
       if nick then
-        if changed[room] == nil then
-          changed[room] = {}
-          order[#order + 1] = room
-        end
-        local list = changed[room]
-        list[#list + 1] = nick
-        list[#list + 1] = 'offline'
+        note(order, changed, room, nick, 'offline')
       end
     end
     if redis.call('EXISTS', pairs_key) == 0 then
