@@ -38,7 +38,7 @@ from ..config import Address
 from ..errors import Unavailable
 from ..lines import encode_line
 from .client import ProcessorLink
-from .sends import PendingSends, Send, answer_of
+from .sends import PendingSends, Send, answer_of, process_request
 
 __all__ = ["ProcessorPool", "choose", "link_weight"]
 
@@ -133,10 +133,9 @@ class ProcessorPool:
         if send is None:
             if self._closing:
                 raise Unavailable("the server is shutting down; retry with the same id")
-            send = self.sends.start(room, nick, id, lambda ref: encode_line({
-                "op": "process", "ref": ref, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}), **(event or {}),
-            }))
+            send = self.sends.start(room, nick, id, lambda ref: encode_line(process_request(
+                ref, room=room, nick=nick, id=id, body=body, ts=ts, attachments=attachments, event=event,
+            )))
             self._link_for(room).carry(send)
         return await answer_of(
             send, self.send_timeout, on_timeout=self._timed_out, waiting_for="the processor"

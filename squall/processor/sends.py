@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import ClientError, Forbidden, Internal, NotFound, Rejected, Unavailable
@@ -26,9 +26,24 @@ from ..protocol import nick_key
 
 log = logging.getLogger("squall.link")
 
-__all__ = ["Send", "PendingSends", "answer_of", "unavailable_answer", "route_answer"]
+__all__ = [
+    "Send", "PendingSends", "answer_of", "unavailable_answer", "route_answer", "process_request",
+]
 
 SendKey = tuple[str, str, str]
+
+
+def process_request(
+    ref: int, *, room: str, nick: str, id: str, body: str, ts: int,
+    attachments: Sequence[dict[str, Any]], event: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``process`` request for one message or change, over a TCP link or the
+    queue (docs/protocol.md §6): attachments only when there are some, and a
+    change's or reply's own fields (``event``) as they are."""
+    return {
+        "op": "process", "ref": ref, "room": room, "nick": nick, "id": id, "body": body, "ts": ts,
+        **({"attachments": list(attachments)} if attachments else {}), **(event or {}),
+    }
 
 
 class Send:

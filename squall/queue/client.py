@@ -33,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..backoff import backoff_delay
 from ..errors import Unavailable
-from ..processor.sends import PendingSends, Send, answer_of, route_answer, unavailable_answer
+from ..processor.sends import PendingSends, Send, answer_of, process_request, route_answer, unavailable_answer
 from . import GROUP, REPLY_ROLE, SEND_ROLE, QueueKeys, decode_entry, redacted_url, sign
 
 __all__ = ["QueueClient", "WRITE_BATCH", "READ_BATCH", "stop_tasks"]
@@ -167,8 +167,8 @@ class QueueClient:
                 raise Unavailable("the server is shutting down; retry with the same id")
             node = self.node
             send = self.sends.start(room, nick, id, lambda ref: orjson.dumps({
-                "op": "process", "ref": ref, "node": node, "room": room, "nick": nick, "id": id,
-                "body": body, "ts": ts, **({"attachments": list(attachments)} if attachments else {}), **(event or {}),
+                **process_request(ref, room=room, nick=nick, id=id, body=body, ts=ts, attachments=attachments, event=event),
+                "node": node,
             }))
             if len(self._unwritten) >= self.sends.max_pending:
                 # Sends that timed out while Redis was away stay here until the
