@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import os
 import random
@@ -416,42 +417,55 @@ def _timed_clients(
 # not mind, the latencies carry the machine's drift.
 
 
+class _OneAtATime:
+    """The loop of the one-in-flight scenarios: each send waits until every
+    subscriber has it and its ack is back."""
+
+    def __init__(self, n: int) -> None:
+        self.tally = Tally(n)
+        self.clock = _SendClock()
+        self.sent = 0
+        self._acked: asyncio.Future[None] | None = None
+
+    def on_ack(self, client: WSClient, cid: str, seq: int) -> None:
+        self.clock.on_ack(client, cid, seq)
+        if self._acked is not None and not self._acked.done():
+            self._acked.set_result(None)
+
+    async def step(self, send: Callable[[], None]) -> bool:
+        """Send one (``send()``) and wait for its deliveries and its ack; False if it stalled."""
+        self._acked = asyncio.get_running_loop().create_future()
+        send()
+        self.sent += 1
+        if not await self.tally.wait_completed(self.sent, STALL_TIMEOUT):
+            return False
+        try:
+            await asyncio.wait_for(self._acked, STALL_TIMEOUT)
+        except TimeoutError:
+            return False
+        return True
+
+
 async def _one_in_flight(target: Target, options: Options, n: int) -> dict[str, Any]:
     n = options.clients or n
     server = await target.start("ws")
     clients: list[WSClient] = []
     try:
-        loop = asyncio.get_running_loop()
-        tally = Tally(n)
-        clock = _SendClock()
-        acked: asyncio.Future[None] = loop.create_future()
-
-        def on_ack(client: WSClient, cid: str, seq: int) -> None:
-            clock.on_ack(client, cid, seq)
-            if not acked.done():
-                acked.set_result(None)
-
+        solo = _OneAtATime(n)
+        clock = solo.clock
         timings: dict[str, float] = {}
-        clients = await _timed_clients(target, server, n, "solo", tally, clock, on_ack, timings)
+        clients = await _timed_clients(target, server, n, "solo", solo.tally, clock, solo.on_ack, timings)
         sender = clients[n]
-        sent = 0
         stalled = False
         with _collector_paused():
             meter = _Meter(server)
             end = meter.start + options.duration
             while time.perf_counter() < end:
-                acked = loop.create_future()
-                clock.send(sender, "solo", f"m{sent}", BODY + str(sent))
-                sent += 1
-                if not await tally.wait_completed(sent, STALL_TIMEOUT):
-                    stalled = True
-                    break
-                try:
-                    await asyncio.wait_for(acked, STALL_TIMEOUT)
-                except TimeoutError:
+                if not await solo.step(lambda: clock.send(sender, "solo", f"m{solo.sent}", BODY + str(solo.sent))):
                     stalled = True
                     break
             figures = meter.figures()
+        sent = solo.sent
         latencies = clock.latencies()
         result = {"clients": n, "messages": sent, **timings, **figures}
         result |= _counts(clients[:n], [sent] * n)
@@ -490,50 +504,38 @@ async def _events(target: Target, options: Options, n: int) -> dict[str, Any]:
     server = await target.start("ws")
     clients: list[WSClient] = []
     try:
-        loop = asyncio.get_running_loop()
-        tally = Tally(n)
-        clock = _SendClock()
-        acked: asyncio.Future[None] = loop.create_future()
-
-        def on_ack(client: WSClient, cid: str, seq: int) -> None:
-            clock.on_ack(client, cid, seq)
-            if not acked.done():
-                acked.set_result(None)
-
+        solo = _OneAtATime(n)
+        clock = solo.clock
         timings: dict[str, float] = {}
-        clients = await _timed_clients(target, server, n, "events", tally, clock, on_ack, timings)
+        clients = await _timed_clients(target, server, n, "events", solo.tally, clock, solo.on_ack, timings)
         sender = clients[n]
-        sent = 0
         stalled = False
         phases: dict[str, dict[str, Any]] = {}
+
+        def send_message() -> None:
+            clock.send(sender, "events", f"m{solo.sent}", BODY + str(solo.sent))
+
+        def send_reaction(first: int) -> None:
+            kind = "react" if (solo.sent - first) % 2 == 0 else "unreact"
+            clock.send_frame(sender, {
+                "type": kind, "room": "events", "id": f"c{solo.sent}", "target": 1, "emoji": EVENTS_EMOJI,
+            })
+
         with _collector_paused():
             for phase in ("message", "change"):
                 meter = _Meter(server)
                 end = meter.start + options.duration / 2
-                first_sent, first_arrival = sent, len(clock.arrivals)
+                first_sent, first_arrival = solo.sent, len(clock.arrivals)
+                send = send_message if phase == "message" else functools.partial(send_reaction, first_sent)
                 while time.perf_counter() < end and not stalled:
-                    acked = loop.create_future()
-                    if phase == "message":
-                        clock.send(sender, "events", f"m{sent}", BODY + str(sent))
-                    else:
-                        kind = "react" if (sent - first_sent) % 2 == 0 else "unreact"
-                        clock.send_frame(sender, {
-                            "type": kind, "room": "events", "id": f"c{sent}", "target": 1, "emoji": EVENTS_EMOJI,
-                        })
-                    sent += 1
-                    if not await tally.wait_completed(sent, STALL_TIMEOUT):
-                        stalled = True
-                        break
-                    try:
-                        await asyncio.wait_for(acked, STALL_TIMEOUT)
-                    except TimeoutError:
-                        stalled = True
+                    stalled = not await solo.step(send)
                 figures = meter.figures()
-                count = sent - first_sent
+                count = solo.sent - first_sent
                 phases[phase] = {
                     "messages": count, **figures, **_per_delivery(figures, count * n, count),
                     **_percentiles(clock.latencies(first_arrival)),
                 }
+        sent = solo.sent
         result = {"clients": n, "messages": sent, **timings}
         result |= _counts(clients[:n], [sent] * n)
         result["ok"] = result["ok"] and not stalled and not sender.errors and phases["change"]["messages"] > 0
