@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import HTTPClient, HTTPError, Tally, WSClient, connect_many
-from .targets import SQUALL_BENCH_ENV, Target, _pinned, free_port
+from .targets import SQUALL_BENCH_ENV, Target, _pinned, free_port, stop_process
 
 __all__ = ["cross_node", "REDIS_URL"]
 
@@ -130,13 +130,7 @@ class _Cluster:
 
     async def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_process(process, STOP_TIMEOUT)
         self.workdir.cleanup()
 
 

@@ -40,7 +40,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 from .loadgen import HTTPClient, HTTPError, run_delay_seconds
 from .serving import BENCH_SECRET
 
-__all__ = ["COALESCING_CEILING", "TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE"]
+__all__ = ["COALESCING_CEILING", "TARGETS", "Running", "Target", "free_port", "pin_self", "SERVER_CORE", "stop_process"]
 
 SERVER_CORE = 0
 COALESCING_CEILING = "ceiling-coalescing"
@@ -166,18 +166,25 @@ class Running:
         if self.process.returncode is None:
             # Squall's processor is a child; take the whole tree down.
             children = [p for p in self._tree()[1:]]
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+            await stop_process(self.process)
             for child in children:
                 try:
                     child.kill()
                 except psutil.NoSuchProcess:
                     pass
         self.workdir.cleanup()
+
+
+async def stop_process(process: asyncio.subprocess.Process, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 def _pinned(argv: list[str], pin: bool) -> list[str]:

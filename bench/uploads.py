@@ -32,7 +32,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from .cross_node import START_TIMEOUT, STOP_TIMEOUT
-from .targets import SQUALL_BENCH_ENV, Target, _pinned, free_port
+from .targets import SQUALL_BENCH_ENV, Target, _pinned, free_port, stop_process
 
 __all__ = ["upload_latency", "UPLOAD_BYTES"]
 
@@ -210,11 +210,5 @@ async def upload_latency(target: Target, options: Any) -> dict[str, Any]:
         result["setup_s"] = 0.0
         return result
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, STOP_TIMEOUT)
         workdir.cleanup()
